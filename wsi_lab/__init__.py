@@ -1,0 +1,36 @@
+"""WSI Lab: gigapixel whole-slide images in JupyterLab.
+
+slide → tissue mask → tile table → (tiles / features / shards) → training → predictions → overlays.
+``import wsi_lab`` stays light: heavy parts (Dask, torch, widgets, napari) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from wsi_lab import errors
+from wsi_lab._version import __version__
+from wsi_lab.slide import Slide, SlideInfo, find_slides, open_slide
+
+# name -> module that defines it; imported on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {}
+
+__all__ = ["__version__", "errors", "Slide", "SlideInfo", "open_slide", "find_slides", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsi_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass

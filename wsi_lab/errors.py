@@ -1,0 +1,121 @@
+"""Typed errors raised by WSI Lab.
+
+Every error derives from :class:`WSILabError` and from the builtin exception it refines, so callers
+can catch either. Messages name the file or value at fault and say what to do.
+
+Hierarchy::
+
+    WSILabError (Exception)
+    ├── SlideError
+    │   ├── SlideNotFoundError        (+ FileNotFoundError)   path does not exist / is a directory
+    │   ├── UnsupportedFormatError    (+ ValueError)          no backend can read this file
+    │   ├── SlideOpenError            (+ OSError)             a backend recognised it but failed to open
+    │   ├── SlideReadError            (+ OSError)             reading pixels failed (truncated/corrupt data)
+    │   ├── BackendUnavailableError   (+ ImportError)         a named backend is not installed
+    │   └── MissingMPPError           (+ ValueError)          µm/px needed but not in the metadata
+    ├── InvalidParameterError         (+ ValueError)          bad argument (size, level, threshold, ...)
+    │   └── RegionTooLargeError                               a region read would exceed the memory cap
+    ├── NoTissueError                 (+ ValueError)          tissue detection found nothing
+    ├── DataError                     (+ ValueError)          bad tables, labels, splits
+    │   └── LeakageError                                      a patient appears in more than one split
+    ├── PathSecurityError             (+ PermissionError)     path escapes an allowed root
+    └── MissingDependencyError        (+ ImportError)         an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WSILabError",
+    "SlideError",
+    "SlideNotFoundError",
+    "UnsupportedFormatError",
+    "SlideOpenError",
+    "SlideReadError",
+    "BackendUnavailableError",
+    "MissingMPPError",
+    "InvalidParameterError",
+    "RegionTooLargeError",
+    "NoTissueError",
+    "DataError",
+    "LeakageError",
+    "PathSecurityError",
+    "MissingDependencyError",
+]
+
+
+class WSILabError(Exception):
+    """Base class of every error WSI Lab raises on purpose."""
+
+
+class SlideError(WSILabError):
+    """A problem with one slide file."""
+
+
+class SlideNotFoundError(SlideError, FileNotFoundError):
+    """The slide path does not exist or is not a regular file."""
+
+
+class UnsupportedFormatError(SlideError, ValueError):
+    """No installed reader backend can read the file."""
+
+
+class SlideOpenError(SlideError, OSError):
+    """A backend recognised the file but could not open it (corrupt or truncated)."""
+
+
+class SlideReadError(SlideError, OSError):
+    """Reading pixels from an opened slide failed (corrupt or truncated tile data)."""
+
+
+class BackendUnavailableError(SlideError, ImportError):
+    """A backend was asked for by name but is not installed or not importable."""
+
+
+class MissingMPPError(SlideError, ValueError):
+    """The operation needs µm/px but the slide metadata has none and no override was given."""
+
+
+class InvalidParameterError(WSILabError, ValueError):
+    """An argument is out of range or inconsistent."""
+
+
+class RegionTooLargeError(InvalidParameterError):
+    """A requested region would need more memory than the configured cap allows."""
+
+
+class NoTissueError(WSILabError, ValueError):
+    """Tissue detection kept nothing on a slide."""
+
+
+class DataError(WSILabError, ValueError):
+    """A table, label file or split is malformed or inconsistent."""
+
+
+class LeakageError(DataError):
+    """A patient appears in more than one split."""
+
+
+class PathSecurityError(WSILabError, PermissionError):
+    """A path escapes the directory it must stay inside."""
+
+
+class MissingDependencyError(WSILabError, ImportError):
+    """An optional dependency (extra) is needed but not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"{package} is needed{what} but is not installed: pip install 'wsi-lab[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import and return optional module ``module`` or raise :class:`MissingDependencyError`."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc

@@ -1,0 +1,295 @@
+"""The :class:`Slide` facade and :func:`open_slide`.
+
+Conventions (as OpenSlide): ``location`` is ``(x, y)`` in level-0 pixels, ``size`` is
+``(width, height)`` in pixels *of the level read*, arrays come back as ``(H, W, 3) uint8`` RGB.
+Regions that cross the slide edge are padded with white.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from wsi_lab.errors import (
+    InvalidParameterError,
+    MissingMPPError,
+    RegionTooLargeError,
+    SlideNotFoundError,
+    SlideOpenError,
+    UnsupportedFormatError,
+)
+from wsi_lab.slide.backend import SlideReader, backend_candidates, get_backend, slide_suffix
+from wsi_lab.slide.metadata import plausible_mpp
+
+log = logging.getLogger(__name__)
+
+#: largest region (in pixels) one read may return: 2^28 px = 768 MiB of RGB
+MAX_REGION_PIXELS = 2**28
+BACKGROUND = 255
+
+
+class AssociatedImages(Mapping):
+    """Lazy read-only mapping ``name -> (H, W, 3) uint8`` of label/macro/thumbnail images."""
+
+    def __init__(self, reader: SlideReader) -> None:
+        self._reader = reader
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._reader.metadata.associated_names:
+            raise KeyError(name)
+        return self._reader.read_associated(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reader.metadata.associated_names)
+
+    def __len__(self) -> int:
+        return len(self._reader.metadata.associated_names)
+
+
+class Slide:
+    """One whole-slide image, read through whichever backend opened it.
+
+    Use :func:`open_slide` to make one. A ``Slide`` is a context manager and pickles by path (a
+    Dask worker reopens the file with the same backend and overrides).
+    """
+
+    def __init__(self, path: Path, reader: SlideReader, mpp: tuple[float, float] | None = None,
+                 requested_backend: str = "auto") -> None:
+        self.path = path
+        self._reader = reader
+        self._mpp_override = mpp
+        self._requested_backend = requested_backend
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Name of the backend that reads this slide (``tifffile``, ``openslide``, ``cucim``)."""
+        return self._reader.backend_name
+
+    @property
+    def slide_id(self) -> str:
+        """File name without its slide extension (``TCGA-...-01Z-00-DX1`` for ``TCGA-...DX1.svs``)."""
+        name = self.path.name
+        suffix = slide_suffix(self.path)
+        return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else self.path.stem
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"<Slide {self.path.name!r} {w}x{h} levels={self.level_count} mpp={self.mpp} backend={self.backend}>"
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)`` in pixels."""
+        return self._reader.metadata.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self._reader.metadata.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of every level, level 0 first."""
+        return self._reader.metadata.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Downsample factor of every level relative to level 0."""
+        return self._reader.metadata.level_downsamples
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        """Level-0 ``(x, y)`` µm/px: the explicit override, else the metadata, else ``None``."""
+        return self._mpp_override or self._reader.metadata.mpp
+
+    @property
+    def mpp_from_metadata(self) -> tuple[float, float] | None:
+        return self._reader.metadata.mpp
+
+    @property
+    def magnification(self) -> float | None:
+        """Objective magnification from the metadata (e.g. 20.0), or ``None`` when not recorded."""
+        return self._reader.metadata.magnification
+
+    @property
+    def vendor(self) -> str | None:
+        return self._reader.metadata.vendor
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """Raw backend metadata as string key/values (OpenSlide-style names where the backend has them)."""
+        return dict(self._reader.metadata.properties)
+
+    @cached_property
+    def associated_images(self) -> AssociatedImages:
+        """Label, macro, thumbnail... as a lazy mapping of ``(H, W, 3) uint8`` arrays."""
+        return AssociatedImages(self._reader)
+
+    def require_mpp(self) -> tuple[float, float]:
+        """µm/px or :class:`MissingMPPError` saying how to give one."""
+        if self.mpp is None:
+            raise MissingMPPError(
+                f"{self.path}: the slide has no µm/px in its metadata; pass mpp=<µm/px> to open_slide() "
+                "(or --slide-mpp on the command line), or work by level instead of by µm/px"
+            )
+        return self.mpp
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The deepest level whose downsample is ≤ ``downsample`` (level 0 when none is)."""
+        if not (downsample > 0 and math.isfinite(downsample)):
+            raise InvalidParameterError(f"downsample must be a positive number, got {downsample!r}")
+        best = 0
+        for i, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-3):
+                best = i
+        return best
+
+    best_level_for_downsample = get_best_level_for_downsample
+
+    # -- pixels -------------------------------------------------------------------------------
+    def _check_level(self, level: int) -> None:
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+            raise InvalidParameterError(
+                f"{self.path}: level {level!r} does not exist; this slide has levels 0..{self.level_count - 1}"
+            )
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read ``size`` = (width, height) pixels of ``level`` whose top-left is ``location`` in level-0
+        pixels; returns (H, W, 3) uint8. Parts outside the slide are white."""
+        self._check_level(level)
+        x0, y0 = (int(v) for v in location)
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0:
+            raise InvalidParameterError(f"{self.path}: region size must be positive, got {size!r}")
+        if w * h > MAX_REGION_PIXELS:
+            raise RegionTooLargeError(
+                f"{self.path}: a {w}x{h} region ({w * h / 1e6:.0f} MP) exceeds the {MAX_REGION_PIXELS / 1e6:.0f} MP "
+                "limit of one read; read it in tiles or at a lower level (read_at_mpp / get_thumbnail)"
+            )
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        # the request in level coordinates, and its intersection with the level
+        lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
+        ix0, iy0 = max(lx, 0), max(ly, 0)
+        ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
+        if ix0 == lx and iy0 == ly and ix1 == lx + w and iy1 == ly + h:
+            return self._reader.read_level(lx, ly, w, h, level)
+        out = np.full((h, w, 3), BACKGROUND, np.uint8)
+        if ix1 > ix0 and iy1 > iy0:
+            out[iy0 - ly:iy1 - ly, ix0 - lx:ix1 - lx] = self._reader.read_level(ix0, iy0, ix1 - ix0, iy1 - iy0, level)
+        return out
+
+    def level_for_mpp(self, mpp: float) -> tuple[int, float]:
+        """Best level to read for target ``mpp`` and the remaining scale factor (≥ 1 means shrink)."""
+        if not (isinstance(mpp, (int, float)) and mpp > 0 and math.isfinite(mpp)):
+            raise InvalidParameterError(f"{self.path}: target µm/px must be a positive number, got {mpp!r}")
+        base = self.require_mpp()[0]
+        factor = mpp / base
+        level = self.get_best_level_for_downsample(factor)
+        return level, factor / self.level_downsamples[level]
+
+    def read_at_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+        """Read a region of ``size`` = (width, height) *output* pixels at ``mpp`` µm/px whose top-left is
+        ``location`` in level-0 pixels. Reads the best level and resizes (area filter)."""
+        level, scale = self.level_for_mpp(mpp)
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0:
+            raise InvalidParameterError(f"{self.path}: region size must be positive, got {size!r}")
+        rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+        arr = self.read_region(location, level, (rw, rh))
+        if (rw, rh) == (w, h):
+            return arr
+        return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BOX if scale > 1 else Image.Resampling.BILINEAR))
+
+    def get_thumbnail(self, max_size: int | tuple[int, int] = 1024) -> np.ndarray:
+        """Whole slide shrunk to fit ``max_size`` (pixels, or (width, height)), aspect kept; (H, W, 3) uint8.
+        Memory stays bounded: the chosen level is read and shrunk in horizontal bands."""
+        mw, mh = (max_size, max_size) if isinstance(max_size, (int, np.integer)) else max_size
+        if mw <= 0 or mh <= 0 or mw * mh > MAX_REGION_PIXELS:
+            raise InvalidParameterError(f"{self.path}: thumbnail max_size must be positive and sane, got {max_size!r}")
+        W, H = self.dimensions
+        scale = max(W / mw, H / mh, 1.0)
+        tw, th = max(1, round(W / scale)), max(1, round(H / scale))
+        level = self.get_best_level_for_downsample(scale)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        out = np.empty((th, tw, 3), np.uint8)
+        band = max(1, int(4096 * 4096 // max(lw, 1)))  # level rows per band (≤ 16 MP per read)
+        rows_done = 0
+        for ly in range(0, lh, band):
+            bh = min(band, lh - ly)
+            y_end = th if ly + bh >= lh else min(th, round((ly + bh) * ds / scale))
+            if y_end <= rows_done:
+                continue
+            arr = self.read_region((0, int(round(ly * ds))), level, (lw, bh))
+            out[rows_done:y_end] = np.asarray(Image.fromarray(arr).resize((tw, y_end - rows_done), Image.Resampling.BOX))
+            rows_done = y_end
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __reduce__(self):
+        return (open_slide, (str(self.path), self._requested_backend, self._mpp_override))
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise SlideNotFoundError(f"{path}: no such file; check the path (relative paths start at {os.getcwd()})")
+    if path.is_dir():
+        if slide_suffix(path) in (".zarr",):
+            return
+        raise SlideNotFoundError(f"{path}: is a directory, not a slide file; use find_slides() to list the slides inside")
+    if path.stat().st_size == 0:
+        raise SlideOpenError(f"{path}: the file is empty (0 bytes); re-copy it from its source")
+
+
+def open_slide(path: str | os.PathLike, backend: str = "auto",
+               mpp: float | tuple[float, float] | None = None) -> Slide:
+    """Open a whole-slide image. ``backend="auto"`` tries the installed backends in priority order for
+    the file's extension and returns the first that reads it; a name (``tifffile``, ``openslide``,
+    ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata."""
+    p = Path(path).expanduser()
+    _check_path(p)
+    override = None
+    if mpp is not None:
+        pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
+        override = plausible_mpp(*pair, source="the mpp= argument")
+        if override is None:
+            raise InvalidParameterError(f"{p}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
+    if backend != "auto":
+        cls = get_backend(backend)
+        if not cls.can_read(p):
+            raise UnsupportedFormatError(f"{p}: the {backend} backend cannot read this file; try backend='auto'")
+        return Slide(p, cls.open(p), override, backend)
+    candidates = backend_candidates(p)
+    errors: list[str] = []
+    for cls in candidates:
+        if not cls.can_read(p):
+            continue
+        try:
+            return Slide(p, cls.open(p), override, backend)
+        except SlideOpenError as exc:
+            log.info("%s", exc)
+            errors.append(f"{cls.name}: {exc}")
+    if errors:
+        raise SlideOpenError(f"{p}: recognised but could not be opened (corrupt or truncated?): " + "; ".join(errors))
+    raise UnsupportedFormatError(
+        f"{p}: not a slide format any installed backend reads ({', '.join(c.name for c in candidates) or 'none installed'}); "
+        "supported: SVS, TIFF/OME-TIFF, NDPI, MRXS, SCN, BIF, VMS; run `wsi-lab doctor` to see backends"
+    )
