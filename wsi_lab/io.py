@@ -1,0 +1,51 @@
+"""Small file helpers shared by the whole package: atomic writes and image saving."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from wsi_lab.errors import InvalidParameterError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (atomic on
+    POSIX), on error it is removed, so readers never see a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> None:
+    """Save an (H, W, 3|4) uint8 array as PNG/JPEG/TIFF (chosen by extension), atomically."""
+    from PIL import Image
+
+    target = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(target.suffix.lower())
+    if fmt is None:
+        raise InvalidParameterError(f"{target}: unsupported image extension; use .png, .jpg or .tif")
+    img = Image.fromarray(np.asarray(array))
+    if fmt == "JPEG" and img.mode == "RGBA":
+        img = img.convert("RGB")
+    with atomic_path(target) as tmp:
+        img.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
