@@ -106,7 +106,7 @@ def _add_thumbnail(sub) -> None:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from wsi_lab.doctor import check_environment, format_report
 
-    checks = check_environment()
+    checks = check_environment(deep=args.deep)
     print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else format_report(checks))
     return 0
 
@@ -114,7 +114,33 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _add_doctor(sub) -> None:
     p = sub.add_parser("doctor", help="list which backends and extras are installed, with install hints")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--deep", action="store_true", help="also import heavy frameworks (TensorFlow, napari, ...)")
     p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from wsi_lab.demo import demo_slides_dir, thumbnail_montage
+    from wsi_lab.slide import find_slides
+
+    root = args.slides or demo_slides_dir()
+    infos = find_slides(root)
+    print(f"{len(infos)} slide(s) in {root}")
+    ok = [i.path for i in infos if i.error is None]
+    for info in infos:
+        if info.error:
+            print(f"wsi-lab: warning: {info.error}", file=sys.stderr)
+    if ok:
+        _cmd_info(argparse.Namespace(paths=ok, json=False, backend="auto"))
+        out = thumbnail_montage(ok, args.montage)
+        print(f"thumbnail montage: {out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the main demo job on the default slides")
+    p.add_argument("--slides", help="folder of slides (default: $WSI_LAB_SLIDES, ../shared/data/slides, ~/.cache/wsi-lab/slides)")
+    p.add_argument("--montage", default="demo-out/montage.png", help="where to write the thumbnail montage")
+    p.set_defaults(func=_cmd_demo)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,7 +148,7 @@ def _add_doctor(sub) -> None:
 # it in REGISTRARS. Keep each handler a thin call into the core.
 # ----------------------------------------------------------------------------------------------
 
-REGISTRARS: list[Callable] = [_add_info, _add_thumbnail, _add_doctor]
+REGISTRARS: list[Callable] = [_add_info, _add_thumbnail, _add_doctor, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

