@@ -1,0 +1,149 @@
+"""Export the tiles of a TileTable as JPEG files: ``out/<split>/<label>/<slide_id>_<x>_<y>.jpg``.
+
+Each file is written atomically; a re-run skips files that already exist and are complete JPEGs, so
+an interrupted export resumes where it stopped. ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from wsi_lab.data.tile_reader import (SlideCache, label_index_of, label_key, read_tile, require_columns,
+                                      slide_paths_of, TILE_COLUMNS)
+from wsi_lab.errors import InvalidParameterError
+from wsi_lab.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_jpeg", "tile_filenames", "is_valid_jpeg", "encode_jpeg", "Progress"]
+
+#: progress callback: ``progress(done, total)`` in tiles
+Progress = Callable[[int, int], None]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+
+
+def _safe(name: str) -> str:
+    s = _UNSAFE.sub("_", name).strip(".") or "_"
+    return s
+
+
+def encode_jpeg(tile: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 tile."""
+    buf = io.BytesIO()
+    Image.fromarray(tile).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def is_valid_jpeg(path: str | os.PathLike) -> bool:
+    """Cheap completeness check: the file starts with SOI (FF D8) and ends with EOI (FF D9)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() < 4:
+                return False
+            fh.seek(-2, os.SEEK_END)
+            return head == b"\xff\xd8" and fh.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
+def tile_filenames(table: pd.DataFrame, layout: str = "auto", label_column: str = "label") -> list[str]:
+    """Relative path of every row's JPEG: ``<split>/<label>/<slide_id>_<x>_<y>.jpg`` (``auto``: the
+    split and label folders only when those columns exist; ``flat``: no folders). Rows sharing
+    slide and (x, y) at different level/read size get ``_l<level>_r<read_size>`` appended."""
+    if layout not in ("auto", "flat"):
+        raise InvalidParameterError(f"layout must be 'auto' or 'flat', got {layout!r}")
+    sids = table["slide_id"].astype(str).map(_safe)
+    xs, ys = table["x"].astype("int64").astype(str), table["y"].astype("int64").astype(str)
+    stems = sids + "_" + xs + "_" + ys
+    if table.duplicated(["slide_id", "x", "y"]).any():
+        stems = stems + "_l" + table["level"].astype(str) + "_r" + table["read_size"].astype(str)
+    folders = pd.Series("", index=table.index)
+    if layout == "auto":
+        if "split" in table.columns:
+            folders = folders + table["split"].map(lambda v: "unassigned" if pd.isna(v) else _safe(str(v))) + "/"
+        if label_column in table.columns:
+            folders = folders + table[label_column].map(lambda v: "unlabelled" if pd.isna(v) else _safe(label_key(v))) + "/"
+    return (folders + stems + ".jpg").tolist()
+
+
+def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 90, workers: int | None = None,
+                layout: str = "auto", slide_paths: Mapping[str, str] | None = None, progress: Progress | None = None,
+                overwrite: bool = False, backend: str = "auto", label_column: str = "label") -> pd.DataFrame:
+    """Write every tile of ``table`` as a JPEG under ``out_dir`` and return a copy of the table with a
+    ``file`` column (path relative to ``out_dir``). Tiles are read at their ``level`` (``read_size``² px
+    from level-0 ``(x, y)``), resized to ``tile_size``². Existing complete files are kept (resume) unless
+    ``overwrite``. ``workers`` threads (default: CPU count) each keep their own open slides.
+    ``progress(done, total)`` is called as tiles finish. ``manifest.json`` is written last."""
+    require_columns(table, TILE_COLUMNS, "export_jpeg")
+    if not 1 <= int(quality) <= 100:
+        raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = slide_paths_of(table, slide_paths)
+    names = tile_filenames(table, layout, label_column)
+    result = table.copy()
+    result["file"] = names
+    total = len(result)
+    order = np.argsort(result["slide_id"].astype(str).to_numpy(), kind="stable")  # group reads by slide
+    chunk = max(1, min(256, total // (workers * 4) or 1))
+    chunks = [order[i:i + chunk] for i in range(0, total, chunk)]
+    local = threading.local()
+    cols = {c: result[c].to_numpy() for c in ("slide_id", "x", "y", "level", "read_size", "tile_size")}
+
+    def work(rows: np.ndarray) -> tuple[int, int]:
+        cache = getattr(local, "cache", None)
+        if cache is None:
+            cache = local.cache = SlideCache(4, backend)
+        written = skipped = 0
+        for i in rows:
+            target = out / names[i]
+            if not overwrite and target.exists() and is_valid_jpeg(target):
+                skipped += 1
+                continue
+            slide = cache.get(paths[str(cols["slide_id"][i])])
+            tile = read_tile(slide, cols["x"][i], cols["y"][i], cols["level"][i], cols["read_size"][i],
+                             cols["tile_size"][i])
+            atomic_write_bytes(target, encode_jpeg(tile, quality))
+            written += 1
+        return written, skipped
+
+    t0 = time.perf_counter()
+    done = written = skipped = 0
+    if progress:
+        progress(0, total)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-jpeg") as pool:
+        for (w, s), rows in zip(pool.map(work, chunks), chunks):
+            written, skipped, done = written + w, skipped + s, done + len(rows)
+            if progress:
+                progress(done, total)
+    elapsed = time.perf_counter() - t0
+    log.info("exported %d tiles to %s (%d written, %d already there) in %.1f s", total, out, written, skipped, elapsed)
+    manifest = {
+        "format": "jpeg", "quality": int(quality), "layout": layout, "tiles": total, "written": written,
+        "skipped": skipped, "label_index": label_index_of(result, label_column),
+        "counts": {k: int(v) for k, v in pd.Series([n.rsplit("/", 1)[0] if "/" in n else "." for n in names])
+                   .value_counts().sort_index().items()},
+        "slides": sorted(paths),
+    }
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2).encode())
+    meta = dict(result.attrs.get("wsi_lab") or {})
+    meta["export_jpeg"] = {"out_dir": str(out), "quality": int(quality), "written": written, "skipped": skipped}
+    result.attrs["wsi_lab"] = meta
+    return result

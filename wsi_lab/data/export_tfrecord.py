@@ -1,0 +1,200 @@
+"""Export a TileTable as TFRecord shards for data-parallel training, without TensorFlow.
+
+Layout under ``out_dir``::
+
+    train/train-00000-of-00004.tfrecord ...   N shards per split, equal tile counts ±1, shuffled (seed)
+    val/val-00000-of-00004.tfrecord ...
+    test/<slide_id>.tfrecord                  one file per test slide (per-slide evaluation)
+    manifest.json                             written last: schema, label_index, every file and count
+
+``N`` is the number of data-parallel workers (GPUs per host × hosts), so each worker reads its own
+shard. Two record schemas (``tf.train.Example`` features):
+
+- ``raw`` (classic): ``image_raw`` (bytes: tile_size² × 3 uint8 RGB, row-major), ``height``, ``width``,
+  ``depth`` (int64), ``label`` (int64 class index, -1 unlabelled), ``slide_string`` (bytes), ``x``, ``y``.
+- ``jpeg``: ``image/encoded`` (JPEG bytes), ``image/format`` (``b"jpeg"``), ``image/height``,
+  ``image/width``, ``image/channels``, plus ``label``, ``slide_string``, ``x``, ``y`` (~20× smaller).
+
+Files are written atomically; a re-run keeps files whose manifest entry matches (same rows, variant
+and seed) and rewrites the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from wsi_lab.data.export_jpeg import encode_jpeg
+from wsi_lab.data.tfrecord import TFRecordWriter, encode_example
+from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
+                                      require_columns, slide_paths_of)
+from wsi_lab.errors import DataError, InvalidParameterError
+from wsi_lab.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_tfrecord", "shard_assignment", "SCHEMAS", "VARIANTS"]
+
+VARIANTS = ("raw", "jpeg")
+SCHEMAS = {
+    "raw": {"image_raw": "bytes", "height": "int64", "width": "int64", "depth": "int64", "label": "int64",
+            "slide_string": "bytes", "x": "int64", "y": "int64"},
+    "jpeg": {"image/encoded": "bytes", "image/format": "bytes", "image/height": "int64", "image/width": "int64",
+             "image/channels": "int64", "label": "int64", "slide_string": "bytes", "x": "int64", "y": "int64"},
+}
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def shard_assignment(n: int, shards: int, seed: int = 0) -> list[np.ndarray]:
+    """Split ``range(n)`` into ``shards`` shuffled index arrays whose sizes differ by at most one."""
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:
+        raise InvalidParameterError(f"shards must be a positive integer (one per data-parallel worker), got {shards!r}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [perm[k::shards] for k in range(shards)]
+
+
+def _example(tile: np.ndarray, label: int, slide_id: str, x: int, y: int, variant: str, quality: int) -> bytes:
+    h, w = tile.shape[:2]
+    common = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
+    if variant == "raw":
+        return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).tobytes(), "height": h, "width": w,
+                               "depth": 3, **common})
+    return encode_example({"image/encoded": encode_jpeg(tile, quality), "image/format": b"jpeg", "image/height": h,
+                           "image/width": w, "image/channels": 3, **common})
+
+
+def _fingerprint(rows: pd.DataFrame, labels: np.ndarray, params: dict) -> str:
+    h = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
+    h.update(pd.util.hash_pandas_object(rows[list(TILE_COLUMNS)].astype(str), index=False).to_numpy().tobytes())
+    h.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _plan(table: pd.DataFrame, shards: int, per_slide_test: bool, seed: int) -> list[dict]:
+    """The files to write: ``{"path", "split", "rows" (positions in table), "slide_id"?}``."""
+    if "split" in table.columns:
+        splits = [str(s) for s in pd.unique(table["split"].dropna())]
+        splits.sort(key=lambda s: (_SPLIT_ORDER.get(s, 9), s))
+        if table["split"].isna().any():
+            log.warning("%d tiles have no split and are not exported", int(table["split"].isna().sum()))
+    else:
+        splits = ["all"]
+    split_col = table["split"].astype(str).to_numpy() if "split" in table.columns else np.full(len(table), "all")
+    files: list[dict] = []
+    for split in splits:
+        rows = np.flatnonzero(split_col == split)
+        if split == "test" and per_slide_test:
+            sids = table["slide_id"].astype(str).to_numpy()[rows]
+            for sid in sorted(set(sids)):
+                files.append({"path": f"test/{sid}.tfrecord", "split": split, "slide_id": sid, "rows": rows[sids == sid]})
+            continue
+        if len(rows) < shards:
+            raise DataError(f"split {split!r} has {len(rows)} tile(s), fewer than shards={shards}: every data-parallel "
+                            "worker needs at least one; use fewer shards or more tiles")
+        for k, part in enumerate(shard_assignment(len(rows), shards, seed + _SPLIT_ORDER.get(split, 9))):
+            files.append({"path": f"{split}/{split}-{k:05d}-of-{shards:05d}.tfrecord", "split": split,
+                          "rows": rows[part]})
+    return files
+
+
+def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int = 1, variant: str = "raw",
+                    per_slide_test: bool = True, seed: int = 0, quality: int = 90,
+                    slide_paths: Mapping[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
+                    workers: int | None = None, backend: str = "auto", label_column: str = "label") -> dict:
+    """Write ``table``'s tiles as TFRecord files under ``out_dir`` (layout in the module docstring) and
+    return the manifest (also written to ``out_dir/manifest.json``, last). Tiles are read at ``level``
+    (``read_size``² px from level-0 ``(x, y)``) and resized to ``tile_size``². ``shards`` files per
+    split hold equal tile counts ±1 in a seeded shuffled order; the test split gets one file per slide
+    when ``per_slide_test``. ``progress(done, total)`` counts tiles."""
+    if variant not in VARIANTS:
+        raise InvalidParameterError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:
+        raise InvalidParameterError(f"shards must be a positive integer (one per data-parallel worker), got {shards!r}")
+    if not 1 <= int(quality) <= 100:
+        raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
+    require_columns(table, TILE_COLUMNS, "export_tfrecord")
+    if table.empty:
+        raise DataError("export_tfrecord: the table has no rows")
+    table = table.reset_index(drop=True)
+    paths = slide_paths_of(table, slide_paths)
+    labels = label_indices(table, label_column)
+    files = _plan(table, int(shards), per_slide_test, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    previous: dict[str, dict] = {}
+    if manifest_path.is_file():
+        try:
+            previous = {f["path"]: f for f in json.loads(manifest_path.read_text()).get("files", [])}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s unreadable (%s): rewriting every file", manifest_path, exc)
+    params = {"variant": variant, "quality": int(quality), "seed": int(seed), "shards": int(shards)}
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    local = threading.local()
+    cols = {c: table[c].to_numpy() for c in TILE_COLUMNS}
+    sid_str = table["slide_id"].astype(str).to_numpy()
+
+    def encode(i: int) -> bytes:
+        cache = getattr(local, "cache", None)
+        if cache is None:
+            cache = local.cache = SlideCache(16, backend)
+        tile = read_tile(cache.get(paths[sid_str[i]]), cols["x"][i], cols["y"][i], cols["level"][i],
+                         cols["read_size"][i], cols["tile_size"][i])
+        return _example(tile, labels[i], sid_str[i], cols["x"][i], cols["y"][i], variant, quality)
+
+    total = int(sum(len(f["rows"]) for f in files))
+    done = written_tiles = 0
+    t0 = time.perf_counter()
+    entries = []
+    if progress:
+        progress(0, total)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-tfrecord") as pool:
+        for f in files:
+            rows = f["rows"]
+            fp = _fingerprint(table.iloc[rows], labels[rows], params)
+            target = out / f["path"]
+            old = previous.get(f["path"])
+            entry = {"path": f["path"], "split": f["split"], "records": int(len(rows)), "fingerprint": fp}
+            if "slide_id" in f:
+                entry["slide_id"] = f["slide_id"]
+            if old and old.get("fingerprint") == fp and target.is_file() and target.stat().st_size == old.get("bytes"):
+                entry["bytes"] = old["bytes"]
+                log.info("%s is up to date, kept", target)
+            else:
+                window = workers * 32  # bounds the encoded records waiting in memory
+                with TFRecordWriter(target) as writer:
+                    for start in range(0, len(rows), window):
+                        for record in pool.map(encode, rows[start:start + window].tolist()):
+                            writer.write(record)
+                entry["bytes"] = writer.bytes_written
+                written_tiles += len(rows)
+            entries.append(entry)
+            done += len(rows)
+            if progress:
+                progress(done, total)
+    elapsed = time.perf_counter() - t0
+    per_split: dict[str, int] = {}
+    for e in entries:
+        per_split[e["split"]] = per_split.get(e["split"], 0) + e["records"]
+    total_bytes = int(sum(e["bytes"] for e in entries))
+    manifest = {
+        "format": "tfrecord", "variant": variant, "schema": SCHEMAS[variant], "shards": int(shards),
+        "per_slide_test": bool(per_slide_test), "seed": int(seed), "quality": int(quality) if variant == "jpeg" else None,
+        "label_index": label_index_of(table, label_column), "tiles": total, "tiles_written": written_tiles,
+        "records_per_split": per_split, "bytes": total_bytes, "bytes_per_tile": total_bytes / max(total, 1),
+        "files": entries,
+    }
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
+    log.info("wrote %d TFRecord file(s) (%d tiles, %.1f MB) to %s in %.1f s", len(entries), total,
+             total_bytes / 1e6, out, elapsed)
+    return manifest
