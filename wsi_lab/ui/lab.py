@@ -1,0 +1,208 @@
+"""``Lab``: the workshop dashboard, one tab per registered panel, all sharing one :class:`LabState`.
+
+``wsi_lab.Lab("path/to/slides")`` is the one line a workshop starts with. Tabs are built from a panel
+registry, so later panels (training, review) plug in with :func:`register_panel`::
+
+    def my_panel(lab: Lab) -> ipywidgets.Widget: ...
+    register_panel("Review", my_panel, order=60)
+
+A factory gets the :class:`Lab`; it reads and writes the shared state in ``lab.state`` (selection,
+current slide, tissue mask, planned tiles, tiling parameters, tiling result) and never holds
+pipeline logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ipywidgets as widgets
+import traitlets
+
+from wsi_lab.ui.common import ErrorBox, message_html
+
+log = logging.getLogger(__name__)
+
+PanelFactory = Callable[["Lab"], widgets.Widget]
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    name: str
+    factory: PanelFactory
+    order: int
+
+
+_REGISTRY: dict[str, PanelSpec] = {}
+
+
+def register_panel(name: str, factory: PanelFactory, order: int = 100) -> None:
+    """Add (or replace) a Lab tab called ``name``; tabs are ordered by ``order`` then name.
+    ``factory(lab)`` returns the tab's widget; it is called once per :class:`Lab`."""
+    if not name or not callable(factory):
+        raise ValueError(f"register_panel needs a name and a callable factory, got {name!r}, {factory!r}")
+    _REGISTRY[name] = PanelSpec(name, factory, int(order))
+
+
+def unregister_panel(name: str) -> None:
+    """Remove a tab from the registry (no error when absent)."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_panels() -> list[PanelSpec]:
+    """The registered panels in tab order."""
+    return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+
+
+class LabState(traitlets.HasTraits):
+    """What the Lab's panels share. ``current`` follows the first selected slide."""
+
+    root = traitlets.Unicode()
+    selected = traitlets.List(traitlets.Unicode())
+    current = traitlets.Unicode(allow_none=True, default_value=None)
+    mask = traitlets.Any(None, help="TissueMask of the current slide (from the tuner)")
+    planned = traitlets.Any(None, help="TileTable the tuner's parameters would keep on the current slide")
+    params = traitlets.Any(None, help="TilingParams from the tuner (with per-slide overrides)")
+    result = traitlets.Any(None, help="TilingResult of the last tiling run")
+    tiles = traitlets.Any(None, help="TileTable of the last tiling run (all slides)")
+
+    @traitlets.observe("selected")
+    def _follow_selection(self, change) -> None:
+        new = list(change["new"])
+        if not new:
+            self.current = None
+        elif self.current not in new:
+            self.current = new[0]
+
+
+class Lab(widgets.VBox):
+    """The WSI Lab dashboard for the slides under ``root``: one tab per registered panel.
+
+    ``lab.state`` is the shared :class:`LabState`; ``lab.panels`` maps tab name to its widget.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, select: str | os.PathLike | None = None,
+                 **kwargs) -> None:
+        self.state = LabState(root=str(Path(root).expanduser()) if root is not None else default_slide_root())
+        self.errors = ErrorBox()
+        self.panels: dict[str, widgets.Widget] = {}
+        self.tabs = widgets.Tab()
+        header = widgets.HTML(f"<b>WSI Lab</b> &middot; slides in <code>{self.state.root}</code>")
+        for spec in registered_panels():
+            self.panels[spec.name] = self._build(spec)
+        self.tabs.children = list(self.panels.values())
+        self.tabs.titles = tuple(self.panels)
+        super().__init__([header, self.errors, self.tabs], **kwargs)
+        self.add_class("wsi-lab-lab")
+        if select is not None:
+            self.state.selected = [str(select)]
+        elif not self.state.selected:
+            browser = self.panels.get("Slides")
+            paths = list(getattr(browser, "table", {}).get("path", [])) if browser is not None else []
+            if paths:
+                self.state.selected = [paths[0]]
+
+    def _build(self, spec: PanelSpec) -> widgets.Widget:
+        try:
+            w = spec.factory(self)
+        except Exception as exc:  # noqa: BLE001 - one broken panel must not take the Lab down
+            log.exception("Lab panel %s failed to build", spec.name)
+            box = ErrorBox()
+            box.show(exc)
+            return widgets.VBox([box])
+        return w
+
+    def show_tab(self, name: str) -> None:
+        """Switch to the tab called ``name``."""
+        self.tabs.selected_index = list(self.panels).index(name)
+
+
+def default_slide_root() -> str:
+    """Where slides are looked for when none is given: ``$WSI_LAB_SLIDES``, else ``../shared/data/slides``
+    next to the repository, else ``~/.cache/wsi-lab/slides``, else ``./data``."""
+    env = os.environ.get("WSI_LAB_SLIDES")
+    if env:
+        return env
+    repo = Path(__file__).resolve().parents[2]
+    for cand in (repo.parent / "shared" / "data" / "slides", Path.home() / ".cache" / "wsi-lab" / "slides",
+                 Path("data")):
+        if cand.is_dir():
+            return str(cand)
+    return str(repo.parent / "shared" / "data" / "slides")
+
+
+# -- built-in panels -----------------------------------------------------------------------------
+
+def _slides_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.browser import SlideBrowser
+
+    browser = SlideBrowser(lab.state.root)
+    traitlets.link((browser, "selected"), (lab.state, "selected"))
+    return browser
+
+
+class ViewerPanel(widgets.VBox):
+    """The deep-zoom viewer of the Lab's current slide with its layers: tissue mask, planned tile grid,
+    and the tissue-fraction heatmap once the slide is tiled."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+        self.errors = ErrorBox()
+        self.title = widgets.HTML()
+        self.viewer = None
+        super().__init__([self.title, self.errors])
+        for name in ("current", "mask", "planned", "tiles"):
+            state.observe(self._refresh, name)
+        self._refresh()
+
+    def layers(self) -> list:
+        """Overlay layers for the current slide (mask, tile grid, tissue_fraction heatmap)."""
+        from wsi_lab import overlays
+
+        st, out = self.state, []
+        if st.mask is not None:
+            out.append(overlays.mask_layer(st.mask))
+        tiles = st.tiles
+        if tiles is not None and len(tiles) and "slide_id" in tiles:
+            from wsi_lab.slide.backend import slide_suffix
+
+            p = Path(st.current or "")
+            sid = p.name[: -len(slide_suffix(p))] if slide_suffix(p) else p.stem
+            mine = tiles[tiles["slide_id"] == sid]
+            if len(mine):
+                out.append(overlays.heatmap_layer(mine, "tissue_fraction"))
+                return out
+        if st.planned is not None and len(st.planned):
+            out.append(overlays.grid_layer(st.planned))
+        return out
+
+    def _refresh(self, _change=None) -> None:
+        st = self.state
+        with self.errors.guard("viewer"):
+            if not st.current:
+                self.title.value = message_html("Select a slide in the Slides tab.", "info")
+                self.children = [self.title, self.errors]
+                self.viewer = None
+                return
+            from wsi_lab.ui.viewer import SlideViewer
+
+            self.title.value = f"<b>{Path(st.current).name}</b>"
+            layers = self.layers()
+            if self.viewer is not None and getattr(self.viewer, "_wsi_lab_path", None) == st.current \
+                    and hasattr(self.viewer, "set_layers"):
+                self.viewer.set_layers(layers)
+            else:
+                self.viewer = SlideViewer(st.current, layers=layers)
+                self.viewer._wsi_lab_path = st.current
+            self.children = [self.title, self.errors, self.viewer]
+
+
+def _viewer_panel(lab: Lab) -> widgets.Widget:
+    return ViewerPanel(lab.state)
+
+
+register_panel("Slides", _slides_panel, order=10)
+register_panel("Viewer", _viewer_panel, order=20)
