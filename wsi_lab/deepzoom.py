@@ -1,0 +1,324 @@
+"""Deep-zoom tile pyramids over a :class:`~wsi_lab.slide.Slide` (no UI or server imports).
+
+Geometry follows the Deep Zoom Image (DZI) convention used by OpenSeadragon and by OpenSlide's
+``DeepZoomGenerator``: level ``L`` of ``level_count`` has downsample ``2 ** (level_count - 1 - L)``
+relative to slide level 0 (the last level is full resolution, level 0 is 1x1 px); its size is
+``ceil(width / ds) x ceil(height / ds)``. Tiles are ``tile_size`` px with ``overlap`` px of
+neighbouring pixels on each inner edge (254/1 like OpenSlide, or 256/0).
+
+Coordinates: level-0 boxes are ``(x, y, width, height)`` in slide level-0 pixels; tile sizes are
+``(width, height)``; arrays are ``(H, W, C)`` uint8 (RGB slide tiles, RGBA overlay tiles).
+
+Overlays: a *layer* is any object with ``render_region(box, out_size) -> (h, w, 4) uint8`` (see
+``wsi_lab.overlays``). :class:`LayerSnapshot` freezes a layer into a bounded RGBA raster over the whole
+slide; it is the unit shipped between processes (kernel → browser → Jupyter server), and every
+consumer renders overlay tiles from the same snapshot with the same code, so tiles served over HTTP and
+over a widget comm are identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from wsi_lab.errors import InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "encode_png", "RenderableLayer"]
+
+
+class RenderableLayer(Protocol):
+    """What the deep-zoom code needs from an overlay layer."""
+
+    def render_region(self, box: tuple[float, float, float, float], out_size: tuple[int, int]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Where one deep-zoom tile comes from: its level-0 ``box`` (x, y, w, h), the output ``size``
+    (width, height) in deep-zoom pixels, and the slide ``slide_level`` read for it."""
+
+    level: int
+    col: int
+    row: int
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+    slide_level: int
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3|4) uint8 array (fast compression: overlays are mostly flat)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class _LRU:
+    """Small thread-safe LRU of bytes values, bounded by total size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[Any, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._size -= len(old)
+            self._data[key] = value
+            self._size += len(value)
+            while self._size > self.max_bytes:
+                _, dropped = self._data.popitem(last=False)
+                self._size -= len(dropped)
+
+
+class DeepZoom:
+    """Deep-zoom pyramid over ``slide``: tile geometry, pixels, JPEG bytes (LRU-cached) and overlay tiles.
+
+    ``tile_size``/``overlap`` in deep-zoom pixels; ``quality`` is the JPEG quality; ``cache_bytes`` bounds
+    the encoded-tile cache. Safe to call from several threads (the slide backends serialise or
+    parallelise their own reads). Bad levels or tile addresses raise :class:`InvalidParameterError`.
+    """
+
+    def __init__(self, slide: Any, tile_size: int = 254, overlap: int = 1, quality: int = 80,
+                 cache_bytes: int = 64 * 2**20) -> None:
+        if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
+            raise InvalidParameterError(f"tile_size must be a positive integer, got {tile_size!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= 2 * overlap < tile_size:
+            raise InvalidParameterError(f"overlap must be an integer in [0, tile_size/2), got {overlap!r}")
+        if not 1 <= int(quality) <= 100:
+            raise InvalidParameterError(f"JPEG quality must be in 1..100, got {quality!r}")
+        self.slide = slide
+        self.tile_size = int(tile_size)
+        self.overlap = int(overlap)
+        self.quality = int(quality)
+        self._cache = _LRU(cache_bytes)
+        w, h = (int(v) for v in slide.dimensions)
+        dims = [(w, h)]
+        while dims[-1] != (1, 1):
+            cw, ch = dims[-1]
+            dims.append((max(1, math.ceil(cw / 2)), max(1, math.ceil(ch / 2))))
+        dims.reverse()
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(dims)
+        self.level_tiles: tuple[tuple[int, int], ...] = tuple(
+            (math.ceil(dw / self.tile_size), math.ceil(dh / self.tile_size)) for dw, dh in dims)
+        self._slide_levels = tuple(slide.get_best_level_for_downsample(self.level_downsample(i))
+                                   for i in range(len(dims)))
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def tile_count(self) -> int:
+        return sum(c * r for c, r in self.level_tiles)
+
+    def level_downsample(self, level: int) -> int:
+        """Downsample of deep-zoom ``level`` relative to slide level 0 (a power of two)."""
+        return 2 ** (self.level_count - 1 - level)
+
+    def _check(self, level: Any, col: Any, row: Any) -> tuple[int, int, int]:
+        for name, v in (("level", level), ("col", col), ("row", row)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InvalidParameterError(f"deep-zoom tile {name} must be an integer, got {v!r}")
+        if not 0 <= level < self.level_count:
+            raise InvalidParameterError(
+                f"{self._name}: deep-zoom level {level} does not exist; levels are 0..{self.level_count - 1}")
+        cols, rows = self.level_tiles[level]
+        if not (0 <= col < cols and 0 <= row < rows):
+            raise InvalidParameterError(
+                f"{self._name}: tile ({col}, {row}) is outside level {level}, which has {cols}x{rows} tiles")
+        return int(level), int(col), int(row)
+
+    @property
+    def _name(self) -> str:
+        return str(getattr(self.slide, "path", "slide"))
+
+    def tile_spec(self, level: int, col: int, row: int) -> TileSpec:
+        """Level-0 box, output size and slide level of tile ``(col, row)`` of deep-zoom ``level``."""
+        level, col, row = self._check(level, col, row)
+        ts, ov = self.tile_size, self.overlap
+        lw, lh = self.level_dimensions[level]
+        cols, rows = self.level_tiles[level]
+        zx0 = col * ts - (ov if col > 0 else 0)
+        zy0 = row * ts - (ov if row > 0 else 0)
+        zx1 = min(lw, (col + 1) * ts + (ov if col < cols - 1 else 0))
+        zy1 = min(lh, (row + 1) * ts + (ov if row < rows - 1 else 0))
+        ds = self.level_downsample(level)
+        W, H = self.level_dimensions[-1]
+        x0, y0 = zx0 * ds, zy0 * ds
+        w0, h0 = min((zx1 - zx0) * ds, W - x0), min((zy1 - zy0) * ds, H - y0)
+        return TileSpec(level, col, row, (x0, y0, w0, h0), (zx1 - zx0, zy1 - zy0), self._slide_levels[level])
+
+    def dzi_xml(self, fmt: str = "jpeg") -> str:
+        """The ``.dzi`` XML descriptor of this pyramid."""
+        w, h = self.level_dimensions[-1]
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="{fmt}" '
+                f'Overlap="{self.overlap}" TileSize="{self.tile_size}"><Size Width="{w}" Height="{h}"/></Image>\n')
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able description: size, tile geometry, levels and µm/px (``None`` when unknown)."""
+        w, h = self.level_dimensions[-1]
+        mpp = getattr(self.slide, "mpp", None)
+        return {"width": w, "height": h, "tile_size": self.tile_size, "overlap": self.overlap,
+                "level_count": self.level_count, "format": "jpeg",
+                "mpp": list(mpp) if mpp else None}
+
+    # -- pixels -------------------------------------------------------------------------------
+    def get_tile(self, level: int, col: int, row: int) -> np.ndarray:
+        """Pixels of one tile as (H, W, 3) uint8: the best slide level is read and resized (area filter)."""
+        spec = self.tile_spec(level, col, row)
+        x0, y0, w0, h0 = spec.box
+        sl = spec.slide_level
+        sd = float(self.slide.level_downsamples[sl])
+        slw, slh = self.slide.level_dimensions[sl]
+        lx, ly = int(math.floor(x0 / sd)), int(math.floor(y0 / sd))
+        rw = max(1, min(math.ceil(w0 / sd), slw - lx))
+        rh = max(1, min(math.ceil(h0 / sd), slh - ly))
+        arr = self.slide.read_region((x0, y0), sl, (rw, rh))
+        if (rw, rh) != spec.size:
+            img = Image.fromarray(arr)
+            resample = Image.Resampling.BOX if rw >= spec.size[0] else Image.Resampling.BILINEAR
+            arr = np.asarray(img.resize(spec.size, resample))
+        return arr
+
+    def get_tile_bytes(self, level: int, col: int, row: int) -> bytes:
+        """JPEG bytes of one tile (cached)."""
+        key = (level, col, row)
+        data = self._cache.get(key)
+        if data is None:
+            buf = io.BytesIO()
+            Image.fromarray(self.get_tile(level, col, row)).save(buf, format="JPEG", quality=self.quality)
+            data = buf.getvalue()
+            self._cache.put(key, data)
+        return data
+
+    def get_overlay_tile(self, layer: RenderableLayer, level: int, col: int, row: int,
+                         apply_opacity: bool = True) -> np.ndarray:
+        """(H, W, 4) uint8 RGBA of ``layer`` over the same level-0 box and size as the slide tile.
+        ``apply_opacity=False`` asks layers that support it for full alpha (the viewer applies opacity)."""
+        spec = self.tile_spec(level, col, row)
+        kw = {} if apply_opacity or not _accepts_apply_opacity(layer) else {"apply_opacity": False}
+        out = np.asarray(layer.render_region(spec.box, out_size=spec.size, **kw))
+        if out.shape != (spec.size[1], spec.size[0], 4) or out.dtype != np.uint8:
+            raise InvalidParameterError(
+                f"layer {getattr(layer, 'name', layer)!r} returned {out.shape} {out.dtype}; expected "
+                f"({spec.size[1]}, {spec.size[0]}, 4) uint8")
+        return out
+
+    def get_overlay_bytes(self, layer: RenderableLayer, level: int, col: int, row: int, key: str | None = None,
+                          apply_opacity: bool = True) -> bytes:
+        """PNG bytes of an overlay tile; cached when ``key`` (a stable id of the layer's content) is given."""
+        ck = ("overlay", key, apply_opacity, level, col, row) if key else None
+        data = self._cache.get(ck) if ck else None
+        if data is None:
+            data = encode_png(self.get_overlay_tile(layer, level, col, row, apply_opacity))
+            if ck:
+                self._cache.put(ck, data)
+        return data
+
+
+def _accepts_apply_opacity(layer: Any) -> bool:
+    try:
+        return "apply_opacity" in inspect.signature(layer.render_region).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass
+class LayerSnapshot:
+    """An RGBA raster of one layer over the whole slide: raster pixel ``(i, j)`` covers the level-0 box
+    ``(j * downsample, i * downsample, downsample, downsample)``. Renders regions by nearest sampling."""
+
+    rgba: np.ndarray
+    downsample: float
+    name: str = "layer"
+    opacity: float = 1.0
+    legend: dict = field(default_factory=dict)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.rgba = np.ascontiguousarray(self.rgba)
+        if self.rgba.ndim != 3 or self.rgba.shape[2] != 4 or self.rgba.dtype != np.uint8:
+            raise InvalidParameterError(f"layer raster must be (H, W, 4) uint8, got {self.rgba.shape} {self.rgba.dtype}")
+        if not (self.downsample > 0 and math.isfinite(self.downsample)):
+            raise InvalidParameterError(f"layer downsample must be a positive number, got {self.downsample!r}")
+        if not self.key:
+            h = hashlib.sha256(self.rgba.tobytes())
+            h.update(repr((self.rgba.shape, float(self.downsample))).encode())
+            self.key = h.hexdigest()[:20]
+
+    def render_region(self, box: tuple[float, float, float, float], out_size: tuple[int, int]) -> np.ndarray:
+        """(out_h, out_w, 4) uint8 of level-0 ``box`` = (x, y, w, h); transparent outside the raster."""
+        x, y, w, h = (float(v) for v in box)
+        ow, oh = (int(v) for v in out_size)
+        if ow <= 0 or oh <= 0 or w <= 0 or h <= 0:
+            raise InvalidParameterError(f"render_region needs a positive box and out_size, got {box!r}, {out_size!r}")
+        d = float(self.downsample)
+        cols = np.floor((x + (np.arange(ow) + 0.5) * (w / ow)) / d).astype(np.int64)
+        rows = np.floor((y + (np.arange(oh) + 0.5) * (h / oh)) / d).astype(np.int64)
+        rh, rw = self.rgba.shape[:2]
+        cok = (cols >= 0) & (cols < rw)
+        rok = (rows >= 0) & (rows < rh)
+        out = self.rgba[np.clip(rows, 0, rh - 1)[:, None], np.clip(cols, 0, rw - 1)[None, :]]
+        out[~(rok[:, None] & cok[None, :])] = 0
+        return out
+
+    def to_png(self) -> bytes:
+        return encode_png(self.rgba)
+
+    @classmethod
+    def from_png(cls, data: bytes, downsample: float, **kw: Any) -> "LayerSnapshot":
+        """Decode a PNG made by :meth:`to_png` (any PNG is converted to RGBA)."""
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception as exc:  # PIL raises many types for bad data
+            raise InvalidParameterError(f"layer raster is not a readable PNG: {exc}") from exc
+        if img.width * img.height > 64 * 2**20:
+            raise InvalidParameterError(f"layer raster {img.width}x{img.height} is too large (max 64 MP)")
+        return cls(np.asarray(img.convert("RGBA")), downsample, **kw)
+
+
+def snapshot_layer(layer: Any, dimensions: tuple[int, int], max_side: int = 4096) -> LayerSnapshot:
+    """Render ``layer`` over a slide of level-0 ``dimensions`` (width, height) into a
+    :class:`LayerSnapshot` whose longer side is at most ``max_side`` raster pixels (downsample ≥ 1)."""
+    if isinstance(layer, LayerSnapshot):
+        return layer
+    W, H = (int(v) for v in dimensions)
+    d = max(1, math.ceil(max(W, H) / max_side))
+    ow, oh = math.ceil(W / d), math.ceil(H / d)
+    rgba = np.asarray(layer.render_region((0, 0, ow * d, oh * d), out_size=(ow, oh)), dtype=np.uint8)
+    if rgba.shape != (oh, ow, 4):
+        raise InvalidParameterError(f"layer {getattr(layer, 'name', layer)!r} returned {rgba.shape}; expected ({oh}, {ow}, 4)")
+    legend = layer.legend() if callable(getattr(layer, "legend", None)) else {}
+    return LayerSnapshot(rgba, d, name=str(getattr(layer, "name", "layer")),
+                         opacity=float(getattr(layer, "opacity", 1.0)), legend=legend)
