@@ -327,11 +327,30 @@ def plain_tiff(path: str | os.PathLike, width: int = 512, height: int = 384, til
     return path
 
 
+def _garble_tiles(src: Path, data: bytes) -> bytes:
+    """``data`` (the bytes of TIFF ``src``) with the second half of each tiled page's tiles garbled."""
+    import tifffile
+
+    out = bytearray(data)
+    rng = np.random.default_rng(0)
+    with tifffile.TiffFile(src) as tf:
+        for page in tf.pages:
+            if not page.is_tiled:
+                continue
+            offsets, counts = page.dataoffsets, page.databytecounts
+            for i in range(len(offsets) // 2, len(offsets)):
+                o, c = int(offsets[i]), int(counts[i])
+                if c > 64:  # keep the first bytes (SOI, tables) so readers get past the header
+                    out[o + 32:o + c] = rng.integers(0, 256, c - 32, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
 def make_corrupt_copies(src: str | os.PathLike, folder: str | os.PathLike) -> dict[str, Path]:
     """Broken inputs for error-handling tests, made in ``folder`` from the real slide ``src``.
 
     Keys: ``empty`` (0-byte ``.svs``), ``text`` (a text file renamed ``.svs``), ``truncated`` (the first
-    60% of ``src``'s bytes, same extension), ``png_as_tif`` (a PNG renamed ``.tif``), ``png`` (a real
+    60% of ``src``'s bytes, same extension), ``corrupt`` (same size and header, but the data of the second
+    half of every tiled page's tiles overwritten with random bytes: opens everywhere, decoding fails), ``png_as_tif`` (a PNG renamed ``.tif``), ``png`` (a real
     ``.png``: not a slide format), ``directory`` (a folder named like a slide), ``missing`` (a path that
     does not exist).
     """
@@ -347,6 +366,8 @@ def make_corrupt_copies(src: str | os.PathLike, folder: str | os.PathLike) -> di
     data = src.read_bytes()
     out["truncated"] = folder / f"truncated{src.suffix}"
     out["truncated"].write_bytes(data[: int(len(data) * 0.6)])
+    out["corrupt"] = folder / f"corrupt{src.suffix}"
+    out["corrupt"].write_bytes(_garble_tiles(src, data))
     png = np.zeros((64, 64, 3), np.uint8)
     png[16:48, 16:48] = (200, 80, 160)
     out["png"] = folder / "picture.png"
