@@ -1,0 +1,176 @@
+"""Grid planning: which tiles of a slide to read, as a TileTable (no pixels read except the mask's).
+
+The grid is computed with numpy over all tile positions at once and the tissue fraction of every tile
+comes from the mask's integral image, so planning a gigapixel slide takes well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wsi_lab.errors import InvalidParameterError, MissingMPPError
+from wsi_lab.tiling.params import MAX_TILE_SIZE, TwoStage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["plan_tiles", "TileGeometry", "tile_geometry", "grid_origins"]
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """How one tile is read: ``read_size`` pixels square at ``level`` covering ``extent`` level-0 pixels,
+    resized to ``tile_size``; neighbours are ``step`` level-0 pixels apart; ``mpp`` is the output µm/px."""
+
+    level: int
+    read_size: int
+    tile_size: int
+    extent: float
+    step: float
+    mpp: float
+
+
+def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: int | None = None,
+                  overlap: int = 0) -> TileGeometry:
+    """Resolve (tile_size, mpp, level, overlap) against ``slide``'s levels; validates every value."""
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or not 1 <= tile_size <= MAX_TILE_SIZE:
+        raise InvalidParameterError(f"{slide.path}: tile_size must be an integer in 1..{MAX_TILE_SIZE}, got {tile_size!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile_size:
+        raise InvalidParameterError(f"{slide.path}: overlap must be an integer in 0..{tile_size - 1}, got {overlap!r}")
+    if level is not None:
+        slide._check_level(level)
+    base = slide.mpp[0] if slide.mpp else None
+    if mpp is not None:
+        if not (isinstance(mpp, (int, float, np.floating)) and mpp > 0 and math.isfinite(mpp)):
+            raise InvalidParameterError(f"{slide.path}: mpp must be a positive µm/px, got {mpp!r}")
+        if level is None:
+            level, scale = slide.level_for_mpp(float(mpp))
+        else:
+            scale = float(mpp) / (slide.require_mpp()[0] * slide.level_downsamples[level])
+        out_mpp = float(mpp)
+    else:
+        if level is None:
+            if base is None:
+                raise MissingMPPError(
+                    f"{slide.path}: the slide has no µm/px in its metadata; pass mpp=<target µm/px> with a slide "
+                    "override (open_slide(path, mpp=...) or --slide-mpp), or tile by level=<n>")
+            level = 0
+        scale = 1.0
+        out_mpp = base * slide.level_downsamples[level] if base else float("nan")
+    read_size = max(1, int(round(tile_size * scale)))
+    if read_size > MAX_TILE_SIZE:
+        raise InvalidParameterError(f"{slide.path}: a {tile_size}px tile at {mpp} µm/px needs {read_size}px reads at "
+                                    f"level {level} (> {MAX_TILE_SIZE}); use a smaller tile or a coarser mpp")
+    extent = read_size * slide.level_downsamples[level]
+    W, H = slide.dimensions
+    if extent > W or extent > H:
+        raise InvalidParameterError(f"{slide.path}: a tile covers {extent:.0f} level-0 px but the slide is only "
+                                    f"{W}x{H}; use a smaller tile_size or a finer mpp")
+    step = (tile_size - overlap) * extent / tile_size
+    return TileGeometry(int(level), read_size, int(tile_size), float(extent), float(step), float(out_mpp))
+
+
+def grid_origins(dimensions: tuple[int, int], geom: TileGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) of every tile fully inside the slide, row-major (y, then x), as int64 arrays."""
+    W, H = dimensions
+    nx = int(math.floor((W - geom.extent) / geom.step + 1e-9)) + 1
+    ny = int(math.floor((H - geom.extent) / geom.step + 1e-9)) + 1
+    xs = np.floor(np.arange(nx) * geom.step + 1e-6).astype(np.int64)
+    ys = np.floor(np.arange(ny) * geom.step + 1e-6).astype(np.int64)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    return gx.ravel(), gy.ravel()
+
+
+def _resolve_mask(slide, mask: Any, mask_downsample: float | None, method_params: dict | None):
+    from wsi_lab.tissue import TissueMask, detect_tissue
+
+    if mask is None or isinstance(mask, TissueMask):
+        if isinstance(mask, TissueMask) and tuple(mask.slide_dimensions) != tuple(slide.dimensions):
+            raise InvalidParameterError(f"{slide.path}: the mask was made for a {mask.slide_dimensions} slide, "
+                                        f"this slide is {slide.dimensions}; detect tissue on this slide")
+        return mask
+    if isinstance(mask, str):
+        return detect_tissue(slide, mask, downsample=mask_downsample, **(method_params or {}))
+    raise InvalidParameterError(f"mask must be None, a TissueMask or a method name, got {type(mask).__name__}")
+
+
+def plan_tiles(slide, tile_size: int = 256, mpp: float | None = None, level: int | None = None, overlap: int = 0,
+               mask: Any = None, min_tissue: float = 0.5, two_stage: TwoStage | None = None,
+               patient_id: str | None = None, *, slide_mpp: float | None = None,
+               mask_downsample: float | None = None, method_params: dict | None = None) -> pd.DataFrame:
+    """Plan the tiles of ``slide`` (a Slide or path) and return a TileTable (one row per kept tile).
+
+    ``tile_size`` is in output pixels at ``mpp`` µm/px (read from the best level, ``slide.level_for_mpp``)
+    or at ``level`` when ``mpp`` is None; ``overlap`` in output pixels. ``mask`` (a TissueMask or a method
+    name for :func:`~wsi_lab.detect_tissue`, with ``method_params``) keeps tiles whose tissue fraction
+    ≥ ``min_tissue``; None keeps every tile (tissue_fraction NaN). With ``two_stage`` only the coarse pass
+    runs here (candidates); :func:`~wsi_lab.tiling.twostage.apply_fine_pass` / ``run_tiling`` do the fine
+    pass. ``slide_mpp`` is the µm/px to assume when the metadata has none. x, y are level-0 pixels.
+    """
+    from wsi_lab.data.table import default_patient_id
+    from wsi_lab.slide import Slide, open_slide
+
+    if not isinstance(slide, Slide):
+        with open_slide(slide) as s:
+            if s.mpp is None and slide_mpp is not None:
+                s = open_slide(slide, mpp=slide_mpp)
+            return plan_tiles(s, tile_size, mpp, level, overlap, mask, min_tissue, two_stage, patient_id,
+                              mask_downsample=mask_downsample, method_params=method_params)
+    if slide.mpp is None and slide_mpp is not None:
+        slide = open_slide(slide.path, backend=slide._requested_backend, mpp=slide_mpp)
+    if not (isinstance(min_tissue, (int, float)) and 0 <= min_tissue <= 1):
+        raise InvalidParameterError(f"{slide.path}: min_tissue must be in [0, 1], got {min_tissue!r}")
+    geom = tile_geometry(slide, tile_size, mpp, level, overlap)
+    xs, ys = grid_origins(slide.dimensions, geom)
+    meta: dict[str, Any] = {
+        "slide_path": os.fspath(slide.path), "slide_id": slide.slide_id, "slide_dimensions": list(slide.dimensions),
+        "slide_mpp": list(slide.mpp) if slide.mpp else None, "backend": slide.backend,
+        "params": {"tile_size": int(tile_size), "mpp": mpp, "level": level, "overlap": int(overlap),
+                   "min_tissue": float(min_tissue), "read_level": geom.level, "read_size": geom.read_size},
+        "grid_tiles": int(xs.size),
+    }
+    if two_stage is not None:
+        two_stage.validate()
+        if two_stage.coarse != tile_size:
+            raise InvalidParameterError(f"{slide.path}: two-stage coarse size {two_stage.coarse} must equal tile_size {tile_size}")
+        meta["two_stage"] = two_stage.to_dict()
+        meta["stage"] = "coarse"
+        if two_stage.coarse_source == "mask":
+            if not hasattr(mask, "tissue_fraction"):
+                cp = dict(two_stage.coarse_params)
+                if two_stage.coarse_threshold is not None:
+                    cp["threshold" if two_stage.coarse_method != "background" else "background_threshold"] = two_stage.coarse_threshold
+                mask = two_stage.coarse_method
+                method_params = cp
+            min_keep, strict = two_stage.coarse_min, True
+        else:
+            mask, min_keep, strict = None, 0.0, False
+    else:
+        min_keep, strict = float(min_tissue), False
+    tm = _resolve_mask(slide, mask, mask_downsample, method_params)
+    if tm is not None:
+        frac = tm.tissue_fraction(xs, ys, np.full(xs.shape, geom.extent), np.full(xs.shape, geom.extent))
+        keep = frac > min_keep if strict else frac >= min_keep - 1e-9
+        xs, ys, frac = xs[keep], ys[keep], frac[keep].astype(np.float32)
+        meta["mask"] = tm.metadata()
+    else:
+        frac = np.full(xs.shape, np.nan, np.float32)
+    n = xs.size
+    pid = patient_id if patient_id is not None else default_patient_id(slide.slide_id)
+    table = pd.DataFrame({
+        "slide_id": pd.Series([slide.slide_id] * n, dtype=object),
+        "patient_id": pd.Series([pid] * n, dtype=object),
+        "x": xs, "y": ys,
+        "level": np.full(n, geom.level, np.int32), "read_size": np.full(n, geom.read_size, np.int32),
+        "tile_size": np.full(n, geom.tile_size, np.int32), "mpp": np.full(n, geom.mpp, np.float64),
+        "tissue_fraction": frac,
+    })
+    table.attrs["wsi_lab"] = meta
+    log.info("%s: %d of %d grid tiles planned", slide.slide_id, n, meta["grid_tiles"])
+    return table
