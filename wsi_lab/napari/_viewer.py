@@ -1,0 +1,71 @@
+"""``open_in_napari``: a slide as a lazy multiscale image plus aligned overlays in a napari viewer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from wsi_lab.errors import require
+from wsi_lab.napari._layers import layer_data, resolve_overlays
+from wsi_lab.napari._pyramid import slide_pyramid, slide_scale
+
+log = logging.getLogger(__name__)
+
+__all__ = ["open_in_napari", "slide_layer_data"]
+
+
+def _napari():
+    return require("napari", "napari", "viewing slides in napari")
+
+
+def slide_layer_data(slide, chunk: int = 1024) -> tuple:
+    """napari ``(data, kwargs, "image")`` for ``slide``: a lazy Dask pyramid (see
+    :func:`~wsi_lab.napari._pyramid.slide_pyramid`), scaled to µm when the slide knows its µm/px."""
+    scale, units = slide_scale(slide)
+    meta = {"path": str(slide.path), "slide_id": slide.slide_id, "mpp": slide.mpp, "backend": slide.backend,
+            "level_downsamples": list(slide.level_downsamples)}
+    kwargs = {"name": slide.slide_id, "rgb": True, "multiscale": True, "scale": scale, "units": units,
+              "contrast_limits": (0, 255), "metadata": meta}
+    return slide_pyramid(slide, chunk=chunk), kwargs, "image"
+
+
+def _slide_rows(table, slide):
+    """Rows of ``table`` that belong to ``slide`` (all rows when the table has no slide_id column)."""
+    if table is None or "slide_id" not in table.columns:
+        return table
+    ids = set(table["slide_id"].astype(str).unique())
+    if len(ids) <= 1:
+        return table
+    rows = table[table["slide_id"].astype(str) == slide.slide_id]
+    log.info("table holds %d slides; showing the %d tiles of %s", len(ids), len(rows), slide.slide_id)
+    return rows
+
+
+def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None, viewer=None,
+                   show: bool = True, chunk: int = 1024, backend: str = "auto"):
+    """Open a slide in napari as a lazy multiscale image (chunks of ``chunk`` pixels read on demand)
+    with aligned overlays, and return the viewer. ``overlays`` holds
+    :class:`~wsi_lab.overlays.Layer` objects or names (``"tissue"``, ``"grid"``, ``"latent"``, a
+    ``table`` column: numbers become a heatmap, labels categories). ``mask`` (a TissueMask) and
+    ``table`` (a TileTable; tiles of other slides are dropped) feed the named overlays. Layers are
+    in µm when the slide has µm/px, else in level-0 pixels. Needs ``pip install 'wsi-lab[napari]'``."""
+    napari = _napari()
+    from wsi_lab.slide import Slide, open_slide
+
+    slide = slide_or_path if isinstance(slide_or_path, Slide) else open_slide(os.fspath(slide_or_path), backend=backend)
+    table = _slide_rows(table, slide)
+    layers = resolve_overlays(overlays, table=table, mask=mask, slide=slide)
+    if viewer is None:
+        viewer = napari.Viewer(title=f"WSI Lab: {slide.slide_id}", show=show)
+    data, kwargs, _ = slide_layer_data(slide, chunk=chunk)
+    viewer.add_image(data, **kwargs)
+    scale, units = kwargs["scale"], kwargs["units"]
+    for layer in layers:
+        ldata, lkw, ltype = layer_data(layer, slide.dimensions, scale, units)
+        getattr(viewer, f"add_{ltype}")(ldata, **lkw)
+    if units == "um":
+        viewer.scale_bar.visible = True
+        viewer.scale_bar.unit = "um"
+    viewer.reset_view()
+    return viewer
