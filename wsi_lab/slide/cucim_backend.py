@@ -80,10 +80,12 @@ class CuCIMReader:
         mpp = None
         if aperio.get("MPP"):
             mpp = plausible_mpp(aperio.get("MPP"), aperio.get("MPP"), str(path))
-        elif str(tiff.get("resolution_unit", "")).lower() in ("centimeter", "3"):
+        elif str(tiff.get("resolution_unit", "")).lower() in ("centimeter", "3", "inch", "2"):
+            # µm per resolution unit: 1 cm = 1e4 µm, 1 inch = 25400 µm (a 72-dpi default is then rejected)
+            per_unit = 1e4 if str(tiff.get("resolution_unit")).lower() in ("centimeter", "3") else 25400.0
             xr, yr = to_float(tiff.get("x_resolution")), to_float(tiff.get("y_resolution"))
             if xr and yr:
-                mpp = plausible_mpp(1e4 / xr, 1e4 / yr, str(path))
+                mpp = plausible_mpp(per_unit / xr, per_unit / yr, str(path))
         vendor = "aperio" if aperio else ("philips" if "philips" in md else "generic-tiff")
         props = _flatten({k: v for k, v in md.items() if k != "cucim"})
         self.metadata = ReaderMetadata(

@@ -27,7 +27,7 @@ from wsi_lab.errors import (
     UnsupportedFormatError,
 )
 from wsi_lab.slide.backend import SlideReader, backend_candidates, get_backend, slide_suffix
-from wsi_lab.slide.metadata import plausible_mpp
+from wsi_lab.slide.metadata import plausible_mpp, to_float
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ def open_slide(path: str | os.PathLike, backend: str = "auto",
     override = None
     if mpp is not None:
         pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
-        override = plausible_mpp(*pair, source="the mpp= argument")
-        if override is None:
+        override = plausible_mpp(*pair, source="the mpp= argument") if len(pair) == 2 else None
+        if override is None or any(to_float(v) is None for v in pair):  # (0.25, 0) is not "square pixels"
             raise InvalidParameterError(f"{p}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
     if backend != "auto":
         cls = get_backend(backend)
