@@ -68,6 +68,7 @@ class LabState(traitlets.HasTraits):
     params = traitlets.Any(None, help="TilingParams from the tuner (with per-slide overrides)")
     result = traitlets.Any(None, help="TilingResult of the last tiling run")
     tiles = traitlets.Any(None, help="TileTable of the last tiling run (all slides)")
+    overrides = traitlets.Dict(help="slide_id -> TilingParams tuned for that slide")
 
     @traitlets.observe("selected")
     def _follow_selection(self, change) -> None:
@@ -204,5 +205,72 @@ def _viewer_panel(lab: Lab) -> widgets.Widget:
     return ViewerPanel(lab.state)
 
 
+class TunerPanel(widgets.VBox):
+    """A :class:`~wsi_lab.ui.tuner.ThresholdTuner` on the Lab's current slide. Its mask, planned tiles and
+    parameters go to the shared state; the control values carry over when another slide is chosen, and
+    "Use for this slide only" records a per-slide override."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+        self.errors = ErrorBox()
+        self.tuner = None
+        self.override = widgets.Button(description="Use for this slide only", icon="thumb-tack",
+                                       layout=widgets.Layout(width="220px"))
+        self.override.on_click(self._save_override)
+        self.note = widgets.HTML()
+        super().__init__([self.errors])
+        state.observe(self._load, "current")
+        self._load()
+
+    def _load(self, _change=None) -> None:
+        from wsi_lab.ui.tuner import ThresholdTuner
+
+        old = self.tuner
+        self.tuner = None
+        with self.errors.guard("tuner"):
+            if not self.state.current:
+                self.children = [widgets.HTML(message_html("Select a slide in the Slides tab.", "info"))]
+                return
+            tuner = ThresholdTuner(self.state.current)
+            if old is not None:
+                tuner.apply_settings(old.settings())
+            self.tuner = tuner
+            for name in ("mask", "planned"):
+                tuner.observe(self._publish, name)
+            self._publish()
+        if old is not None:
+            old.close()
+        kids = [self.errors] + ([self.tuner, widgets.HBox([self.override, self.note])] if self.tuner else [])
+        self.children = kids
+
+    def _publish(self, _change=None) -> None:
+        t = self.tuner
+        with self.errors.guard("tuner"):
+            self.state.mask, self.state.planned = t.mask, t.planned
+            self.state.params = t.params
+
+    def _save_override(self, _button=None) -> None:
+        if self.tuner is None:
+            return
+        with self.errors.guard("override"):
+            self.state.overrides = {**self.state.overrides, self.tuner.slide.slide_id: self.tuner.params}
+            self.note.value = f"{len(self.state.overrides)} slide override(s): {', '.join(self.state.overrides)}"
+
+
+def _tune_panel(lab: Lab) -> widgets.Widget:
+    return TunerPanel(lab.state)
+
+
+def _tiling_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.tiling_panel import TilingPanel
+
+    st = lab.state
+    panel = TilingPanel(slides=lambda: st.selected, params=lambda: st.params, overrides=lambda: st.overrides)
+    panel.observe(lambda change: setattr(st, "tiles", change["new"]), "table")
+    return panel
+
+
 register_panel("Slides", _slides_panel, order=10)
 register_panel("Viewer", _viewer_panel, order=20)
+register_panel("Tune", _tune_panel, order=30)
+register_panel("Tiling", _tiling_panel, order=40)

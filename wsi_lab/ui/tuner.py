@@ -1,0 +1,248 @@
+"""``ThresholdTuner``: tissue-detection controls with a live mask overlay and the tile count they give.
+
+A thin view over :func:`wsi_lab.detect_tissue` (which caches the low-resolution features of a slide, so
+re-thresholding is fast), :func:`wsi_lab.plan_tiles` (tiles kept, from the mask's integral image) and
+:mod:`wsi_lab.overlays` (mask and tile-grid rendering). The slide's thumbnail is read once.
+``tuner.params`` is the :class:`~wsi_lab.tiling.TilingParams` the controls describe;
+:meth:`ThresholdTuner.save_overrides` stores them as this slide's override in a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import traitlets
+
+from wsi_lab.errors import InvalidParameterError
+from wsi_lab.slide import Slide, open_slide
+from wsi_lab.ui.common import ErrorBox, composite, set_image
+
+log = logging.getLogger(__name__)
+
+#: slider range and default of the main threshold of each method (None default = automatic)
+THRESHOLDS: dict[str, dict[str, Any]] = {
+    "otsu": dict(param="threshold", min=0.0, max=255.0, step=1.0, default=None,
+                 help="saturation (brightfield) or brightness (fluorescence) cut"),
+    "variance": dict(param="threshold", min=0.0, max=2000.0, step=5.0, default=120.0,
+                     help="per-cell intensity variance cut"),
+    "background": dict(param="background_threshold", min=0.0, max=255.0, step=1.0, default=None,
+                       help="near-white (brightfield) / near-black (fluorescence) intensity cut"),
+}
+DISPLAY_SIZE = 512
+
+
+class ThresholdTuner(widgets.VBox):
+    """Tune tissue detection on one slide and see the mask and the number of tiles kept, live.
+
+    Observable traits: ``mask`` (TissueMask or None when no tissue), ``planned`` (TileTable of the tiles
+    that would be kept), ``n_tiles``. ``last_update_ms`` is the time the last update took.
+    """
+
+    mask = traitlets.Any(None).tag(sync=False)
+    planned = traitlets.Any(None).tag(sync=False)
+    n_tiles = traitlets.Int(0).tag(sync=False)
+
+    def __init__(self, slide: Slide | str | os.PathLike, method: str = "otsu", tile_size: int = 256,
+                 mpp: float | None = None, min_tissue: float = 0.5, display_size: int = DISPLAY_SIZE,
+                 **kwargs) -> None:
+        self._quiet = False
+        self.errors = ErrorBox()
+        self.slide = slide if isinstance(slide, Slide) else open_slide(slide)
+        self.last_update_ms = float("nan")
+        self._thumb = self.slide.get_thumbnail(display_size)
+        style = {"description_width": "110px"}
+        wide = widgets.Layout(width="360px")
+        self.method = widgets.Dropdown(options=list(THRESHOLDS), value=method, description="Method", style=style,
+                                       layout=wide)
+        self.auto = widgets.Checkbox(value=True, description="automatic threshold", indent=False)
+        self.threshold = widgets.FloatSlider(description="Threshold", style=style, layout=wide,
+                                             continuous_update=False, readout_format=".0f")
+        self.max_background = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="Max background",
+                                                  style=style, layout=wide, continuous_update=False)
+        self.closing = widgets.IntSlider(value=0, min=0, max=10, description="Closing (px)", style=style,
+                                         layout=wide, continuous_update=False)
+        self.opening = widgets.IntSlider(value=0, min=0, max=10, description="Opening (px)", style=style,
+                                         layout=wide, continuous_update=False)
+        self.min_object = widgets.FloatText(value=0.0, description="Min object µm²", style=style, layout=wide)
+        self.tile_size = widgets.IntText(value=tile_size, description="Tile size (px)", style=style, layout=wide)
+        self.mpp = widgets.FloatText(value=mpp or 0.0, description="Tile µm/px", style=style, layout=wide,
+                                     tooltip="0 = the slide's native resolution")
+        self.min_tissue = widgets.FloatSlider(value=min_tissue, min=0, max=1, step=0.05, description="Min tissue",
+                                              style=style, layout=wide, continuous_update=False)
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{display_size}px"))
+        self.image.add_class("wsi-lab-tuner-image")
+        self.count = widgets.HTML()
+        self.count.add_class("wsi-lab-tile-count")
+        self._apply_method_defaults(method)
+        controls = widgets.VBox([self.method, self.auto, self.threshold, self.max_background, self.closing,
+                                 self.opening, self.min_object, self.tile_size, self.mpp, self.min_tissue, self.count],
+                                layout=widgets.Layout(min_width="380px"))
+        title = widgets.HTML(f"<b>{self.slide.path.name}</b> &middot; {self.slide.dimensions[0]}×"
+                             f"{self.slide.dimensions[1]} px")
+        super().__init__([title, self.errors, widgets.HBox([controls, self.image])], **kwargs)
+        self.add_class("wsi-lab-tuner")
+        self.method.observe(self._on_method, "value")
+        for w in (self.auto, self.threshold, self.max_background, self.closing, self.opening, self.min_object,
+                  self.tile_size, self.mpp, self.min_tissue):
+            w.observe(self._on_change, "value")
+        self.update()
+
+    # -- controls -> parameters ---------------------------------------------------------------
+    def _apply_method_defaults(self, method: str) -> None:
+        spec = THRESHOLDS[method]
+        self._quiet = True
+        try:
+            self.threshold.min, self.threshold.max, self.threshold.step = 0.0, spec["max"], spec["step"]
+            if spec["default"] is not None:
+                self.threshold.value = spec["default"]
+            else:
+                self.auto.value = True  # a new method starts from its automatic threshold
+        finally:
+            self._quiet = False
+        self.threshold.description_tooltip = spec["help"]
+        self.auto.layout.display = "none" if spec["default"] is not None else None
+        self.max_background.layout.display = None if method == "background" else "none"
+
+    def method_params(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`wsi_lab.detect_tissue` from the controls."""
+        m = self.method.value
+        spec = THRESHOLDS[m]
+        p: dict[str, Any] = {}
+        if spec["default"] is not None or not self.auto.value:
+            p[spec["param"]] = float(self.threshold.value)
+        if m == "background":
+            p["max_background"] = float(self.max_background.value)
+        if self.closing.value:
+            p["closing"] = int(self.closing.value)
+        if self.opening.value:
+            p["opening"] = int(self.opening.value)
+        if self.min_object.value:
+            if self.min_object.value < 0:
+                raise InvalidParameterError(f"min object area must be ≥ 0 µm², got {self.min_object.value}")
+            p["min_object_um2" if self.slide.mpp else "min_object_px"] = float(self.min_object.value)
+        return p
+
+    @property
+    def params(self):
+        """The :class:`~wsi_lab.tiling.TilingParams` these controls describe (validated)."""
+        from wsi_lab.tiling.params import TilingParams
+
+        mpp = float(self.mpp.value) if self.mpp.value else None
+        return TilingParams(tile_size=int(self.tile_size.value), mpp=mpp, method=self.method.value,
+                            method_params=self.method_params(), min_tissue=float(self.min_tissue.value)).validate()
+
+    def save_overrides(self, path: str | os.PathLike) -> Path:
+        """Store ``params`` as this slide's override in the JSON file ``path`` (``{slide_id: params}``),
+        keeping the other slides' entries; written atomically."""
+        from wsi_lab.io import atomic_write_bytes
+
+        target = Path(path)
+        data: dict[str, Any] = {}
+        if target.exists():
+            try:
+                data = json.loads(target.read_text())
+            except ValueError as exc:
+                raise InvalidParameterError(f"{target}: not a JSON overrides file ({exc}); remove it or pick "
+                                            "another path") from exc
+        data[self.slide.slide_id] = self.params.to_dict()
+        atomic_write_bytes(target, json.dumps(data, indent=2, sort_keys=True).encode())
+        return target
+
+    # -- updates ------------------------------------------------------------------------------
+    def _on_method(self, change) -> None:
+        if self._quiet:
+            return
+        self._apply_method_defaults(change["new"])
+        self.update()
+
+    def _on_change(self, change) -> None:
+        if self._quiet:
+            return
+        if change["owner"] is self.threshold and self.auto.value:
+            self._silent(self.auto, False)  # moving the slider means "use this value"
+        self.update()
+
+    def update(self) -> float:
+        """Re-detect tissue with the current controls, re-plan the tiles and redraw; returns the time
+        taken in milliseconds. Bad values and typed core errors are shown in the panel."""
+        from wsi_lab.overlays import grid_layer, mask_layer
+        from wsi_lab.tiling.grid import plan_tiles
+        from wsi_lab.tissue import detect_tissue
+
+        t0 = time.perf_counter()
+        mask = planned = None
+        picture = self._thumb
+        with self.errors.guard():
+            params = self.params  # validates tile size, µm/px, min tissue
+            mask = detect_tissue(self.slide, self.method.value, **params.method_params)
+            if self.auto.value and THRESHOLDS[self.method.value]["default"] is None:
+                auto_t = mask.params.get(THRESHOLDS[self.method.value]["param"])
+                if auto_t is not None and math.isfinite(float(auto_t)):
+                    self._silent(self.threshold, float(auto_t))
+            W, H = self.slide.dimensions
+            th, tw = self._thumb.shape[:2]
+            picture = composite(picture, mask_layer(mask, color=(0, 200, 0), opacity=0.35)
+                                .render_region((0, 0, W, H), (tw, th)))
+            planned = plan_tiles(self.slide, params.tile_size, params.mpp, mask=mask, min_tissue=params.min_tissue)
+            if len(planned):
+                picture = composite(picture, grid_layer(planned, color=(255, 200, 0), slide=self.slide)
+                                    .render_region((0, 0, W, H), (tw, th)))
+        self.mask, self.planned = mask, planned
+        self.n_tiles = 0 if planned is None else len(planned)
+        set_image(self.image, picture, "jpeg")
+        self.last_update_ms = (time.perf_counter() - t0) * 1000
+        self.count.value = self._count_html(mask, planned)
+        return self.last_update_ms
+
+    def _silent(self, widget, value: Any) -> None:
+        """Set a control without triggering another update."""
+        quiet, self._quiet = self._quiet, True
+        try:
+            widget.value = value
+        finally:
+            self._quiet = quiet
+
+    def _count_html(self, mask, planned) -> str:
+        if planned is None:
+            return "<span class='wsi-lab-tiles-kept' data-tiles='0'>no tiles</span>"
+        grid = planned.attrs.get("wsi_lab", {}).get("grid_tiles", len(planned))
+        frac = f", tissue {mask.fraction:.1%} of the slide" if mask is not None else ""
+        return (f"<span class='wsi-lab-tiles-kept' data-tiles='{len(planned)}'><b>{len(planned)}</b> of {grid} "
+                f"tiles kept{frac}</span> <small>({self.last_update_ms:.0f} ms)</small>")
+
+    def settings(self) -> dict[str, Any]:
+        """The control values (to carry them over to another slide with :meth:`apply_settings`)."""
+        names = ("method", "auto", "threshold", "max_background", "closing", "opening", "min_object", "tile_size",
+                 "mpp", "min_tissue")
+        return {n: getattr(self, n).value for n in names}
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Set the controls from :meth:`settings` output and update once."""
+        if "method" in settings:
+            self._silent(self.method, settings["method"])
+            self._apply_method_defaults(settings["method"])
+        for name, value in settings.items():
+            if name != "method" and hasattr(self, name):
+                self._silent(getattr(self, name), value)
+        self.update()
+
+    def close(self) -> None:
+        self.slide.close()
+        super().close()
+
+
+def tuned_thumbnail(tuner: ThresholdTuner) -> np.ndarray:
+    """The picture the tuner shows now, decoded as (H, W, 3) uint8 (for tests and notebooks)."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(tuner.image.value)).convert("RGB"))
