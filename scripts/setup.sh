@@ -18,9 +18,11 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 VPY=.venv/bin/python
 # pip's resolver complains that cuCIM's CUDA-only dependencies are absent on CPU machines: expected, hidden.
 pipq() {
-  "$VPY" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-    | grep -v -e '^WARNING: Location' -e '^cucim-cu12 .* requires' -e "^ERROR: pip's dependency resolver" || true
-  return "${PIPESTATUS[0]}"
+  local out rc=0
+  out=$("$VPY" -m pip install -q --disable-pip-version-check "$@" 2>&1) || rc=$?
+  printf '%s\n' "$out" | grep -v -e '^WARNING: Location' -e '^cucim-cu12 .* requires' \
+    -e "^ERROR: pip's dependency resolver" -e '^$' >&2 || true
+  return $rc
 }
 
 base=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
