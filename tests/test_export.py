@@ -33,13 +33,13 @@ def table():
 # -- JPEG ------------------------------------------------------------------------------------------
 def test_export_jpeg_layout_pixels_resume(tmp_path, table):
     calls = []
-    out = export_jpeg(table, tmp_path / "j", quality=95, workers=2, progress=lambda d, t: calls.append((d, t)))
+    out = export_jpeg(table, tmp_path / "j", quality=95, workers=2, progress=calls.append)
     files = [tmp_path / "j" / f for f in out["file"]]
     assert all(f.is_file() and is_valid_jpeg(f) for f in files)
     row = out.iloc[7]
     assert row["file"] == f"{row['split']}/{row['label']}/{row['slide_id']}_{row['x']}_{row['y']}.jpg"
-    assert calls[0] == (0, len(table)) and calls[-1] == (len(table), len(table))
-    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+    assert calls[0].done == 0 and calls[-1].finished and calls[-1].done == calls[-1].total == len(table)
+    assert all(a.done <= b.done for a, b in zip(calls, calls[1:])) and calls[-1].unit == "tiles"
     # pixels: the JPEG decodes to the tile read directly (up to JPEG loss)
     path = table.attrs["wsi_lab"]["slides"][row["slide_id"]]["path"]
     with open_slide(path) as s:
@@ -135,7 +135,9 @@ def test_export_tfrecord_resume_and_bad_input_keep_files(tmp_path, table):
     # a damaged shard is rewritten, only it
     victim = out / m1["files"][0]["path"]
     victim.write_bytes(victim.read_bytes()[:50])
-    m3 = export_tfrecord(table, out, shards=2)
+    events = []
+    m3 = export_tfrecord(table, out, shards=2, progress=events.append)
+    assert events[-1].finished and events[-1].skipped == len(table) - m1["files"][0]["records"]
     assert m3["tiles_written"] == m1["files"][0]["records"]
     assert len(list(read_examples(victim))) == m1["files"][0]["records"]
     manifest_before = (out / "manifest.json").read_bytes()

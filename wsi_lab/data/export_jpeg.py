@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,13 +25,11 @@ from wsi_lab.data.tile_reader import (SlideCache, label_index_of, label_key, rea
                                       slide_paths_of, TILE_COLUMNS)
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.io import atomic_write_bytes
+from wsi_lab.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_jpeg", "tile_filenames", "is_valid_jpeg", "encode_jpeg", "Progress"]
-
-#: progress callback: ``progress(done, total)`` in tiles
-Progress = Callable[[int, int], None]
+__all__ = ["export_jpeg", "tile_filenames", "is_valid_jpeg", "encode_jpeg"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
@@ -83,13 +81,14 @@ def tile_filenames(table: pd.DataFrame, layout: str = "auto", label_column: str 
 
 
 def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 90, workers: int | None = None,
-                layout: str = "auto", slide_paths: Mapping[str, str] | None = None, progress: Progress | None = None,
-                overwrite: bool = False, backend: str = "auto", label_column: str = "label") -> pd.DataFrame:
+                layout: str = "auto", slide_paths: Mapping[str, str] | None = None,
+                progress: ProgressCallback | None = None, overwrite: bool = False, backend: str = "auto", label_column: str = "label") -> pd.DataFrame:
     """Write every tile of ``table`` as a JPEG under ``out_dir`` and return a copy of the table with a
     ``file`` column (path relative to ``out_dir``). Tiles are read at their ``level`` (``read_size``² px
     from level-0 ``(x, y)``), resized to ``tile_size``². Existing complete files are kept (resume) unless
     ``overwrite``. ``workers`` threads (default: CPU count) each keep their own open slides.
-    ``progress(done, total)`` is called as tiles finish. ``manifest.json`` is written last."""
+    ``progress`` receives :class:`~wsi_lab.progress.ProgressEvent` (unit ``tiles``) as tiles finish.
+    ``manifest.json`` is written last."""
     require_columns(table, TILE_COLUMNS, "export_jpeg")
     if not 1 <= int(quality) <= 100:
         raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
@@ -126,13 +125,13 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
 
     t0 = time.perf_counter()
     done = written = skipped = 0
-    if progress:
-        progress(0, total)
+    tracker = ProgressTracker(total, progress, unit="tiles")
+    tracker.update(f"exporting {total} tiles as JPEG to {out}")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-jpeg") as pool:
         for (w, s), rows in zip(pool.map(work, chunks), chunks):
             written, skipped, done = written + w, skipped + s, done + len(rows)
-            if progress:
-                progress(done, total)
+            tracker.update(done=done, tiles=done, skipped=skipped, current=str(cols["slide_id"][rows[-1]]))
+    tracker.update(f"{written} JPEG tiles written, {skipped} already there", finished=True)
     elapsed = time.perf_counter() - t0
     log.info("exported %d tiles to %s (%d written, %d already there) in %.1f s", total, out, written, skipped, elapsed)
     manifest = {

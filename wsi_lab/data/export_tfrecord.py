@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, 
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.io import atomic_write_bytes
+from wsi_lab.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,13 @@ def _plan(table: pd.DataFrame, shards: int, per_slide_test: bool, seed: int) -> 
 
 def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int = 1, variant: str = "raw",
                     per_slide_test: bool = True, seed: int = 0, quality: int = 90,
-                    slide_paths: Mapping[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
+                    slide_paths: Mapping[str, str] | None = None, progress: ProgressCallback | None = None,
                     workers: int | None = None, backend: str = "auto", label_column: str = "label") -> dict:
     """Write ``table``'s tiles as TFRecord files under ``out_dir`` (layout in the module docstring) and
     return the manifest (also written to ``out_dir/manifest.json``, last). Tiles are read at ``level``
     (``read_size``² px from level-0 ``(x, y)``) and resized to ``tile_size``². ``shards`` files per
     split hold equal tile counts ±1 in a seeded shuffled order; the test split gets one file per slide
-    when ``per_slide_test``. ``progress(done, total)`` counts tiles."""
+    when ``per_slide_test``. ``progress`` receives :class:`~wsi_lab.progress.ProgressEvent` (unit ``tiles``)."""
     if variant not in VARIANTS:
         raise InvalidParameterError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:
@@ -156,8 +157,8 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     done = written_tiles = 0
     t0 = time.perf_counter()
     entries = []
-    if progress:
-        progress(0, total)
+    tracker = ProgressTracker(total, progress, unit="tiles")
+    tracker.update(f"exporting {total} tiles to {len(files)} TFRecord file(s) in {out}")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-tfrecord") as pool:
         for f in files:
             rows = f["rows"]
@@ -180,9 +181,10 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
                 written_tiles += len(rows)
             entries.append(entry)
             done += len(rows)
-            if progress:
-                progress(done, total)
+            tracker.update(done=done, tiles=done, skipped=done - written_tiles, current=f["path"])
     elapsed = time.perf_counter() - t0
+    tracker.update(f"{len(files)} TFRecord file(s): {written_tiles} tiles written, {total - written_tiles} kept",
+                   finished=True)
     per_split: dict[str, int] = {}
     for e in entries:
         per_split[e["split"]] = per_split.get(e["split"], 0) + e["records"]
