@@ -213,8 +213,8 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     finished = len(result.skipped) + len(result.failed)
     if not todo:
         result.elapsed_s = time.perf_counter() - t0
-        tracker.update(result.summary(), done=finished, tiles=result.total_tiles, skipped=len(result.skipped),
-                       failed=len(result.failed), finished=True)
+        tracker.update(f"nothing to do: {len(result.skipped)} complete, {len(result.failed)} failed", done=finished,
+                       tiles=result.total_tiles, skipped=len(result.skipped), failed=len(result.failed), finished=True)
         return result
 
     dask_client, to_close = _make_client(client, n_workers)
@@ -335,8 +335,9 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
         for thing in to_close:
             thing.close()
     result.elapsed_s = time.perf_counter() - t0
-    tracker.update(result.summary(), done=finished, failed=len(result.failed), skipped=len(result.skipped),
-                   finished=True)
+    tracker.update(f"finished: {result.total_tiles} tiles, {len(result.failed)} failed" +
+                   (" (cancelled)" if result.cancelled else ""), done=finished, failed=len(result.failed),
+                   skipped=len(result.skipped), finished=True)
     return result
 
 
