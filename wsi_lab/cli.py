@@ -144,11 +144,105 @@ def _add_demo(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# tissue / tile (tissue detection and tiling)
+# ----------------------------------------------------------------------------------------------
+def _tissue_params(method: str | None, threshold: float | None, extra: dict) -> dict:
+    params = {k: v for k, v in extra.items() if v is not None}
+    if threshold is not None:
+        params["background_threshold" if method == "background" else "threshold"] = threshold
+    return params
+
+
+def _cmd_tissue(args: argparse.Namespace) -> int:
+    from wsi_lab.slide import open_slide
+    from wsi_lab.tissue import detect_tissue
+
+    with open_slide(args.path, mpp=args.slide_mpp) as s:
+        params = _tissue_params(args.method, args.threshold, {"modality": args.modality,
+                                                              "max_background": args.max_background})
+        mask = detect_tissue(s, args.method, downsample=args.downsample, **params)
+    mask.save(args.output)
+    if args.overlay:
+        from wsi_lab.io import save_image
+
+        save_image(mask.to_rgba(), args.overlay)
+    print(f"{args.output}: {mask.fraction:.1%} tissue ({args.method}, {mask.params.get('modality')}, "
+          f"mask {mask.shape[1]}x{mask.shape[0]} at downsample {mask.downsample:.4g})")
+    return 0
+
+
+def _add_tissue(sub) -> None:
+    p = sub.add_parser("tissue", help="detect tissue and write the mask as a PNG")
+    p.add_argument("path", metavar="SLIDE")
+    p.add_argument("-o", "--output", required=True, help="mask PNG (metadata in a text chunk)")
+    p.add_argument("--method", default="otsu", choices=["otsu", "variance", "background"])
+    p.add_argument("--threshold", type=float, help="otsu/variance cut, or the near-white/black intensity for background")
+    p.add_argument("--max-background", type=float, help="background: largest background fraction kept (default 0.5)")
+    p.add_argument("--modality", choices=["auto", "brightfield", "fluorescence"], default=None)
+    p.add_argument("--downsample", type=float, help="level-0 pixels per mask pixel (default: ~8 µm/px)")
+    p.add_argument("--overlay", help="also write an RGBA overlay image (.png)")
+    p.add_argument("--slide-mpp", type=float, help="µm/px of the slide when its metadata has none")
+    p.set_defaults(func=_cmd_tissue)
+
+
+def _cmd_tile(args: argparse.Namespace) -> int:
+    from wsi_lab.progress import TextProgressBar
+    from wsi_lab.tiling import TilingParams, TwoStage, run_tiling
+
+    if args.params:
+        with open(args.params) as f:
+            params = TilingParams.from_json(f.read())
+    else:
+        method = None if args.method == "none" else args.method
+        two = None
+        if args.two_stage:
+            two = TwoStage.parse(args.two_stage, fine_method=args.fine_method, fine_threshold=args.fine_threshold,
+                                 coarse_source=args.coarse_source)
+            args.tile_size = two.coarse
+        params = TilingParams(
+            tile_size=args.tile_size, mpp=args.mpp, level=args.level, overlap=args.overlap, method=method,
+            method_params=_tissue_params(method, args.threshold, {}), min_tissue=args.min_tissue, two_stage=two,
+            jpeg_quality=args.jpeg_quality, slide_mpp=args.slide_mpp).validate()
+    if not args.verbose:  # Dask logs cluster start/stop at INFO on its own handlers
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    result = run_tiling(args.slides, params, client=args.scheduler, out=args.out, materialize=args.materialize,
+                        progress=None if args.quiet else TextProgressBar(), n_workers=args.workers, force=args.force)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _add_tile(sub) -> None:
+    p = sub.add_parser("tile", help="plan (and optionally extract) tissue tiles of slides on Dask")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders")
+    p.add_argument("--out", required=True, help="output folder: <out>/<slide_id>/tiles.parquet (+ tiles/)")
+    p.add_argument("--tile-size", type=int, default=256, help="output tile side in pixels (default 256)")
+    p.add_argument("--mpp", type=float, help="output µm/px (default: the slide's level 0)")
+    p.add_argument("--level", type=int, help="read this level instead of choosing by µm/px")
+    p.add_argument("--overlap", type=int, default=0, help="overlap between tiles in output pixels")
+    p.add_argument("--method", default="otsu", choices=["otsu", "variance", "background", "none"])
+    p.add_argument("--threshold", type=float, help="tissue method threshold (see `wsi-lab tissue`)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="keep tiles with at least this tissue fraction")
+    p.add_argument("--two-stage", metavar="COARSE:FINE", help="two-stage filter at full resolution, e.g. 256:64")
+    p.add_argument("--coarse-source", default="mask", choices=["mask", "pixels"])
+    p.add_argument("--fine-method", default="variance", choices=["variance", "background", "saturation", "brightness"])
+    p.add_argument("--fine-threshold", type=float)
+    p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--materialize", choices=["jpeg", "tfrecord"], help="also write the tiles")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--slide-mpp", type=float, help="µm/px for slides whose metadata has none")
+    p.add_argument("--params", help="TilingParams JSON file (overrides the tiling options above)")
+    p.add_argument("--force", action="store_true", help="redo slides whose outputs are already complete")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_tile)
+
+
+# ----------------------------------------------------------------------------------------------
 # Subcommands registered by other parts of the package add an _add_<name> function here and list
 # it in REGISTRARS. Keep each handler a thin call into the core.
 # ----------------------------------------------------------------------------------------------
 
-REGISTRARS: list[Callable] = [_add_info, _add_thumbnail, _add_doctor, _add_demo]
+REGISTRARS: list[Callable] = [_add_info, _add_thumbnail, _add_doctor, _add_demo, _add_tissue, _add_tile]
 
 
 def build_parser() -> argparse.ArgumentParser:
