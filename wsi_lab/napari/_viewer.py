@@ -66,6 +66,5 @@ def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None
         getattr(viewer, f"add_{ltype}")(ldata, **lkw)
     if units == "um":
         viewer.scale_bar.visible = True
-        viewer.scale_bar.unit = "um"
     viewer.reset_view()
     return viewer
