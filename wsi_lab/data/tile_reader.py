@@ -18,7 +18,7 @@ from wsi_lab.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TILE_COLUMNS", "slide_paths_of", "SlideCache", "read_tile", "require_columns", "label_key", "label_index_of",
+__all__ = ["TILE_COLUMNS", "slide_paths_of", "concat_tables", "load_tables", "SlideCache", "read_tile", "require_columns", "label_key", "label_index_of",
            "label_indices"]
 
 TILE_COLUMNS = ("slide_id", "x", "y", "level", "read_size", "tile_size")
@@ -40,10 +40,7 @@ def _meta(table: pd.DataFrame) -> dict:
 def slide_paths_of(table: pd.DataFrame, slide_paths: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
     """``{slide_id: path}`` for every slide in ``table``: from ``table.attrs["wsi_lab"]["slides"]``,
     overridden by the explicit ``slide_paths``. Raises :class:`DataError` listing slides without a path."""
-    paths: dict[str, str] = {}
-    for sid, info in (_meta(table).get("slides") or {}).items():
-        if isinstance(info, dict) and info.get("path"):
-            paths[str(sid)] = str(info["path"])
+    paths = _recorded_paths(_meta(table))
     for sid, p in (slide_paths or {}).items():
         paths[str(sid)] = str(p)
     needed = sorted(map(str, pd.unique(table["slide_id"]))) if "slide_id" in table.columns else []
@@ -54,6 +51,56 @@ def slide_paths_of(table: pd.DataFrame, slide_paths: Mapping[str, str | os.PathL
             "metadata (attrs['wsi_lab']['slides'][slide_id]['path']) lacks them: pass slide_paths={slide_id: path}"
         )
     return {s: paths[s] for s in needed}
+
+
+def _recorded_paths(meta: dict) -> dict[str, str]:
+    """Slide paths recorded in TileTable metadata: ``slides[slide_id]["path"]`` (multi-slide tables)
+    and ``slide_id`` + ``slide_path`` (a table straight from plan_tiles)."""
+    paths: dict[str, str] = {}
+    if meta.get("slide_id") and meta.get("slide_path"):
+        paths[str(meta["slide_id"])] = str(meta["slide_path"])
+    for sid, info in (meta.get("slides") or {}).items():
+        if isinstance(info, dict) and info.get("path"):
+            paths[str(sid)] = str(info["path"])
+    return paths
+
+
+def concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate TileTables (e.g. one per slide from tiling) keeping every slide's path in
+    ``attrs["wsi_lab"]["slides"][slide_id]["path"]``; other metadata comes from the first table."""
+    if not tables:
+        raise DataError("no TileTable to concatenate")
+    slides: dict[str, dict] = {}
+    for t in tables:
+        meta = _meta(t)
+        for sid, info in (meta.get("slides") or {}).items():
+            slides[str(sid)] = dict(info) if isinstance(info, dict) else {"path": str(info)}
+        if meta.get("slide_id") and meta.get("slide_path"):
+            slides.setdefault(str(meta["slide_id"]), {})["path"] = str(meta["slide_path"])
+    out = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].copy()
+    meta = {k: v for k, v in _meta(tables[0]).items() if len(tables) == 1 or k not in ("slide_id", "slide_path")}
+    meta["slides"] = slides
+    out.attrs = {"wsi_lab": meta}
+    return out
+
+
+def load_tables(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Read TileTable Parquet files (a folder means every ``*.parquet`` under it, e.g. a tiling output)
+    and :func:`concat_tables` them."""
+    from pathlib import Path
+
+    from wsi_lab.data.table import read_table
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.parquet"))
+            if not found:
+                raise DataError(f"{p}: no .parquet TileTable under this folder")
+            files += found
+        else:
+            files.append(p)
+    return concat_tables([read_table(f) for f in files])
 
 
 class SlideCache:
