@@ -72,10 +72,9 @@ class ErrorBox(widgets.HTML):
         try:
             yield
         except Exception as exc:  # noqa: BLE001 - shown to the user, traceback logged
-            if isinstance(exc, (WSILabError, ValueError)):
-                log.info("%s failed: %s", what or "widget action", exc)
-            else:
-                log.exception("%s failed", what or "widget action")
+            # shown in the widget; the traceback goes to the log at debug level (never to the output area)
+            log.info("%s failed: %s", what or "widget action", exc)
+            log.debug("%s failed", what or "widget action", exc_info=True)
             prefix = f"{what}: " if what else ""
             self.value = message_html(prefix + describe_error(exc), "error")
 

@@ -110,7 +110,8 @@ class Lab(widgets.VBox):
         try:
             w = spec.factory(self)
         except Exception as exc:  # noqa: BLE001 - one broken panel must not take the Lab down
-            log.exception("Lab panel %s failed to build", spec.name)
+            log.info("Lab panel %s failed to build: %s", spec.name, exc)
+            log.debug("Lab panel %s failed to build", spec.name, exc_info=True)
             box = ErrorBox()
             box.show(exc)
             return widgets.VBox([box])
@@ -122,17 +123,15 @@ class Lab(widgets.VBox):
 
 
 def default_slide_root() -> str:
-    """Where slides are looked for when none is given: ``$WSI_LAB_SLIDES``, else ``../shared/data/slides``
-    next to the repository, else ``~/.cache/wsi-lab/slides``, else ``./data``."""
-    env = os.environ.get("WSI_LAB_SLIDES")
-    if env:
-        return env
-    repo = Path(__file__).resolve().parents[2]
-    for cand in (repo.parent / "shared" / "data" / "slides", Path.home() / ".cache" / "wsi-lab" / "slides",
-                 Path("data")):
-        if cand.is_dir():
-            return str(cand)
-    return str(repo.parent / "shared" / "data" / "slides")
+    """Where slides are looked for when none is given: :func:`wsi_lab.demo.demo_slides_dir`
+    (``$WSI_LAB_SLIDES``, ``../shared/data/slides``, ``~/.cache/wsi-lab/slides``), else ``./data``."""
+    from wsi_lab.demo import demo_slides_dir
+    from wsi_lab.errors import SlideNotFoundError
+
+    try:
+        return str(demo_slides_dir())
+    except SlideNotFoundError:
+        return "data"
 
 
 # -- built-in panels -----------------------------------------------------------------------------
@@ -166,16 +165,10 @@ class ViewerPanel(widgets.VBox):
         st, out = self.state, []
         if st.mask is not None:
             out.append(overlays.mask_layer(st.mask))
-        tiles = st.tiles
-        if tiles is not None and len(tiles) and "slide_id" in tiles:
-            from wsi_lab.slide.backend import slide_suffix
-
-            p = Path(st.current or "")
-            sid = p.name[: -len(slide_suffix(p))] if slide_suffix(p) else p.stem
-            mine = tiles[tiles["slide_id"] == sid]
-            if len(mine):
-                out.append(overlays.heatmap_layer(mine, "tissue_fraction"))
-                return out
+        tiles = self._table()
+        if tiles is not None and tiles is not st.planned and len(tiles):
+            out.append(overlays.heatmap_layer(tiles, "tissue_fraction"))
+            return out
         if st.planned is not None and len(st.planned):
             out.append(overlays.grid_layer(st.planned))
         return out
@@ -192,13 +185,32 @@ class ViewerPanel(widgets.VBox):
 
             self.title.value = f"<b>{Path(st.current).name}</b>"
             layers = self.layers()
-            if self.viewer is not None and getattr(self.viewer, "_wsi_lab_path", None) == st.current \
-                    and hasattr(self.viewer, "set_layers"):
-                self.viewer.set_layers(layers)
+            if self.viewer is None or str(self.viewer.slide.path) != str(st.current):
+                self.viewer = SlideViewer(st.current, layers=layers, table=self._table())
+                self.viewer.add_class("wsi-lab-lab-viewer")
             else:
-                self.viewer = SlideViewer(st.current, layers=layers)
-                self.viewer._wsi_lab_path = st.current
+                self.viewer.table = self._table()
+                self.viewer.layers = []
+                for layer in layers:
+                    self.viewer.add_layer(layer)
             self.children = [self.title, self.errors, self.viewer]
+
+    def _table(self):
+        """The tiles a click on the viewer reports: this slide's tiled rows, else the planned ones."""
+        st = self.state
+        if st.tiles is not None and len(st.tiles) and st.current:
+            mine = st.tiles[st.tiles["slide_id"] == _slide_id(st.current)]
+            if len(mine):
+                return mine.reset_index(drop=True)
+        return st.planned
+
+
+def _slide_id(path: str) -> str:
+    from wsi_lab.slide.backend import slide_suffix
+
+    p = Path(path)
+    suf = slide_suffix(p)
+    return p.name[: -len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
 
 
 def _viewer_panel(lab: Lab) -> widgets.Widget:
@@ -246,8 +258,9 @@ class TunerPanel(widgets.VBox):
     def _publish(self, _change=None) -> None:
         t = self.tuner
         with self.errors.guard("tuner"):
-            self.state.mask, self.state.planned = t.mask, t.planned
-            self.state.params = t.params
+            with self.state.hold_trait_notifications():
+                self.state.mask, self.state.planned = t.mask, t.planned
+                self.state.params = t.params
 
     def _save_override(self, _button=None) -> None:
         if self.tuner is None:
