@@ -115,6 +115,13 @@ def test_tile_extent_levels_and_size0():
         tile_extent(t)
     with pytest.raises(InvalidParameterError, match="levels"):
         tile_extent(t, [1.0])
+    from .conftest import NDPI
+
+    if NDPI.exists():  # a planned table records its slide: the downsamples come from its header
+        t.attrs["wsi_lab"] = {"slide_path": str(NDPI)}
+        assert np.all(tile_extent(t) == 512)
+        t.attrs["wsi_lab"] = {"level_downsamples": [1.0, 3.0]}
+        assert np.all(tile_extent(t) == 768)
     t["size0"] = 300
     assert np.all(tile_extent(t) == 300)
     t0 = grid_table(size=64)
