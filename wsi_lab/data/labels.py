@@ -97,19 +97,17 @@ def read_labels(csv_path: str | os.PathLike) -> pd.DataFrame:
 def labels_from_folders(root: str | os.PathLike) -> pd.DataFrame:
     """Labels from a folder tree ``root/<label>/<slide file>``: one row per slide found (recursively),
     ``label`` = the name of the folder holding the slide. Also records ``path`` per slide."""
-    from wsi_lab.slide.discovery import _walk  # listing only: no slide is opened
-    from wsi_lab.slide.backend import slide_suffix
+    from wsi_lab.slide import find_slides  # listing only: metadata=False opens no slide
 
     r = Path(root)
     if not r.is_dir():
         raise DataError(f"{r}: not a folder; labels_from_folders expects root/<label>/<slide files>")
     records = []
-    for path in _walk(r):
+    for info in find_slides(r, metadata=False):
+        path = Path(info.path)
         if path.parent == r:
             raise DataError(f"{path}: slide directly in {r} has no label folder; move it to {r}/<label>/")
-        suffix = slide_suffix(path)
-        sid = path.name[: -len(suffix)] if suffix else path.stem
-        records.append({"slide_id": sid, "label": path.parent.name, "path": str(path)})
+        records.append({"slide_id": info.slide_id, "label": path.parent.name, "path": str(path)})
     if not records:
         raise DataError(f"{r}: no slides found under it")
     df = pd.DataFrame.from_records(records)
