@@ -1,0 +1,190 @@
+"""ThresholdTuner, TilingPanel and the Lab (panel registry, shared state), on the real slides."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import pytest
+
+import wsi_lab
+from wsi_lab.tiling import TilingParams
+from wsi_lab.ui.lab import Lab, register_panel, registered_panels, unregister_panel
+from wsi_lab.ui.tiling_panel import TilingPanel
+from wsi_lab.ui.tuner import ThresholdTuner, tuned_thumbnail
+
+SHARED = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
+CMU, NDPI, OME = (SHARED / n for n in ("CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi", "OS-1-detail.ome.tif"))
+pytestmark = pytest.mark.skipif(not CMU.exists(), reason="shared slides missing")
+
+
+@pytest.fixture(scope="module")
+def tuner():
+    return ThresholdTuner(CMU)
+
+
+def test_tuner_mask_and_count_follow_the_controls(tuner):
+    assert tuner.errors.text == "" and tuner.mask is not None
+    assert tuner.n_tiles == len(tuner.planned) > 0
+    # the picture is the thumbnail with a green mask overlay where the mask says tissue
+    pic = tuned_thumbnail(tuner)
+    assert pic.shape[:2] == tuner._thumb.shape[:2]
+    assert not np.array_equal(pic, tuner._thumb)
+    tuner.method.value = "variance"
+    counts = {}
+    for t in (20, 600, 1500):
+        tuner.threshold.value = t
+        counts[t] = (tuner.n_tiles, tuner.mask.fraction)
+    assert counts[20][0] > counts[1500][0] and counts[20][1] > counts[600][1] > counts[1500][1]
+    # the count matches what the core plans with the same parameters
+    p = tuner.params
+    assert p.method == "variance" and p.method_params["threshold"] == 1500
+    mask = wsi_lab.detect_tissue(CMU, "variance", threshold=1500)
+    assert len(wsi_lab.plan_tiles(CMU, 256, mask=mask, min_tissue=0.5)) == tuner.n_tiles
+    # bigger tiles -> fewer tiles; min_tissue 0 keeps every tile that touches tissue
+    tuner.threshold.value = 120
+    n256 = tuner.n_tiles
+    tuner.tile_size.value = 512
+    assert 0 < tuner.n_tiles < n256
+    tuner.tile_size.value = 256
+    tuner.min_tissue.value = 0.0
+    assert tuner.n_tiles > n256
+    tuner.min_tissue.value = 0.5
+    assert "tiles kept" in tuner.count.value and f"data-tiles='{n256}'" in tuner.count.value
+
+
+def test_tuner_auto_threshold_and_morphology(tuner):
+    tuner.method.value = "otsu"
+    assert tuner.auto.value is True
+    auto_t = tuner.threshold.value
+    assert tuner.mask.params["auto_threshold"] and tuner.mask.params["threshold"] == pytest.approx(auto_t)
+    tuner.threshold.value = auto_t + 60  # moving the slider switches to a manual threshold
+    assert tuner.auto.value is False and tuner.params.method_params["threshold"] == auto_t + 60
+    tuner.closing.value = 3
+    assert tuner.mask.params["closing"] == 3
+    tuner.min_object.value = 5000.0
+    assert tuner.params.method_params["min_object_um2"] == 5000.0
+    tuner.apply_settings({"closing": 0, "min_object": 0.0, "method": "background"})
+    assert tuner.method.value == "background" and tuner.mask.method == "background"
+    assert tuner.max_background.layout.display is None
+
+
+def test_tuner_bad_values_show_messages_not_crashes(tuner):
+    before = tuner.n_tiles
+    tuner.tile_size.value = 0
+    assert "tile_size must be an integer" in tuner.errors.text and tuner.n_tiles == 0
+    tuner.tile_size.value = 10**6
+    assert "tile_size" in tuner.errors.text
+    tuner.tile_size.value = 256
+    assert tuner.errors.text == "" and tuner.n_tiles == before
+    tuner.mpp.value = -1.0
+    assert "mpp" in tuner.errors.text
+    tuner.mpp.value = 0.0
+    tuner.method.value = "otsu"
+    tuner.threshold.value = 255  # saturation > 255 is impossible: a typed NoTissueError, shown readably
+    assert "no tissue found" in tuner.errors.text and tuner.mask is None and tuner.n_tiles == 0
+    assert "Traceback" not in tuner.errors.value
+
+
+def test_tuner_saves_per_slide_overrides(tmp_path):
+    t1 = ThresholdTuner(CMU)
+    t1.method.value = "variance"
+    t1.threshold.value = 300
+    out = t1.save_overrides(tmp_path / "ov.json")
+    t2 = ThresholdTuner(NDPI, tile_size=128)
+    t2.save_overrides(out)
+    data = json.loads(out.read_text())
+    assert set(data) == {"CMU-1-Small-Region", "test3-DAPI-2-387"}
+    assert TilingParams.from_dict(data["CMU-1-Small-Region"]).method_params == {"threshold": 300.0}
+    assert TilingParams.from_dict(data["test3-DAPI-2-387"]).tile_size == 128
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(wsi_lab.errors.InvalidParameterError):
+        t1.save_overrides(tmp_path / "bad.json")
+
+
+def test_tuner_fluorescence_slide():
+    t = ThresholdTuner(NDPI)
+    assert t.mask.params["modality"] == "fluorescence" and t.n_tiles > 0
+
+
+@pytest.mark.slow
+def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path):
+    ov = {"test3-DAPI-2-387": TilingParams(tile_size=512, method="variance")}
+    panel = TilingPanel([CMU, NDPI, tmp_path / "missing.svs"], TilingParams(tile_size=256), out=tmp_path / "t",
+                        overrides=ov, n_workers=1)
+    assert panel.start() is True
+    assert panel.start() is False and "already going" in panel.errors.text  # one run at a time
+    result = panel.wait(180)
+    assert result is not None and not panel.running
+    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(CMU, 256, mask="otsu"))
+    assert set(panel.table.loc[panel.table.slide_id == "test3-DAPI-2-387", "tile_size"]) == {512}  # override used
+    assert panel.progress.value == 1.0 and panel.events[-1].finished
+    assert "127.0.0.1" in panel.dashboard.value
+    status = panel.slide_table.value
+    assert "done: " in status and "failed" in status and "missing" in status
+    assert "failed" in panel.errors.text  # the missing slide is reported, the others finished
+    assert "TileTable" in panel.preview.value and "tissue_fraction" in panel.preview.value
+    assert not panel.start_button.disabled and panel.cancel_button.disabled
+
+
+def test_tiling_panel_input_errors(tmp_path):
+    panel = TilingPanel([], out=tmp_path)
+    assert panel.start() is False and "no slides to tile" in panel.errors.text
+    panel = TilingPanel([CMU], params=lambda: {"tile_size": -3}, out=tmp_path)
+    assert panel.start() is False and "tile_size" in panel.errors.text
+    panel = TilingPanel([CMU], out=tmp_path)
+    panel.cluster.value = "address"
+    assert panel.n_workers.layout.display == "none" and panel.address.layout.display is None
+    panel.address.value = "   "
+    assert panel.start() is False and "scheduler address" in panel.errors.text
+
+
+def test_lab_tabs_shared_selection_and_registry():
+    calls = []
+
+    def review(lab):
+        calls.append(lab)
+        return widgets.HTML("review panel")
+
+    def broken(lab):
+        raise wsi_lab.errors.DataError("labels.csv: column 'label' missing")
+
+    register_panel("Review", review, order=60)
+    register_panel("Broken", broken, order=70)
+    try:
+        assert [s.name for s in registered_panels()][:4] == ["Slides", "Viewer", "Tune", "Tiling"]
+        lab = wsi_lab.Lab(SHARED)
+        assert lab.tabs.titles == ("Slides", "Viewer", "Tune", "Tiling", "Review", "Broken")
+        assert calls == [lab]
+        assert "column 'label' missing" in lab.panels["Broken"].children[0].text  # message, no crash
+    finally:
+        unregister_panel("Review")
+        unregister_panel("Broken")
+    st = lab.state
+    browser, viewer, tune = lab.panels["Slides"], lab.panels["Viewer"], lab.panels["Tune"]
+    assert st.current == st.selected[0] == str(browser.table["path"].iloc[0])
+    assert viewer.viewer is not None and [e["name"] for e in viewer.viewer.layers] == ["tissue", "tiles"]
+    assert st.mask is tune.tuner.mask and len(st.planned) == tune.tuner.n_tiles
+    # the selection made in the browser drives tuner and viewer
+    browser.select([str(NDPI)])
+    assert st.current == str(NDPI) and Path(tune.tuner.slide.path) == NDPI
+    assert Path(viewer.viewer.slide.path) == NDPI
+    # tuner changes reach the viewer layers and the tiling parameters
+    tune.tuner.method.value = "variance"
+    assert st.params.method == "variance"
+    tune.override.click()
+    assert "test3-DAPI-2-387" in st.overrides
+    # a finished tiling (simulated with the planned table) turns the grid into a heatmap
+    st.tiles = st.planned.copy()
+    assert [e["name"] for e in viewer.viewer.layers][-1] != "tiles"
+    browser.select([])
+    assert st.current is None and "Select a slide" in viewer.title.value
+
+
+def test_lab_missing_folder_is_a_message(tmp_path):
+    lab = Lab(tmp_path / "nowhere")
+    assert "not a directory" in lab.panels["Slides"].errors.text
+    assert lab.state.current is None
