@@ -234,7 +234,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     def fraction() -> float:
         return (finished + sum(st["progress"] for st in todo.values() if not st.get("closed"))) / max(total, 1)
 
-    def close(sid: str, message: str, failed: bool = False) -> None:
+    def close(sid: str, message: str, add_tiles: int = 0) -> None:
         nonlocal finished
         st = todo[sid]
         st["closed"] = True
@@ -242,7 +242,8 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
         if pending:
             dask_client.cancel(pending)
         finished += 1
-        tracker.update(message, done=finished, failed=len(result.failed), fraction=fraction(), current=sid)
+        tracker.update(message, done=finished, failed=len(result.failed), fraction=fraction(), current=sid,
+                       add_tiles=add_tiles)
 
     def finalize(sid: str, table: pd.DataFrame) -> None:
         st = todo[sid]
@@ -261,7 +262,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
         st = todo[sid]
         result.tables[sid] = st["sdir"] / "tiles.parquet"
         result.n_tiles[sid] = len(st["table"])
-        close(sid, f"{sid}: {len(st['table'])} tiles")
+        close(sid, f"{sid}: {len(st['table'])} tiles", add_tiles=len(st["table"]) if not st["chunks"] else 0)
 
     def handle(fut) -> None:
         sid, kind = owner.pop(fut)
@@ -273,7 +274,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
             exc = fut.exception()
             result.failed[sid] = f"{type(exc).__name__}: {exc}"
             log.warning("%s failed: %s", sid, result.failed[sid])
-            close(sid, f"{sid} FAILED: {result.failed[sid]}", failed=True)
+            close(sid, f"{sid} FAILED: {result.failed[sid]}")
             return
         res = fut.result()
         if kind == "plan":
