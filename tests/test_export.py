@@ -152,6 +152,26 @@ def test_export_tfrecord_resume_and_bad_input_keep_files(tmp_path, table):
     assert all((out / f["path"]).is_file() for f in m1["files"])
 
 
+def test_unreadable_slide_mid_export_keeps_previous_output(tmp_path, table):
+    from wsi_lab.errors import SlideError
+    from wsi_lab.testing import make_corrupt_copies
+    from tests.conftest import CMU
+
+    corrupt = make_corrupt_copies(CMU, tmp_path / "bad")["corrupt"]
+    out = tmp_path / "tf"
+    export_tfrecord(table, out, shards=2)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    broken = table.copy()
+    broken.attrs = {"wsi_lab": {"slides": {k: {"path": str(corrupt)} for k in table.attrs["wsi_lab"]["slides"]}}}
+    broken = broken.assign(y=broken["y"] + 1500)  # rows in the garbled half of the slide
+    with pytest.raises(SlideError):
+        export_tfrecord(broken, out, shards=2)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing lost, no .part left
+    with pytest.raises(SlideError):
+        export_jpeg(broken, tmp_path / "j", workers=2)
+    assert not list((tmp_path / "j").rglob("*.part")) and not (tmp_path / "j" / "manifest.json").exists()
+
+
 def test_export_tfrecord_other_slides_and_levels(tmp_path):
     from tests.conftest import NDPI, OME
 

@@ -93,10 +93,10 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     if not 1 <= int(quality) <= 100:
         raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
     workers = max(1, int(workers or os.cpu_count() or 1))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = slide_paths_of(table, slide_paths)
     names = tile_filenames(table, layout, label_column)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     result = table.copy()
     result["file"] = names
     total = len(result)
