@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -37,11 +38,15 @@ def is_tiff(path: Path) -> bool:
 
 
 class _TileCache:
-    """A small thread-safe LRU of decoded tiles keyed by (level, tile index)."""
+    """A small thread-safe LRU of decoded tiles keyed by (level, tile index).
+
+    :meth:`get_or_load` decodes a missing tile once even when several threads ask for it at the same
+    time (the others wait for the first instead of decoding it again)."""
 
     def __init__(self, max_bytes: int = 64 * 2**20) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._pending: dict[tuple[int, int], threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -54,13 +59,92 @@ class _TileCache:
 
     def put(self, key: tuple[int, int], arr: np.ndarray) -> None:
         with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = arr
-            self._bytes += arr.nbytes
-            while self._bytes > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
+            self._put_locked(key, arr)
+
+    def _put_locked(self, key: tuple[int, int], arr: np.ndarray) -> None:
+        if key in self._items or arr.nbytes > self.max_bytes:
+            return
+        self._items[key] = arr
+        self._bytes += arr.nbytes
+        while self._bytes > self.max_bytes and self._items:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def get_or_load(self, key: tuple[int, int], load: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+                return arr
+            event = self._pending.get(key)
+            owner = event is None
+            if owner:
+                event = self._pending[key] = threading.Event()
+        if not owner:
+            event.wait()
+            arr = self.get(key)
+            return arr if arr is not None else load()  # the first loader failed (or it was evicted)
+        try:
+            arr = load()
+            arr.flags.writeable = False  # shared between callers: read_level copies out of it
+            with self._lock:
+                self._put_locked(key, arr)
+            return arr
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            event.set()
+
+
+#: tiles of one region are decoded in parallel (a shared pool) when at least this many are missing
+PARALLEL_MIN_TILES = 4
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def decode_threads() -> int:
+    """Threads used to decode the tiles of one large region (env ``WSI_LAB_DECODE_THREADS``; 1 = off)."""
+    env = os.environ.get("WSI_LAB_DECODE_THREADS")
+    if env is not None and env.strip().isdigit():
+        return max(1, int(env))
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _decode_pool() -> ThreadPoolExecutor | None:
+    """The process-wide decode pool (recreated after a fork), or None when parallel decode is off."""
+    global _POOL
+    n = decode_threads()
+    if n <= 1:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():  # a forked child must not use its parent's threads
+            _POOL = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="wsi_lab-decode"))
+        return _POOL[1]
+
+
+class _Level:
+    """Everything the hot path needs about one tiled level, looked up once."""
+
+    __slots__ = ("page", "tw", "th", "width", "height", "across", "offsets", "counts", "jpeg", "decode_args")
+
+    def __init__(self, page) -> None:
+        from tifffile.tifffile import jpeg_decode_colorspace
+
+        self.page = page
+        self.tw, self.th = int(page.tilewidth), int(page.tilelength)
+        self.width, self.height = int(page.imagewidth), int(page.imagelength)
+        self.across = -(-self.width // self.tw)
+        self.offsets = [int(o) for o in page.dataoffsets]
+        self.counts = [int(c) for c in page.databytecounts]
+        self.decode_args: dict = {"_fullsize": True}
+        self.jpeg: dict | None = None
+        if page.compression in {6, 7, 34892, 33007}:  # JPEG flavours need the shared tables/header
+            self.decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        if page.compression == 7 and page.bitspersample == 8 and page.fillorder == 1:
+            # plain JPEG: call the codec directly, with the arguments tifffile's own decoder would use
+            cs, ocs = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
+            self.jpeg = dict(bitspersample=8, tables=page.jpegtables, header=page.jpegheader, colorspace=cs,
+                             outcolorspace=ocs, shape=(self.th, self.tw))
 
 
 class TifffileReader:
@@ -84,6 +168,7 @@ class TifffileReader:
         series_index = int(props.get("tiffslide.series-index") or 0)
         self._series = self._tf.series[series_index]
         self._pages = [self._fast_page(i) for i in range(len(dims))]
+        self._levels = [_Level(p) if p is not None else None for p in self._pages]
         self._fd = os.open(str(path), os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
         self._cache = _TileCache()
@@ -120,58 +205,65 @@ class TifffileReader:
             return None
 
     # -- pixels -------------------------------------------------------------------------------
-    @staticmethod
-    def _decode_args(page) -> dict:
-        args: dict = {"_fullsize": True}
-        if page.compression in {6, 7, 34892, 33007}:  # JPEG flavours need the shared tables/header
-            args["jpegtables"] = page.jpegtables
-            args["jpegheader"] = page.jpegheader
-        return args
-
-    def _tile(self, level: int, page, index: int) -> np.ndarray:
-        cached = self._cache.get((level, index))
-        if cached is not None:
-            return cached
-        offset = page.dataoffsets[index]
-        count = page.databytecounts[index]
+    def _decode(self, level: int, lv: _Level, index: int) -> np.ndarray:
+        """Decode tile ``index`` of ``level`` straight from the file: (th, tw, 3) uint8."""
+        offset, count = lv.offsets[index], lv.counts[index]
         if count == 0 or offset == 0:
-            th, tw = page.tilelength, page.tilewidth
-            tile = np.full((th, tw, 3), 255, np.uint8)  # sparse tile: background
-        else:
-            if offset + count > self._size:
-                raise SlideReadError(
-                    f"{self.path}: tile {index} of level {level} lies past the end of the file "
-                    f"(truncated or corrupt file); re-copy or re-export the slide"
-                )
-            data = os.pread(self._fd, count, offset)
-            try:
-                segment, _, _ = page.decode(data, index, **self._decode_args(page))
-            except Exception as exc:
-                raise SlideReadError(
-                    f"{self.path}: could not decode tile {index} of level {level} "
-                    f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt"
-                ) from exc
-            if segment is None:
-                raise SlideReadError(f"{self.path}: tile {index} of level {level} is empty or corrupt")
-            tile = _to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
-        self._cache.put((level, index), tile)
-        return tile
+            return np.full((lv.th, lv.tw, 3), 255, np.uint8)  # sparse tile: background
+        if offset + count > self._size:
+            raise SlideReadError(
+                f"{self.path}: tile {index} of level {level} lies past the end of the file "
+                f"(truncated or corrupt file); re-copy or re-export the slide"
+            )
+        data = os.pread(self._fd, count, offset)
+        try:
+            if lv.jpeg is not None:
+                import imagecodecs
+
+                segment = imagecodecs.jpeg_decode(data, **lv.jpeg)
+                if segment.shape[:2] != (lv.th, lv.tw):  # unusual stream: let tifffile pad it
+                    segment, _, _ = lv.page.decode(data, index, **lv.decode_args)
+            else:
+                segment, _, _ = lv.page.decode(data, index, **lv.decode_args)
+        except Exception as exc:
+            raise SlideReadError(
+                f"{self.path}: could not decode tile {index} of level {level} "
+                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt"
+            ) from exc
+        if segment is None:
+            raise SlideReadError(f"{self.path}: tile {index} of level {level} is empty or corrupt")
+        segment = np.asarray(segment)
+        if segment.ndim == 4:  # tifffile's (depth, length, width, samples)
+            segment = segment.reshape(segment.shape[-3:])
+        return _to_rgb(segment)
+
+    def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray:
+        return self._cache.get_or_load((level, index), lambda: self._decode(level, lv, index))
 
     def read_level(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
-        page = self._pages[level]
-        if page is None:
+        lv = self._levels[level]
+        if lv is None:
             return self._read_via_tiffslide(x, y, width, height, level)
-        th, tw = page.tilelength, page.tilewidth
-        across = -(-page.imagewidth // tw)
+        tw, th, across = lv.tw, lv.th, lv.across
+        x_end, y_end = x + width, y + height
+        tx0, tx1 = x // tw, (x_end - 1) // tw + 1
+        ty0, ty1 = y // th, (y_end - 1) // th + 1
         out = np.empty((height, width, 3), np.uint8)
-        for ty in range(y // th, (y + height - 1) // th + 1):
-            for tx in range(x // tw, (x + width - 1) // tw + 1):
-                tile = self._tile(level, page, ty * across + tx)
+        pool = _decode_pool() if (tx1 - tx0) * (ty1 - ty0) >= PARALLEL_MIN_TILES else None
+        rows_per_batch = max(1, 64 // (tx1 - tx0))  # bounds the tiles held at once to ~64
+        for by in range(ty0, ty1, rows_per_batch):
+            coords = [(tx, ty) for ty in range(by, min(by + rows_per_batch, ty1)) for tx in range(tx0, tx1)]
+            indices = [ty * across + tx for tx, ty in coords]
+            if pool is not None and sum(self._cache.get((level, i)) is None for i in indices) >= PARALLEL_MIN_TILES:
+                tiles = list(pool.map(lambda i: self._tile(level, lv, i), indices))
+            else:
+                tiles = [self._tile(level, lv, i) for i in indices]
+            for (tx, ty), tile in zip(coords, tiles):
                 # intersection of the tile box with the request box, in level pixels
-                x0, y0 = max(x, tx * tw), max(y, ty * th)
-                x1 = min(x + width, tx * tw + tw, page.imagewidth)
-                y1 = min(y + height, ty * th + th, page.imagelength)
-                out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - ty * th:y1 - ty * th, x0 - tx * tw:x1 - tx * tw]
+                ox, oy = tx * tw, ty * th
+                x0, y0 = max(x, ox), max(y, oy)
+                x1, y1 = min(x_end, ox + tw, lv.width), min(y_end, oy + th, lv.height)
+                out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         return out
 
     def _read_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
