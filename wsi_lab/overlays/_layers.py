@@ -174,13 +174,13 @@ class TileLayer(Layer):
         sx, sy = ow / bw, oh / bh
         x0, x1 = _centre_range(self.x[sel], self.x[sel] + self.size[sel], bx, sx, ow)
         y0, y1 = _centre_range(self.y[sel], self.y[sel] + self.size[sel], by, sy, oh)
-        tiles = self._paint_ids(sel, x0, x1, y0, y1, ow, oh)
-        return self._c32[tiles].view(np.uint8).reshape(oh, ow, 4)
+        rank, ids = self._paint_ranks(sel, x0, x1, y0, y1, ow, oh)
+        # colours of the painted rectangles with the transparent sentinel last, so rank -1 picks it
+        return self._c32[np.append(ids, len(self.x))][rank].view(np.uint8).reshape(oh, ow, 4)
 
-    def _paint_ids(self, sel, x0, x1, y0, y1, ow, oh) -> np.ndarray:
-        """(H, W) sorted-tile index per pixel; ``len(self.x)`` (the transparent colour) where none."""
-        rank = _paint((ow, oh), x0, x1, y0, y1)
-        return np.where(rank >= 0, sel[rank], len(self.x))
+    def _paint_ranks(self, sel, x0, x1, y0, y1, ow, oh) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) rectangle index per pixel (-1 where none) and each rectangle's sorted-tile index."""
+        return _paint((ow, oh), x0, x1, y0, y1), sel
 
     def bounds(self):
         if not len(self.x):
@@ -215,7 +215,7 @@ class GridLayer(TileLayer):
         super().__init__(x, y, size, colors, "grid", name, opacity,
                          {"type": "color", "label": name, "color": _hex(self.color)})
 
-    def _paint_ids(self, sel, x0, x1, y0, y1, ow, oh):
+    def _paint_ranks(self, sel, x0, x1, y0, y1, ow, oh):
         lw = self.line_width
         # four borders per tile, each clipped to the tile's own pixel range
         L = (x0, np.minimum(x0 + lw, x1), y0, y1)
@@ -223,8 +223,7 @@ class GridLayer(TileLayer):
         T = (x0, x1, y0, np.minimum(y0 + lw, y1))
         B = (x0, x1, np.maximum(y1 - lw, y0), y1)
         parts = [np.concatenate(p) for p in zip(L, R, T, B)]
-        rank = _paint((ow, oh), *parts)
-        return np.where(rank >= 0, np.tile(sel, 4)[rank], len(self.x))
+        return _paint((ow, oh), *parts), np.tile(sel, 4)
 
     def _state(self):
         return {"x": _enc(self.x), "y": _enc(self.y), "size": _enc(self.size), "color": list(self.color),

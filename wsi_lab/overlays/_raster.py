@@ -65,6 +65,10 @@ def _centre_range(start: np.ndarray, stop: np.ndarray, origin: float, scale: flo
     return np.clip(i0, 0, n).astype(np.int64), np.clip(i1, 0, n).astype(np.int64)
 
 
+#: rectangles of at least this many output pixels are painted by slicing, smaller ones all at once
+_SLICE_AREA = 256
+
+
 def _paint(out_size: tuple[int, int], x0, x1, y0, y1) -> np.ndarray:
     """Rasterise rectangles of output pixels [x0, x1) x [y0, y1); returns an (H, W) int64 array with
     the index of the last rectangle covering each pixel, -1 where none does. Large rectangles are
@@ -74,10 +78,10 @@ def _paint(out_size: tuple[int, int], x0, x1, y0, y1) -> np.ndarray:
     w, h = x1 - x0, y1 - y0
     rank = np.flatnonzero((w > 0) & (h > 0))
     area = w[rank] * h[rank]
-    for r in rank[area >= 2048]:
+    for r in rank[area >= _SLICE_AREA]:
         view = out[y0[r]:y1[r], x0[r]:x1[r]]
         np.maximum(view, r, out=view)
-    small = rank[area < 2048]
+    small = rank[area < _SLICE_AREA]
     if not len(small):
         return out
     flat_out = np.full(oh * ow, -1, np.int64)
