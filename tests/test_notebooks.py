@@ -1,0 +1,84 @@
+"""The teaching notebooks run top to bottom with nbclient on the real slides; the exercise check says
+"not yet" for the starter answer and "right" for a correct one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+SHARED = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SHARED / "CMU-1-Small-Region.svs").exists(), reason="shared slides missing")]
+
+SOLUTION = '''def keep_tile(tile: np.ndarray) -> bool:
+    n = tile.shape[0] // FINE
+    blocks = tile[:n * FINE, :n * FINE].reshape(n, FINE, n, FINE, 3).transpose(0, 2, 1, 3, 4)
+    passing = blocks.reshape(n, n, -1).astype(np.float32).var(axis=2) > FINE_THRESHOLD
+    return bool(passing.mean() >= MIN_FRACTION)'''
+
+
+def _text(cell) -> str:
+    out = []
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "stream":
+            out.append(o["text"])
+        elif "data" in o:
+            out.append(str(o["data"].get("text/plain", "")))
+        elif o.get("output_type") == "error":
+            out.append(f"{o['ename']}: {o['evalue']}")
+    return "".join(out)
+
+
+def _streams(nb) -> str:
+    """Everything printed to stdout/stderr (where a logged traceback would land)."""
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _client(nb, tmp_path) -> NotebookClient:
+    os.environ["WSI_LAB_SLIDES"] = str(SHARED)
+    os.environ["WSI_LAB_WORK"] = str(tmp_path)
+    return NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
+
+
+def _tagged(nb, tag):
+    return next(i for i, c in enumerate(nb.cells) if tag in c.get("metadata", {}).get("tags", []))
+
+
+def test_notebook_01_browse_and_tune(tmp_path, monkeypatch):
+    nb = nbformat.read(NOTEBOOKS / "01_browse_and_tune.ipynb", as_version=4)
+    _client(nb, tmp_path).execute()
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "CMU-1-Small-Region.svs" in text and "tiles kept" in text
+    assert "message shown: tile_size must be an integer" in text
+    assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[-2].outputs)  # the Lab rendered
+    assert (tmp_path / "overrides.json").exists()
+
+
+def test_notebook_02_tiling_and_the_exercise_check(tmp_path):
+    nb = nbformat.read(NOTEBOOKS / "02_tiling_with_dask.ipynb", as_version=4)
+    client = _client(nb, tmp_path)
+    task, apply, check = _tagged(nb, "task"), _tagged(nb, "apply"), _tagged(nb, "check")
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells[:-1]):  # all but the clean-up cell
+            client.execute_cell(cell, i)
+        starter = _text(nb.cells[check])
+        # the learner fixes the task cell and re-runs it, the apply cell and the check cell
+        nb.cells[task].source = SOLUTION
+        for i in (task, apply, check):
+            client.execute_cell(nb.cells[i], i)
+        solved = _text(nb.cells[check])
+        client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "grid tiles kept" in text and "dashboard: http://127.0.0.1" in text
+    assert "3 slide(s) tiled" in text and "0 failed" in text
+    assert "❌ Not yet" in starter, starter
+    assert "✅ Right" in solved, solved
+    assert "two-stage vs mask-only route" in solved
