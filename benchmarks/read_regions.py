@@ -7,7 +7,8 @@ Regions are level-0 boxes of 256² and 512² on the region-size grid (as a tilin
 hold tissue, in random order, each read once per pass with a freshly opened handle (so no reader serves a
 repeat from its cache). The decode limit decodes every distinct tile those regions touch once; each row's
 ratio is to the limit with the same parallelism (processes are compared with the same number of threads).
-One table is printed; MP/s = region megapixels returned per second.
+Every row is measured in 2 (quick) or 3 interleaved rounds and keeps its best, to damp load from other
+processes. One table is printed; MP/s = region megapixels returned per second.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="folder to keep the synthetic slide in (default: a temp folder)")
     args = ap.parse_args(argv)
     quick = args.quick
-    min_time = 0.15 if quick else 1.0
-    n_regions = {256: 150, 512: 40} if quick else {256: 800, 512: 200}
+    min_time = 0.1 if quick else 0.5
+    rounds = 2 if quick else 3
+    n_regions = {256: 120, 512: 30} if quick else {256: 800, 512: 200}
     tmp = tempfile.TemporaryDirectory(prefix="wsi-bench-")
     folder = args.keep or Path(tmp.name)
     w, h = (40_000, 30_000) if quick else (100_000, 80_000)
@@ -195,35 +197,53 @@ def main(argv: list[str] | None = None) -> int:
         list(pool.map(_proc_warm, range(4 * n)))
         list(pool.map(_proc_read, *zip(*[(("warm", n, i), "wsi_lab", slides[0], "tifffile", [(0, 0)], 64)
                                           for i in range(2 * n)])))
-    rows = []
-    tag = 0
+    # every measurement is a closure; all of them run in `rounds` interleaved rounds and each row keeps its
+    # best round, so a burst of load from other processes on the machine hits one round, not one row
+    jobs: list[tuple[tuple, object]] = []  # (slide, size, n, name, par, limit key) -> fn() -> MP/s
+    tag = [0]
+
+    def proc_job(pool, reader, path, backend, positions, size):
+        def fn():
+            tag[0] += 1
+            return run_processes(pool, reader, path, backend, positions, size, min_time, tag[0])
+        return fn
+
     for path in slides:
         for size in SIZES:
             positions = tissue_positions(path, size, n_regions[size])
             if not positions:
                 continue
-            limit = {n: decode_limit(path, positions, size, n, min_time) for n in (1, 2)}
             for n in (1, 2):
-                rows.append((path.name, size, len(positions), "decode limit (imagecodecs)", f"{n}T", limit[n], 1.0))
+                jobs.append(((path.name, size, len(positions), "decode limit (imagecodecs)", f"{n}T"),
+                             lambda p=path, pos=positions, sz=size, n=n: decode_limit(p, pos, sz, n, min_time)))
             cases = [("wsi_lab", b) for b in backends] + [("openslide-python", None), ("tiffslide", None)]
             for reader, backend in cases:
                 name = f"wsi_lab[{backend}]" if reader == "wsi_lab" else f"plain {reader} loop"
                 try:
-                    open_ok = READERS[reader](path, backend)[0]
-                    open_ok.close()
+                    READERS[reader](path, backend)[0].close()
                 except Exception as exc:  # this reader can't open the file: say so in the table
-                    rows.append((path.name, size, len(positions), name, "-", float("nan"), float("nan")))
+                    jobs.append(((path.name, size, len(positions), name, "-"), None))
                     print(f"# {name} cannot read {path.name}: {type(exc).__name__}", file=sys.stderr)
                     continue
-                pars = ("1T", "2T", "1P", "2P") if reader == "wsi_lab" else ("1T",)
-                for par in pars:
+                for par in (("1T", "2T", "1P", "2P") if reader == "wsi_lab" else ("1T",)):
                     n = int(par[0])
                     if par.endswith("T"):
-                        mps = run_threads(reader, path, backend, positions, size, n, min_time)
+                        fn = (lambda r=reader, p=path, b=backend, pos=positions, sz=size, n=n:
+                              run_threads(r, p, b, pos, sz, n, min_time))
                     else:
-                        tag += 1
-                        mps = run_processes(pools[n], reader, path, backend, positions, size, min_time, tag)
-                    rows.append((path.name, size, len(positions), name, par, mps, mps / limit[n]))
+                        fn = proc_job(pools[n], reader, path, backend, positions, size)
+                    jobs.append(((path.name, size, len(positions), name, par), fn))
+    best: dict[tuple, float] = {}
+    for _ in range(rounds):
+        for key, fn in jobs:
+            if fn is not None:
+                best[key] = max(best.get(key, 0.0), fn())
+    rows = []
+    for key, fn in jobs:
+        slide, size, n, name, par = key
+        mps = best.get(key, float("nan"))
+        lim = best.get((slide, size, n, "decode limit (imagecodecs)", f"{par[0]}T"), float("nan")) if par != "-" else 1
+        rows.append((slide, size, n, name, par, mps, mps / lim))
     for pool in pools.values():
         pool.shutdown()
 
