@@ -246,3 +246,39 @@ def test_napari_opens_slides_through_the_plugin(xdisplay):
         assert img[..., 2].max() > 100  # blue DAPI nuclei are drawn
     finally:
         viewer.close()
+
+
+def test_layer_kwargs_build_real_napari_layers_in_pixels_without_mpp(cmu_path):
+    from napari.layers import Layer as NapariLayer
+
+    from wsi_lab.napari import resolve_overlays, slide_layer_data
+    from wsi_lab.tissue import detect_tissue
+
+    class NoMPP:  # the real slide with its µm/px forgotten
+        def __init__(self, slide):
+            self._s = slide
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+        mpp = None
+
+    slide = open_slide(cmu_path)
+    bare = NoMPP(slide)
+    data, kwargs, kind = slide_layer_data(bare)
+    assert kwargs["scale"] == (1.0, 1.0) and kwargs["units"] == "pixel"
+    base = NapariLayer.create(data, kwargs, kind)
+    assert base.multiscale and tuple(base.scale) == (1.0, 1.0)
+    t = tile_table(slide)
+    t["label"] = np.where(t.index % 2, "tumor", "stroma")
+    made = [NapariLayer.create(*layer_data(lay, slide.dimensions, (1.0, 1.0), "pixel"))
+            for lay in resolve_overlays(["label", "grid"], table=t, mask=detect_tissue(slide))]
+    assert [type(m).__name__ for m in made] == ["Image", "Image", "Shapes"]
+    assert made[1].metadata["legend"]["type"] == "categorical"
+    # the mask image covers the slide: its world extent matches level-0 pixels (edges at -0.5)
+    mask_img = made[0]
+    d = mask_img.metadata["downsample"]
+    h, w = mask_img.data.shape[:2]
+    left_edge = mask_img.translate[-1] - mask_img.scale[-1] / 2
+    assert left_edge == pytest.approx(-0.5)
+    assert w * d >= slide.dimensions[0] > (w - 1) * d
