@@ -1,8 +1,12 @@
 """Reader backend built on tifffile (and tiffslide for vendor metadata).
 
 Pixels of tiled pyramid levels are read by decoding exactly the tiles a region touches, straight from
-the file with ``os.pread`` (thread-safe, no shared file position) and tifffile's own segment decoder
-(which handles JPEG tables, YCbCr, NDPI restart-marker strips, JPEG 2000 via imagecodecs, ...).
+the file with ``os.pread`` (thread-safe, no shared file position). Plain JPEG tiles (SVS, NDPI, most
+TIFFs) go straight to ``imagecodecs.jpeg_decode`` with the tables/colour-space arguments tifffile would
+use, computed once per level; other codecs go through tifffile's own segment decoder (JPEG 2000, LZW,
+...). Decoded tiles live in a small LRU that decodes each tile once even when threads race for it, and a
+region that needs many tiles decodes them on a shared thread pool (``WSI_LAB_DECODE_THREADS``, 1 = off)
+because imagecodecs releases the GIL.
 Layouts the fast path does not cover (strips, planar or multi-channel series) go through tiffslide's
 zarr view. Reads SVS, NDPI, OME-TIFF, SubIFD pyramids and generic tiled TIFF.
 """
