@@ -210,9 +210,10 @@ def _compute_features(slide, ds: float) -> _Features:
 
     W, H = slide.dimensions
     mw, mh = max(1, math.ceil(W / ds)), max(1, math.ceil(H / ds))
-    k = 4 if mw * mh <= 1_000_000 else 2
-    level = slide.get_best_level_for_downsample(max(ds / k, 1.0))
+    # read the coarsest level with ≥ 2 pixels per cell side; up to 4×4 sub-pixels per cell where that level has them
+    level = slide.get_best_level_for_downsample(max(ds / 2, 1.0))
     lds = slide.level_downsamples[level]
+    k = int(min(4 if mw * mh <= 1_000_000 else 2, max(2, round(ds / lds))))
     lw, lh = slide.level_dimensions[level]
     rows = max(1, int(16_000_000 // max(1, lw * 3) * lds / ds))  # mask rows per band (≤ ~16 MP of level)
     feats = {n: np.empty((mh, mw), np.float32) for n in ("sat", "bright", "gray", "var")}
