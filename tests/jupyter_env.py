@@ -19,8 +19,9 @@ The repository is put on PYTHONPATH, so the kernels it starts import this checko
 Browser (Debian ``/usr/bin/chromium`` driven by Playwright, no Playwright browser download)::
 
     with browser_page() as page:                     # headless Chromium, 1280x900
-        open_notebook(page, srv, "nb.ipynb")         # opens /lab/tree/nb.ipynb?reset, waits for an idle kernel
-        run_all_cells(page)                          # Run > Run All Cells, waits until the kernel is idle
+        open_notebook(page, srv, "nb.ipynb")         # opens /lab/tree/nb.ipynb, waits for an idle kernel
+        run_all_cells(page)                          # notebook:run-all-cells, waits until the kernel is idle
+        text = run_code(page, "print(1 + 1)")        # appends + runs a cell, returns its output text
         page.wait_for_selector(".my-widget canvas")
 
 ``write_notebook(path, ["code cell 1", "code cell 2"])`` writes a minimal nbformat-4 notebook.
@@ -52,8 +53,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-dev-shm-usage"]
 
 __all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "JupyterServer", "free_port", "start_jupyter", "jupyter_server",
-           "browser_available", "browser_page", "write_notebook", "open_notebook", "run_all_cells",
-           "wait_kernel_idle"]
+           "browser_available", "browser_page", "write_notebook", "open_notebook", "run_all_cells", "accept_dialogs",
+           "wait_kernel_idle", "run_command", "run_code"]
 
 
 def free_port() -> int:
@@ -155,7 +156,7 @@ def start_jupyter(root: str | os.PathLike, app: str = "lab", extensions: dict[st
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     if app == "lab":
-        cmd += [f"--LabApp.workspaces_dir={workdir / 'workspaces'}", "--LabApp.news_url=",
+        cmd += [f"--LabApp.workspaces_dir={workdir / 'workspaces'}", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     cmd += extra_args or []
     log_path = workdir / "server.log"
@@ -229,25 +230,68 @@ def write_notebook(path: str | os.PathLike, cells: list[str]) -> Path:
     return p
 
 
-def wait_kernel_idle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until the notebook's execution indicator says the kernel is idle."""
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=timeout_ms)
+def accept_dialogs(page) -> int:
+    """Click the default button of any open JupyterLab dialog (e.g. "Select Kernel"); returns how many."""
+    n = 0
+    while page.locator(".jp-Dialog .jp-mod-accept").count():
+        page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        page.wait_for_timeout(300)
+        n += 1
+    return n
+
+
+_KERNEL_READY_JS = """() => {
+    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
+}"""
 
 
 def open_notebook(page, server: JupyterServer, nb_relpath: str, timeout_ms: int = 60_000) -> None:
-    """Open ``nb_relpath`` (relative to the server root) in JupyterLab and wait for an idle kernel."""
-    page.goto(server.url(f"lab/tree/{nb_relpath}") + f"?token={server.token}&reset")
+    """Open ``nb_relpath`` (relative to the server root) in JupyterLab and wait until its kernel is
+    connected and idle (each server has a fresh workspace, so no ``?reset``, which can start a kernel
+    twice). The app is exposed as ``window.jupyterapp`` (``--LabApp.expose_app_in_browser``)."""
+    page.goto(server.url(f"lab/tree/{nb_relpath}") + f"?token={server.token}")
     page.wait_for_selector(".jp-Notebook", timeout=timeout_ms)
-    wait_kernel_idle(page, timeout_ms)
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        accept_dialogs(page)
+        if page.evaluate(_KERNEL_READY_JS):
+            return
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"the kernel of {nb_relpath} did not become idle; server log:\n{server.log_text()[-3000:]}")
+
+
+def run_command(page, command: str, args: dict | None = None):
+    """Execute a JupyterLab command (``notebook:run-all-cells``, ...) in the page."""
+    return page.evaluate("([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}])
+
+
+def wait_kernel_idle(page, timeout_ms: int = 60_000) -> None:
+    """Wait until the current notebook's kernel is connected and idle."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(_KERNEL_READY_JS, timeout=timeout_ms)
 
 
 def run_all_cells(page, timeout_ms: int = 90_000) -> None:
-    """Run every cell (the ``notebook:run-all-cells`` command via the menu-free keyboard palette
-    fallback: focus the notebook and Shift+Enter through the cells) and wait for an idle kernel."""
-    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
-    page.keyboard.press("Escape")
-    n = page.locator(".jp-Notebook .jp-Cell").count()
-    for _ in range(n):
-        page.keyboard.press("Shift+Enter")
-    page.wait_for_timeout(300)
+    """Run every cell of the current notebook and wait until the kernel is idle again."""
+    run_command(page, "notebook:run-all-cells")
+    page.wait_for_function("""() => { const w = window.jupyterapp.shell.currentWidget;
+        return w && w.content && w.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount); }""",
+                           timeout=timeout_ms)
     wait_kernel_idle(page, timeout_ms)
+
+
+def run_code(page, code: str, timeout_ms: int = 60_000) -> str:
+    """Append a code cell with ``code`` to the current notebook, run it, and return its output text."""
+    page.evaluate("""(code) => { const w = window.jupyterapp.shell.currentWidget;
+        const nb = w.content; nb.activeCellIndex = nb.widgets.length - 1; }""", code)
+    run_command(page, "notebook:insert-cell-below")
+    page.evaluate("""(code) => { const nb = window.jupyterapp.shell.currentWidget.content;
+        nb.activeCell.model.sharedModel.setSource(code); }""", code)
+    run_command(page, "notebook:run-cell")
+    page.wait_for_function("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
+        const c = nb.widgets[nb.widgets.length - 1]; return !!c.model.executionCount; }""", timeout=timeout_ms)
+    wait_kernel_idle(page, timeout_ms)
+    return page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
+        const c = nb.widgets[nb.widgets.length - 1]; return c.node.querySelector('.jp-OutputArea').innerText; }""")

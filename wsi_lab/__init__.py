@@ -22,6 +22,8 @@ _LAZY.update({n: "wsi_lab.tissue" for n in ("detect_tissue", "TissueMask")} | {n
 
 _LAZY.update({n: "wsi_lab.data" for n in ("read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "check_no_leakage", "export_jpeg", "export_tfrecord", "iter_tfrecord", "TileDataset")})  # labels, splits, exports, torch dataset
 
+_LAZY.update({"SlideViewer": "wsi_lab.ui.viewer", "DeepZoom": "wsi_lab.deepzoom"})  # deep-zoom viewer
+
 __all__ = ["__version__", "errors", "Slide", "SlideInfo", "open_slide", "find_slides", *_LAZY]
 
 

@@ -102,12 +102,12 @@ class DeepZoom:
     """Deep-zoom pyramid over ``slide``: tile geometry, pixels, JPEG bytes (LRU-cached) and overlay tiles.
 
     ``tile_size``/``overlap`` in deep-zoom pixels; ``quality`` is the JPEG quality; ``cache_bytes`` bounds
-    the encoded-tile cache. Safe to call from several threads (the slide backends serialise or
+    the encoded-tile cache; ``name`` labels error messages (default: the slide path). Safe to call from several threads (the slide backends serialise or
     parallelise their own reads). Bad levels or tile addresses raise :class:`InvalidParameterError`.
     """
 
     def __init__(self, slide: Any, tile_size: int = 254, overlap: int = 1, quality: int = 80,
-                 cache_bytes: int = 64 * 2**20) -> None:
+                 cache_bytes: int = 64 * 2**20, name: str | None = None) -> None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
             raise InvalidParameterError(f"tile_size must be a positive integer, got {tile_size!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= 2 * overlap < tile_size:
@@ -115,6 +115,7 @@ class DeepZoom:
         if not 1 <= int(quality) <= 100:
             raise InvalidParameterError(f"JPEG quality must be in 1..100, got {quality!r}")
         self.slide = slide
+        self.name = name or str(getattr(slide, "path", "slide"))
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
         self.quality = int(quality)
@@ -159,7 +160,7 @@ class DeepZoom:
 
     @property
     def _name(self) -> str:
-        return str(getattr(self.slide, "path", "slide"))
+        return self.name
 
     def tile_spec(self, level: int, col: int, row: int) -> TileSpec:
         """Level-0 box, output size and slide level of tile ``(col, row)`` of deep-zoom ``level``."""

@@ -146,7 +146,7 @@ class SlideRegistry:
                 return hit[1]
         from wsi_lab.slide import open_slide
 
-        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY)
+        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY, name=rel)  # no absolute paths in messages
         with self._lock:
             old = self._open.pop(key, None)
             self._open[key] = (mtime, dz)

@@ -1,0 +1,15 @@
+// Bundle the widget sources into ../wsi_lab/static/ (committed, so a checkout works without npm).
+import { build } from "esbuild";
+import { copyFileSync } from "node:fs";
+
+await build({
+  entryPoints: ["src/viewer.ts"],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: "es2020",
+  outfile: "../wsi_lab/static/viewer.js",
+  legalComments: "eof",
+  logLevel: "info",
+});
+copyFileSync("src/viewer.css", "../wsi_lab/static/viewer.css");

@@ -1,0 +1,433 @@
+/**
+ * SlideViewer front end (anywidget ESM): OpenSeadragon over a deep-zoom pyramid, tiles from the
+ * wsi_lab.server Jupyter extension over HTTP, or from the kernel over the widget comm.
+ *
+ * Model state (see wsi_lab/ui/viewer.py): slide_info, tile_source ("auto" | "server" | "comm"),
+ * layers [{key, name, opacity, visible, legend, payload}], viewport [x, y, w, h] (level-0 px),
+ * selected_tile, height; written here: active_source, status.
+ * Comm protocol: {type: "tile"|"overlay", id, level, col, row[, layer]} -> reply {type, id, ok, error?}
+ * + one binary buffer (JPEG / PNG); {type: "click", x, y} -> Python callbacks.
+ */
+import OpenSeadragon from "openseadragon";
+
+type AnyModel = {
+  get(name: string): any;
+  set(name: string, value: unknown): void;
+  save_changes(): void;
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[]): void;
+  on(event: string, cb: (...args: any[]) => void): void;
+  off(event: string, cb?: (...args: any[]) => void): void;
+};
+
+interface SlideInfo {
+  name: string; width: number; height: number; mpp: [number, number] | null;
+  tile_size: number; overlap: number; level_count: number; size_bytes: number;
+  candidates: { path: string; id: string }[];
+}
+interface LayerState {
+  key: string; name: string; opacity: number; visible: boolean; legend: any; payload: unknown;
+}
+interface ServerTarget { base: string; id: string; headers: Record<string, string> }
+
+// ---------------------------------------------------------------------------------------------
+function pageConfig(): { baseUrl: string; token: string } {
+  let baseUrl = "/";
+  let token = "";
+  const el = document.getElementById("jupyter-config-data");
+  if (el?.textContent) {
+    try {
+      const cfg = JSON.parse(el.textContent);
+      baseUrl = cfg.baseUrl || baseUrl;
+      token = cfg.token || "";
+    } catch { /* not JSON: keep defaults */ }
+  } else if (document.body?.dataset?.baseUrl) {
+    baseUrl = document.body.dataset.baseUrl; // classic notebook / nbclassic
+  }
+  if (!baseUrl.endsWith("/")) baseUrl += "/";
+  return { baseUrl, token };
+}
+
+function authHeaders(token: string): Record<string, string> {
+  const h: Record<string, string> = {};
+  if (token) h["Authorization"] = `token ${token}`;
+  const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  if (xsrf) h["X-XSRFToken"] = decodeURIComponent(xsrf[1]);
+  return h;
+}
+
+/** Find this slide on the Jupyter server extension: try each candidate root-relative id. */
+async function probeServer(info: SlideInfo): Promise<ServerTarget | null> {
+  const { baseUrl, token } = pageConfig();
+  const headers = authHeaders(token);
+  for (const cand of info.candidates) {
+    try {
+      const r = await fetch(`${baseUrl}wsi-lab/api/slides/${cand.id}`, { headers, credentials: "same-origin" });
+      if (!r.ok) continue;
+      const got = await r.json();
+      if (got.width === info.width && got.height === info.height && got.size_bytes === info.size_bytes) {
+        return { base: `${baseUrl}wsi-lab/api/`, id: cand.id, headers };
+      }
+    } catch { /* network error: extension absent */ }
+  }
+  return null;
+}
+
+/** Request/response over the widget comm with ids; errors come back as messages. */
+class CommClient {
+  private pending = new Map<string, { resolve: (b: DataView) => void; reject: (e: Error) => void }>();
+  private prefix = Math.random().toString(36).slice(2, 8);
+  private next = 0;
+  private handler = (msg: any, buffers: DataView[]) => {
+    if (!msg || typeof msg.id !== "string" || !this.pending.has(msg.id)) return;
+    const p = this.pending.get(msg.id)!;
+    this.pending.delete(msg.id);
+    if (msg.ok && buffers && buffers.length) p.resolve(buffers[0]);
+    else p.reject(new Error(msg.error || "no data"));
+  };
+  constructor(private model: AnyModel) { model.on("msg:custom", this.handler); }
+  request(content: Record<string, unknown>): Promise<DataView> {
+    const id = `${this.prefix}-${this.next++}`;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.model.send({ ...content, id });
+    });
+  }
+  dispose() {
+    this.model.off("msg:custom", this.handler);
+    for (const p of this.pending.values()) p.reject(new Error("viewer closed"));
+    this.pending.clear();
+  }
+}
+
+function commTileSource(info: SlideInfo, comm: CommClient, layerKey: string | null): any {
+  const ts: any = new (OpenSeadragon as any).TileSource({
+    width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
+    minLevel: 0, maxLevel: info.level_count - 1,
+  });
+  const kind = layerKey ? "overlay" : "tile";
+  ts.getTileUrl = (level: number, x: number, y: number) =>
+    `comm:${kind}/${layerKey ?? "slide"}/${level}/${x}_${y}.${layerKey ? "png" : "jpeg"}`;
+  ts.downloadTileStart = (context: any) => {
+    const m = /(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
+    if (!m) { context.finish(null, null, `bad tile address ${context.src}`); return; }
+    const [level, col, row] = [Number(m[1]), Number(m[2]), Number(m[3])];
+    const req: Record<string, unknown> = { type: kind, level, col, row };
+    if (layerKey) req.layer = layerKey;
+    context.userData.aborted = false;
+    comm.request(req).then((buf) => {
+      if (context.userData.aborted) return;
+      const blob = new Blob([buf as unknown as BlobPart], { type: layerKey ? "image/png" : "image/jpeg" });
+      const url = URL.createObjectURL(blob);
+      const img = new Image();
+      img.onload = () => { URL.revokeObjectURL(url); context.finish(img, null); };
+      img.onerror = () => { URL.revokeObjectURL(url); context.finish(null, null, "tile image could not be decoded"); };
+      img.src = url;
+    }, (err: Error) => {
+      if (!context.userData.aborted) context.finish(null, null, err.message);
+    });
+  };
+  ts.downloadTileAbort = (context: any) => { context.userData.aborted = true; };
+  return ts;
+}
+
+function httpTileSource(info: SlideInfo, target: ServerTarget, layerKey: string | null): any {
+  const ts: any = new (OpenSeadragon as any).TileSource({
+    width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
+    minLevel: 0, maxLevel: info.level_count - 1,
+  });
+  ts.getTileUrl = layerKey
+    ? (l: number, x: number, y: number) => `${target.base}overlays/${target.id}/${layerKey}/${l}/${x}_${y}.png`
+    : (l: number, x: number, y: number) => `${target.base}tiles/${target.id}/${l}/${x}_${y}.jpeg`;
+  return ts;
+}
+
+// ---------------------------------------------------------------------------------------------
+function niceLength(um: number): number {
+  const p = Math.pow(10, Math.floor(Math.log10(um)));
+  for (const f of [5, 2, 1]) if (f * p <= um) return f * p;
+  return p;
+}
+
+function legendHtml(layer: LayerState): HTMLElement {
+  const box = document.createElement("div");
+  box.className = "wsi-legend-body";
+  const lg = layer.legend || {};
+  if (lg.type === "continuous" && Array.isArray(lg.colors)) {
+    const bar = document.createElement("div");
+    bar.className = "wsi-legend-bar";
+    bar.style.background = `linear-gradient(to right, ${lg.colors.join(",")})`;
+    const labels = document.createElement("div");
+    labels.className = "wsi-legend-range";
+    const fmt = (v: any) => (typeof v === "number" ? Number(v.toPrecision(3)).toString() : String(v ?? ""));
+    labels.innerHTML = `<span>${fmt(lg.vmin)}</span><span>${lg.column ?? ""}</span><span>${fmt(lg.vmax)}</span>`;
+    box.append(bar, labels);
+  } else if (lg.type === "categorical" && Array.isArray(lg.categories)) {
+    for (const c of lg.categories.slice(0, 20)) {
+      const item = document.createElement("div");
+      item.className = "wsi-legend-item";
+      item.innerHTML = `<span class="wsi-swatch" style="background:${c.color}"></span>`;
+      item.append(document.createTextNode(String(c.value ?? c.label)));
+      box.append(item);
+    }
+  } else if (lg.type === "color") {
+    const item = document.createElement("div");
+    item.className = "wsi-legend-item";
+    item.innerHTML = `<span class="wsi-swatch" style="background:${lg.color}"></span>`;
+    item.append(document.createTextNode(String(lg.label ?? layer.name)));
+    box.append(item);
+  }
+  return box;
+}
+
+// ---------------------------------------------------------------------------------------------
+function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
+  const info: SlideInfo = model.get("slide_info");
+  const root = document.createElement("div");
+  root.className = "wsi-viewer";
+  root.dataset.source = "";
+  root.dataset.tilesLoaded = "0";
+  root.dataset.tilesFailed = "0";
+  root.style.height = model.get("height") || "500px";
+  const osdEl = document.createElement("div");
+  osdEl.className = "wsi-osd";
+  const statusEl = document.createElement("div");
+  statusEl.className = "wsi-status";
+  const legendEl = document.createElement("div");
+  legendEl.className = "wsi-legend";
+  const scaleEl = document.createElement("div");
+  scaleEl.className = "wsi-scalebar";
+  root.append(osdEl, legendEl, scaleEl, statusEl);
+  el.append(root);
+
+  const comm = new CommClient(model);
+  const setStatus = (text: string, level = "info") => {
+    statusEl.textContent = text;
+    statusEl.dataset.level = level;
+    model.set("status", text);
+    model.save_changes();
+  };
+
+  const viewer: any = OpenSeadragon({
+    element: osdEl,
+    drawer: "canvas",
+    showNavigationControl: false,
+    crossOriginPolicy: false,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    maxZoomPixelRatio: 4,
+    imageLoaderLimit: 8,
+    timeout: 60000,
+  } as any);
+
+  let target: ServerTarget | null = null;
+  let slideItem: any = null;
+  let disposed = false;
+  let highlight: HTMLElement | null = null;
+  let userMoved = false; // until the user pans/zooms (or Python sets a view), keep the whole slide in view
+  const homeIfUntouched = () => {
+    if (slideItem && !userMoved) viewer.viewport.goHome(true);
+  };
+  /** Keep the whole slide in view while the user has not moved it (the widget is sized after render). */
+  const refit = () => {
+    if (!slideItem) return;
+    const w = osdEl.clientWidth, h = osdEl.clientHeight;
+    if (!(w > 0 && h > 0)) return;
+    const cs = viewer.viewport.getContainerSize();
+    if (cs.x !== w || cs.y !== h) viewer.viewport.resize(new (OpenSeadragon as any).Point(w, h), true);
+    homeIfUntouched();
+    viewer.forceRedraw();
+    updateScale();
+    sendViewport();
+  };
+  const resizeObs = new ResizeObserver(refit);
+  viewer.addHandler("resize", refit);
+  resizeObs.observe(root);
+  viewer.addHandler("canvas-drag", () => { userMoved = true; });
+  viewer.addHandler("canvas-scroll", () => { userMoved = true; });
+
+  viewer.addHandler("tile-loaded", () => {
+    root.dataset.tilesLoaded = String(Number(root.dataset.tilesLoaded) + 1);
+  });
+  viewer.addHandler("tile-load-failed", (e: any) => {
+    root.dataset.tilesFailed = String(Number(root.dataset.tilesFailed) + 1);
+    setStatus(`tile failed: ${e.message ?? "unknown error"}`, "error");
+  });
+
+  const source = (layerKey: string | null) =>
+    target ? httpTileSource(info, target, layerKey) : commTileSource(info, comm, layerKey);
+
+  // -- layers -----------------------------------------------------------------------------
+  let layerItems: any[] = [];
+  let layerGen = 0;
+  async function registerLayer(layer: LayerState): Promise<string> {
+    if (!target) return layer.key;
+    const r = await fetch(`${target.base}layers`, {
+      method: "POST", credentials: "same-origin",
+      headers: { ...target.headers, "Content-Type": "application/json" },
+      body: JSON.stringify(layer.payload),
+    });
+    if (!r.ok) throw new Error(`layer ${layer.name}: HTTP ${r.status} ${await r.text()}`);
+    return (await r.json()).key;
+  }
+  async function syncLayers() {
+    const gen = ++layerGen;
+    const layers: LayerState[] = model.get("layers") || [];
+    for (const item of layerItems) viewer.world.removeItem(item);
+    layerItems = [];
+    legendEl.innerHTML = "";
+    for (const layer of layers) {
+      let key: string;
+      try {
+        key = await registerLayer(layer);
+      } catch (err) {
+        setStatus(String((err as Error).message), "error");
+        continue;
+      }
+      if (gen !== layerGen || disposed) return;
+      viewer.addTiledImage({
+        tileSource: source(key),
+        opacity: layer.visible === false ? 0 : layer.opacity,
+        success: (e: any) => {
+          if (gen !== layerGen) { viewer.world.removeItem(e.item); return; }
+          layerItems.push(e.item);
+        },
+      });
+      const entry = document.createElement("div");
+      entry.className = "wsi-legend-entry";
+      entry.dataset.layer = layer.name;
+      const head = document.createElement("label");
+      head.className = "wsi-legend-head";
+      const cb = document.createElement("input");
+      cb.type = "checkbox";
+      cb.checked = layer.visible !== false;
+      const slider = document.createElement("input");
+      slider.type = "range"; slider.min = "0"; slider.max = "1"; slider.step = "0.05";
+      slider.value = String(layer.opacity);
+      const update = (patch: Partial<LayerState>) => {
+        const cur: LayerState[] = (model.get("layers") || []).map((l: LayerState) =>
+          l.key === layer.key ? { ...l, ...patch } : l);
+        model.set("layers", cur);
+        model.save_changes();
+      };
+      cb.onchange = () => update({ visible: cb.checked });
+      slider.oninput = () => update({ opacity: Number(slider.value) });
+      head.append(cb, document.createTextNode(` ${layer.name} `), slider);
+      entry.append(head, legendHtml(layer));
+      legendEl.append(entry);
+    }
+    legendEl.style.display = layers.length ? "" : "none";
+  }
+  /** Opacity / visibility changes only: restyle the existing items instead of reloading. */
+  function onLayersChange() {
+    const layers: LayerState[] = model.get("layers") || [];
+    const keys = layers.map((l) => l.key).join(",");
+    if (keys === root.dataset.layerKeys && layerItems.length === layers.length) {
+      layers.forEach((l, i) => layerItems[i]?.setOpacity(l.visible === false ? 0 : l.opacity));
+      return;
+    }
+    root.dataset.layerKeys = keys;
+    void syncLayers();
+  }
+
+  // -- viewport, scale bar, clicks ----------------------------------------------------------
+  let lastSent = "";
+  function sendViewport() {
+    if (!slideItem) return;
+    const r = slideItem.viewportToImageRectangle(viewer.viewport.getBounds(true));
+    const v = [r.x, r.y, r.width, r.height].map((n: number) => Math.round(n * 10) / 10);
+    const s = JSON.stringify(v);
+    if (s === lastSent) return;
+    lastSent = s;
+    model.set("viewport", v);
+    model.save_changes();
+  }
+  function applyViewport() {
+    const v = model.get("viewport");
+    if (!slideItem || !Array.isArray(v) || v.length !== 4 || JSON.stringify(v) === lastSent) return;
+    userMoved = true;
+    const [x, y, w, h] = v;
+    if (!(w > 0 && h > 0)) return;
+    lastSent = JSON.stringify(v);
+    viewer.viewport.fitBounds(slideItem.imageToViewportRectangle(x, y, w, h), false);
+  }
+  function updateScale() {
+    const mpp = info.mpp;
+    if (!mpp || !slideItem) { scaleEl.style.display = "none"; return; }
+    const imageZoom = slideItem.viewportToImageZoom(viewer.viewport.getZoom(true)); // screen px per image px
+    const umPerPx = mpp[0] / imageZoom;
+    const um = niceLength(100 * umPerPx);
+    scaleEl.style.display = "";
+    scaleEl.style.width = `${Math.round(um / umPerPx)}px`;
+    scaleEl.textContent = um >= 1000 ? `${um / 1000} mm` : `${um} µm`;
+    scaleEl.dataset.um = String(um);
+  }
+  function showSelected() {
+    const sel = model.get("selected_tile");
+    if (highlight) { viewer.removeOverlay(highlight); highlight = null; }
+    if (!slideItem || !sel || !(sel.width > 0)) return;
+    highlight = document.createElement("div");
+    highlight.className = "wsi-selected";
+    viewer.addOverlay(highlight, slideItem.imageToViewportRectangle(sel.x, sel.y, sel.width, sel.height));
+    if (sel.zoom !== false) {
+      // full resolution: one screen pixel per level-0 pixel, centred on the tile
+      const size = viewer.viewport.getContainerSize();
+      const cx = sel.x + sel.width / 2, cy = sel.y + sel.height / 2;
+      const w = Math.max(sel.width, size.x), h = Math.max(sel.height, size.y);
+      viewer.viewport.fitBounds(slideItem.imageToViewportRectangle(cx - w / 2, cy - h / 2, w, h), false);
+    }
+  }
+  viewer.addHandler("canvas-click", (e: any) => {
+    if (!e.quick || !slideItem) return;
+    const p = slideItem.viewerElementToImageCoordinates(e.position);
+    if (p.x < 0 || p.y < 0 || p.x >= info.width || p.y >= info.height) return;
+    model.send({ type: "click", x: Math.floor(p.x), y: Math.floor(p.y) });
+  });
+  viewer.addHandler("animation-finish", sendViewport);
+  viewer.addHandler("update-viewport", updateScale);
+
+  // -- start: choose the tile source, open the slide ------------------------------------------
+  async function start() {
+    const mode = model.get("tile_source") || "auto";
+    if (mode !== "comm") {
+      target = await probeServer(info);
+      if (!target && mode === "server") {
+        setStatus("the wsi_lab.server extension did not answer for this slide (is the slide under the Jupyter " +
+          "root, and the extension enabled? `jupyter server extension list`); use tile_source='comm'", "error");
+        root.dataset.source = "none";
+        return;
+      }
+    }
+    if (disposed) return;
+    const active = target ? "server" : "comm";
+    root.dataset.source = active;
+    model.set("active_source", active);
+    model.save_changes();
+    viewer.addTiledImage({
+      tileSource: source(null), index: 0,
+      success: (e: any) => {
+        slideItem = e.item;
+        root.dataset.ready = "1";
+        if (Array.isArray(model.get("viewport")) && model.get("viewport").length === 4) applyViewport();
+        refit();
+        onLayersChange();
+        showSelected();
+      },
+      error: (e: any) => setStatus(`could not open the slide: ${e.message ?? e}`, "error"),
+    });
+  }
+  model.on("change:layers", onLayersChange);
+  model.on("change:viewport", applyViewport);
+  model.on("change:selected_tile", showSelected);
+  void start();
+
+  return () => {
+    disposed = true;
+    resizeObs.disconnect();
+    model.off("change:layers", onLayersChange);
+    model.off("change:viewport", applyViewport);
+    model.off("change:selected_tile", showSelected);
+    comm.dispose();
+    viewer.destroy();
+  };
+}
+
+export default { render };
