@@ -282,3 +282,23 @@ def test_layer_kwargs_build_real_napari_layers_in_pixels_without_mpp(cmu_path):
     left_edge = mask_img.translate[-1] - mask_img.scale[-1] / 2
     assert left_edge == pytest.approx(-0.5)
     assert w * d >= slide.dimensions[0] > (w - 1) * d
+
+
+@pytest.mark.napari
+def test_cli_napari_screenshot(xdisplay, cmu_path, tmp_path):
+    from PIL import Image
+
+    from wsi_lab.cli import main
+    from wsi_lab.data.table import write_table
+
+    slide = open_slide(cmu_path)
+    t = tile_table(slide)
+    t["score"] = (np.arange(len(t)) == 5).astype(float)
+    write_table(t, tmp_path / "t.parquet")
+    shot = tmp_path / "shot.png"
+    assert main(["napari", str(cmu_path), "--table", str(tmp_path / "t.parquet"), "--layer", "score",
+                 "--tissue", "otsu", "--screenshot", str(shot)]) == 0
+    img = np.asarray(Image.open(shot))
+    assert img.ndim == 3 and img.shape[0] > 100
+    r, g, b = (img[..., k].astype(int) for k in range(3))
+    assert ((r > 200) & (g > 190) & (b < r - 60)).sum() > 20  # the one hot tile, blended at opacity 0.5

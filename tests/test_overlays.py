@@ -295,3 +295,39 @@ def test_large_table_region_render_is_exact():
     zoom = id_layer(t, np.full(len(t), 256.0)).render_region((256 * 100 + 10, 256 * 50 + 10, 512, 512), (512, 512))
     ids = decode_ids(zoom)
     assert ids[0, 0] == 50 * 400 + 100 and ids[-1, -1] == 52 * 400 + 102
+
+
+def test_composite_and_overview_blend_layers_over_the_thumbnail(cmu_path, tmp_path):
+    from wsi_lab import open_slide
+    from wsi_lab.cli import main
+    from wsi_lab.data.table import write_table
+    from wsi_lab.overlays import composite, render_overview
+
+    base = np.full((2, 2, 3), 100, np.uint8)
+    over = np.zeros((2, 2, 4), np.uint8)
+    over[0, 0] = (200, 0, 0, 255)
+    over[1, 1] = (0, 200, 0, 128)
+    out = composite(base, over)
+    assert tuple(out[0, 0]) == (200, 0, 0) and tuple(out[0, 1]) == (100, 100, 100)
+    assert tuple(out[1, 1]) == (50, 150, 50)
+    with pytest.raises(InvalidParameterError):
+        composite(base, np.zeros((3, 3, 4), np.uint8))
+    slide = open_slide(cmu_path)
+    t = grid_table(nx=4, ny=4, size=256, x0=0, y0=0).assign(slide_id=slide.slide_id)
+    t["score"] = 1.0
+    thumb = slide.get_thumbnail(256)
+    img = render_overview(slide, [heatmap_layer(t, "score", opacity=1.0)], 256)
+    assert img.shape == thumb.shape
+    covered = int(4 * 256 * thumb.shape[1] / slide.dimensions[0]) - 1
+    assert (img[:covered, :covered] == colormap_lut("viridis")[127]).all()  # single value -> mid colour
+    assert np.array_equal(img[-5:, -5:], thumb[-5:, -5:])  # no tiles there: the slide shows through
+    # the CLI writes the same overview from a Parquet table
+    write_table(t, tmp_path / "t.parquet")
+    assert main(["overlay", str(cmu_path), "--table", str(tmp_path / "t.parquet"), "--layer", "score",
+                 "-o", str(tmp_path / "o.png"), "--max-size", "256"]) == 0
+    from PIL import Image
+
+    saved = np.asarray(Image.open(tmp_path / "o.png"))
+    assert saved.shape == thumb.shape and (saved[:covered, :covered] != thumb[:covered, :covered]).any()
+    assert main(["overlay", str(cmu_path), "--table", str(tmp_path / "t.parquet"), "--layer", "nope",
+                 "-o", str(tmp_path / "x.png")]) == 2

@@ -5,7 +5,7 @@ missing napari raises :class:`~wsi_lab.errors.MissingDependencyError` with the i
 from wsi_lab.napari._layers import layer_data, resolve_overlays
 from wsi_lab.napari._pyramid import slide_pyramid, slide_scale
 from wsi_lab.napari._reader import napari_get_reader, read_slides
-from wsi_lab.napari._viewer import open_in_napari, slide_layer_data
+from wsi_lab.napari._viewer import open_in_napari, run_or_screenshot, slide_layer_data
 
-__all__ = ["open_in_napari", "slide_pyramid", "slide_scale", "slide_layer_data", "layer_data",
+__all__ = ["open_in_napari", "run_or_screenshot", "slide_pyramid", "slide_scale", "slide_layer_data", "layer_data",
            "resolve_overlays", "napari_get_reader", "read_slides"]

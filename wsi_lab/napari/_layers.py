@@ -12,9 +12,8 @@ import math
 
 import numpy as np
 
-from wsi_lab.errors import InvalidParameterError
-from wsi_lab.overlays import GridLayer, Layer, MaskLayer, TileLayer, category_layer, grid_layer, heatmap_layer, \
-    latent_rgb_layer, mask_layer
+from wsi_lab.overlays import GridLayer, Layer, MaskLayer, TileLayer
+from wsi_lab.overlays import resolve_layers as resolve_overlays
 
 log = logging.getLogger(__name__)
 
@@ -24,47 +23,6 @@ __all__ = ["resolve_overlays", "layer_data", "MAX_OVERLAY_SIDE", "MAX_SHAPES"]
 MAX_OVERLAY_SIDE = 4096
 #: a tile grid with at most this many tiles becomes a napari Shapes layer (else a rendered image)
 MAX_SHAPES = 2000
-
-
-def resolve_overlays(overlays, table=None, mask=None, slide=None) -> list[Layer]:
-    """Layers from ``overlays``: :class:`~wsi_lab.overlays.Layer` objects, or names — ``"tissue"`` /
-    ``"mask"`` (needs ``mask``), ``"grid"`` / ``"tiles"`` (needs ``table``), ``"latent"`` (z_00..z_02),
-    or a ``table`` column (numbers -> heatmap, else categories). A given ``mask`` is always shown; a
-    given ``table`` with no overlays named shows its grid."""
-    items = list(overlays or ())
-    if mask is not None and not any(isinstance(o, MaskLayer) or o in ("tissue", "mask") for o in items):
-        items.insert(0, "tissue")
-    if table is not None and all(isinstance(o, MaskLayer) or o in ("tissue", "mask") for o in items):
-        items.append("grid")
-    out: list[Layer] = []
-    for item in items:
-        if isinstance(item, Layer):
-            out.append(item)
-            continue
-        if not isinstance(item, str):
-            raise InvalidParameterError(f"overlay {item!r} is neither a wsi_lab.overlays.Layer nor a name")
-        if item in ("tissue", "mask"):
-            if mask is None:
-                raise InvalidParameterError(f"overlay {item!r} needs mask=<TissueMask>")
-            out.append(mask_layer(mask))
-            continue
-        if table is None:
-            raise InvalidParameterError(f"overlay {item!r} needs table=<TileTable>")
-        if item in ("grid", "tiles"):
-            out.append(grid_layer(table, slide=slide))
-        elif item == "latent" and item not in table.columns:
-            out.append(latent_rgb_layer(table, slide=slide))
-        elif item in table.columns and _is_numeric(table[item]):
-            out.append(heatmap_layer(table, item, cmap="coolwarm" if item.startswith("prob_") else "viridis", slide=slide))
-        else:
-            out.append(category_layer(table, item, slide=slide))  # raises for an unknown column
-    return out
-
-
-def _is_numeric(col) -> bool:
-    import pandas as pd
-
-    return pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
 
 
 def _render_downsample(layer: Layer, dims: tuple[int, int]) -> float:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 from wsi_lab.errors import require
+from wsi_lab.overlays import slide_rows
 from wsi_lab.napari._layers import layer_data, resolve_overlays
 from wsi_lab.napari._pyramid import slide_pyramid, slide_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_in_napari", "slide_layer_data"]
+__all__ = ["open_in_napari", "slide_layer_data", "run_or_screenshot"]
 
 
 def _napari():
@@ -30,18 +32,6 @@ def slide_layer_data(slide, chunk: int = 1024) -> tuple:
     return slide_pyramid(slide, chunk=chunk), kwargs, "image"
 
 
-def _slide_rows(table, slide):
-    """Rows of ``table`` that belong to ``slide`` (all rows when the table has no slide_id column)."""
-    if table is None or "slide_id" not in table.columns:
-        return table
-    ids = set(table["slide_id"].astype(str).unique())
-    if len(ids) <= 1:
-        return table
-    rows = table[table["slide_id"].astype(str) == slide.slide_id]
-    log.info("table holds %d slides; showing the %d tiles of %s", len(ids), len(rows), slide.slide_id)
-    return rows
-
-
 def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None, viewer=None,
                    show: bool = True, chunk: int = 1024, backend: str = "auto"):
     """Open a slide in napari as a lazy multiscale image (chunks of ``chunk`` pixels read on demand)
@@ -54,7 +44,7 @@ def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None
     from wsi_lab.slide import Slide, open_slide
 
     slide = slide_or_path if isinstance(slide_or_path, Slide) else open_slide(os.fspath(slide_or_path), backend=backend)
-    table = _slide_rows(table, slide)
+    table = slide_rows(table, slide)
     layers = resolve_overlays(overlays, table=table, mask=mask, slide=slide)
     if viewer is None:
         viewer = napari.Viewer(title=f"WSI Lab: {slide.slide_id}", show=show)
@@ -68,3 +58,26 @@ def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None
         viewer.scale_bar.visible = True
     viewer.reset_view()
     return viewer
+
+
+def run_or_screenshot(viewer, screenshot: str | os.PathLike | None = None) -> int:
+    """Run the napari event loop until the window closes, or (``screenshot``) save the canvas as an
+    RGBA PNG once it is drawn, close the viewer and return; returns an exit code (0)."""
+    napari = _napari()
+    if screenshot is None:
+        napari.run()
+        return 0
+    from qtpy.QtWidgets import QApplication
+
+    from wsi_lab.io import save_image
+
+    img = None
+    for _ in range(100):  # let the canvas draw (≤ ~5 s): visible layers leave it non-black
+        QApplication.processEvents()
+        time.sleep(0.05)
+        img = viewer.screenshot(canvas_only=True, flash=False)
+        if img[..., :3].max() > 0:
+            break
+    save_image(img, screenshot)
+    viewer.close()
+    return 0

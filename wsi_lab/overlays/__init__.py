@@ -20,6 +20,7 @@ from wsi_lab.overlays._build import (
     latent_rgb_layer,
     mask_layer,
 )
+from wsi_lab.overlays._compose import composite, render_overview, resolve_layers, slide_rows
 from wsi_lab.overlays._colors import COLORMAPS, PALETTE, category_colors, colormap_lut
 from wsi_lab.overlays._layers import GridLayer, Layer, MaskLayer, TileLayer
 from wsi_lab.overlays._raster import tile_extent
@@ -27,5 +28,5 @@ from wsi_lab.overlays._raster import tile_extent
 __all__ = [
     "Layer", "MaskLayer", "TileLayer", "GridLayer", "COLORMAPS", "PALETTE",
     "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer", "latent_rgb_layer",
-    "heatmap", "colormap_lut", "category_colors",
+    "heatmap", "colormap_lut", "category_colors", "resolve_layers", "composite", "render_overview", "slide_rows",
 ]
