@@ -250,7 +250,8 @@ def main() -> None:
     print(f"\nours = mask + plan (tile 256 at max(0.5, native) µm/px, otsu, min_tissue 0.5); *_x = peer time / ours. "
           f"naive/clam: ~ extrapolated from {sample} sampled patches. ex1/ex2: Dask extraction of up to {extract_n} "
           f"tiles (read+resize+JPEG) on 1/2 workers; RSS = peak of the whole process tree. "
-          f"histolab: {'measured in /tmp/peer-venv' if PEER_PY.exists() else 'not installed (-)'}; cores: {os.cpu_count()}")
+          f"histolab: {'measured in /tmp/peer-venv' if any(r['histolab_s'] is not None for r in rows) else 'not installed in /tmp/peer-venv (-)'}; "
+          f"cores: {os.cpu_count()}")
 
 
 if __name__ == "__main__":
