@@ -15,7 +15,7 @@ from wsi_lab.slide import Slide, SlideInfo, find_slides, open_slide
 
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {}
-_LAZY.update({n: "wsi_lab.overlays" for n in ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer", "latent_rgb_layer", "heatmap")} | {"open_in_napari": "wsi_lab.napari"})  # overlays, napari
+_LAZY.update({n: "wsi_lab.overlays" for n in ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer", "latent_rgb_layer", "heatmap", "render_overview")} | {"open_in_napari": "wsi_lab.napari"})  # overlays, napari
 _LAZY.update({n: "wsi_lab.ui.lab" for n in ("Lab", "register_panel")} | {"SlideBrowser": "wsi_lab.ui.browser", "ThresholdTuner": "wsi_lab.ui.tuner", "TilingPanel": "wsi_lab.ui.tiling_panel"})  # ui
 
 _LAZY.update({n: "wsi_lab.tissue" for n in ("detect_tissue", "TissueMask")} | {n: "wsi_lab.tiling" for n in ("plan_tiles", "run_tiling", "start_tiling", "TilingParams", "TwoStage", "TilingResult", "compare_tile_sets", "apply_fine_pass")} | {n: "wsi_lab.data.table" for n in ("read_table", "write_table", "default_patient_id")} | {"ProgressEvent": "wsi_lab.progress"})  # tissue, tiling, table
