@@ -199,7 +199,7 @@ class SlideViewer(anywidget.AnyWidget):
         except WSILabError as exc:
             return {"type": kind, "id": rid, "ok": False, "error": str(exc)}, []
         except Exception as exc:  # a broken layer or reader must not leave the browser waiting
-            log.exception("viewer request %s failed", msg)
+            log.exception("viewer request %s failed", repr(msg))
             return {"type": kind, "id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}, []
         return {"type": kind, "id": rid, "ok": True}, [data]
 
@@ -216,7 +216,7 @@ class SlideViewer(anywidget.AnyWidget):
         try:
             x, y = int(content["x"]), int(content["y"])
         except (KeyError, TypeError, ValueError):
-            log.warning("ignoring malformed click message %r", content)
+            log.warning("ignoring malformed click message %s", repr(content))
             return
         row = self.select(x, y)
         for cb in list(self._click_callbacks):
