@@ -244,7 +244,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from wsi_lab.data.labels import attach_labels
     from wsi_lab.data.splits import split_by_patient, split_summary
     from wsi_lab.data.table import write_table
-    from wsi_lab.data.tile_reader import load_tables
+    from wsi_lab.data.table import load_tables
 
     table = load_tables(args.tables)
     if args.labels:
@@ -271,7 +271,7 @@ def _add_split(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from wsi_lab.data.tile_reader import load_tables
+    from wsi_lab.data.table import load_tables
     from wsi_lab.progress import TextProgressBar
 
     table = load_tables(args.tables)

@@ -21,7 +21,7 @@ import pandas as pd
 from wsi_lab.errors import DataError
 from wsi_lab.io import atomic_path
 
-__all__ = ["REQUIRED_COLUMNS", "COLUMN_DTYPES", "read_table", "write_table", "validate_table",
+__all__ = ["concat_tables", "load_tables", "REQUIRED_COLUMNS", "COLUMN_DTYPES", "read_table", "write_table", "validate_table",
            "empty_table", "default_patient_id"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id", "x", "y", "level", "read_size", "tile_size",
@@ -133,3 +133,44 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     validate_table(table, str(p))
     table.attrs["wsi_lab"] = meta
     return table
+
+
+def _table_meta(table: pd.DataFrame) -> dict:
+    meta = table.attrs.get("wsi_lab")
+    return meta if isinstance(meta, dict) else {}
+
+
+def concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate TileTables (e.g. one per slide from tiling) keeping every slide's path in
+    ``attrs["wsi_lab"]["slides"][slide_id]["path"]``; other metadata comes from the first table."""
+    if not tables:
+        raise DataError("no TileTable to concatenate")
+    slides: dict[str, dict] = {}
+    for t in tables:
+        meta = _table_meta(t)
+        for sid, info in (meta.get("slides") or {}).items():
+            slides[str(sid)] = dict(info) if isinstance(info, dict) else {"path": str(info)}
+        if meta.get("slide_id") and meta.get("slide_path"):
+            slides.setdefault(str(meta["slide_id"]), {})["path"] = str(meta["slide_path"])
+    out = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].copy()
+    meta = {k: v for k, v in _table_meta(tables[0]).items() if len(tables) == 1 or k not in ("slide_id", "slide_path")}
+    meta["slides"] = slides
+    out.attrs = {"wsi_lab": meta}
+    return out
+
+
+def load_tables(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Read TileTable Parquet files (a folder means every ``*.parquet`` under it, e.g. a tiling output)
+    and :func:`concat_tables` them."""
+    from pathlib import Path
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.parquet"))
+            if not found:
+                raise DataError(f"{p}: no .parquet TileTable under this folder")
+            files += found
+        else:
+            files.append(p)
+    return concat_tables([read_table(f) for f in files])

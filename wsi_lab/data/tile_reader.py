@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from wsi_lab.data.table import _table_meta as _meta
+from wsi_lab.data.table import concat_tables, load_tables  # noqa: F401  (re-exported)
 from wsi_lab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,6 @@ def require_columns(table: pd.DataFrame, columns, what: str) -> None:
     if missing:
         raise DataError(f"{what} needs a TileTable with columns {list(columns)}; missing {missing} "
                         f"(the table has {list(table.columns)})")
-
-
-def _meta(table: pd.DataFrame) -> dict:
-    meta = table.attrs.get("wsi_lab")
-    return meta if isinstance(meta, dict) else {}
 
 
 def slide_paths_of(table: pd.DataFrame, slide_paths: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
@@ -63,44 +60,6 @@ def _recorded_paths(meta: dict) -> dict[str, str]:
         if isinstance(info, dict) and info.get("path"):
             paths[str(sid)] = str(info["path"])
     return paths
-
-
-def concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate TileTables (e.g. one per slide from tiling) keeping every slide's path in
-    ``attrs["wsi_lab"]["slides"][slide_id]["path"]``; other metadata comes from the first table."""
-    if not tables:
-        raise DataError("no TileTable to concatenate")
-    slides: dict[str, dict] = {}
-    for t in tables:
-        meta = _meta(t)
-        for sid, info in (meta.get("slides") or {}).items():
-            slides[str(sid)] = dict(info) if isinstance(info, dict) else {"path": str(info)}
-        if meta.get("slide_id") and meta.get("slide_path"):
-            slides.setdefault(str(meta["slide_id"]), {})["path"] = str(meta["slide_path"])
-    out = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].copy()
-    meta = {k: v for k, v in _meta(tables[0]).items() if len(tables) == 1 or k not in ("slide_id", "slide_path")}
-    meta["slides"] = slides
-    out.attrs = {"wsi_lab": meta}
-    return out
-
-
-def load_tables(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Read TileTable Parquet files (a folder means every ``*.parquet`` under it, e.g. a tiling output)
-    and :func:`concat_tables` them."""
-    from pathlib import Path
-
-    from wsi_lab.data.table import read_table
-
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.rglob("*.parquet"))
-            if not found:
-                raise DataError(f"{p}: no .parquet TileTable under this folder")
-            files += found
-        else:
-            files.append(p)
-    return concat_tables([read_table(f) for f in files])
 
 
 class SlideCache:

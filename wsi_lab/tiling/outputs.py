@@ -86,15 +86,12 @@ class TilingResult:
         return sum(self.n_tiles.values())
 
     def table(self) -> pd.DataFrame:
-        """All completed slides' TileTables concatenated (attrs of the first)."""
-        from wsi_lab.data.table import empty_table, read_table
+        """All completed slides' TileTables concatenated, every slide's path kept in
+        ``attrs["wsi_lab"]["slides"][slide_id]["path"]``."""
+        from wsi_lab.data.table import concat_tables, empty_table, read_table
 
         tables = [read_table(p) for p in self.tables.values()]
-        if not tables:
-            return empty_table()
-        out = pd.concat(tables, ignore_index=True)
-        out.attrs = tables[0].attrs
-        return out
+        return concat_tables(tables) if tables else empty_table()
 
     def summary(self) -> str:
         done = len(self.tables) - len(self.skipped)
