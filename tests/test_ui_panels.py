@@ -59,6 +59,9 @@ def test_tuner_mask_and_count_follow_the_controls(tuner):
 def test_tuner_auto_threshold_and_morphology(tuner):
     tuner.method.value = "otsu"
     assert tuner.auto.value is True
+    # only the background-only control is hidden (each control has its own layout)
+    assert tuner.max_background.layout.display == "none"
+    assert all(w.layout.display != "none" for w in (tuner.method, tuner.threshold, tuner.closing, tuner.tile_size))
     auto_t = tuner.threshold.value
     assert tuner.mask.params["auto_threshold"] and tuner.mask.params["threshold"] == pytest.approx(auto_t)
     tuner.threshold.value = auto_t + 60  # moving the slider switches to a manual threshold

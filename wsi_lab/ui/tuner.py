@@ -59,24 +59,26 @@ class ThresholdTuner(widgets.VBox):
         self.last_update_ms = float("nan")
         self._thumb = self.slide.get_thumbnail(display_size)
         style = {"description_width": "110px"}
-        wide = widgets.Layout(width="360px")
+        def wide() -> widgets.Layout:  # one Layout per widget: hiding one must not hide the others
+            return widgets.Layout(width="360px")
+
         self.method = widgets.Dropdown(options=list(THRESHOLDS), value=method, description="Method", style=style,
-                                       layout=wide)
+                                       layout=wide())
         self.auto = widgets.Checkbox(value=True, description="automatic threshold", indent=False)
-        self.threshold = widgets.FloatSlider(description="Threshold", style=style, layout=wide,
+        self.threshold = widgets.FloatSlider(description="Threshold", style=style, layout=wide(),
                                              continuous_update=False, readout_format=".0f")
         self.max_background = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="Max background",
-                                                  style=style, layout=wide, continuous_update=False)
+                                                  style=style, layout=wide(), continuous_update=False)
         self.closing = widgets.IntSlider(value=0, min=0, max=10, description="Closing (px)", style=style,
-                                         layout=wide, continuous_update=False)
+                                         layout=wide(), continuous_update=False)
         self.opening = widgets.IntSlider(value=0, min=0, max=10, description="Opening (px)", style=style,
-                                         layout=wide, continuous_update=False)
-        self.min_object = widgets.FloatText(value=0.0, description="Min object µm²", style=style, layout=wide)
-        self.tile_size = widgets.IntText(value=tile_size, description="Tile size (px)", style=style, layout=wide)
-        self.mpp = widgets.FloatText(value=mpp or 0.0, description="Tile µm/px", style=style, layout=wide,
+                                         layout=wide(), continuous_update=False)
+        self.min_object = widgets.FloatText(value=0.0, description="Min object µm²", style=style, layout=wide())
+        self.tile_size = widgets.IntText(value=tile_size, description="Tile size (px)", style=style, layout=wide())
+        self.mpp = widgets.FloatText(value=mpp or 0.0, description="Tile µm/px", style=style, layout=wide(),
                                      tooltip="0 = the slide's native resolution")
         self.min_tissue = widgets.FloatSlider(value=min_tissue, min=0, max=1, step=0.05, description="Min tissue",
-                                              style=style, layout=wide, continuous_update=False)
+                                              style=style, layout=wide(), continuous_update=False)
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{display_size}px"))
         self.image.add_class("wsi-lab-tuner-image")
         self.count = widgets.HTML()
