@@ -55,6 +55,7 @@ class ThresholdTuner(widgets.VBox):
                  **kwargs) -> None:
         self._quiet = False
         self.errors = ErrorBox()
+        self._owns_slide = not isinstance(slide, Slide)
         self.slide = slide if isinstance(slide, Slide) else open_slide(slide)
         self.last_update_ms = float("nan")
         self._thumb = self.slide.get_thumbnail(display_size)
@@ -237,7 +238,10 @@ class ThresholdTuner(widgets.VBox):
         self.update()
 
     def close(self) -> None:
-        self.slide.close()
+        """Close the widget (and the slide when the tuner opened it). Safe to call twice."""
+        if getattr(self, "_owns_slide", False):
+            self._owns_slide = False
+            self.slide.close()
         super().close()
 
 
