@@ -183,3 +183,21 @@ def test_snapshot_roundtrip_and_downsampled_raster(cmu_path):
         assert abs(ys.min() * 3 - 200) <= 3 and ys.max() == 199
         with pytest.raises(InvalidParameterError):
             LayerSnapshot.from_png(b"not a png", 1)
+
+
+def test_low_levels_come_from_a_cached_level_image(cmu_path):
+    """CMU has one stored level: deep-zoom levels ≥ 4x below it are cropped from one rendered level image,
+    and match the tile-by-tile reads (exact area averages) away from the slide's bottom/right edge."""
+    with open_slide(cmu_path) as slide:
+        dz = DeepZoom(slide)
+        direct = DeepZoom(slide)
+        direct._cached_levels = frozenset()
+        assert 11 in dz._cached_levels and 12 not in dz._cached_levels
+        for level in (11, 10):
+            cols, rows = dz.level_tiles[level]
+            for col in range(cols - 1):
+                for row in range(rows - 1):
+                    a = dz.get_tile(level, col, row)
+                    b = direct.get_tile(level, col, row)
+                    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1, (level, col, row)
+        assert set(dz._level_images) == {10, 11}

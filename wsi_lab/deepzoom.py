@@ -99,6 +99,8 @@ class _LRU:
 
 
 class DeepZoom:
+    LEVEL_IMAGE_PIXELS = 2**21  # 2 MP: whole-level images kept for the cheap low-resolution levels
+
     """Deep-zoom pyramid over ``slide``: tile geometry, pixels, JPEG bytes (LRU-cached) and overlay tiles.
 
     ``tile_size``/``overlap`` in deep-zoom pixels; ``quality`` is the JPEG quality; ``cache_bytes`` bounds
@@ -131,6 +133,16 @@ class DeepZoom:
             (math.ceil(dw / self.tile_size), math.ceil(dh / self.tile_size)) for dw, dh in dims)
         self._slide_levels = tuple(slide.get_best_level_for_downsample(self.level_downsample(i))
                                    for i in range(len(dims)))
+        # Deep-zoom levels far below the deepest stored slide level (single-level slides, thin pyramids)
+        # would read 4x+ more pixels than they show for every tile: those whose whole image is at most
+        # ``LEVEL_IMAGE_PIXELS`` are rendered once (the largest from the slide, bounded-memory, each
+        # smaller one by halving the next) and their tiles are cropped from it.
+        self._level_images: dict[int, np.ndarray] = {}
+        self._level_lock = threading.RLock()
+        self._cached_levels = frozenset(
+            i for i, (lw, lh) in enumerate(dims)
+            if lw * lh <= self.LEVEL_IMAGE_PIXELS
+            and self.level_downsample(i) >= 4 * float(slide.level_downsamples[self._slide_levels[i]]))
 
     # -- geometry -----------------------------------------------------------------------------
     @property
@@ -194,9 +206,50 @@ class DeepZoom:
                 "mpp": list(mpp) if mpp else None}
 
     # -- pixels -------------------------------------------------------------------------------
+    def _level_image(self, level: int) -> np.ndarray:
+        """Whole deep-zoom ``level`` as (H, W, 3) uint8 (only for levels in ``_cached_levels``)."""
+        with self._level_lock:  # re-entrant: a level is made by halving the next one
+            img = self._level_images.get(level)
+            if img is None:
+                lw, lh = self.level_dimensions[level]
+                if level + 1 in self._cached_levels:
+                    img = np.asarray(Image.fromarray(self._level_image(level + 1)).resize((lw, lh), Image.Resampling.BOX))
+                else:
+                    img = self._render_level(level)
+                self._level_images[level] = img
+            return img
+
+    def _render_level(self, level: int) -> np.ndarray:
+        """Read the whole of deep-zoom ``level`` from its slide level in horizontal bands (≤ 16 MP read
+        at a time) whose edges fall on output rows, resizing each band like a tile (area filter)."""
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsample(level)
+        sl = self._slide_levels[level]
+        sd = float(self.slide.level_downsamples[sl])
+        slw, slh = self.slide.level_dimensions[sl]
+        band = max(1, int(16 * 2**20 / (slw * ds / sd)))
+        # read exactly ``ds / sd`` slide pixels per output pixel (edge pixels replicated past the slide's
+        # end) so the level is an exact area-average, like the tiles of the levels above it
+        full_w = max(slw, math.ceil(lw * ds / sd))
+        out = np.empty((lh, lw, 3), np.uint8)
+        for oy in range(0, lh, band):
+            oh = min(band, lh - oy)
+            ly = int(math.floor(oy * ds / sd))
+            want = math.ceil(oh * ds / sd)
+            rh = max(1, min(want, slh - ly))
+            arr = self.slide.read_region((0, int(round(ly * sd))), sl, (slw, rh))
+            if rh < want or slw < full_w:
+                arr = np.pad(arr, ((0, want - rh), (0, full_w - slw), (0, 0)), mode="edge")
+            out[oy:oy + oh] = np.asarray(Image.fromarray(arr).resize((lw, oh), Image.Resampling.BOX))
+        return out
+
     def get_tile(self, level: int, col: int, row: int) -> np.ndarray:
         """Pixels of one tile as (H, W, 3) uint8: the best slide level is read and resized (area filter)."""
         spec = self.tile_spec(level, col, row)
+        if level in self._cached_levels:
+            ds = self.level_downsample(level)
+            zx, zy = spec.box[0] // ds, spec.box[1] // ds
+            return np.ascontiguousarray(self._level_image(level)[zy:zy + spec.size[1], zx:zx + spec.size[0]])
         x0, y0, w0, h0 = spec.box
         sl = spec.slide_level
         sd = float(self.slide.level_downsamples[sl])
