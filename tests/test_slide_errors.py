@@ -127,7 +127,8 @@ def test_truncated_and_corrupt_slides_do_not_crash(tmp_path_factory, corrupt, sy
     _mode(mode)
     folder = tmp_path_factory.mktemp(f"trunc-{mode}")
     syn_bad = make_corrupt_copies(synthetic, folder / "syn")
-    files = [syn_bad["truncated"], syn_bad["corrupt"], corrupt["truncated"], corrupt["corrupt"]]
+    files = [syn_bad["truncated"], syn_bad["corrupt"], syn_bad["truncated_tiles"], corrupt["truncated"],
+             corrupt["corrupt"]]
     for real in (NDPI, OME):
         if real.exists():
             files.append(make_corrupt_copies(real, folder / real.stem)["truncated"])
@@ -144,11 +145,17 @@ def test_truncated_and_corrupt_slides_do_not_crash(tmp_path_factory, corrupt, sy
         assert not r["untyped"], (path, r["untyped"][:3])
         for message in r["messages"]:
             assert path in message  # every error names the file
-    syn_trunc, syn_corrupt = report[str(files[0])], report[str(files[1])]
+    syn_trunc, syn_corrupt, syn_cut = (report[str(f)] for f in files[:3])
     if mode in ("auto", "tifffile"):  # opens the truncated synthetic slide, and the missing tail is hit
         assert syn_trunc["open"] is None and syn_trunc["ok"] > 0 and syn_trunc["typed"].get("SlideReadError", 0) > 0
     else:  # OpenSlide and cuCIM refuse it at open
         assert syn_trunc["open"] in ("SlideOpenError", "UnsupportedFormatError")
     assert syn_corrupt["open"] is None
+    if mode == "cucim":  # cuCIM trusts tile offsets, so wsi_lab refuses a file whose tiles lie past its end
+        assert syn_cut["open"] == "UnsupportedFormatError"
+    elif mode == "openslide":  # OpenSlide hashes the smallest level's tiles at open: here level 0, cut short
+        assert syn_cut["open"] == "SlideOpenError"
+    else:  # opens (directories intact) and fails only on the missing tiles
+        assert syn_cut["open"] is None and syn_cut["ok"] > 0 and syn_cut["typed"].get("SlideReadError", 0) > 0
     if mode != "cucim":  # cuCIM logs undecodable tiles to stderr and returns pixels anyway (known gap)
         assert syn_corrupt["typed"].get("SlideReadError", 0) > 0

@@ -113,6 +113,18 @@ def test_corrupt_copies(tmp_path, cmu_path):
     assert c["corrupt"].stat().st_size == cmu_path.stat().st_size
     assert c["corrupt"].read_bytes() != cmu_path.read_bytes()
     assert c["png_as_tif"].read_bytes()[:4] == b"\x89PNG"
+    assert "truncated_tiles" not in c  # CMU keeps its directories after the tiles
+
+
+def test_truncated_tiles_copy(tmp_path):
+    src = make_slide(tmp_path / "s.svs", 2000, 1500)
+    c = make_corrupt_copies(src, tmp_path / "bad")
+    with tifffile.TiffFile(c["truncated_tiles"]) as tf:
+        assert len(tf.pages) == 1 and tf.pages[0].shape[:2] == (1500, 2000)
+        page = tf.pages[0]
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+    size = c["truncated_tiles"].stat().st_size
+    assert 0 < sum(e > size for e in ends) < len(ends)
     assert c["directory"].is_dir() and not c["missing"].exists()
 
 

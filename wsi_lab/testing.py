@@ -345,12 +345,37 @@ def _garble_tiles(src: Path, data: bytes) -> bytes:
     return bytes(out)
 
 
+def _truncate_tiles(src: Path, data: bytes) -> bytes | None:
+    """A valid one-directory TIFF whose level-0 tile data stops 60% of the way through (the other
+    directories unlinked), or None when ``src``'s first directory does not precede its tiles."""
+    import struct
+
+    import tifffile
+
+    with tifffile.TiffFile(src) as tf:
+        page = tf.pages[0]
+        if not page.is_tiled:
+            return None
+        start = min(o for o in page.dataoffsets if o)
+        end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))
+        if page.offset > start:
+            return None
+        bo, (count_fmt, entry, ptr_fmt) = tf.byteorder, (("Q", 20, "Q") if tf.is_bigtiff else ("H", 12, "I"))
+    out = bytearray(data)
+    n = struct.unpack_from(bo + count_fmt, out, page.offset)[0]
+    struct.pack_into(bo + ptr_fmt, out, page.offset + struct.calcsize(count_fmt) + entry * n, 0)  # no next IFD
+    return bytes(out[: start + int(0.6 * (end - start))])
+
+
 def make_corrupt_copies(src: str | os.PathLike, folder: str | os.PathLike) -> dict[str, Path]:
     """Broken inputs for error-handling tests, made in ``folder`` from the real slide ``src``.
 
     Keys: ``empty`` (0-byte ``.svs``), ``text`` (a text file renamed ``.svs``), ``truncated`` (the first
     60% of ``src``'s bytes, same extension), ``corrupt`` (same size and header, but the data of the second
-    half of every tiled page's tiles overwritten with random bytes: opens everywhere, decoding fails), ``png_as_tif`` (a PNG renamed ``.tif``), ``png`` (a real
+    half of every tiled page's tiles overwritten with random bytes: opens everywhere, decoding fails),
+    ``truncated_tiles`` (only when ``src``'s first directory comes before its tiles, as in slides written by
+    :func:`make_slide`: a valid one-level TIFF whose last 40% of level-0 tile data is cut off, so readers
+    open it and only fail on the missing tiles), ``png_as_tif`` (a PNG renamed ``.tif``), ``png`` (a real
     ``.png``: not a slide format), ``directory`` (a folder named like a slide), ``missing`` (a path that
     does not exist).
     """
@@ -366,6 +391,10 @@ def make_corrupt_copies(src: str | os.PathLike, folder: str | os.PathLike) -> di
     data = src.read_bytes()
     out["truncated"] = folder / f"truncated{src.suffix}"
     out["truncated"].write_bytes(data[: int(len(data) * 0.6)])
+    cut = _truncate_tiles(src, data)
+    if cut is not None:
+        out["truncated_tiles"] = folder / f"truncated-tiles{src.suffix}"
+        out["truncated_tiles"].write_bytes(cut)
     out["corrupt"] = folder / f"corrupt{src.suffix}"
     out["corrupt"].write_bytes(_garble_tiles(src, data))
     png = np.zeros((64, 64, 3), np.uint8)
