@@ -19,6 +19,8 @@ from wsi_lab.slide.metadata import first_present, plausible_mpp, to_float
 
 def _rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 4:
+        if arr[:, :, 3].min() == 255:  # fully opaque (the usual case): no compositing needed
+            return np.ascontiguousarray(arr[:, :, :3])
         rgb = arr[:, :, :3].astype(np.uint16)
         alpha = arr[:, :, 3:4].astype(np.uint16)
         return ((rgb * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)
