@@ -46,7 +46,8 @@ class RenderableLayer(Protocol):
 
 @dataclass(frozen=True)
 class TileSpec:
-    """Where one deep-zoom tile comes from: its level-0 ``box`` (x, y, w, h), the output ``size``
+    """Where one deep-zoom tile comes from: its level-0 ``box`` (x, y, w, h) = exactly ``size * ds`` (it may
+    reach past the slide edge on the last column/row), the output ``size``
     (width, height) in deep-zoom pixels, and the slide ``slide_level`` read for it."""
 
     level: int
@@ -185,9 +186,10 @@ class DeepZoom:
         zx1 = min(lw, (col + 1) * ts + (ov if col < cols - 1 else 0))
         zy1 = min(lh, (row + 1) * ts + (ov if row < rows - 1 else 0))
         ds = self.level_downsample(level)
-        W, H = self.level_dimensions[-1]
+        # deep-zoom pixel i of this level covers level-0 [i * ds, (i + 1) * ds): the last column/row
+        # may reach past the slide's edge (those pixels are edge-extended, never stretched)
         x0, y0 = zx0 * ds, zy0 * ds
-        w0, h0 = min((zx1 - zx0) * ds, W - x0), min((zy1 - zy0) * ds, H - y0)
+        w0, h0 = (zx1 - zx0) * ds, (zy1 - zy0) * ds
         return TileSpec(level, col, row, (x0, y0, w0, h0), (zx1 - zx0, zy1 - zy0), self._slide_levels[level])
 
     def dzi_xml(self, fmt: str = "jpeg") -> str:
@@ -213,7 +215,9 @@ class DeepZoom:
             if img is None:
                 lw, lh = self.level_dimensions[level]
                 if level + 1 in self._cached_levels:
-                    img = np.asarray(Image.fromarray(self._level_image(level + 1)).resize((lw, lh), Image.Resampling.BOX))
+                    up = self._level_image(level + 1)  # exact 2x2 averages: pad odd sizes by edge pixels
+                    up = np.pad(up, ((0, 2 * lh - up.shape[0]), (0, 2 * lw - up.shape[1]), (0, 0)), mode="edge")
+                    img = np.asarray(Image.fromarray(up).resize((lw, lh), Image.Resampling.BOX))
                 else:
                     img = self._render_level(level)
                 self._level_images[level] = img
@@ -255,9 +259,13 @@ class DeepZoom:
         sd = float(self.slide.level_downsamples[sl])
         slw, slh = self.slide.level_dimensions[sl]
         lx, ly = int(math.floor(x0 / sd)), int(math.floor(y0 / sd))
-        rw = max(1, min(math.ceil(w0 / sd), slw - lx))
-        rh = max(1, min(math.ceil(h0 / sd), slh - ly))
+        want_w, want_h = math.ceil(w0 / sd), math.ceil(h0 / sd)
+        rw = max(1, min(want_w, slw - lx))
+        rh = max(1, min(want_h, slh - ly))
         arr = self.slide.read_region((x0, y0), sl, (rw, rh))
+        if (rw, rh) != (want_w, want_h):
+            arr = np.pad(arr, ((0, want_h - rh), (0, want_w - rw), (0, 0)), mode="edge")
+            rw, rh = want_w, want_h
         if (rw, rh) != spec.size:
             img = Image.fromarray(arr)
             resample = Image.Resampling.BOX if rw >= spec.size[0] else Image.Resampling.BILINEAR
