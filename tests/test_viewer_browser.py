@@ -127,3 +127,27 @@ def test_viewer_draws_slide_pixels_over_http_and_comm(tmp_path):
     log = srv.log_text()
     assert "wsi-lab/api/tiles/" in log or "Traceback" not in log
     assert "Traceback" not in log
+
+
+def test_auto_falls_back_to_comm_without_the_extension(tmp_path):
+    """Extension disabled (VS Code/hub-like): "auto" draws over the comm; "server" says why it cannot."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(CMU, root / CMU.name)
+    write_notebook(root / "fallback.ipynb", [
+        "from wsi_lab.ui import SlideViewer\nv = SlideViewer('CMU-1-Small-Region.svs', height='300px')\nv",
+        "w = SlideViewer('CMU-1-Small-Region.svs', tile_source='server', height='200px')\nw",
+    ])
+    with jupyter_server(root, app="lab", extensions={"wsi_lab.server": False}) as srv, browser_page() as page:
+        assert srv.get("wsi-lab/api/slides")[0] == 404  # really not there
+        open_notebook(page, srv, "fallback.ipynb")
+        run_all_cells(page)
+        _wait_tiles(page, "comm")
+        stats = _canvas_stats(page, 0)
+        assert stats["std"] > 15 and stats["nonwhite"] > 0.03, stats
+        page.wait_for_selector('.wsi-viewer[data-source="none"] .wsi-status[data-level="error"]', timeout=30_000)
+        msg = page.locator('.wsi-viewer[data-source="none"] .wsi-status').inner_text()
+        assert "wsi_lab.server" in msg and "comm" in msg
+        out = run_code(page, "print(v.active_source, '|', w.active_source, '|', w.status[:40])")
+        assert out.startswith("comm | ") and "wsi_lab.server" in out, out
+    assert "Traceback" not in srv.log_text()
