@@ -161,3 +161,19 @@ def test_multilevel_slide():
     arr = np.asarray(Image.open(io.BytesIO(bufs[0])))
     assert reply["ok"] and arr.shape[:2] == (255, 248)  # level 9 = 1/16: 248 x 304 px, first row of tiles
     assert v.deepzoom.tile_spec(9, 0, 0).slide_level == 4 and arr.std() > 1
+
+
+def test_committed_bundle_matches_the_typescript_sources(tmp_path):
+    """wsi_lab/static/viewer.js is what `npm run build` makes from widgets/src (skipped without node_modules)."""
+    import subprocess
+
+    widgets = REPO / "widgets"
+    esbuild = widgets / "node_modules" / ".bin" / "esbuild"
+    if not esbuild.exists():
+        pytest.skip("widgets/node_modules not installed (cd widgets && npm ci)")
+    out = tmp_path / "viewer.js"
+    subprocess.run([str(esbuild), "src/viewer.ts", "--bundle", "--format=esm", "--minify", "--target=es2020",
+                    "--legal-comments=eof", f"--outfile={out}", "--log-level=warning"], cwd=widgets, check=True,
+                   timeout=60)
+    assert out.read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.js").read_bytes(), "run: cd widgets && npm run build"
+    assert (widgets / "src" / "viewer.css").read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.css").read_bytes()
