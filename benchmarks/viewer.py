@@ -8,7 +8,9 @@ tiles of 254 px + 1 px overlap, i.e. up to 256x256 JPEG) drawn at random from ev
 slides (CMU-1-Small-Region.svs and test3-DAPI-2-387.ndpi), the same sequence for both servers, so the
 first requests are cold and later ones repeat (as panning and zooming does). Prints one table: errors,
 p50/p95/mean latency per tile and throughput, with ratios against the baseline (target p95 < 50 ms).
-A third row times the SlideViewer comm handler in-process (tile bytes only, no transport).
+A second wsi_lab.server row turns its encoded-tile LRU off (``WSI_LAB_TILE_CACHE_MB=0``: every request
+reads and encodes, like the baseline); the last row times the SlideViewer comm handler in-process
+(tile bytes only, no transport).
 """
 
 from __future__ import annotations
@@ -137,15 +139,18 @@ def main() -> None:
         seqs = [[addrs[rng.randrange(len(addrs))] for _ in range(n_tiles)] for _ in range(args.viewers)]
         rows = []
 
-        # 1. wsi_lab.server inside a real Jupyter server, token auth
-        srv = start_jupyter(root, app="server")
-        try:
-            base = srv.base_url + "wsi-lab/api/tiles/"
-            ours = [[f"{base}{slide_key(n)}/{lv}/{c}_{r}.jpeg" for n, lv, c, r in seq] for seq in seqs]
-            run_viewers(srv.port, [ours[0][:4]], {"Authorization": f"token {srv.token}"})  # open slides
-            rows.append(("wsi_lab.server (Jupyter, auth, LRU)",) + run_viewers(srv.port, ours, {"Authorization": f"token {srv.token}"}))
-        finally:
-            srv.stop()
+        # 1. wsi_lab.server inside a real Jupyter server, token auth; with and without its tile LRU
+        for label, env in (("wsi_lab.server (Jupyter, auth, LRU)", {}),
+                           ("wsi_lab.server, tile LRU off", {"WSI_LAB_TILE_CACHE_MB": "0"})):
+            srv = start_jupyter(root, app="server", env=env)
+            try:
+                auth = {"Authorization": f"token {srv.token}"}
+                base = srv.base_url + "wsi-lab/api/tiles/"
+                ours = [[f"{base}{slide_key(n)}/{lv}/{c}_{r}.jpeg" for n, lv, c, r in seq] for seq in seqs]
+                run_viewers(srv.port, [ours[0][:4]], auth)  # open the slides
+                rows.append((label,) + run_viewers(srv.port, ours, auth))
+            finally:
+                srv.stop()
 
         # 2. baseline: OpenSlide DeepZoomGenerator behind a threading http.server, no cache
         port = free_port()
@@ -175,8 +180,9 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    base_p95 = np.percentile(rows[1][1], 95)
-    base_rate = len(rows[1][1]) / rows[1][3]
+    base = next(r for r in rows if r[0].startswith("OpenSlide"))
+    base_p95 = np.percentile(base[1], 95)
+    base_rate = len(base[1]) / base[3]
     print(f"\n{args.viewers} viewers x {n_tiles} tiles (254+1 px deep-zoom JPEG tiles, q=80), "
           f"{len(addrs)} distinct tiles, {os.cpu_count()} CPUs, loopback")
     hdr = f"{'server':<42} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p95 ms':>7} {'mean ms':>8} {'tiles/s':>8} {'p95 vs base':>11} {'tiles/s vs base':>15}"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.jupyter_env import REPO, jupyter_server
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.overlays import category_layer, grid_layer, heatmap_layer
+from wsi_lab.overlays import category_layer, grid_layer, heatmap_layer, mask_layer
 from wsi_lab.ui.viewer import SlideViewer
 
 SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
@@ -61,7 +61,10 @@ def served(tmp_path_factory):
 def test_comm_and_http_give_the_same_bytes(served):
     srv, path = served
     table = _table()
-    layers = [heatmap_layer(table, "score"), category_layer(table, "label"), grid_layer(table), Checker()]
+    mask = np.zeros((93, 70), bool)  # a tissue mask at 32 level-0 px per mask px
+    mask[20:60, 10:50] = True
+    layers = [heatmap_layer(table, "score"), category_layer(table, "label"), grid_layer(table), Checker(),
+              mask_layer(mask, downsample=32)]
     v = SlideViewer(path, layers=layers, table=table)
     # the kernel-side candidates include the server's id for this slide (root-relative path)
     listing = {s["path"]: s["id"] for s in srv.get_json("wsi-lab/api/slides")}
@@ -79,7 +82,7 @@ def test_comm_and_http_give_the_same_bytes(served):
     for entry in v.layers:  # the front end POSTs entry["payload"]; the server answers the same key
         status, _, body = srv.get("wsi-lab/api/layers", method="POST", body=json.dumps(entry["payload"]).encode())
         assert status == 200 and json.loads(body)["key"] == entry["key"]
-        for level, col, row in [(12, 2, 3), (10, 1, 1)]:
+        for level, col, row in [(12, 2, 3), (10, 1, 1), (9, 0, 0)]:
             reply, bufs = v.handle_request({"type": "overlay", "id": "o", "layer": entry["key"], "level": level,
                                             "col": col, "row": row})
             assert reply["ok"], reply
@@ -88,8 +91,9 @@ def test_comm_and_http_give_the_same_bytes(served):
             a = np.asarray(Image.open(io.BytesIO(png)))
             b = np.asarray(Image.open(io.BytesIO(bufs[0])))
             assert np.array_equal(a, b), entry["name"]
-            assert a[..., 3].max() > 0  # something drawn in these tiles
-    assert [e["name"] for e in v.layers] == ["score", "label", "tiles", "checker"]
+            if (level, col, row) != (12, 2, 3) or entry["name"] != "tissue":
+                assert a[..., 3].max() > 0  # something drawn in these tiles
+    assert [e["name"] for e in v.layers] == ["score", "label", "tiles", "checker", "tissue"]
     assert v.layers[0]["legend"]["type"] == "continuous" and v.layers[1]["legend"]["type"] == "categorical"
     assert "snapshot" in v.layers[3]["payload"] and "layer" in v.layers[0]["payload"]
 

@@ -55,17 +55,20 @@ function authHeaders(token: string): Record<string, string> {
   return h;
 }
 
-/** Find this slide on the Jupyter server extension: try each candidate root-relative id. */
+/** Find this slide on the Jupyter server extension: try each root-relative path it could have there
+ * (shortest first); keep the first whose size and dimensions match. */
 async function probeServer(info: SlideInfo): Promise<ServerTarget | null> {
   const { baseUrl, token } = pageConfig();
   const headers = authHeaders(token);
   for (const cand of info.candidates) {
     try {
-      const r = await fetch(`${baseUrl}wsi-lab/api/slides/${cand.id}`, { headers, credentials: "same-origin" });
+      // by validated root-relative path: O(1) on the server (no folder scan), registers the id
+      const r = await fetch(`${baseUrl}wsi-lab/api/slide?path=${encodeURIComponent(cand.path)}`,
+                            { headers, credentials: "same-origin" });
       if (!r.ok) continue;
       const got = await r.json();
       if (got.width === info.width && got.height === info.height && got.size_bytes === info.size_bytes) {
-        return { base: `${baseUrl}wsi-lab/api/`, id: cand.id, headers };
+        return { base: `${baseUrl}wsi-lab/api/`, id: got.id, headers };
       }
     } catch { /* network error: extension absent */ }
   }

@@ -39,6 +39,15 @@ TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
 MAX_LAYER_BYTES = 64 * 2**20
 
 
+def _tile_cache_bytes() -> int:
+    """Encoded-tile LRU size per open slide: ``WSI_LAB_TILE_CACHE_MB`` (default 64; 0 turns it off)."""
+    try:
+        return max(0, int(float(os.environ.get("WSI_LAB_TILE_CACHE_MB", "64")) * 2**20))
+    except ValueError:
+        log.warning("WSI_LAB_TILE_CACHE_MB=%r is not a number; using 64", os.environ.get("WSI_LAB_TILE_CACHE_MB"))
+        return 64 * 2**20
+
+
 def layer_from_payload(payload: dict) -> Any:
     """Rebuild a layer from a POSTed payload: ``{"layer": <Layer.to_json() dict or text>}`` or
     ``{"snapshot": {"png_b64", "downsample", "name", "opacity", "legend"}}``."""
@@ -146,7 +155,7 @@ class SlideRegistry:
                 return hit[1]
         from wsi_lab.slide import open_slide
 
-        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY, name=rel)  # no absolute paths in messages
+        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY, cache_bytes=_tile_cache_bytes(), name=rel)  # no absolute paths in messages
         with self._lock:
             old = self._open.pop(key, None)
             self._open[key] = (mtime, dz)
