@@ -181,3 +181,15 @@ def test_committed_bundle_matches_the_typescript_sources(tmp_path):
                    timeout=60)
     assert out.read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.js").read_bytes(), "run: cd widgets && npm run build"
     assert (widgets / "src" / "viewer.css").read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.css").read_bytes()
+
+
+def test_close_releases_the_slide_it_opened():
+    v = SlideViewer(CMU)
+    v.close()
+    v.close()  # idempotent
+    from wsi_lab import open_slide
+
+    with open_slide(CMU) as s:
+        w = SlideViewer(s)
+        w.close()
+        assert s.read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)  # a caller's slide stays open

@@ -73,7 +73,8 @@ class SlideViewer(anywidget.AnyWidget):
                  height: str = "500px", **kwargs: Any) -> None:
         if tile_source not in ("auto", "server", "comm"):
             raise InvalidParameterError(f"tile_source must be 'auto', 'server' or 'comm', got {tile_source!r}")
-        if isinstance(slide_or_path, (str, os.PathLike)):
+        self._owns_slide = isinstance(slide_or_path, (str, os.PathLike))
+        if self._owns_slide:
             from wsi_lab.slide import open_slide
 
             slide = open_slide(slide_or_path)
@@ -92,6 +93,13 @@ class SlideViewer(anywidget.AnyWidget):
         for layer in layers:
             self.add_layer(layer)
         self.on_msg(self._on_msg)
+
+    def close(self) -> None:
+        """Close the widget (and the slide, when the viewer opened it from a path)."""
+        super().close()
+        if getattr(self, "_owns_slide", False):
+            self._owns_slide = False
+            self.slide.close()
 
     # -- layers -------------------------------------------------------------------------------
     def add_layer(self, layer: Any, opacity: float | None = None, visible: bool = True) -> str:
