@@ -135,7 +135,12 @@ def test_auto_falls_back_to_comm_without_the_extension(tmp_path):
     root.mkdir()
     shutil.copy(CMU, root / CMU.name)
     write_notebook(root / "fallback.ipynb", [
-        "from wsi_lab.ui import SlideViewer\nv = SlideViewer('CMU-1-Small-Region.svs', height='300px')\nv",
+        "from wsi_lab import open_slide\nfrom wsi_lab.ui import SlideViewer\n"
+        "class NoMpp:  # a slide whose metadata has no µm/px: no scale bar\n"
+        "    mpp = None\n"
+        "    def __init__(self, s): self._s = s\n"
+        "    def __getattr__(self, name): return getattr(self._s, name)\n"
+        "v = SlideViewer(NoMpp(open_slide('CMU-1-Small-Region.svs')), height='300px')\nv",
         "w = SlideViewer('CMU-1-Small-Region.svs', tile_source='server', height='200px')\nw",
     ])
     with jupyter_server(root, app="lab", extensions={"wsi_lab.server": False}) as srv, browser_page() as page:
@@ -145,6 +150,7 @@ def test_auto_falls_back_to_comm_without_the_extension(tmp_path):
         _wait_tiles(page, "comm")
         stats = _canvas_stats(page, 0)
         assert stats["std"] > 15 and stats["nonwhite"] > 0.03, stats
+        assert not page.locator('.wsi-viewer[data-source="comm"] .wsi-scalebar').is_visible()
         page.wait_for_selector('.wsi-viewer[data-source="none"] .wsi-status[data-level="error"]', timeout=30_000)
         msg = page.locator('.wsi-viewer[data-source="none"] .wsi-status').inner_text()
         assert "wsi_lab.server" in msg and "comm" in msg

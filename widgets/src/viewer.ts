@@ -255,6 +255,9 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     setStatus(`tile failed: ${e.message ?? "unknown error"}`, "error");
   });
 
+  /** With a token in PageConfig (no login cookie, e.g. some hubs), fetch tiles with an auth header. */
+  const ajaxOptions = () =>
+    target && target.headers["Authorization"] ? { loadTilesWithAjax: true, ajaxHeaders: target.headers } : {};
   const source = (layerKey: string | null) =>
     target ? httpTileSource(info, target, layerKey) : commTileSource(info, comm, layerKey);
 
@@ -287,7 +290,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       }
       if (gen !== layerGen || disposed) return;
       viewer.addTiledImage({
-        tileSource: source(key),
+        tileSource: source(key), ...ajaxOptions(),
         opacity: layer.visible === false ? 0 : layer.opacity,
         success: (e: any) => {
           if (gen !== layerGen) { viewer.world.removeItem(e.item); return; }
@@ -405,7 +408,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     model.set("active_source", active);
     model.save_changes();
     viewer.addTiledImage({
-      tileSource: source(null), index: 0,
+      tileSource: source(null), index: 0, ...ajaxOptions(),
       success: (e: any) => {
         slideItem = e.item;
         root.dataset.ready = "1";
