@@ -250,8 +250,17 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   viewer.addHandler("tile-loaded", () => {
     root.dataset.tilesLoaded = String(Number(root.dataset.tilesLoaded) + 1);
   });
+  let lastResync = 0;
   viewer.addHandler("tile-load-failed", (e: any) => {
     root.dataset.tilesFailed = String(Number(root.dataset.tilesFailed) + 1);
+    // an overlay tile over HTTP fails when the server forgot the layer (restarted): POST the layers
+    // again, at most every 10 s
+    if (target && e.tiledImage && e.tiledImage !== slideItem && Date.now() - lastResync > 10000) {
+      lastResync = Date.now();
+      root.dataset.layerKeys = "";
+      void syncLayers();
+      return;
+    }
     setStatus(`tile failed: ${e.message ?? "unknown error"}`, "error");
   });
 
