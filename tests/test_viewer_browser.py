@@ -3,6 +3,7 @@ legend, scale bar, clicks reaching Python, viewport synced back to the kernel.""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -46,6 +47,12 @@ import json
 print("REPORT" + json.dumps({"a": v.active_source, "b": v2.active_source, "vp": v.viewport, "vp2": v2.viewport,
                              "clicks": clicks, "sel": v.selected_tile.get("row"), "status": [v.status, v2.status]}))
 """
+
+
+def _png(rgba: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _canvas_stats(page, index: int) -> dict:
@@ -124,6 +131,17 @@ def test_viewer_draws_slide_pixels_over_http_and_comm(tmp_path):
         vp = json.loads(run_code(page, "print(json.dumps(v2.viewport))").strip())
         assert vp[0] <= 1000 + 2 and vp[0] + vp[2] >= 1400 - 2 and abs(vp[1] - 1200) < 3 and abs(vp[3] - 400) < 3, vp
         assert not [e for e in page.console_errors if "wsi" in e.lower() or "openseadragon" in e.lower()], page.console_errors
+        # the server forgets the layer (64 newer layers evict it, as a restart would): the viewer POSTs it again
+        assert server_el.get_attribute("data-layer-syncs") == "1"
+        tiny = base64.b64encode(_png(np.zeros((2, 2, 4), np.uint8))).decode()
+        for i in range(64):
+            payload = {"snapshot": {"png_b64": tiny, "downsample": 1 + i, "name": f"filler{i}"}}
+            assert srv.get("wsi-lab/api/layers", method="POST", body=json.dumps(payload).encode())[0] == 200
+        run_code(page, "v.go_to(0, 0, 300, 300)")  # new overlay tiles are needed -> 404 -> re-POST
+        page.wait_for_function("() => document.querySelector('.wsi-viewer[data-source=\"server\"]').dataset.layerSyncs === '2'",
+                               timeout=30_000)
+        page.wait_for_timeout(1500)
+        assert server_el.locator(".wsi-status").inner_text() == ""  # recovered silently, no error shown
     log = srv.log_text()
     assert "wsi-lab/api/tiles/" in log or "Traceback" not in log
     assert "Traceback" not in log

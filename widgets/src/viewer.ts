@@ -285,6 +285,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   }
   async function syncLayers() {
     const gen = ++layerGen;
+    root.dataset.layerSyncs = String(Number(root.dataset.layerSyncs || 0) + 1);
     const layers: LayerState[] = model.get("layers") || [];
     for (const item of layerItems) viewer.world.removeItem(item);
     layerItems = [];
