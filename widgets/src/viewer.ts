@@ -255,11 +255,14 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     root.dataset.tilesFailed = String(Number(root.dataset.tilesFailed) + 1);
     // an overlay tile over HTTP fails when the server forgot the layer (restarted): POST the layers
     // again, at most every 10 s
-    if (target && e.tiledImage && e.tiledImage !== slideItem && Date.now() - lastResync > 10000) {
-      lastResync = Date.now();
-      root.dataset.layerKeys = "";
-      void syncLayers();
-      return;
+    if (target && e.tiledImage && e.tiledImage !== slideItem) {
+      if (!layerItems.includes(e.tiledImage)) return; // a layer item already replaced: stale request
+      if (Date.now() - lastResync > 10000) {
+        lastResync = Date.now();
+        root.dataset.layerKeys = "";
+        void syncLayers();
+        return;
+      }
     }
     setStatus(`tile failed: ${e.message ?? "unknown error"}`, "error");
   });
