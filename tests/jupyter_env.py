@@ -24,6 +24,9 @@ Browser (Debian ``/usr/bin/chromium`` driven by Playwright, no Playwright browse
         text = run_code(page, "print(1 + 1)")        # appends + runs a cell, returns its output text
         page.wait_for_selector(".my-widget canvas")
 
+JupyterLab runs with ``--LabApp.expose_app_in_browser`` so tests drive it through ``window.jupyterapp``:
+``run_command(page, "notebook:restart-kernel")`` executes any Lab command; ``accept_dialogs(page)`` clicks
+through dialogs such as "Select Kernel". ``page.console_errors`` collects the browser's console errors.
 ``write_notebook(path, ["code cell 1", "code cell 2"])`` writes a minimal nbformat-4 notebook.
 ``CHROMIUM_ARGS`` are the flags that work on this kind of machine (see /work/shared/RECIPES.md).
 """
