@@ -168,3 +168,10 @@ def test_extension_enabled_by_install():
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # drop colour codes
     assert re.search(r"wsi_lab\.server\s+enabled", text), text
     assert re.search(r"wsi_lab\.server\s+OK", text), text  # and it imports/validates
+
+
+def test_error_messages_do_not_leak_the_server_root(server):
+    for path in ("wsi-lab/api/slide?path=cases/missing.svs", f"wsi-lab/api/tiles/{slide_key(REL)}/99/0_0.jpeg"):
+        status, _, body = server.get(path)
+        assert status in (400, 404), (path, status)
+        assert str(server.root) not in body.decode("utf-8", "replace")

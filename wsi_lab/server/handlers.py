@@ -55,7 +55,9 @@ class BaseHandler(APIHandler):
             code = _status(exc)
             if code == 500:
                 log.exception("wsi-lab request failed")
-            raise web.HTTPError(code, str(exc)) from exc
+            # messages name files by absolute path; the browser only learns root-relative ones
+            message = str(exc).replace(f"{self.registry.root}/", "").replace(str(self.registry.root), ".")
+            raise web.HTTPError(code, message) from exc
 
     def send_bytes(self, data: bytes, content_type: str) -> None:
         self.set_header("Content-Type", content_type)
