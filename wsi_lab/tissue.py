@@ -8,7 +8,8 @@ Methods then only threshold these features, so re-thresholding (a UI slider) tak
 
 * ``variance``: per-cell variance of the intensities of all channels > ``threshold`` (the classic method;
   works for brightfield, IHC and fluorescence since background is flat in every modality);
-* ``otsu``: Otsu threshold on saturation (brightfield/H&E/IHC; capped at 40 so a slide that is all tissue stays whole) or on the brightest channel (fluorescence,
+* ``otsu``: Otsu threshold on saturation (brightfield/H&E/IHC; capped at 40 so a slide that is all tissue stays whole;
+  on darkness when a brightfield slide has no colour, e.g. a grayscale scan) or on the brightest channel (fluorescence,
   dark background); ``threshold=`` forces a value;
 * ``background``: a cell is tissue when at most ``max_background`` of it is near-white (brightfield, all
   channels ≥ ``background_threshold``) or near-black (fluorescence, all channels ≤ ``background_threshold``).
@@ -43,6 +44,9 @@ METHODS = ("otsu", "variance", "background")
 #: target mask resolution (µm per mask pixel) and the largest mask side chosen automatically
 TARGET_MASK_MPP = 8.0
 MAX_MASK_SIDE = 2048
+MIN_MASK_DOWNSAMPLE, MIN_MASK_DOWNSAMPLE_NO_MPP = 2.0, 4.0
+#: a brightfield slide whose cells never exceed this mean saturation has no colour (grayscale scan)
+GRAY_MAX_SATURATION = 8.0
 #: cap of the automatic Otsu cut on saturation (glass is < ~15, stained tissue > ~40)
 OTSU_MAX_SATURATION = 40.0
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -197,12 +201,13 @@ _CACHE_SIZE = 4
 
 def default_mask_downsample(slide) -> float:
     """Automatic mask resolution: about 8 µm per mask pixel, coarser when needed to keep the longest
-    side ≤ 2048 mask pixels; without µm/px only the side limit applies (≥ 1)."""
+    side ≤ 2048 mask pixels; without µm/px only the side limit applies. At least 2 level-0 pixels per
+    mask pixel (4 without µm/px), so every cell has real sub-pixels for its variance/texture features."""
     w, h = slide.dimensions
     ds = max(w, h) / MAX_MASK_SIDE
     if slide.mpp:
         ds = max(ds, TARGET_MASK_MPP / slide.mpp[0])
-    return float(max(ds, 1.0))
+    return float(max(ds, MIN_MASK_DOWNSAMPLE if slide.mpp else MIN_MASK_DOWNSAMPLE_NO_MPP))
 
 
 def _compute_features(slide, ds: float) -> _Features:
@@ -377,13 +382,16 @@ def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = Non
     if method == "variance":
         mask = f.var > float(p["threshold"])
     elif method == "otsu":
-        values = f.bright if fluo else f.sat
+        # fluorescence: brightness; brightfield: saturation, or darkness when the slide has no colour (grayscale)
+        gray_bf = not fluo and float(f.sat.max()) < GRAY_MAX_SATURATION
+        values = f.bright if fluo else (255.0 - f.gray if gray_bf else f.sat)
+        p["feature"] = "brightness" if fluo else ("darkness" if gray_bf else "saturation")
         if p["threshold"] is None:
             t = otsu_threshold(values)
             if not math.isfinite(t) or float(values.max()) - float(values.min()) < 4:
-                raise NoTissueError(f"{slide.path}: otsu found no contrast on {'brightness' if fluo else 'saturation'}"
+                raise NoTissueError(f"{slide.path}: otsu found no contrast on {p['feature']}"
                                     " (blank slide?); try method='variance' or give threshold=")
-            if not fluo and t > OTSU_MAX_SATURATION:  # e.g. a slide that is all tissue: Otsu splits the tissue
+            if not fluo and not gray_bf and t > OTSU_MAX_SATURATION:  # e.g. a slide that is all tissue: Otsu splits the tissue
                 t = OTSU_MAX_SATURATION
             p["threshold"] = round(t, 3)
             p["auto_threshold"] = True

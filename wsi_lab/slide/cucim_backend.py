@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsi_lab.errors import SlideOpenError, SlideReadError
+from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import plausible_mpp, to_float
 from wsi_lab.slide.tifffile_backend import _to_rgb, is_tiff
@@ -110,6 +110,9 @@ class CuCIMReader:
             else:
                 arr = np.asarray(region)
         except Exception as exc:
+            if "not supported" in str(exc) or "not configured" in str(exc):  # a codec/layout cuCIM lacks
+                raise UnsupportedFormatError(f"{self.path}: cuCIM cannot decode this file ({exc}); "
+                                             "use backend='auto' or 'tifffile'") from exc
             raise SlideReadError(f"{self.path}: cuCIM read failed ({type(exc).__name__}: {exc})") from exc
         return _to_rgb(arr)
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from wsi_lab.errors import SlideOpenError, SlideReadError
+from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import first_present, plausible_mpp, to_float
 
@@ -59,6 +59,9 @@ class OpenSlideReader:
         try:
             img = self._os.read_region((int(round(x * ds)), int(round(y * ds))), level, (width, height))
         except Exception as exc:
+            if "Unsupported" in str(exc):  # e.g. "Unsupported TIFF compression: 50001": a codec it lacks
+                raise UnsupportedFormatError(f"{self.path}: OpenSlide cannot decode this file ({exc}); "
+                                             "use backend='auto' or 'tifffile'") from exc
             raise SlideReadError(f"{self.path}: OpenSlide read failed ({type(exc).__name__}: {exc}); "
                                  "the file may be truncated or corrupt") from exc
         return _rgba_to_rgb(np.asarray(img))

@@ -22,6 +22,7 @@ from wsi_lab.errors import (
     InvalidParameterError,
     MissingMPPError,
     RegionTooLargeError,
+    SlideError,
     SlideNotFoundError,
     SlideOpenError,
     UnsupportedFormatError,
@@ -276,20 +277,57 @@ def open_slide(path: str | os.PathLike, backend: str = "auto",
         cls = get_backend(backend)
         if not cls.can_read(p):
             raise UnsupportedFormatError(f"{p}: the {backend} backend cannot read this file; try backend='auto'")
-        return Slide(p, cls.open(p), override, backend)
+        reader = cls.open(p)
+        problem = _probe(reader)
+        if isinstance(problem, UnsupportedFormatError):
+            reader.close()
+            raise UnsupportedFormatError(f"{p}: the {backend} backend opens this file but cannot decode its pixels "
+                                         f"({problem}); try backend='auto'") from problem
+        return Slide(p, reader, override, backend)
     candidates = backend_candidates(p)
     errors: list[str] = []
     for cls in candidates:
         if not cls.can_read(p):
             continue
         try:
-            return Slide(p, cls.open(p), override, backend)
-        except SlideOpenError as exc:
+            reader = cls.open(p)
+        except SlideError as exc:  # SlideOpenError, or UnsupportedFormatError for a layout/codec it lacks
             log.info("%s", exc)
             errors.append(f"{cls.name}: {exc}")
+            continue
+        problem = _probe(reader)
+        if not isinstance(problem, UnsupportedFormatError):
+            # decodes, or fails on the data itself (a corrupt tile): every backend would, and its reads
+            # raise typed errors, so keep it rather than a backend that might return garbage silently
+            return Slide(p, reader, override, backend)
+        log.info("%s opens %s but cannot decode it (%s); trying the next backend", cls.name, p, problem)
+        errors.append(f"{cls.name}: {problem}")
+        reader.close()
     if errors:
-        raise SlideOpenError(f"{p}: recognised but could not be opened (corrupt or truncated?): " + "; ".join(errors))
+        raise SlideOpenError(f"{p}: recognised but could not be opened or decoded (corrupt, truncated, or a codec "
+                             "no installed backend has?): " + "; ".join(errors))
     raise UnsupportedFormatError(
         f"{p}: not a slide format any installed backend reads ({', '.join(c.name for c in candidates) or 'none installed'}); "
         "supported: SVS, TIFF/OME-TIFF, NDPI, MRXS, SCN, BIF, VMS; run `wsi-lab doctor` to see backends"
     )
+
+
+def _probe(reader: SlideReader) -> SlideError | None:
+    """Read a tiny box at the top-left of the smallest level; return the typed error, or None when it decodes.
+
+    A backend that opens a file but lacks its codec or layout answers :class:`UnsupportedFormatError` (so
+    ``auto`` tries the next backend); a read that fails on the data itself (a corrupt tile) answers
+    :class:`SlideReadError`; any other exception counts as unsupported."""
+    md = reader.metadata
+    level = len(md.level_dimensions) - 1
+    w, h = md.level_dimensions[level]
+    try:
+        arr = reader.read_level(0, 0, min(8, w), min(8, h), level)
+        if arr.shape != (min(8, h), min(8, w), 3) or arr.dtype != np.uint8:
+            return UnsupportedFormatError(f"{reader.backend_name} returned a {arr.shape} {arr.dtype} array "
+                                          "instead of (H, W, 3) uint8")
+    except SlideError as exc:
+        return exc
+    except Exception as exc:  # a backend bug or a codec it lacks: try another backend
+        return UnsupportedFormatError(f"{reader.backend_name}: {type(exc).__name__}: {exc}")
+    return None

@@ -23,9 +23,10 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from wsi_lab.errors import SlideOpenError, SlideReadError
+from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import first_present, plausible_mpp, stringify, to_float
+from wsi_lab.slide.tiff_meta import associated_series, ome_mpp, undecodable
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _decode_pool() -> ThreadPoolExecutor | None:
 class _Level:
     """Everything the hot path needs about one tiled level, looked up once."""
 
-    __slots__ = ("page", "tw", "th", "width", "height", "across", "offsets", "counts", "jpeg", "decode_args")
+    __slots__ = ("page", "tw", "th", "width", "height", "across", "offsets", "counts", "jpeg", "decode_args", "ycbcr")
 
     def __init__(self, page) -> None:
         from tifffile.tifffile import jpeg_decode_colorspace
@@ -142,6 +143,8 @@ class _Level:
         self.counts = [int(c) for c in page.databytecounts]
         self.decode_args: dict = {"_fullsize": True}
         self.jpeg: dict | None = None
+        # Aperio JPEG 2000 "YCbCr" (33003): the codestream holds YCbCr without a colour transform
+        self.ycbcr = page.compression == 33003 and page.samplesperpixel == 3
         if page.compression in {6, 7, 34892, 33007}:  # JPEG flavours need the shared tables/header
             self.decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
         if page.compression == 7 and page.bitspersample == 8 and page.fillorder == 1:
@@ -165,12 +168,22 @@ class TifffileReader:
             props = dict(self._ts.properties)
             dims = tuple((int(w), int(h)) for w, h in self._ts.level_dimensions)
             downs = tuple(float(d) for d in self._ts.level_downsamples)
-            assoc = tuple(self._ts.associated_images.keys())
+        except NotImplementedError as exc:  # e.g. planar RGB (axes SYX) or 4-D series
+            raise UnsupportedFormatError(f"{path}: tifffile backend cannot read this layout ({exc})") from exc
         except Exception as exc:
             raise SlideOpenError(f"{path}: tifffile could not open it ({type(exc).__name__}: {exc})") from exc
         self._tf = self._ts.ts_tifffile
         series_index = int(props.get("tiffslide.series-index") or 0)
         self._series = self._tf.series[series_index]
+        self._assoc = associated_series(self._tf, series_index)
+        assoc = tuple(self._assoc)
+        for level in range(len(dims)):
+            problem = undecodable(self._series.levels[level].keyframe)
+            if problem:
+                self._ts.close()
+                raise UnsupportedFormatError(f"{path}: level {level} cannot be decoded on this machine ({problem}); "
+                                             "install the codec (pip install -U imagecodecs) or try another backend")
+        self._display_max: np.ndarray | None = None  # scale of non-uint8 pixels, fixed per slide
         self._pages = [self._fast_page(i) for i in range(len(dims))]
         self._levels = [_Level(p) if p is not None else None for p in self._pages]
         self._fd = os.open(str(path), os.O_RDONLY)
@@ -181,7 +194,9 @@ class TifffileReader:
         self.metadata = ReaderMetadata(
             level_dimensions=dims,
             level_downsamples=downs,
-            mpp=plausible_mpp(props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y"), str(path)),
+            mpp=plausible_mpp(props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y"), str(path))
+            or plausible_mpp(*((self._tf.is_ome and ome_mpp(self._tf.ome_metadata, series_index)) or (None, None)),
+                             str(path)),
             magnification=mag,
             vendor=str(vendor),
             properties=stringify(props),
@@ -239,6 +254,8 @@ class TifffileReader:
         segment = np.asarray(segment)
         if segment.ndim == 4:  # tifffile's (depth, length, width, samples)
             segment = segment.reshape(segment.shape[-3:])
+        if lv.ycbcr:
+            segment = ycbcr_to_rgb(segment)
         return _to_rgb(segment)
 
     def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray:
@@ -270,7 +287,8 @@ class TifffileReader:
                 out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         return out
 
-    def _read_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+    def _raw_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        """The box in level pixels as (H, W, C) in the file's own dtype."""
         ds = self.metadata.level_downsamples[level]
         try:
             arr = self._ts.read_region((int(round(x * ds)), int(round(y * ds))), level, (width, height),
@@ -280,16 +298,40 @@ class TifffileReader:
         arr = np.asarray(arr)
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
             arr = np.moveaxis(arr, 0, -1)  # CYX -> YXC
-        return _to_rgb(arr)
+        return arr
+
+    def _read_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        arr = self._raw_via_tiffslide(x, y, width, height, level)
+        if arr.dtype != np.uint8 and self._display_max is None:
+            self._display_max = self._compute_display_max(arr.ndim == 3 and arr.shape[2] == 3)
+        return _to_rgb(arr, self._display_max)
+
+    def _compute_display_max(self, rgb: bool) -> np.ndarray:
+        """The value that maps to 255 for non-uint8 pixels, per channel (one shared value for RGB): the
+        99.9th percentile of a ≤ ~1 MP subsample of the smallest level, read in bands (memory bounded), so
+        every read of the slide is scaled the same way."""
+        level = len(self.metadata.level_dimensions) - 1
+        lw, lh = self.metadata.level_dimensions[level]
+        step = max(1, int(np.ceil(np.sqrt(lw * lh / 1e6))))
+        band = max(step, (4_000_000 // max(lw, 1)) // step * step)
+        samples = [self._raw_via_tiffslide(0, y, lw, min(band, lh - y), level)[::step, ::step]
+                   for y in range(0, lh, band)]
+        a = np.concatenate([s if s.ndim == 3 else s[:, :, None] for s in samples]).astype(np.float32)
+        a = a.reshape(-1, a.shape[2])
+        hi = np.percentile(a, 99.9, axis=0)
+        if rgb:
+            hi = np.full_like(hi, hi.max())
+        return np.where(hi > 0, hi, 1.0)
 
     def read_associated(self, name: str) -> np.ndarray:
+        series = self._assoc[name]
         try:
-            img = self._ts.associated_images[name]
-        except KeyError:
-            raise
+            img = np.asarray(series.asarray())
         except Exception as exc:
             raise SlideReadError(f"{self.path}: associated image {name!r} is unreadable ({exc})") from exc
-        return _to_rgb(np.asarray(img))
+        if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] not in (1, 3, 4):
+            img = np.moveaxis(img, 0, -1)
+        return _to_rgb(img)
 
     def close(self) -> None:
         try:
@@ -299,16 +341,32 @@ class TifffileReader:
         self._ts.close()
 
 
-def _to_rgb(arr: np.ndarray) -> np.ndarray:
-    """Any (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image -> (H, W, 3) uint8 RGB."""
-    if arr.dtype != np.uint8:
-        a = arr.astype(np.float64)
-        hi = float(np.percentile(a, 99.9)) if a.size else 1.0
-        arr = np.clip(a * (255.0 / (hi or 1.0)), 0, 255).astype(np.uint8)
+def ycbcr_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 full-range (JFIF) YCbCr -> RGB."""
+    a = arr.astype(np.float32)
+    y, cb, cr = a[..., 0], a[..., 1] - 128.0, a[..., 2] - 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(arr: np.ndarray, display_max: np.ndarray | float | None = None) -> np.ndarray:
+    """Any (H, W), (H, W, 1), (H, W, 2), (H, W, 3), (H, W, 4) or (H, W, C>4) image -> (H, W, 3) uint8 RGB.
+
+    Non-uint8 pixels are scaled so that ``display_max`` (per channel, or one value) maps to 255: pass the
+    slide's fixed value so every read is scaled alike; without it this array's own 99.9th percentile is used."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float32)
+        if display_max is None:
+            display_max = float(np.percentile(a, 99.9)) if a.size else 1.0
+        hi = np.asarray(display_max, np.float32).reshape(-1)
+        hi = hi[: a.shape[2]] if hi.size >= a.shape[2] else np.full(a.shape[2], hi.max(), np.float32)
+        arr = np.clip(a * (255.0 / np.maximum(hi, 1e-12)), 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 2:  # two channels: red and green
+        return np.dstack([arr, np.zeros(arr.shape[:2], np.uint8)])
     if arr.shape[2] == 4:
         rgb = arr[:, :, :3].astype(np.uint16)
         alpha = arr[:, :, 3:4].astype(np.uint16)
