@@ -13,7 +13,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 bash scripts/setup.sh
-.venv/bin/wsi-lab demo --montage demo-out/montage.png
+.venv/bin/wsi-lab demo --out demo-out
 if [ "$LAB" = 1 ] && [ -z "${CI:-}" ] && [ -f notebooks/01_browse_and_tune.ipynb ]; then
   TOKEN=${WSI_LAB_TOKEN:-$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(16))')}
   echo "Open: http://127.0.0.1:${PORT}/lab/tree/notebooks/01_browse_and_tune.ipynb?token=${TOKEN}"

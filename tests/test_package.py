@@ -103,10 +103,17 @@ def test_doctor_reports_every_part(capsys):
         assert c["ok"] or c["hint"], c
 
 
-def test_demo_job_writes_a_montage(tmp_path, capsys):
+def test_demo_job_runs_the_pipeline(tmp_path):
     from tests.conftest import SHARED_SLIDES
 
-    out = tmp_path / "montage.png"
-    assert main(["demo", "--slides", str(SHARED_SLIDES), "--montage", str(out)]) == 0
-    assert Image.open(out).size[0] > 300
-    assert "CMU-1-Small-Region.svs" in capsys.readouterr().out
+    res = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "demo", "--slides", str(SHARED_SLIDES), "--out",
+                          str(tmp_path), "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "CMU-1-Small-Region.svs" in res.stdout and "INFO distributed" not in res.stderr
+    assert Image.open(tmp_path / "montage.png").size[0] > 300
+    from wsi_lab.data.table import read_table
+
+    table = read_table(tmp_path / "tiles" / "CMU-1-Small-Region" / "tiles.parquet")
+    assert len(table) > 10 and (table["tissue_fraction"] >= 0.5).all()
+    overview = np.asarray(Image.open(tmp_path / "overlays" / "CMU-1-Small-Region.png"))
+    assert overview.shape[0] == 1024

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -119,27 +120,31 @@ def _add_doctor(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from wsi_lab.demo import demo_slides_dir, thumbnail_montage
+    from wsi_lab.demo import demo_slides_dir, run_demo
+    from wsi_lab.progress import TextProgressBar
     from wsi_lab.slide import find_slides
 
     root = args.slides or demo_slides_dir()
     infos = find_slides(root)
     print(f"{len(infos)} slide(s) in {root}")
-    ok = [i.path for i in infos if i.error is None]
     for info in infos:
         if info.error:
             print(f"wsi-lab: warning: {info.error}", file=sys.stderr)
+    ok = [i.path for i in infos if i.error is None]
     if ok:
         _cmd_info(argparse.Namespace(paths=ok, json=False, backend="auto"))
-        out = thumbnail_montage(ok, args.montage)
-        print(f"thumbnail montage: {out}")
-    return 0
+    report = run_demo(ok, args.out, tile=not args.no_tiling, workers=args.workers,
+                      progress=None if args.no_tiling else TextProgressBar())
+    print(report.summary())
+    return 0 if not report.failed else 1
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the main demo job on the default slides")
     p.add_argument("--slides", help="folder of slides (default: $WSI_LAB_SLIDES, ../shared/data/slides, ~/.cache/wsi-lab/slides)")
-    p.add_argument("--montage", default="demo-out/montage.png", help="where to write the thumbnail montage")
+    p.add_argument("--out", default="demo-out", help="output folder (montage, tile tables, overlays)")
+    p.add_argument("--no-tiling", action="store_true", help="only print metadata and write the montage")
+    p.add_argument("--workers", type=int, default=None, help="Dask worker processes (default: one per core)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -396,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Dask configures its own INFO logging at import; the progress bar says what matters
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return int(args.func(args) or 0)
     except WSILabError as exc:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,64 @@ def thumbnail_montage(paths: list[str | os.PathLike], out: str | os.PathLike, ce
         draw.text((x0 + 4, y0 + 3), label[: cell // 7], fill=(0, 0, 0))
     save_image(np.asarray(canvas), out)
     return Path(out)
+
+
+@dataclass
+class DemoReport:
+    """What :func:`run_demo` wrote."""
+
+    out: Path
+    montage: Path | None = None
+    tables: dict[str, Path] = field(default_factory=dict)
+    overlays: dict[str, Path] = field(default_factory=dict)
+    tiles: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"thumbnail montage: {self.montage}"] if self.montage else []
+        if self.tables:
+            lines.append(f"{len(self.tables)} slide(s) tiled, {self.tiles} tissue tiles; tables under {self.out / 'tiles'}")
+        lines += [f"overlay: {p}" for p in self.overlays.values()]
+        lines += [f"FAILED {sid}: {msg}" for sid, msg in self.failed.items()]
+        return "\n".join(lines)
+
+
+def run_demo(paths: list[str | os.PathLike], out: str | os.PathLike = "demo-out", tile: bool = True,
+             workers: int | None = None, progress=None) -> DemoReport:
+    """The main job on ``paths``: a thumbnail montage, then (``tile=True``) Otsu tissue tiling of every
+    slide on a local Dask cluster (256² tiles at 0.5 µm/px where the slide has µm/px, else at level 0)
+    and a ``tissue_fraction`` heatmap overview per slide. Outputs go under ``out``."""
+    from wsi_lab.io import save_image
+
+    report = DemoReport(out=Path(out))
+    if not paths:
+        return report
+    report.montage = thumbnail_montage(list(paths), report.out / "montage.png")
+    if not tile:
+        return report
+    from wsi_lab.overlays import heatmap_layer, render_overview
+    from wsi_lab.slide import open_slide
+    from wsi_lab.tiling import TilingParams, run_tiling
+
+    overrides = {}
+    for p in paths:  # slides without µm/px are tiled at level 0 instead of failing
+        with open_slide(p) as s:
+            if s.mpp is None:
+                overrides[s.slide_id] = TilingParams(level=0)
+    result = run_tiling(list(paths), TilingParams(mpp=0.5), out=report.out / "tiles", n_workers=workers,
+                        progress=progress, overrides=overrides)
+    report.failed.update(result.failed)
+    for sid, table_path in result.tables.items():
+        from wsi_lab.data.table import read_table
+
+        table = read_table(table_path)
+        report.tables[sid] = table_path
+        report.tiles += len(table)
+        slide_path = table.attrs.get("wsi_lab", {}).get("slide_path")
+        if not slide_path or table.empty:
+            continue
+        with open_slide(slide_path) as s:
+            image = render_overview(s, [heatmap_layer(table, "tissue_fraction", slide=s)], max_size=1024)
+        report.overlays[sid] = report.out / "overlays" / f"{sid}.png"
+        save_image(image, report.overlays[sid])
+    return report

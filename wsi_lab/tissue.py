@@ -9,8 +9,8 @@ Methods then only threshold these features, so re-thresholding (a UI slider) tak
 * ``variance``: per-cell variance of the intensities of all channels > ``threshold`` (the classic method;
   works for brightfield, IHC and fluorescence since background is flat in every modality);
 * ``otsu``: Otsu threshold on saturation (brightfield/H&E/IHC; capped at 40 so a slide that is all tissue stays whole;
-  on darkness when a brightfield slide has no colour, e.g. a grayscale scan) or on the brightest channel (fluorescence,
-  dark background); ``threshold=`` forces a value;
+  on darkness when a brightfield slide has no colour, e.g. a grayscale scan) or on the brightest channel in the log domain
+  (fluorescence, dark background); ``threshold=`` forces a value;
 * ``background``: a cell is tissue when at most ``max_background`` of it is near-white (brightfield, all
   channels ≥ ``background_threshold``) or near-black (fluorescence, all channels ≤ ``background_threshold``).
 
@@ -387,7 +387,10 @@ def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = Non
         values = f.bright if fluo else (255.0 - f.gray if gray_bf else f.sat)
         p["feature"] = "brightness" if fluo else ("darkness" if gray_bf else "saturation")
         if p["threshold"] is None:
-            t = otsu_threshold(values)
+            # fluorescence intensities are heavy-tailed (a few bright nuclei): Otsu in the log domain
+            # separates dark background from dim tissue instead of dim from bright tissue
+            t = float(np.expm1(otsu_threshold(np.log1p(values), value_range=(0.0, math.log(256.0))))) if fluo \
+                else otsu_threshold(values)
             if not math.isfinite(t) or float(values.max()) - float(values.min()) < 4:
                 raise NoTissueError(f"{slide.path}: otsu found no contrast on {p['feature']}"
                                     " (blank slide?); try method='variance' or give threshold=")
