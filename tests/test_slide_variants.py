@@ -224,6 +224,8 @@ def test_non_uint8_pixels_scale_the_same_in_every_read(variants):
             assert np.abs(small.astype(int) - big[:64, :64]).max() <= 1, name
             if v.fluorescence:
                 assert small.max() < 40, name  # not stretched to full brightness
+            for w, h in ((10, 3), (5, 1), (4, 4), (1, 5)):  # thin boxes: channels never mistaken for rows
+                assert s.read_region((300, 400), 0, (w, h)).shape == (h, w, 3), (name, w, h)
             mid = (v.dims[0] // 3, v.dims[1] // 2)
             assert np.abs(s.read_region(mid, 0, (8, 8)).astype(int) - big[mid[1]:mid[1] + 8, mid[0]:mid[0] + 8]).max() <= 1
 

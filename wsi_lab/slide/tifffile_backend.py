@@ -296,7 +296,7 @@ class TifffileReader:
         except Exception as exc:
             raise SlideReadError(f"{self.path}: reading level {level} failed ({type(exc).__name__}: {exc})") from exc
         arr = np.asarray(arr)
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        if arr.ndim == 3 and arr.shape[:2] != (height, width) and arr.shape[1:] == (height, width):
             arr = np.moveaxis(arr, 0, -1)  # CYX -> YXC
         return arr
 
@@ -329,7 +329,7 @@ class TifffileReader:
             img = np.asarray(series.asarray())
         except Exception as exc:
             raise SlideReadError(f"{self.path}: associated image {name!r} is unreadable ({exc})") from exc
-        if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] not in (1, 3, 4):
+        if img.ndim == 3 and str(series.axes).startswith(("C", "S")):  # CYX / planar SYX -> YXC
             img = np.moveaxis(img, 0, -1)
         return _to_rgb(img)
 
