@@ -56,6 +56,11 @@ if [ "$MODE" = "--test" ]; then
     say "installing ${need[*]} from Debian"
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+  # the front-end toolchain, so the tests can check the committed bundle against its TypeScript source
+  if [ ! -d widgets/node_modules ] && command -v npm >/dev/null 2>&1; then
+    say "installing the widget toolchain (npm ci)"
+    (cd widgets && npm ci --silent --no-audit --no-fund) || say "npm ci failed; the bundle check will be skipped"
+  fi
 fi
 
 # The widget bundle is committed; rebuild it only when it is missing and npm is available.
