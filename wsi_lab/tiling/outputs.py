@@ -118,6 +118,8 @@ def write_slide_outputs(sdir: Path, table: pd.DataFrame, mask, params: TilingPar
         for f in (sdir / "tiles").glob("*.jpg"):
             if f.name not in wanted:  # stale tile from an earlier run with other parameters
                 f.unlink()
+        for f in (sdir / "tiles").glob(".*.part"):  # left by a writer killed mid-file (its task was re-run)
+            f.unlink(missing_ok=True)
     if manifest:
         write_manifest(sdir, len(table), params, materialize, phash, slide_path, meta.get("slide_id"), extra)
     return table
