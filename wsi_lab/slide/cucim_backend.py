@@ -18,7 +18,7 @@ import numpy as np
 from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import plausible_mpp, to_float
-from wsi_lab.slide.tifffile_backend import _to_rgb, is_tiff
+from wsi_lab.slide.pixels import is_tiff, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,10 @@ class CuCIMReader:
                 raise UnsupportedFormatError(f"{self.path}: cuCIM cannot decode this file ({exc}); "
                                              "use backend='auto' or 'tifffile'") from exc
             raise SlideReadError(f"{self.path}: cuCIM read failed ({type(exc).__name__}: {exc})") from exc
-        return _to_rgb(arr)
+        return to_rgb(arr)
 
     def read_associated(self, name: str) -> np.ndarray:
-        return _to_rgb(np.asarray(self._img.associated_image(name)))
+        return to_rgb(np.asarray(self._img.associated_image(name)))
 
     def close(self) -> None:
         self._img.close() if hasattr(self._img, "close") else None

@@ -15,18 +15,7 @@ import numpy as np
 from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import first_present, plausible_mpp, to_float
-
-
-def _rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        if arr[:, :, 3].min() == 255:  # fully opaque (the usual case): no compositing needed
-            return np.ascontiguousarray(arr[:, :, :3])
-        rgb = arr[:, :, :3].astype(np.uint16)
-        alpha = arr[:, :, 3:4].astype(np.uint16)
-        return ((rgb * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)
-    if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr[:, :, :3])
+from wsi_lab.slide.pixels import to_rgb
 
 
 class OpenSlideReader:
@@ -64,10 +53,10 @@ class OpenSlideReader:
                                              "use backend='auto' or 'tifffile'") from exc
             raise SlideReadError(f"{self.path}: OpenSlide read failed ({type(exc).__name__}: {exc}); "
                                  "the file may be truncated or corrupt") from exc
-        return _rgba_to_rgb(np.asarray(img))
+        return to_rgb(np.asarray(img))
 
     def read_associated(self, name: str) -> np.ndarray:
-        return _rgba_to_rgb(np.asarray(self._os.associated_images[name]))
+        return to_rgb(np.asarray(self._os.associated_images[name]))
 
     def close(self) -> None:
         self._os.close()

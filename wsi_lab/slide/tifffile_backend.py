@@ -25,22 +25,11 @@ import numpy as np
 
 from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide.backend import ReaderMetadata
+from wsi_lab.slide.pixels import is_tiff, to_rgb, ycbcr_to_rgb
 from wsi_lab.slide.metadata import first_present, plausible_mpp, stringify, to_float
 from wsi_lab.slide.tiff_meta import associated_series, ome_mpp, undecodable
 
 log = logging.getLogger(__name__)
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def is_tiff(path: Path) -> bool:
-    """True when the file starts with a classic or BigTIFF header."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) in _TIFF_MAGIC
-    except OSError:
-        return False
-
 
 class _TileCache:
     """A small thread-safe LRU of decoded tiles keyed by (level, tile index).
@@ -256,7 +245,7 @@ class TifffileReader:
             segment = segment.reshape(segment.shape[-3:])
         if lv.ycbcr:
             segment = ycbcr_to_rgb(segment)
-        return _to_rgb(segment)
+        return to_rgb(segment)
 
     def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray:
         return self._cache.get_or_load((level, index), lambda: self._decode(level, lv, index))
@@ -304,7 +293,7 @@ class TifffileReader:
         arr = self._raw_via_tiffslide(x, y, width, height, level)
         if arr.dtype != np.uint8 and self._display_max is None:
             self._display_max = self._compute_display_max(arr.ndim == 3 and arr.shape[2] == 3)
-        return _to_rgb(arr, self._display_max)
+        return to_rgb(arr, self._display_max)
 
     def _compute_display_max(self, rgb: bool) -> np.ndarray:
         """The value that maps to 255 for non-uint8 pixels, per channel (one shared value for RGB): the
@@ -331,7 +320,7 @@ class TifffileReader:
             raise SlideReadError(f"{self.path}: associated image {name!r} is unreadable ({exc})") from exc
         if img.ndim == 3 and str(series.axes).startswith(("C", "S")):  # CYX / planar SYX -> YXC
             img = np.moveaxis(img, 0, -1)
-        return _to_rgb(img)
+        return to_rgb(img)
 
     def close(self) -> None:
         try:
@@ -339,41 +328,6 @@ class TifffileReader:
         except OSError:
             pass
         self._ts.close()
-
-
-def ycbcr_to_rgb(arr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 full-range (JFIF) YCbCr -> RGB."""
-    a = arr.astype(np.float32)
-    y, cb, cr = a[..., 0], a[..., 1] - 128.0, a[..., 2] - 128.0
-    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def _to_rgb(arr: np.ndarray, display_max: np.ndarray | float | None = None) -> np.ndarray:
-    """Any (H, W), (H, W, 1), (H, W, 2), (H, W, 3), (H, W, 4) or (H, W, C>4) image -> (H, W, 3) uint8 RGB.
-
-    Non-uint8 pixels are scaled so that ``display_max`` (per channel, or one value) maps to 255: pass the
-    slide's fixed value so every read is scaled alike; without it this array's own 99.9th percentile is used."""
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.dtype != np.uint8:
-        a = arr.astype(np.float32)
-        if display_max is None:
-            display_max = float(np.percentile(a, 99.9)) if a.size else 1.0
-        hi = np.asarray(display_max, np.float32).reshape(-1)
-        hi = hi[: a.shape[2]] if hi.size >= a.shape[2] else np.full(a.shape[2], hi.max(), np.float32)
-        arr = np.clip(a * (255.0 / np.maximum(hi, 1e-12)), 0, 255).astype(np.uint8)
-    if arr.shape[2] == 1:
-        return np.repeat(arr, 3, axis=2)
-    if arr.shape[2] == 2:  # two channels: red and green
-        return np.dstack([arr, np.zeros(arr.shape[:2], np.uint8)])
-    if arr.shape[2] == 4:
-        rgb = arr[:, :, :3].astype(np.uint16)
-        alpha = arr[:, :, 3:4].astype(np.uint16)
-        return ((rgb * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)
-    if arr.shape[2] > 4:
-        return np.ascontiguousarray(arr[:, :, :3])
-    return np.ascontiguousarray(arr)
 
 
 class TifffileBackend:
