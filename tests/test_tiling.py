@@ -177,3 +177,31 @@ def test_params_json_roundtrip_and_validation():
         with pytest.raises(InvalidParameterError):
             TilingParams(**bad).validate()
     assert math.isfinite(TilingParams().min_tissue)
+
+
+def test_non_integer_downsample_tiles_sit_on_level_pixels(tmp_path):
+    """Real pyramids have downsamples like 4.0033 (1537 / 384): every tile must read from a whole
+    multiple of read_size level pixels, not one level pixel early (regression)."""
+    from tests._slide_variants import svs
+
+    v = svs(tmp_path / "odd.svs", "zlib", size=(1537, 1025), levels=2)
+    with wsi_lab.open_slide(v.path, backend="tifffile") as s:
+        ds = s.level_downsamples[1]
+        assert ds != int(ds)
+        t = plan_tiles(s, 64, mpp=2.0)
+        assert (t.level == 1).all() and (t.read_size == 64).all()
+        lx = np.floor(t.x.to_numpy() / ds).astype(int)
+        ly = np.floor(t.y.to_numpy() / ds).astype(int)
+        assert set(lx % 64) == {0} and set(ly % 64) == {0}
+        assert sorted(set(lx)) == list(range(0, 384 - 63, 64)) and sorted(set(ly)) == [0, 64, 128, 192]
+        row = t.iloc[len(t) - 1]  # the bottom-right tile ends exactly on the level's border
+        tile = read_tile(s, row.x, row.y, row.level, row.read_size, row.tile_size)
+        np.testing.assert_array_equal(tile, v.levels[1][ly[-1]:ly[-1] + 64, lx[-1]:lx[-1] + 64])
+
+
+def test_mpp_finer_than_native_is_bounded(pyramid):
+    """Up to 2x upsampling is allowed (and logged); finer targets are refused with the native µm/px."""
+    t = plan_tiles(pyramid, 256, mpp=0.125)
+    assert (t.read_size == 128).all() and (t.level == 0).all() and (t.mpp == 0.125).all()
+    with pytest.raises(InvalidParameterError, match=r"finer than the slide's native 0.25 µm/px.*mpp ≥ 0.125"):
+        plan_tiles(pyramid, 256, mpp=0.05)

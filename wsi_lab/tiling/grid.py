@@ -20,13 +20,17 @@ from wsi_lab.tiling.params import MAX_TILE_SIZE, TwoStage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plan_tiles", "TileGeometry", "tile_geometry", "grid_origins"]
+__all__ = ["plan_tiles", "TileGeometry", "tile_geometry", "grid_origins", "MAX_UPSAMPLE"]
+
+#: the most a tile may be enlarged from the slide's native µm/px (finer targets are refused)
+MAX_UPSAMPLE = 2.0
 
 
 @dataclass(frozen=True)
 class TileGeometry:
     """How one tile is read: ``read_size`` pixels square at ``level`` covering ``extent`` level-0 pixels,
-    resized to ``tile_size``; neighbours are ``step`` level-0 pixels apart; ``mpp`` is the output µm/px."""
+    resized to ``tile_size``; neighbours are ``step`` level-0 pixels apart; ``mpp`` is the output µm/px;
+    ``downsample`` is the read level's downsample (non-integer on real pyramids, e.g. 4.0003)."""
 
     level: int
     read_size: int
@@ -34,6 +38,7 @@ class TileGeometry:
     extent: float
     step: float
     mpp: float
+    downsample: float = 1.0
 
 
 def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: int | None = None,
@@ -63,6 +68,15 @@ def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: 
             level = 0
         scale = 1.0
         out_mpp = base * slide.level_downsamples[level] if base else float("nan")
+    if scale * MAX_UPSAMPLE < 1 - 1e-9:
+        raise InvalidParameterError(
+            f"{slide.path}: target {mpp} µm/px is {1 / scale:.1f}x finer than the slide's native "
+            f"{slide.require_mpp()[0] * slide.level_downsamples[level]:g} µm/px at level {level}; tiles would be "
+            f"upsampled more than {MAX_UPSAMPLE:g}x (no new detail). Use mpp ≥ "
+            f"{slide.require_mpp()[0] * slide.level_downsamples[level] / MAX_UPSAMPLE:g}")
+    if scale < 0.99:
+        log.warning("%s: target %s µm/px is finer than the slide's native resolution; tiles are upsampled %.2fx",
+                    slide.path, mpp, 1 / scale)
     read_size = max(1, int(round(tile_size * scale)))
     if read_size > MAX_TILE_SIZE:
         raise InvalidParameterError(f"{slide.path}: a {tile_size}px tile at {mpp} µm/px needs {read_size}px reads at "
@@ -73,16 +87,36 @@ def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: 
         raise InvalidParameterError(f"{slide.path}: a tile covers {extent:.0f} level-0 px but the slide is only "
                                     f"{W}x{H}; use a smaller tile_size or a finer mpp")
     step = (tile_size - overlap) * extent / tile_size
-    return TileGeometry(int(level), read_size, int(tile_size), float(extent), float(step), float(out_mpp))
+    return TileGeometry(int(level), read_size, int(tile_size), float(extent), float(step), float(out_mpp),
+                        float(slide.level_downsamples[level]))
 
 
-def grid_origins(dimensions: tuple[int, int], geom: TileGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Level-0 (x, y) of every tile fully inside the slide, row-major (y, then x), as int64 arrays."""
+def _axis_origins(size: int, level_size: int | None, geom: TileGeometry) -> np.ndarray:
+    """Level-0 origins along one axis. Tiles sit on whole pixels *of the read level*, and each level-0
+    origin is the smallest integer whose ``floor(x / downsample)`` (what ``Slide.read_region`` reads) is
+    that level pixel, so a non-integer downsample (4.0003) never shifts a read by one level pixel.
+    With ``level_size`` the count is of reads fully inside the level (its downsample is an average of x
+    and y, so level-0 arithmetic can miss the last tile by a fraction of a pixel)."""
+    ds = geom.downsample
+    lstep = geom.step / ds
+    if level_size is None:
+        n = int(math.floor((size - geom.extent) / geom.step + 1e-9)) + 1
+    else:
+        n = int(math.floor((level_size - geom.read_size) / lstep + 1e-9)) + 1
+    lv = np.floor(np.arange(max(n, 0)) * lstep + 1e-6)
+    x = np.ceil(lv * ds - 1e-6)
+    x += np.floor(x / ds) < lv  # float round-off: step up to the first level-0 pixel of that level pixel
+    return x.astype(np.int64)
+
+
+def grid_origins(dimensions: tuple[int, int], geom: TileGeometry,
+                 level_dimensions: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) of every tile fully inside the slide (inside the read level's ``level_dimensions``
+    (width, height) when given), row-major (y, then x), as int64 arrays. The remainder at the right and
+    bottom border (less than one tile) is not tiled."""
     W, H = dimensions
-    nx = int(math.floor((W - geom.extent) / geom.step + 1e-9)) + 1
-    ny = int(math.floor((H - geom.extent) / geom.step + 1e-9)) + 1
-    xs = np.floor(np.arange(nx) * geom.step + 1e-6).astype(np.int64)
-    ys = np.floor(np.arange(ny) * geom.step + 1e-6).astype(np.int64)
+    lw, lh = level_dimensions if level_dimensions is not None else (None, None)
+    xs, ys = _axis_origins(W, lw, geom), _axis_origins(H, lh, geom)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     return gx.ravel(), gy.ravel()
 
@@ -127,7 +161,7 @@ def plan_tiles(slide, tile_size: int = 256, mpp: float | None = None, level: int
     if not (isinstance(min_tissue, (int, float)) and 0 <= min_tissue <= 1):
         raise InvalidParameterError(f"{slide.path}: min_tissue must be in [0, 1], got {min_tissue!r}")
     geom = tile_geometry(slide, tile_size, mpp, level, overlap)
-    xs, ys = grid_origins(slide.dimensions, geom)
+    xs, ys = grid_origins(slide.dimensions, geom, slide.level_dimensions[geom.level])
     meta: dict[str, Any] = {
         "slide_path": os.fspath(slide.path), "slide_id": slide.slide_id, "slide_dimensions": list(slide.dimensions),
         "slide_mpp": list(slide.mpp) if slide.mpp else None, "backend": slide.backend,
