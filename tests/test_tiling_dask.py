@@ -205,3 +205,41 @@ def test_cli_tile_and_tissue(client, tmp_path):
     assert m.params["threshold"] == 80 and (tmp_path / "o.png").exists()
     assert main(["tissue", str(CMU), "-o", str(tmp_path / "n.png"), "--method", "variance",
                  "--threshold", "60000"]) == 2
+
+
+def test_rerun_with_other_parameters_invalidates_the_old_manifest(client, synthetic, tmp_path):
+    """A run that rewrites a slide's tiles and stops mid-way must not leave the previous run's manifest
+    saying the (now mixed) outputs are complete (regression: the old manifest survived)."""
+    a = TilingParams(tile_size=256, mpp=0.25, method="otsu", min_tissue=0.5, jpeg_quality=90)
+    res = wsi_lab.run_tiling([synthetic], a, client=client, out=tmp_path, materialize="jpeg", chunk_tiles=64)
+    assert res.ok, res.summary()
+    sdir = tmp_path / "syn-a"
+    assert (sdir / "manifest.json").exists()
+    cancel = threading.Event()
+
+    def cb(ev):
+        if ev.tiles > 0:
+            cancel.set()
+
+    b = TilingParams(tile_size=256, mpp=0.25, method="otsu", min_tissue=0.5, jpeg_quality=30)
+    res_b = wsi_lab.run_tiling([synthetic], b, client=client, out=tmp_path, materialize="jpeg", chunk_tiles=4,
+                               progress=cb, cancel=cancel)
+    assert res_b.cancelled and "syn-a" not in res_b.tables
+    assert not (sdir / "manifest.json").exists()
+    again = wsi_lab.run_tiling([synthetic], a, client=client, out=tmp_path, materialize="jpeg", chunk_tiles=64)
+    assert again.ok and again.skipped == [] and again.n_tiles["syn-a"] == res.n_tiles["syn-a"]
+
+
+def test_cancel_leaves_no_partial_outputs(synthetic, tmp_path):
+    """With its own LocalCluster (shut down before returning) a cancelled slide leaves nothing behind."""
+    cancel = threading.Event()
+
+    def cb(ev):
+        if ev.tiles > 0:
+            cancel.set()
+
+    params = TilingParams(tile_size=256, mpp=0.25, method="otsu", min_tissue=0.5)
+    res = wsi_lab.run_tiling([synthetic], params, out=tmp_path / "out", materialize="jpeg", chunk_tiles=4,
+                             n_workers=1, progress=cb, cancel=cancel)
+    assert res.cancelled and not res.tables
+    assert not (tmp_path / "out" / "syn-a").exists(), sorted(map(str, (tmp_path / "out").rglob("*")))

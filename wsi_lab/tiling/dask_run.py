@@ -25,8 +25,10 @@ import pandas as pd
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.progress import ProgressCallback, ProgressTracker
 from wsi_lab.tiling.outputs import (
+    MANIFEST,
     TilingResult,
     params_hash,
+    remove_partial_outputs,
     slide_id_of,
     slide_outputs_complete,
     write_manifest,
@@ -315,6 +317,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     ac = as_completed([])
     try:
         for sid, st in todo.items():
+            (st["sdir"] / MANIFEST).unlink(missing_ok=True)  # its outputs change now: not complete until rewritten
             submit(sid, "plan", _plan_task, str(st["path"]), st["pjson"])
             tracker.update(current=sid)
         while True:
@@ -335,6 +338,11 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     finally:
         for thing in to_close:
             thing.close()
+        # slides cancelled or failed mid-way leave no partial outputs (a task still running on an external
+        # cluster may add a file after this; it has no manifest and the next run removes it)
+        for sid, st in todo.items():
+            if sid not in result.tables:
+                remove_partial_outputs(st["sdir"])
     result.elapsed_s = time.perf_counter() - t0
     tracker.update(f"finished: {result.total_tiles} tiles, {len(result.failed)} failed" +
                    (" (cancelled)" if result.cancelled else ""), done=finished, failed=len(result.failed),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +17,10 @@ import pandas as pd
 
 from wsi_lab.tiling.params import TilingParams
 
+log = logging.getLogger(__name__)
+
 __all__ = ["TilingResult", "slide_outputs_complete", "write_slide_outputs", "write_manifest", "params_hash",
-           "slide_id_of", "MANIFEST", "TABLE"]
+           "slide_id_of", "remove_partial_outputs", "MANIFEST", "TABLE"]
 
 MANIFEST = "manifest.json"
 TABLE = "tiles.parquet"
@@ -136,3 +140,20 @@ def write_manifest(sdir: Path, n_tiles: int, params: TilingParams, materialize: 
                 "materialize": materialize, "completed_at": time.time(), "wsi_lab_version": __version__,
                 **(extra or {})}
     atomic_write_bytes(sdir / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+
+
+def remove_partial_outputs(sdir: Path) -> None:
+    """Remove what a run writes for one slide (manifest first, then table, mask, ``tiles/``,
+    ``tfrecords/``, and the folder when it is left empty): used for slides a run did not finish."""
+    (sdir / MANIFEST).unlink(missing_ok=True)
+    for name in (TABLE, "mask.png"):
+        (sdir / name).unlink(missing_ok=True)
+    for sub in ("tiles", "tfrecords"):
+        if (sdir / sub).is_dir():
+            shutil.rmtree(sdir / sub, ignore_errors=True)
+    for f in sdir.glob(".*.part") if sdir.is_dir() else ():
+        f.unlink(missing_ok=True)
+    try:
+        sdir.rmdir()
+    except OSError as exc:  # not empty (files of the user's) or already gone
+        log.debug("%s kept: %s", sdir, exc)
