@@ -249,3 +249,25 @@ def test_tensorflow_reads_our_tfrecords(tmp_path, table):
     back = list(read_examples(out / "tf_written.tfrecord"))
     assert [e["i"] for e in back] == [[0, 0], [1, -1], [2, -2]]
     assert back[0]["s"] == [b"abc"] and back[0]["f"] == [0.25]
+
+
+def test_export_tfrecord_resume_checks_file_contents_and_removes_stale_shards(tmp_path, table):
+    """Regression: a shard overwritten by an interrupted export with other parameters (same size, other
+    order) was kept on resume; shards of an earlier layout stayed next to the new ones."""
+    import shutil
+
+    out, other = tmp_path / "tf", tmp_path / "other"
+    m0 = export_tfrecord(table, out, shards=1, seed=0)
+    export_tfrecord(table, other, shards=1, seed=1)
+    shard = "train/train-00000-of-00001.tfrecord"
+    original = (out / shard).read_bytes()
+    assert (other / shard).read_bytes() != original and (other / shard).stat().st_size == len(original)
+    shutil.copy(other / shard, out / shard)  # what an interrupted seed=1 run leaves behind
+    m1 = export_tfrecord(table, out, shards=1, seed=0)
+    assert m1["tiles_written"] == next(f["records"] for f in m0["files"] if f["path"] == shard)
+    assert (out / shard).read_bytes() == original
+    # fewer shards: the old layout's files go, the new ones hold every tile exactly once
+    m2 = export_tfrecord(table, out, shards=2, seed=0)
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*.tfrecord"))
+    assert on_disk == sorted(f["path"] for f in m2["files"])
+    assert sum(len(list(read_examples(out / p))) for p in on_disk) == len(table)

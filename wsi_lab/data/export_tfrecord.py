@@ -16,7 +16,8 @@ shard. Two record schemas (``tf.train.Example`` features):
   ``image/width``, ``image/channels``, plus ``label``, ``slide_string``, ``x``, ``y`` (~20× smaller).
 
 Files are written atomically; a re-run keeps files whose manifest entry matches (same rows, variant
-and seed) and rewrites the rest.
+and seed, same SHA-256 on disk) and rewrites the rest; files an earlier export listed that this one
+does not (another shard count, slides no longer in the test split) are removed after the new manifest.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def _fingerprint(rows: pd.DataFrame, labels: np.ndarray, params: dict) -> str:
     h = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
     h.update(pd.util.hash_pandas_object(rows[list(TILE_COLUMNS)].astype(str), index=False).to_numpy().tobytes())
     h.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -168,8 +177,9 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
             entry = {"path": f["path"], "split": f["split"], "records": int(len(rows)), "fingerprint": fp}
             if "slide_id" in f:
                 entry["slide_id"] = f["slide_id"]
-            if old and old.get("fingerprint") == fp and target.is_file() and target.stat().st_size == old.get("bytes"):
-                entry["bytes"] = old["bytes"]
+            if (old and old.get("fingerprint") == fp and target.is_file() and target.stat().st_size == old.get("bytes")
+                    and old.get("sha256") == _file_sha256(target)):  # the very file the manifest describes
+                entry["bytes"], entry["sha256"] = old["bytes"], old["sha256"]
                 log.info("%s is up to date, kept", target)
             else:
                 window = workers * 32  # bounds the encoded records waiting in memory
@@ -177,7 +187,7 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
                     for start in range(0, len(rows), window):
                         for record in pool.map(encode, rows[start:start + window].tolist()):
                             writer.write(record)
-                entry["bytes"] = writer.bytes_written
+                entry["bytes"], entry["sha256"] = writer.bytes_written, writer.sha256
                 written_tiles += len(rows)
             entries.append(entry)
             done += len(rows)
@@ -197,6 +207,12 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
         "files": entries,
     }
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
+    current = {e["path"] for e in entries}
+    for rel in sorted(set(previous) - current):  # files of an earlier layout (other shards/splits): stale data
+        stale = out / rel
+        if stale.suffix == ".tfrecord" and stale.resolve().is_relative_to(out.resolve()):
+            stale.unlink(missing_ok=True)
+            log.info("removed %s (not part of this export)", stale)
     log.info("wrote %d TFRecord file(s) (%d tiles, %.1f MB) to %s in %.1f s", len(entries), total,
              total_bytes / 1e6, out, elapsed)
     return manifest

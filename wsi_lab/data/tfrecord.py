@@ -18,6 +18,7 @@ Files written here are read by ``tf.data.TFRecordDataset`` + ``tf.io.parse_singl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -210,18 +211,23 @@ class TFRecordWriter:
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
         self._fh = open(tmp, "wb")
+        self._sha = hashlib.sha256()
         self.count = 0
         self.bytes_written = 0
 
     def write(self, record: bytes) -> None:
         """Append one record (usually :func:`encode_example` output)."""
         header = struct.pack("<Q", len(record))
-        self._fh.write(header)
-        self._fh.write(struct.pack("<I", masked_crc32c(header)))
-        self._fh.write(record)
-        self._fh.write(struct.pack("<I", masked_crc32c(record)))
+        for part in (header, struct.pack("<I", masked_crc32c(header)), record, struct.pack("<I", masked_crc32c(record))):
+            self._fh.write(part)
+            self._sha.update(part)
         self.count += 1
         self.bytes_written += len(record) + 16
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the bytes written so far (the whole file once closed)."""
+        return self._sha.hexdigest()
 
     def write_example(self, features: Mapping[str, FeatureValue]) -> None:
         self.write(encode_example(features))
