@@ -106,3 +106,19 @@ def test_attach_labels_nothing_left(tmp_path, table):
     with pytest.warns(UnknownSlidesWarning):
         with pytest.raises(DataError, match="no slide of the table has a label"):
             attach_labels(table, _csv(tmp_path, "slide_id,label\nZZ,a\n"), on_missing="drop")
+
+
+def test_label_indices_vectorised_matches_label_keys():
+    import numpy as np
+    import pandas as pd
+
+    from wsi_lab.data.tile_reader import label_indices
+
+    t = pd.DataFrame({"label": [1.0, np.nan, 3.0, 1.0, None]})  # int labels widened to float by NaN
+    assert label_indices(t).tolist() == [0, -1, 1, 0, -1]
+    t.attrs["wsi_lab"] = {"label_index": {"3": 0, "1": 1}}
+    assert label_indices(t).tolist() == [1, -1, 0, 1, -1]
+    t.attrs["wsi_lab"] = {"label_index": {"1": 0}}
+    with pytest.raises(DataError, match="not in the table's label_index"):
+        label_indices(t)
+    assert label_indices(pd.DataFrame({"label": [None, None]})).tolist() == [-1, -1]

@@ -148,10 +148,16 @@ def label_indices(table: pd.DataFrame, label_column: str = "label") -> np.ndarra
         return np.full(len(table), -1, np.int64)
     mapping = label_index_of(table, label_column)
     out = np.full(len(table), -1, np.int64)
-    for i, v in enumerate(table[label_column].tolist()):
-        if v is not None and not (isinstance(v, float) and np.isnan(v)):
-            key = label_key(v)
-            if key not in mapping:
-                raise DataError(f"label {v!r} is not in the table's label_index {mapping}; re-run attach_labels")
-            out[i] = mapping[key]
+    col = table[label_column]
+    present = col.notna().to_numpy()
+    if not present.any():
+        return out
+    codes, uniques = pd.factorize(col[present])  # one label_key per distinct value, not per row
+    lookup = np.empty(len(uniques), np.int64)
+    for j, v in enumerate(uniques):
+        key = label_key(v)
+        if key not in mapping:
+            raise DataError(f"label {v!r} is not in the table's label_index {mapping}; re-run attach_labels")
+        lookup[j] = mapping[key]
+    out[present] = lookup[codes]
     return out
