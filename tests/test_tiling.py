@@ -205,3 +205,21 @@ def test_mpp_finer_than_native_is_bounded(pyramid):
     assert (t.read_size == 128).all() and (t.level == 0).all() and (t.mpp == 0.125).all()
     with pytest.raises(InvalidParameterError, match=r"finer than the slide's native 0.25 µm/px.*mpp ≥ 0.125"):
         plan_tiles(pyramid, 256, mpp=0.05)
+
+
+def test_overrides_file_roundtrip_feeds_run_tiling(tmp_path):
+    """The per-slide overrides the tuner saves are a core file format with a loader (was widget-only)."""
+    from wsi_lab.tiling.params import load_overrides, save_override
+
+    f = save_override(tmp_path / "ov.json", "a", TilingParams(tile_size=128, mpp=0.5))
+    save_override(f, "b", TilingParams(method="variance", method_params={"threshold": 90.0}))
+    ov = load_overrides(f)
+    assert set(ov) == {"a", "b"} and ov["a"].tile_size == 128 and ov["b"].method_params == {"threshold": 90.0}
+    (tmp_path / "bad.json").write_text('{"a": {"tile_size": -1}}')
+    with pytest.raises(InvalidParameterError, match="tile_size"):
+        load_overrides(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(InvalidParameterError, match="JSON object"):
+        load_overrides(tmp_path / "list.json")
+    with pytest.raises(InvalidParameterError, match="no such"):
+        load_overrides(tmp_path / "missing.json")

@@ -191,3 +191,26 @@ def test_lab_missing_folder_is_a_message(tmp_path):
     lab = Lab(tmp_path / "nowhere")
     assert "not a directory" in lab.panels["Slides"].errors.text
     assert lab.state.current is None
+
+
+def test_lab_releases_slides_and_cancels_runs_when_closed(tmp_path):
+    """Regression: switching slides left the previous viewer (and its open slide) behind; closing the
+    Lab or a Tiling panel left tuner slides open and a running Dask cluster going."""
+    lab = wsi_lab.Lab(SHARED, select=str(CMU))
+    viewer_panel, tune = lab.panels["Viewer"], lab.panels["Tune"]
+    first_viewer, first_tuner = viewer_panel.viewer, tune.tuner
+    lab.panels["Slides"].select([str(NDPI)])
+    assert viewer_panel.viewer is not first_viewer and first_viewer.comm is None  # closed
+    assert first_tuner.comm is None
+    current_viewer, current_tuner = viewer_panel.viewer, tune.tuner
+    lab.close()
+    assert current_viewer.comm is None and current_tuner.comm is None
+    assert viewer_panel.viewer is None and tune.tuner is None
+    lab.state.current = str(CMU)  # closed panels no longer follow the state
+    assert viewer_panel.viewer is None and tune.tuner is None
+
+    panel = TilingPanel([CMU], TilingParams(tile_size=256), out=tmp_path / "t", n_workers=1)
+    assert panel.start() is True
+    panel.close()
+    result = panel.wait(120)
+    assert not panel.running and result is not None and result.cancelled

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["TilingParams", "TwoStage", "MAX_TILE_SIZE"]
+__all__ = ["TilingParams", "TwoStage", "MAX_TILE_SIZE", "save_override", "load_overrides"]
 
 MAX_TILE_SIZE = 16384
 FINE_METHODS = ("variance", "background", "saturation", "brightness")
@@ -155,3 +157,42 @@ class TilingParams:
         if not isinstance(d, dict):
             raise InvalidParameterError("tiling parameters JSON must be an object")
         return cls.from_dict(d)
+
+
+def _read_overrides_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InvalidParameterError(f"{path}: not a JSON overrides file ({exc}); remove it or pick another path") from exc
+    if not isinstance(data, dict):
+        raise InvalidParameterError(f"{path}: an overrides file is a JSON object {{slide_id: parameters}}")
+    return data
+
+
+def load_overrides(path: str | os.PathLike) -> dict[str, TilingParams]:
+    """Per-slide parameters from a JSON overrides file (``{slide_id: TilingParams dict}``), ready for
+    ``run_tiling(overrides=...)``; every entry is validated."""
+    target = Path(path)
+    if not target.is_file():
+        raise InvalidParameterError(f"{target}: no such overrides file")
+    out: dict[str, TilingParams] = {}
+    for sid, d in _read_overrides_json(target).items():
+        if not isinstance(d, dict):
+            raise InvalidParameterError(f"{target}: the entry of slide {sid!r} must be an object of tiling parameters")
+        try:
+            out[str(sid)] = TilingParams.from_dict(d)
+        except TypeError as exc:
+            raise InvalidParameterError(f"{target}: slide {sid!r}: {exc}") from exc
+    return out
+
+
+def save_override(path: str | os.PathLike, slide_id: str, params: TilingParams) -> Path:
+    """Store ``params`` as ``slide_id``'s override in the JSON file ``path``, keeping the other slides'
+    entries; written atomically. Returns the path."""
+    from wsi_lab.io import atomic_write_bytes
+
+    target = Path(path)
+    data = _read_overrides_json(target) if target.exists() else {}
+    data[str(slide_id)] = params.validate().to_dict()
+    atomic_write_bytes(target, json.dumps(data, indent=2, sort_keys=True).encode())
+    return target

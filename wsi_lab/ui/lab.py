@@ -117,6 +117,12 @@ class Lab(widgets.VBox):
             return widgets.VBox([box])
         return w
 
+    def close(self) -> None:
+        """Close the Lab and every panel (open slides are released, a tiling run is cancelled)."""
+        for w in getattr(self, "panels", {}).values():
+            w.close()
+        super().close()
+
     def show_tab(self, name: str) -> None:
         """Switch to the tab called ``name``."""
         self.tabs.selected_index = list(self.panels).index(name)
@@ -179,13 +185,14 @@ class ViewerPanel(widgets.VBox):
             if not st.current:
                 self.title.value = message_html("Select a slide in the Slides tab.", "info")
                 self.children = [self.title, self.errors]
-                self.viewer = None
+                self._drop_viewer()
                 return
             from wsi_lab.ui.viewer import SlideViewer
 
             self.title.value = f"<b>{Path(st.current).name}</b>"
             layers = self.layers()
             if self.viewer is None or str(self.viewer.slide.path) != str(st.current):
+                self._drop_viewer()  # releases the previous slide
                 self.viewer = SlideViewer(st.current, layers=layers, table=self._table())
                 self.viewer.add_class("wsi-lab-lab-viewer")
             else:
@@ -194,6 +201,20 @@ class ViewerPanel(widgets.VBox):
                 for layer in layers:
                     self.viewer.add_layer(layer)
             self.children = [self.title, self.errors, self.viewer]
+
+    def close(self) -> None:
+        """Close the panel and its viewer (which releases the slide it opened). Safe to call twice."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            for name in ("current", "mask", "planned", "tiles"):
+                self.state.unobserve(self._refresh, name)
+        self._drop_viewer()
+        super().close()
+
+    def _drop_viewer(self) -> None:
+        if self.viewer is not None:
+            old, self.viewer = self.viewer, None
+            old.close()
 
     def _table(self):
         """The tiles a click on the viewer reports: this slide's tiled rows, else the planned ones."""
@@ -206,11 +227,9 @@ class ViewerPanel(widgets.VBox):
 
 
 def _slide_id(path: str) -> str:
-    from wsi_lab.slide.backend import slide_suffix
+    from wsi_lab.tiling.outputs import slide_id_of
 
-    p = Path(path)
-    suf = slide_suffix(p)
-    return p.name[: -len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
+    return slide_id_of(Path(path))
 
 
 def _viewer_panel(lab: Lab) -> widgets.Widget:
@@ -254,6 +273,16 @@ class TunerPanel(widgets.VBox):
             old.close()
         kids = [self.errors] + ([self.tuner, widgets.HBox([self.override, self.note])] if self.tuner else [])
         self.children = kids
+
+    def close(self) -> None:
+        """Close the panel and its tuner (which releases the slide it opened). Safe to call twice."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self.state.unobserve(self._load, "current")
+        if self.tuner is not None:
+            self.tuner.close()
+            self.tuner = None
+        super().close()
 
     def _publish(self, _change=None) -> None:
         t = self.tuner

@@ -29,11 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def _slide_id(path: str) -> str:
-    from wsi_lab.slide.backend import slide_suffix
+    from wsi_lab.tiling.outputs import slide_id_of
 
-    p = Path(path)
-    suf = slide_suffix(p)
-    return p.name[: -len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
+    return slide_id_of(Path(path))  # the id run_tiling reports the slide under
 
 
 class TilingPanel(widgets.VBox):
@@ -158,6 +156,12 @@ class TilingPanel(widgets.VBox):
         if self.job is not None and self.running:
             self.job.cancel()
             self.status.value = "cancelling…"
+
+    def close(self) -> None:
+        """Close the panel; a run still going is cancelled (its Dask cluster shuts down with it)."""
+        if self.job is not None and not self.job.done():
+            self.job.cancel()
+        super().close()
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the run ends (for scripts and tests); returns the result (None if it failed)."""

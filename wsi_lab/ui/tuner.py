@@ -9,7 +9,6 @@ re-thresholding is fast), :func:`wsi_lab.plan_tiles` (tiles kept, from the mask'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -144,20 +143,10 @@ class ThresholdTuner(widgets.VBox):
 
     def save_overrides(self, path: str | os.PathLike) -> Path:
         """Store ``params`` as this slide's override in the JSON file ``path`` (``{slide_id: params}``),
-        keeping the other slides' entries; written atomically."""
-        from wsi_lab.io import atomic_write_bytes
+        keeping the other slides' entries; written atomically (:func:`wsi_lab.tiling.params.save_override`)."""
+        from wsi_lab.tiling.params import save_override
 
-        target = Path(path)
-        data: dict[str, Any] = {}
-        if target.exists():
-            try:
-                data = json.loads(target.read_text())
-            except ValueError as exc:
-                raise InvalidParameterError(f"{target}: not a JSON overrides file ({exc}); remove it or pick "
-                                            "another path") from exc
-        data[self.slide.slide_id] = self.params.to_dict()
-        atomic_write_bytes(target, json.dumps(data, indent=2, sort_keys=True).encode())
-        return target
+        return save_override(path, self.slide.slide_id, self.params)
 
     # -- updates ------------------------------------------------------------------------------
     def _on_method(self, change) -> None:
