@@ -175,3 +175,28 @@ def test_error_messages_do_not_leak_the_server_root(server):
         status, _, body = server.get(path)
         assert status in (400, 404), (path, status)
         assert str(server.root) not in body.decode("utf-8", "replace")
+
+
+def test_bad_client_input_is_4xx_not_500(server):
+    """Regression: an over-long path (OSError ENAMETOOLONG), a snapshot with a non-numeric opacity and a
+    mask layer claiming a huge shape (MemoryError) each answered 500."""
+    import base64
+
+    from wsi_lab.overlays import MaskLayer
+
+    status, _, body = server.get("wsi-lab/api/slide?path=" + "a" * 5000 + ".svs")
+    assert status == 404, body
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 4), np.uint8)).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    for snap in ({"png_b64": png, "downsample": 4, "opacity": "x"}, {"png_b64": png, "downsample": 4, "legend": 5}):
+        status, _, body = server.get("wsi-lab/api/layers", method="POST", body=json.dumps({"snapshot": snap}).encode())
+        assert status == 400, body
+    good = json.loads(MaskLayer(np.ones((4, 4), bool), 8).to_json())
+    for shape in ([10**6, 10**6], [-1, 4], "ab"):
+        status, _, body = server.get("wsi-lab/api/layers", method="POST",
+                                     body=json.dumps({"layer": {**good, "shape": shape}}).encode())
+        assert status == 400, (shape, body)
+    status, _, body = server.get("wsi-lab/api/layers", method="POST", body=json.dumps({"layer": good}).encode())
+    assert status == 200, body
+    assert "Traceback" not in server.log_text()

@@ -126,7 +126,10 @@ class MaskLayer(Layer):
     @classmethod
     def _from_state(cls, d):
         n = d["shape"][0] * d["shape"][1]
-        mask = np.unpackbits(_dec(d["mask"]), count=n).reshape(d["shape"]).astype(bool)
+        bits = _dec(d["mask"])
+        if not 0 < n <= bits.size * 8:  # the shape must fit the bits sent (no padding to a huge claimed shape)
+            raise InvalidParameterError(f"mask shape {d['shape']} does not match its {bits.size * 8} packed bits")
+        mask = np.unpackbits(bits, count=n).reshape(d["shape"]).astype(bool)
         return cls(mask, tuple(d["downsample"]), tuple(d["color"]), d["opacity"], d["name"])
 
 

@@ -29,7 +29,7 @@ AUTH_RESOURCE = "contents"
 
 
 def _status(exc: Exception) -> int:
-    if isinstance(exc, PathSecurityError):
+    if isinstance(exc, (PathSecurityError, PermissionError)):
         return 403
     if isinstance(exc, (SlideNotFoundError, FileNotFoundError)):
         return 404
@@ -51,7 +51,7 @@ class BaseHandler(APIHandler):
         """Run blocking ``fn`` in the tile thread pool; map WSI Lab errors to HTTP errors."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-        except WSILabError as exc:
+        except (WSILabError, FileNotFoundError, PermissionError) as exc:  # a file may go between listing and reading
             code = _status(exc)
             if code == 500:
                 log.exception("wsi-lab request failed")

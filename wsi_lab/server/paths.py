@@ -46,10 +46,16 @@ def resolve_slide_path(root: str | os.PathLike, relpath: str, allow_hidden: bool
     if not allow_hidden and any(p.startswith(".") for p in parts):
         raise SlideNotFoundError(f"slide path {relpath!r} is hidden; hidden files are not served")
     root_real = Path(root).resolve()
-    target = root_real.joinpath(*parts).resolve()
-    if not target.is_relative_to(root_real):
-        raise PathSecurityError(f"slide path {relpath!r} leads outside the server root (symlink?); not served")
-    if not target.is_file():
+    try:
+        target = root_real.joinpath(*parts).resolve()
+        if not target.is_relative_to(root_real):
+            raise PathSecurityError(f"slide path {relpath!r} leads outside the server root (symlink?); not served")
+        is_file = target.is_file()
+    except PermissionError as exc:
+        raise PathSecurityError(f"slide path {relpath!r} is not readable by the server; not served") from exc
+    except OSError as exc:  # a name too long, a symlink loop, ...: the client's path names no servable file
+        raise SlideNotFoundError(f"slide path {relpath[:200]!r}: {exc.strerror or 'not a usable path'}") from exc
+    if not is_file:
         raise SlideNotFoundError(f"slide path {relpath!r}: no such file under the server root")
     return target
 

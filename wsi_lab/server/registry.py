@@ -58,17 +58,21 @@ def layer_from_payload(payload: dict) -> Any:
 
         try:
             return Layer.from_json(payload["layer"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidParameterError(f"layer JSON could not be rebuilt: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, MemoryError) as exc:
+            raise InvalidParameterError(f"layer JSON could not be rebuilt: {type(exc).__name__}: {exc}") from exc
     snap = payload.get("snapshot")
     if isinstance(snap, dict):
         try:
             png = base64.b64decode(snap["png_b64"], validate=True)
             downsample = float(snap["downsample"])
+            opacity = float(snap.get("opacity", 1.0))
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise InvalidParameterError(f"layer snapshot needs png_b64 and downsample: {exc}") from exc
-        return LayerSnapshot.from_png(png, downsample, name=str(snap.get("name", "layer")),
-                                      opacity=float(snap.get("opacity", 1.0)), legend=snap.get("legend") or {})
+            raise InvalidParameterError(f"layer snapshot needs png_b64, downsample and a numeric opacity: {exc}") from exc
+        legend = snap.get("legend") or {}
+        if not isinstance(legend, dict):
+            raise InvalidParameterError(f"layer snapshot legend must be an object, got {type(legend).__name__}")
+        return LayerSnapshot.from_png(png, downsample, name=str(snap.get("name", "layer")), opacity=opacity,
+                                      legend=legend)
     raise InvalidParameterError("layer payload needs a 'layer' (Layer.to_json()) or a 'snapshot' entry")
 
 
