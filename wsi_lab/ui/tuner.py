@@ -109,7 +109,7 @@ class ThresholdTuner(widgets.VBox):
                 self.auto.value = True  # a new method starts from its automatic threshold
         finally:
             self._quiet = False
-        self.threshold.description_tooltip = spec["help"]
+        self.threshold.tooltip = spec["help"]
         self.auto.layout.display = "none" if spec["default"] is not None else None
         self.max_background.layout.display = None if method == "background" else "none"
 
