@@ -93,3 +93,15 @@ def test_corrupt_file_raises_data_error(tmp_path, damage):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         list(iter_tfrecord(tmp_path / "nope.tfrecord"))
+
+
+def test_corrupt_length_without_verification_is_a_data_error(tmp_path):
+    """Regression: with verify=False a garbage length (2**62) was read as-is (MemoryError)."""
+    path = tmp_path / "len.tfrecord"
+    with TFRecordWriter(path) as w:
+        w.write(encode_example({"i": 1}))
+    raw = bytearray(path.read_bytes())
+    raw[:8] = struct.pack("<Q", 2**62)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="truncated record 0"):
+        count_records(path, verify=False)

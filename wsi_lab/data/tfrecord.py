@@ -259,6 +259,7 @@ def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[byte
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: TFRecord file not found")
+    size = p.stat().st_size
     with open(p, "rb") as fh:
         index = 0
         while True:
@@ -272,6 +273,9 @@ def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[byte
             (length_crc,) = struct.unpack("<I", header[8:])
             if verify and masked_crc32c(length_bytes) != length_crc:
                 raise DataError(f"{p}: length CRC mismatch at record {index}; the file is corrupt, re-export it")
+            if length + 4 > size - fh.tell():  # never allocate what a corrupt length claims
+                raise DataError(f"{p}: truncated record {index} (its header claims {length} bytes); the file is "
+                                "incomplete or corrupt, re-export it")
             data = fh.read(length)
             footer = fh.read(4)
             if len(data) < length or len(footer) < 4:
