@@ -18,6 +18,8 @@ SLIDE_EXTENSIONS = frozenset({
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".scn", ".bif", ".svslide", ".qptiff", ".btf",
     ".ome.tif", ".ome.tiff",
 })
+MPP_XY_TOLERANCE = 0.01      # mpp_x and mpp_y may differ by 1 %
+MPP_MAG_TOLERANCE = 2.0      # µm/px may be 2x off 10/magnification before it is flagged
 _SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", ".git", "node_modules"}
 
 
@@ -103,3 +105,22 @@ def find_slides(root: str | os.PathLike, metadata: bool = True, workers: int = 8
         return infos
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(_describe, paths))
+
+
+def mpp_flags(info: SlideInfo) -> list[str]:
+    """Reasons to distrust a slide's scale: missing µm/px, µm/px differing between x and y by more than
+    1 %, or µm/px more than 2x away from what the objective magnification implies (≈ 10 / mag)."""
+    if info.error:
+        return [f"unreadable: {info.error}"]
+    flags: list[str] = []
+    if not info.mpp_x or not info.mpp_y:
+        flags.append("no µm/px in the metadata")
+        return flags
+    if abs(info.mpp_x - info.mpp_y) > MPP_XY_TOLERANCE * max(info.mpp_x, info.mpp_y):
+        flags.append(f"µm/px x={info.mpp_x:.4g} ≠ y={info.mpp_y:.4g}")
+    if info.magnification:
+        expected = 10.0 / info.magnification
+        ratio = info.mpp_x / expected
+        if ratio > MPP_MAG_TOLERANCE or ratio < 1 / MPP_MAG_TOLERANCE:
+            flags.append(f"µm/px {info.mpp_x:.4g} does not match {info.magnification:g}x (expected ≈ {expected:.3g})")
+    return flags

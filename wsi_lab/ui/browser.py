@@ -21,6 +21,7 @@ import pandas as pd
 import traitlets
 
 from wsi_lab.slide import SlideInfo, find_slides, open_slide
+from wsi_lab.slide.discovery import mpp_flags
 from wsi_lab.ui.common import ErrorBox, encode_image
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 #: sort keys offered in the browser: label -> table column
 SORT_COLUMNS = {"name": "name", "vendor": "vendor", "size (px)": "pixels", "levels": "levels",
                 "µm/px": "mpp", "magnification": "magnification", "file size": "size_mb", "flags": "flag_count"}
-MPP_XY_TOLERANCE = 0.01      # mpp_x and mpp_y may differ by 1 %
-MPP_MAG_TOLERANCE = 2.0      # µm/px may be 2x off 10/magnification before it is flagged
 
 _THUMB_CACHE: dict[tuple, bytes] = {}
 _THUMB_LOCK = threading.Lock()
@@ -41,25 +40,6 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsi-lab-thumbs")
     return _POOL
-
-
-def mpp_flags(info: SlideInfo) -> list[str]:
-    """Reasons to distrust a slide's scale: missing µm/px, µm/px differing between x and y by more than
-    1 %, or µm/px more than 2x away from what the objective magnification implies (≈ 10 / mag)."""
-    if info.error:
-        return [f"unreadable: {info.error}"]
-    flags: list[str] = []
-    if not info.mpp_x or not info.mpp_y:
-        flags.append("no µm/px in the metadata")
-        return flags
-    if abs(info.mpp_x - info.mpp_y) > MPP_XY_TOLERANCE * max(info.mpp_x, info.mpp_y):
-        flags.append(f"µm/px x={info.mpp_x:.4g} ≠ y={info.mpp_y:.4g}")
-    if info.magnification:
-        expected = 10.0 / info.magnification
-        ratio = info.mpp_x / expected
-        if ratio > MPP_MAG_TOLERANCE or ratio < 1 / MPP_MAG_TOLERANCE:
-            flags.append(f"µm/px {info.mpp_x:.4g} does not match {info.magnification:g}x (expected ≈ {expected:.3g})")
-    return flags
 
 
 def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
