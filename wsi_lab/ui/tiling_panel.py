@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,10 +64,11 @@ class TilingPanel(widgets.VBox):
                                                 description="Workers", style=style, layout=widgets.Layout(width="200px"))
         self.address = widgets.Text(placeholder="tcp://127.0.0.1:8786", description="Scheduler", style=style,
                                     layout=widgets.Layout(width="360px", display="none"))
-        self.out = widgets.Text(value=str(out or Path(tempfile.gettempdir()) / "wsi-lab-tiles"), description="Output",
+        self.out = widgets.Text(value=str(out or Path.cwd() / "wsi-lab-tiles"), description="Output",
                                 style=style, layout=widgets.Layout(width="480px"))
-        self.materialize = widgets.Dropdown(options=[("table only", None), ("JPEG tiles", "jpeg"),
-                                                     ("TFRecord shards", "tfrecord")], value=None,
+        # "" (not None: a Dropdown shows None as "no selection") means the TileTable only
+        self.materialize = widgets.Dropdown(options=[("table only", ""), ("JPEG tiles", "jpeg"),
+                                                     ("TFRecord shards", "tfrecord")], value="",
                                             description="Write", style=style, layout=widgets.Layout(width="300px"))
         self.start_button = widgets.Button(description="Start tiling", button_style="primary", icon="play")
         self.cancel_button = widgets.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
@@ -145,7 +145,7 @@ class TilingPanel(widgets.VBox):
             self._finished.clear()
             self.start_button.disabled, self.cancel_button.disabled = True, False
             self.job = start_tiling(slides, params, client=client, out=self.out.value,
-                                    materialize=self.materialize.value, progress=self._on_progress,
+                                    materialize=self.materialize.value or None, progress=self._on_progress,
                                     n_workers=self.n_workers.value if client is None else None, overrides=overrides)
             threading.Thread(target=self._wait, name="wsi-lab-tiling-panel", daemon=True).start()
             return True
