@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,12 @@ def save_image(array: np.ndarray, path: str | os.PathLike, quality: int = 90) ->
         img = img.convert("RGB")
     with atomic_path(target) as tmp:
         img.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -42,6 +42,7 @@ from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, 
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.io import atomic_write_bytes
 from wsi_lab.progress import ProgressCallback, ProgressTracker
+from wsi_lab.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,6 @@ def _fingerprint(rows: pd.DataFrame, labels: np.ndarray, params: dict) -> str:
     h = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
     h.update(pd.util.hash_pandas_object(rows[list(TILE_COLUMNS)].astype(str), index=False).to_numpy().tobytes())
     h.update(np.ascontiguousarray(labels, np.int64).tobytes())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -178,7 +171,7 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
             if "slide_id" in f:
                 entry["slide_id"] = f["slide_id"]
             if (old and old.get("fingerprint") == fp and target.is_file() and target.stat().st_size == old.get("bytes")
-                    and old.get("sha256") == _file_sha256(target)):  # the very file the manifest describes
+                    and old.get("sha256") == file_sha256(target)):  # the very file the manifest describes
                 entry["bytes"], entry["sha256"] = old["bytes"], old["sha256"]
                 log.info("%s is up to date, kept", target)
             else:

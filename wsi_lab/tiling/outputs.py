@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsi_lab.tiling.params import TilingParams
+from wsi_lab.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,6 @@ def params_hash(params: TilingParams, materialize: str | None, slide_path: Path)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def slide_outputs_complete(slide_dir: str | os.PathLike, params_hash: str | None = None) -> bool:
     """True when ``slide_dir`` holds a manifest whose table hash, tile-file count and (optionally)
     parameter hash all match what is on disk."""
@@ -50,7 +43,7 @@ def slide_outputs_complete(slide_dir: str | os.PathLike, params_hash: str | None
         m = json.loads((d / MANIFEST).read_text())
         if params_hash is not None and m.get("params_hash") != params_hash:
             return False
-        if _sha256(d / m["table"]) != m["table_sha256"]:
+        if file_sha256(d / m["table"]) != m["table_sha256"]:
             return False
         if m.get("materialize") == "jpeg":
             return sum(1 for _ in (d / "tiles").glob("*.jpg")) == m["n_tiles"]
@@ -136,7 +129,7 @@ def write_manifest(sdir: Path, n_tiles: int, params: TilingParams, materialize: 
     from wsi_lab.io import atomic_write_bytes
 
     manifest = {"slide_id": slide_id, "slide_path": str(slide_path), "n_tiles": int(n_tiles), "table": TABLE,
-                "table_sha256": _sha256(sdir / TABLE), "params_hash": phash, "params": params.to_dict(),
+                "table_sha256": file_sha256(sdir / TABLE), "params_hash": phash, "params": params.to_dict(),
                 "materialize": materialize, "completed_at": time.time(), "wsi_lab_version": __version__,
                 **(extra or {})}
     atomic_write_bytes(sdir / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
