@@ -40,9 +40,8 @@ from wsi_lab.data.tfrecord import TFRecordWriter, encode_example
 from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.io import atomic_write_bytes
+from wsi_lab.io import atomic_write_bytes, file_sha256
 from wsi_lab.progress import ProgressCallback, ProgressTracker
-from wsi_lab.io import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsi_lab.tiling.params import TilingParams
 from wsi_lab.io import file_sha256
+from wsi_lab.tiling.params import TilingParams
 
 log = logging.getLogger(__name__)
 
