@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 import tifffile
-from PIL import Image
 
 APERIO = "Aperio Image Library v12.0.15\n{w}x{h} ({t}x{t}) {codec}"
 
@@ -191,7 +190,6 @@ def generic(path: Path, img: np.ndarray, mask, *, levels: list[np.ndarray] | Non
         kw["resolutionunit"] = unit
     if description is not None:
         kw["description"] = description
-    meta = {"axes": "CYX" if (img.ndim == 3 and planar is None and photometric == "minisblack") else None}
     with tifffile.TiffWriter(path, bigtiff=bigtiff, ome=ome, byteorder=byteorder) as tw:
         if subifds:
             md = {"axes": "YXS" if levs[0].ndim == 3 and levs[0].shape[-1] in (3, 4) else None}

@@ -139,7 +139,6 @@ def test_edge_padding_is_white(any_slide, backend):
         np.testing.assert_array_equal(left[20:, 30:], inner)
         last = s.level_count - 1
         lw, lh = s.level_dimensions[last]
-        ds = s.level_downsamples[last]
         out = s.read_region((0, 0), last, (lw + 20, lh + 10))
         assert (out[lh:] == 255).all() and (out[:, lw:] == 255).all()
 
