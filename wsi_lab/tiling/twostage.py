@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from wsi_lab.data.tile_reader import read_tile  # noqa: F401  (re-exported: wsi_lab.tiling.read_tile)
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.tiling.params import TwoStage
 
@@ -29,16 +29,6 @@ def default_threshold(method: str, modality: str) -> float:
     if method == "background":
         return 25.0 if modality == "fluorescence" else 220.0
     return _DEFAULTS[method]
-
-
-def read_tile(slide, x: int, y: int, level: int, read_size: int, tile_size: int) -> np.ndarray:
-    """One tile of a TileTable row: ``read_size``² pixels at ``level`` from level-0 (x, y), resized to
-    ``tile_size``² (area filter when shrinking); (H, W, 3) uint8."""
-    arr = slide.read_region((int(x), int(y)), int(level), (int(read_size), int(read_size)))
-    if read_size == tile_size:
-        return arr
-    resample = Image.Resampling.BOX if read_size > tile_size else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(arr).resize((int(tile_size), int(tile_size)), resample))
 
 
 def subtile_scores(tile: np.ndarray, fine: int, method: str, threshold: float, modality: str) -> np.ndarray:
