@@ -7,22 +7,32 @@ slide → tissue mask → tile table → (tiles / features / shards) → trainin
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wsi_lab import errors
 from wsi_lab._version import __version__
 from wsi_lab.slide import Slide, SlideInfo, find_slides, open_slide
 
-# name -> module that defines it; imported on first attribute access (PEP 562)
-_LAZY: dict[str, str] = {}
-_LAZY.update({n: "wsi_lab.overlays" for n in ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer", "latent_rgb_layer", "heatmap", "render_overview")} | {"open_in_napari": "wsi_lab.napari"})  # overlays, napari
-_LAZY.update({n: "wsi_lab.ui.lab" for n in ("Lab", "register_panel")} | {"SlideBrowser": "wsi_lab.ui.browser", "ThresholdTuner": "wsi_lab.ui.tuner", "TilingPanel": "wsi_lab.ui.tiling_panel"})  # ui
-
-_LAZY.update({n: "wsi_lab.tissue" for n in ("detect_tissue", "TissueMask")} | {n: "wsi_lab.tiling" for n in ("plan_tiles", "run_tiling", "start_tiling", "TilingParams", "TwoStage", "TilingResult", "compare_tile_sets", "apply_fine_pass")} | {n: "wsi_lab.data.table" for n in ("read_table", "write_table", "default_patient_id")} | {"ProgressEvent": "wsi_lab.progress"})  # tissue, tiling, table
-
-_LAZY.update({n: "wsi_lab.data" for n in ("read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "check_no_leakage", "export_jpeg", "export_tfrecord", "iter_tfrecord", "TileDataset")})  # labels, splits, exports, torch dataset
-
-_LAZY.update({"SlideViewer": "wsi_lab.ui.viewer", "DeepZoom": "wsi_lab.deepzoom"})  # deep-zoom viewer
+# The public API beyond slides, by module; each name is imported on first attribute access (PEP 562)
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "wsi_lab.tissue": ("detect_tissue", "TissueMask"),
+    "wsi_lab.tiling": ("plan_tiles", "run_tiling", "start_tiling", "TilingParams", "TwoStage", "TilingResult",
+                       "compare_tile_sets", "apply_fine_pass"),
+    "wsi_lab.data.table": ("read_table", "write_table", "default_patient_id"),
+    "wsi_lab.data": ("read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "check_no_leakage",
+                     "export_jpeg", "export_tfrecord", "iter_tfrecord", "TileDataset"),
+    "wsi_lab.progress": ("ProgressEvent",),
+    "wsi_lab.overlays": ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer",
+                         "latent_rgb_layer", "heatmap", "render_overview"),
+    "wsi_lab.deepzoom": ("DeepZoom",),
+    "wsi_lab.ui.viewer": ("SlideViewer",),
+    "wsi_lab.ui.lab": ("Lab", "register_panel"),
+    "wsi_lab.ui.browser": ("SlideBrowser",),
+    "wsi_lab.ui.tuner": ("ThresholdTuner",),
+    "wsi_lab.ui.tiling_panel": ("TilingPanel",),
+    "wsi_lab.napari": ("open_in_napari",),
+}
+_LAZY: dict[str, str] = {name: module for module, names in _PUBLIC.items() for name in names}
 
 __all__ = ["__version__", "errors", "Slide", "SlideInfo", "open_slide", "find_slides", *_LAZY]
 
@@ -38,7 +48,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
