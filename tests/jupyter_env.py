@@ -56,7 +56,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-dev-shm-usage"]
 
 __all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "JupyterServer", "free_port", "start_jupyter", "jupyter_server",
-           "browser_available", "browser_page", "write_notebook", "open_notebook", "run_all_cells", "accept_dialogs",
+           "browser_available", "browser_marks", "browser_page", "write_notebook", "open_notebook", "run_all_cells", "accept_dialogs",
            "wait_kernel_idle", "run_command", "run_code"]
 
 
@@ -194,6 +194,15 @@ def jupyter_server(root: str | os.PathLike, **kw) -> Iterator[JupyterServer]:
 
 
 # -- browser ------------------------------------------------------------------------------------
+def browser_marks() -> list:
+    """pytest marks for a test module that drives a real browser: skip when Chromium/Playwright are
+    missing, and mark it ``browser`` and ``slow``."""
+    import pytest
+
+    return [pytest.mark.skipif(not browser_available(), reason="playwright or /usr/bin/chromium missing"),
+            pytest.mark.browser, pytest.mark.slow]
+
+
 def browser_available() -> bool:
     try:
         import playwright.sync_api  # noqa: F401

@@ -9,20 +9,16 @@ import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, browser_available, browser_page, jupyter_server, open_notebook, run_all_cells, \
+from tests.conftest import CMU
+from tests.jupyter_env import REPO, browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
     write_notebook
 
-SHARED = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
-CMU = SHARED / "CMU-1-Small-Region.svs"
-pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"),
-              pytest.mark.skipif(not browser_available(), reason="playwright or /usr/bin/chromium missing"),
-              pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
 LAB = """
 import json, wsi_lab

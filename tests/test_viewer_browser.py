@@ -6,22 +6,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, browser_available, browser_page, jupyter_server, open_notebook, run_all_cells, \
+from tests.conftest import CMU
+from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
     run_code, write_notebook
 
-SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
-CMU = SHARED_SLIDES / "CMU-1-Small-Region.svs"
-pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"),
-              pytest.mark.skipif(not browser_available(), reason="playwright or /usr/bin/chromium missing"),
-              pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
 SETUP = """
 import pandas as pd, numpy as np
