@@ -17,6 +17,7 @@ bash scripts/setup.sh
 if [ "$LAB" = 1 ] && [ -z "${CI:-}" ] && [ -f notebooks/01_browse_and_tune.ipynb ]; then
   TOKEN=${WSI_LAB_TOKEN:-$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(16))')}
   echo "Open: http://127.0.0.1:${PORT}/lab/tree/notebooks/01_browse_and_tune.ipynb?token=${TOKEN}"
-  exec .venv/bin/jupyter lab --no-browser --ip=127.0.0.1 --port="$PORT" --ServerApp.token="$TOKEN" \
-       --ServerApp.root_dir="$PWD"
+  ROOT_FLAG=(); [ "$(id -u)" = 0 ] && ROOT_FLAG=(--allow-root)   # containers often run as root
+  exec .venv/bin/jupyter lab --no-browser --ip=127.0.0.1 --port="$PORT" --IdentityProvider.token="$TOKEN" \
+       --ServerApp.root_dir="$PWD" "${ROOT_FLAG[@]}"
 fi
