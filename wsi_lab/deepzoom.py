@@ -32,10 +32,11 @@ import numpy as np
 from PIL import Image
 
 from wsi_lab.errors import InvalidParameterError
+from wsi_lab.io import encode_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "encode_png", "RenderableLayer"]
+__all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "RenderableLayer"]
 
 
 class RenderableLayer(Protocol):
@@ -56,13 +57,6 @@ class TileSpec:
     box: tuple[int, int, int, int]
     size: tuple[int, int]
     slide_level: int
-
-
-def encode_png(rgba: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3|4) uint8 array (fast compression: overlays are mostly flat)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 class _LRU:
@@ -100,14 +94,15 @@ class _LRU:
 
 
 class DeepZoom:
-    LEVEL_IMAGE_PIXELS = 2**21  # 2 MP: whole-level images kept for the cheap low-resolution levels
-
     """Deep-zoom pyramid over ``slide``: tile geometry, pixels, JPEG bytes (LRU-cached) and overlay tiles.
 
     ``tile_size``/``overlap`` in deep-zoom pixels; ``quality`` is the JPEG quality; ``cache_bytes`` bounds
-    the encoded-tile cache; ``name`` labels error messages (default: the slide path). Safe to call from several threads (the slide backends serialise or
-    parallelise their own reads). Bad levels or tile addresses raise :class:`InvalidParameterError`.
+    the encoded-tile cache; ``name`` labels error messages (default: the slide path). Safe to call from
+    several threads (the slide backends serialise or parallelise their own reads). Bad levels or tile
+    addresses raise :class:`InvalidParameterError`.
     """
+
+    LEVEL_IMAGE_PIXELS = 2**21  # 2 MP: whole-level images kept for the cheap low-resolution levels
 
     def __init__(self, slide: Any, tile_size: int = 254, overlap: int = 1, quality: int = 80,
                  cache_bytes: int = 64 * 2**20, name: str | None = None) -> None:
@@ -164,16 +159,12 @@ class DeepZoom:
                 raise InvalidParameterError(f"deep-zoom tile {name} must be an integer, got {v!r}")
         if not 0 <= level < self.level_count:
             raise InvalidParameterError(
-                f"{self._name}: deep-zoom level {level} does not exist; levels are 0..{self.level_count - 1}")
+                f"{self.name}: deep-zoom level {level} does not exist; levels are 0..{self.level_count - 1}")
         cols, rows = self.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise InvalidParameterError(
-                f"{self._name}: tile ({col}, {row}) is outside level {level}, which has {cols}x{rows} tiles")
+                f"{self.name}: tile ({col}, {row}) is outside level {level}, which has {cols}x{rows} tiles")
         return int(level), int(col), int(row)
-
-    @property
-    def _name(self) -> str:
-        return self.name
 
     def tile_spec(self, level: int, col: int, row: int) -> TileSpec:
         """Level-0 box, output size and slide level of tile ``(col, row)`` of deep-zoom ``level``."""
@@ -277,9 +268,7 @@ class DeepZoom:
         key = (level, col, row)
         data = self._cache.get(key)
         if data is None:
-            buf = io.BytesIO()
-            Image.fromarray(self.get_tile(level, col, row)).save(buf, format="JPEG", quality=self.quality)
-            data = buf.getvalue()
+            data = encode_image(self.get_tile(level, col, row), "jpeg", self.quality)
             self._cache.put(key, data)
         return data
 
@@ -302,7 +291,7 @@ class DeepZoom:
         ck = ("overlay", key, apply_opacity, level, col, row) if key else None
         data = self._cache.get(ck) if ck else None
         if data is None:
-            data = encode_png(self.get_overlay_tile(layer, level, col, row, apply_opacity))
+            data = encode_image(self.get_overlay_tile(layer, level, col, row, apply_opacity), "png")
             if ck:
                 self._cache.put(ck, data)
         return data
@@ -355,7 +344,7 @@ class LayerSnapshot:
         return out
 
     def to_png(self) -> bytes:
-        return encode_png(self.rgba)
+        return encode_image(self.rgba, "png")
 
     @classmethod
     def from_png(cls, data: bytes, downsample: float, **kw: Any) -> "LayerSnapshot":

@@ -37,6 +37,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
+    """PNG or JPEG bytes of an (H, W), (H, W, 3) or (H, W, 4) uint8 array. PNG uses fast compression
+    (overlays and masks are mostly flat); JPEG drops an alpha channel."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(array))
+    buf = io.BytesIO()
+    if fmt.lower() in ("jpg", "jpeg"):
+        img.convert("RGB").save(buf, format="JPEG", quality=int(quality))
+    elif fmt.lower() == "png":
+        img.save(buf, format="PNG", compress_level=1)
+    else:
+        raise InvalidParameterError(f"image format {fmt!r}: use 'png' or 'jpeg'")
+    return buf.getvalue()
+
+
 def save_image(array: np.ndarray, path: str | os.PathLike, quality: int = 90) -> None:
     """Save an (H, W, 3|4) uint8 array as PNG/JPEG/TIFF (chosen by extension), atomically."""
     from PIL import Image

@@ -6,7 +6,6 @@ an interrupted export resumes where it stopped. ``manifest.json`` is written las
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -19,17 +18,16 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from wsi_lab.data.tile_reader import (SlideCache, label_index_of, label_key, read_tile, require_columns,
                                       slide_paths_of, TILE_COLUMNS)
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.io import atomic_write_bytes
+from wsi_lab.io import atomic_write_bytes, encode_image
 from wsi_lab.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_jpeg", "tile_filenames", "is_valid_jpeg", "encode_jpeg"]
+__all__ = ["export_jpeg", "tile_filenames", "is_valid_jpeg"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
@@ -37,13 +35,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 def _safe(name: str) -> str:
     s = _UNSAFE.sub("_", name).strip(".") or "_"
     return s
-
-
-def encode_jpeg(tile: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG bytes of an (H, W, 3) uint8 tile."""
-    buf = io.BytesIO()
-    Image.fromarray(tile).save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue()
 
 
 def is_valid_jpeg(path: str | os.PathLike) -> bool:
@@ -119,7 +110,7 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
             slide = cache.get(paths[str(cols["slide_id"][i])])
             tile = read_tile(slide, cols["x"][i], cols["y"][i], cols["level"][i], cols["read_size"][i],
                              cols["tile_size"][i])
-            atomic_write_bytes(target, encode_jpeg(tile, quality))
+            atomic_write_bytes(target, encode_image(tile, "jpeg", quality))
             written += 1
         return written, skipped
 

@@ -35,12 +35,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.export_jpeg import encode_jpeg
 from wsi_lab.data.tfrecord import TFRecordWriter, encode_example
 from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.io import atomic_write_bytes, file_sha256
+from wsi_lab.io import atomic_write_bytes, encode_image, file_sha256
 from wsi_lab.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def _example(tile: np.ndarray, label: int, slide_id: str, x: int, y: int, varian
     if variant == "raw":
         return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).tobytes(), "height": h, "width": w,
                                "depth": 3, **common})
-    return encode_example({"image/encoded": encode_jpeg(tile, quality), "image/format": b"jpeg", "image/height": h,
+    return encode_example({"image/encoded": encode_image(tile, "jpeg", quality), "image/format": b"jpeg", "image/height": h,
                            "image/width": w, "image/channels": 3, **common})
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import io
 import logging
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_lab.errors import WSILabError
+from wsi_lab.io import encode_image as _encode
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,8 @@ def to_uint8_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 85) -> bytes:
-    """Encode an image array (H, W[, C]) as PNG or JPEG bytes."""
-    img = Image.fromarray(to_uint8_rgb(array))
-    buf = io.BytesIO()
-    if fmt.lower() in ("jpg", "jpeg"):
-        img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    else:
-        img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """Encode any image array (H, W[, C]; bool, gray or RGB[A]) as PNG or JPEG bytes for a widget."""
+    return _encode(to_uint8_rgb(array), "jpeg" if fmt.lower() in ("jpg", "jpeg") else "png", quality)
 
 
 def image_widget(array: np.ndarray | None = None, fmt: str = "png", **layout) -> widgets.Image:
