@@ -21,7 +21,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "wsi_lab.data.table": ("read_table", "write_table", "default_patient_id"),
     "wsi_lab.data": ("read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "check_no_leakage",
                      "export_jpeg", "export_tfrecord", "iter_tfrecord", "TileDataset"),
-    "wsi_lab.progress": ("ProgressEvent",),
+    "wsi_lab.runs": ("ProgressEvent",),
     "wsi_lab.overlays": ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer",
                          "latent_rgb_layer", "heatmap", "render_overview"),
     "wsi_lab.deepzoom": ("DeepZoom",),

@@ -2,7 +2,7 @@
 
 A thin view over :func:`wsi_lab.tiling.start_tiling` (the run happens in a background thread, the
 kernel stays responsive): cluster choice (a local cluster with N workers, or a scheduler address),
-start and cancel, an ipywidgets progress bar fed by the :mod:`wsi_lab.progress` callback, the Dask
+start and cancel, an ipywidgets progress bar fed by the :mod:`wsi_lab.runs.progress` callback, the Dask
 dashboard link, a per-slide status table and a preview of the resulting TileTable.
 """
 
@@ -21,7 +21,7 @@ import pandas as pd
 import traitlets
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.progress import ProgressEvent
+from wsi_lab.runs.progress import ProgressEvent
 from wsi_lab.ui.common import ErrorBox, message_html
 
 log = logging.getLogger(__name__)
