@@ -17,7 +17,6 @@ import os
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,16 +35,12 @@ from wsi_lab.tiling.params import TilingParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_tiling", "start_tiling", "TilingJob", "TilingResult", "MATERIALIZE", "IF_NO_MPP", "NoSlidesWarning"]
+__all__ = ["run_tiling", "start_tiling", "TilingJob", "TilingResult", "MATERIALIZE", "IF_NO_MPP"]
 
 MATERIALIZE = (None, "jpeg", "tfrecord")
 #: what to do with a slide whose metadata has no µm/px while the parameters ask for one: fail it, or
 #: tile it at level 0 (native pixels)
 IF_NO_MPP = ("fail", "level0")
-
-
-class NoSlidesWarning(UserWarning):
-    """A tiling run was given no slides (an empty folder, or no slide files in it)."""
 
 
 @dataclass
@@ -181,7 +176,7 @@ class _Runner:
     def fail(self, st: _Slide, error_type: str, message: str) -> None:
         failure = Failure(st.sid, error_type, message)
         self.result.failures.append(failure)
-        log.warning("%s failed: %s: %s", st.sid, error_type, message)
+        log.info("%s failed: %s: %s", st.sid, error_type, message)  # the event and the summary say it
         self.close(st, ItemStatus.FAILED, display_name(f"{st.sid} FAILED: {error_type}: {message}"))
 
     def start(self) -> None:
@@ -325,7 +320,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
         tracker.set_item(f.item, ItemStatus.FAILED)
     if not items:
         result.no_slides = True
-        warnings.warn(f"no slides to tile in {display_name(str(slides))}", NoSlidesWarning, stacklevel=2)
+        log.warning("no slides to tile in %s: nothing to do", display_name(str(slides)))
     if not todo:
         result.elapsed_s = time.perf_counter() - t0
         tracker.update(f"nothing to do: {len(result.skipped)} complete, {len(result.failures)} failed",
