@@ -53,7 +53,8 @@ def _free_port() -> int:
 
 def _cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "wsi_lab.cli", *args], capture_output=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "wsi_lab.cli", *args], capture_output=True, env=env, timeout=timeout,
+                          check=False)
 
 
 PARAMS = TilingParams(tile_size=256, mpp=0.5, method="otsu", min_tissue=0.5)

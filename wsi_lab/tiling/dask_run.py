@@ -29,8 +29,17 @@ from wsi_lab.runs.executors import check_scheduler_reachable, check_workers, das
 from wsi_lab.runs.job import Failure, ThreadJob
 from wsi_lab.runs.progress import ItemStatus, ProgressCallback, ProgressTracker
 from wsi_lab.tiling import tasks
-from wsi_lab.tiling.outputs import (TABLE, TilingResult, clean_slide_dir, display_name, finish_slide, inputs_hash,
-                                    params_hash, remove_partial_outputs, write_slide_outputs)
+from wsi_lab.tiling.outputs import (
+    TABLE,
+    TilingResult,
+    clean_slide_dir,
+    display_name,
+    finish_slide,
+    inputs_hash,
+    params_hash,
+    remove_partial_outputs,
+    write_slide_outputs,
+)
 from wsi_lab.tiling.params import TilingParams
 
 log = logging.getLogger(__name__)
