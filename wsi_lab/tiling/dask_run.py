@@ -370,8 +370,14 @@ class TilingJob(ThreadJob[TilingResult]):
         external = kwargs.pop("cancel", None)
 
         def target(job: ThreadJob[TilingResult]) -> TilingResult:
-            if external is not None:
-                threading.Thread(target=lambda: external.wait() and job.cancel(), daemon=True).start()
+            if external is not None:  # a caller's own Event also cancels the run
+                def relay() -> None:
+                    while not job.done():
+                        if external.wait(0.2):
+                            job.cancel()
+                            return
+
+                threading.Thread(target=relay, name="wsi-lab-tiling-cancel", daemon=True).start()
             res = run_tiling(slides, params, progress=job.emit, cancel=job.cancel_event, **kwargs)
             for f in res.failures:
                 job.add_failure(f)
