@@ -13,7 +13,8 @@ from PIL import Image
 
 import wsi_lab
 from wsi_lab import errors
-from wsi_lab.cli import INFO_KEYS, main
+from wsi_lab.cli import main
+from wsi_lab.cli.slides import INFO_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "tensorflow", "napari", "ipywidgets", "anywidget", "distributed", "PySide6", "jupyterlab"}

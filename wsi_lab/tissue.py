@@ -38,9 +38,46 @@ from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TissueMask", "detect_tissue", "METHODS", "default_mask_downsample"]
+__all__ = ["TissueMask", "detect_tissue", "METHODS", "TISSUE_METHODS", "TissueMethod", "threshold_params",
+           "default_background_threshold", "default_mask_downsample"]
 
-METHODS = ("otsu", "variance", "background")
+
+@dataclass(frozen=True)
+class TissueMethod:
+    """One tissue method: the keyword of its main threshold, that threshold's default (None: automatic),
+    its valid and its usual range (the UI slider), and the method's other parameters with their defaults."""
+
+    threshold_param: str
+    default_threshold: float | None
+    valid_max: float
+    slider_max: float
+    slider_step: float
+    help: str
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every method-specific parameter with its default."""
+        return {self.threshold_param: self.default_threshold, **dict(self.extra)}
+
+    def slider(self) -> dict[str, Any]:
+        """The threshold slider a UI shows: ``param``, ``min``, ``max``, ``step``, ``default``, ``help``."""
+        return {"param": self.threshold_param, "min": 0.0, "max": self.slider_max, "step": self.slider_step,
+                "default": self.default_threshold, "help": self.help}
+
+
+#: THE table of tissue methods (names, threshold keywords, defaults); the CLI, tiling and the tuner read it
+TISSUE_METHODS: dict[str, TissueMethod] = {
+    "otsu": TissueMethod("threshold", None, 255.0, 255.0, 1.0,
+                         "saturation (brightfield) or brightness (fluorescence) cut"),
+    "variance": TissueMethod("threshold", 120.0, 255.0 * 255.0, 2000.0, 5.0, "per-cell intensity variance cut"),
+    "background": TissueMethod("background_threshold", None, 255.0, 255.0, 1.0,
+                               "near-white (brightfield) / near-black (fluorescence) intensity cut",
+                               extra=(("max_background", 0.5),)),
+}
+METHODS = tuple(TISSUE_METHODS)
+#: automatic near-white (brightfield) / near-black (fluorescence) intensity of ``background``
+BACKGROUND_THRESHOLD = {"brightfield": 220, "fluorescence": 25}
 #: target mask resolution (µm per mask pixel) and the largest mask side chosen automatically
 TARGET_MASK_MPP = 8.0
 MAX_MASK_SIDE = 2048
@@ -49,13 +86,24 @@ MIN_MASK_DOWNSAMPLE, MIN_MASK_DOWNSAMPLE_NO_MPP = 2.0, 4.0
 GRAY_MAX_SATURATION = 8.0
 #: cap of the automatic Otsu cut on saturation (glass is < ~15, stained tissue > ~40)
 OTSU_MAX_SATURATION = 40.0
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "variance": {"threshold": 120.0},
-    "otsu": {"threshold": None},
-    "background": {"background_threshold": None, "max_background": 0.5},
-}
+DEFAULTS: dict[str, dict[str, Any]] = {name: m.defaults for name, m in TISSUE_METHODS.items()}
 COMMON = {"modality": "auto", "closing": 0, "opening": 0, "min_object_um2": None, "min_hole_um2": None,
           "min_object_px": None, "min_hole_px": None}
+
+
+def threshold_params(method: str | None, threshold: float | None) -> dict[str, float]:
+    """``{keyword: threshold}`` for :func:`detect_tissue`: a single threshold value under the keyword the
+    method takes (``threshold`` or ``background_threshold``); empty when either is None."""
+    if method is None or threshold is None:
+        return {}
+    if method not in TISSUE_METHODS:
+        raise InvalidParameterError(f"unknown tissue method {method!r}; choose one of {', '.join(METHODS)}")
+    return {TISSUE_METHODS[method].threshold_param: threshold}
+
+
+def default_background_threshold(modality: str) -> float:
+    """The automatic near-white (brightfield) / near-black (fluorescence) intensity cut."""
+    return float(BACKGROUND_THRESHOLD["fluorescence" if modality == "fluorescence" else "brightfield"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,8 +395,8 @@ def _check_params(method: str, params: dict) -> dict:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (lo <= float(v) <= hi):
             raise InvalidParameterError(f"tissue {method}: {name}={v!r} is out of range; expected a number in [{lo}, {hi}]")
 
-    num("threshold", 0, 255 * 255 if method == "variance" else 255)
-    num("background_threshold", 0, 255)
+    spec = TISSUE_METHODS[method]
+    num(spec.threshold_param, 0, spec.valid_max)
     num("max_background", 0, 1)
     for n in ("closing", "opening"):
         num(n, 0, 64)
@@ -401,7 +449,7 @@ def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = Non
         mask = values > float(p["threshold"])
     else:
         if p["background_threshold"] is None:
-            p["background_threshold"] = 25 if fluo else 220
+            p["background_threshold"] = int(default_background_threshold(p["modality"]))
         t, k = int(p["background_threshold"]), f.k
         bg = (f.maxc <= t) if fluo else (f.minc >= t)
         frac = bg.reshape(f.shape[0], k, f.shape[1], k).mean(axis=(1, 3))
