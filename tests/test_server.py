@@ -23,19 +23,17 @@ from wsi_lab.deepzoom import DeepZoom
 from wsi_lab.server.paths import relative_candidates, resolve_slide_path, slide_key
 from wsi_lab.errors import PathSecurityError, SlideNotFoundError
 
-SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
-CMU, NDPI = SHARED_SLIDES / "CMU-1-Small-Region.svs", SHARED_SLIDES / "test3-DAPI-2-387.ndpi"
-pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 REL = "cases/CMU-1-Small-Region.svs"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, cmu_path) -> Path:
     root = tmp_path_factory.mktemp("root")
     (root / "cases").mkdir()
-    shutil.copy(CMU, root / REL)
+    shutil.copy(cmu_path, root / REL)
     outside = tmp_path_factory.mktemp("outside")
-    shutil.copy(CMU, outside / "secret.svs")
+    shutil.copy(cmu_path, outside / "secret.svs")
     (root / "escape.svs").symlink_to(outside / "secret.svs")        # symlink leading outside the root
     (root / "cases" / "linkdir").symlink_to(outside, target_is_directory=True)
     (root / "cases" / "inside-link.svs").symlink_to(root / REL)     # symlink staying inside: fine

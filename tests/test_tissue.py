@@ -9,12 +9,11 @@ import wsi_lab
 from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 from wsi_lab.tissue import TissueMask, detect_tissue, otsu_threshold
 
-from tests.conftest import CMU, NDPI, OME
 
 
 @pytest.fixture(scope="module")
-def cmu():
-    with wsi_lab.open_slide(CMU) as s:
+def cmu(cmu_path):
+    with wsi_lab.open_slide(cmu_path) as s:
         yield s
 
 
@@ -31,14 +30,14 @@ def test_methods_find_tissue_on_every_real_slide(slide_path, method):
         assert m.method == method and m.params["modality"] in ("brightfield", "fluorescence")
 
 
-def test_modality_autodetect_and_override():
-    with wsi_lab.open_slide(NDPI) as s:
+def test_modality_autodetect_and_override(cmu_path, ndpi_path):
+    with wsi_lab.open_slide(ndpi_path) as s:
         assert detect_tissue(s, "otsu").params["modality"] == "fluorescence"
         forced = detect_tissue(s, "background", modality="brightfield")
         assert forced.params["modality"] == "brightfield"
         # in brightfield terms a black background is "not white", so nearly everything is "tissue"
         assert forced.fraction > detect_tissue(s, "background").fraction
-    with wsi_lab.open_slide(CMU) as s:
+    with wsi_lab.open_slide(cmu_path) as s:
         assert detect_tissue(s, "otsu").params["modality"] == "brightfield"
 
 
@@ -120,7 +119,7 @@ def test_blank_slide_raises_no_tissue(tmp_path):
             detect_tissue(p, method)
 
 
-def test_cleanup_min_object_and_holes(cmu):
+def test_cleanup_min_object_and_holes(cmu, ome_path):
     base = detect_tissue(cmu, "otsu")
     cleaned = detect_tissue(cmu, "otsu", min_object_um2=50_000, min_hole_um2=50_000)
     from scipy import ndimage
@@ -131,7 +130,7 @@ def test_cleanup_min_object_and_holes(cmu):
     assert (sizes * cell_um2 >= 50_000 * 0.99).all()
     closed = detect_tissue(cmu, "otsu", closing=2)
     assert closed.mask.sum() >= base.mask.sum()
-    with wsi_lab.open_slide(OME) as s:
+    with wsi_lab.open_slide(ome_path) as s:
         assert detect_tissue(s, "otsu").fraction > 0.9  # an all-tissue crop stays whole
 
 
