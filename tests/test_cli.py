@@ -44,7 +44,7 @@ def test_tissue_method_choices_come_from_the_tissue_table():
 
 def test_building_the_parser_stays_light():
     code = ("import sys; from wsi_lab.cli import build_parser; build_parser(); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % (HEAVY,))
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"wsi-lab --help imports heavy modules: {out}"
 

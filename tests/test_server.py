@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, jupyter_server
+from tests.jupyter_env import jupyter_server
 from wsi_lab import open_slide
 from wsi_lab.deepzoom import DeepZoom
 from wsi_lab.server.paths import relative_candidates, resolve_slide_path, slide_key

@@ -10,7 +10,6 @@ from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 from wsi_lab.tissue import TissueMask, detect_tissue, otsu_threshold
 
 
-
 @pytest.fixture(scope="module")
 def cmu(cmu_path):
     with wsi_lab.open_slide(cmu_path) as s:

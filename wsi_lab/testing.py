@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -288,7 +289,7 @@ def make_slide(path: str | os.PathLike, width: int, height: int, tile: int = 256
         for k in grid.ravel().tolist():
             yield enc[k]
 
-    common = dict(dtype=np.uint8, compression="jpeg", photometric="rgb", metadata=None)
+    common: dict[str, Any] = dict(dtype=np.uint8, compression="jpeg", photometric="rgb", metadata=None)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw_:
         for k, (grid, (w, h)) in enumerate(zip(grids, sizes)):
             desc = _description(width, height, tile, quality, mpp, magnification, None if k == 0 else (w, h))
@@ -332,7 +333,7 @@ def _garble_tiles(src: Path, data: bytes) -> bytes:
     rng = np.random.default_rng(0)
     with tifffile.TiffFile(src) as tf:
         for page in tf.pages:
-            if not page.is_tiled:
+            if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
                 continue
             offsets, counts = page.dataoffsets, page.databytecounts
             for i in range(len(offsets) // 2, len(offsets)):
@@ -351,7 +352,7 @@ def _truncate_tiles(src: Path, data: bytes) -> bytes | None:
 
     with tifffile.TiffFile(src) as tf:
         page = tf.pages[0]
-        if not page.is_tiled:
+        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
             return None
         start = min(o for o in page.dataoffsets if o)
         end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))

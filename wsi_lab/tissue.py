@@ -130,7 +130,13 @@ class TissueMask:
         if self.slide_dimensions is None:
             h, w = self.mask.shape
             self.slide_dimensions = (int(round(w * self.downsample)), int(round(h * self.downsample)))
-        self.slide_dimensions = tuple(int(v) for v in self.slide_dimensions)
+        w0, h0 = self.slide_dimensions
+        self.slide_dimensions = (int(w0), int(h0))
+
+    @property
+    def _dims(self) -> tuple[int, int]:
+        assert self.slide_dimensions is not None  # always set by __post_init__
+        return self.slide_dimensions
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -139,7 +145,7 @@ class TissueMask:
     @property
     def fraction(self) -> float:
         """Fraction of the slide area that is tissue (0..1)."""
-        w, h = self.slide_dimensions
+        w, h = self._dims
         return float(self.tissue_fraction(0, 0, w, h))
 
     def __array__(self, dtype=None, copy=None):
@@ -190,7 +196,7 @@ class TissueMask:
 
     def metadata(self) -> dict:
         return {"downsample": self.downsample, "method": self.method, "params": self.params,
-                "slide_path": self.slide_path, "slide_dimensions": list(self.slide_dimensions)}
+                "slide_path": self.slide_path, "slide_dimensions": list(self._dims)}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the mask as a 1-bit PNG (atomically) with its metadata in a ``wsi_lab`` text chunk."""
@@ -208,7 +214,7 @@ class TissueMask:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TissueMask":
+    def load(cls, path: str | os.PathLike) -> TissueMask:
         """Read a mask written by :meth:`save`."""
         from PIL import Image
 
@@ -242,7 +248,7 @@ class _Features:
     border_gray: float
 
 
-_CACHE: "OrderedDict[tuple, _Features]" = OrderedDict()
+_CACHE: OrderedDict[tuple, _Features] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 
