@@ -162,3 +162,39 @@ def test_min_size_um2_without_mpp_raises(tmp_path):
         assert detect_tissue(s, "otsu").fraction > 0
         with pytest.raises(MissingMPPError):
             detect_tissue(s, "otsu", min_object_um2=100)
+
+
+def test_method_table_is_the_one_source_of_names_and_defaults():
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.tiling import TilingParams, TwoStage
+    from wsi_lab.tiling.twostage import default_threshold
+    from wsi_lab.tissue import DEFAULTS, METHODS, TISSUE_METHODS, default_background_threshold, threshold_params
+
+    assert METHODS == tuple(TISSUE_METHODS) == ("otsu", "variance", "background")
+    for name, spec in TISSUE_METHODS.items():
+        assert DEFAULTS[name][spec.threshold_param] == spec.default_threshold
+        assert threshold_params(name, 7.0) == {spec.threshold_param: 7.0}
+        TilingParams(method=name).validate()
+        TwoStage(coarse=256, fine=64, coarse_method=name).validate()
+    assert threshold_params("otsu", None) == {} and threshold_params(None, 3.0) == {}
+    with pytest.raises(InvalidParameterError, match="choose one of otsu, variance, background"):
+        threshold_params("nope", 1.0)
+    with pytest.raises(InvalidParameterError):
+        TilingParams(method="nope").validate()
+    for modality in ("brightfield", "fluorescence"):
+        assert default_threshold("background", modality) == default_background_threshold(modality)
+    pytest.importorskip("ipywidgets")
+    from wsi_lab.ui.tuner import THRESHOLDS
+
+    assert THRESHOLDS == {name: spec.slider() for name, spec in TISSUE_METHODS.items()}
+
+
+def test_threshold_ranges_come_from_the_table(tmp_path):
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.testing import make_slide
+    from wsi_lab.tissue import TISSUE_METHODS
+
+    slide = make_slide(tmp_path / "s.svs", 1024, 1024, source="procedural")
+    for name, spec in TISSUE_METHODS.items():
+        with pytest.raises(InvalidParameterError, match=spec.threshold_param):
+            detect_tissue(slide, name, **{spec.threshold_param: spec.valid_max + 1})
