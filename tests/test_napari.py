@@ -16,7 +16,7 @@ from wsi_lab import open_slide
 from wsi_lab.errors import InvalidParameterError, MissingDependencyError
 from wsi_lab.overlays import colormap_lut, heatmap_layer
 
-from .conftest import CMU, NDPI, REPO
+from .conftest import REPO
 
 napari = pytest.importorskip("napari", reason="napari is not installed: pip install 'wsi-lab[napari]'")
 from wsi_lab.napari import layer_data, napari_get_reader, open_in_napari, read_slides, slide_pyramid  # noqa: E402
@@ -71,13 +71,13 @@ def test_overlay_image_is_aligned_in_world_coordinates(cmu_path):
     assert np.isclose(l0x.min() - kw["metadata"]["downsample"] / 2 + 0.5, x)  # first pixel's left edge
 
 
-def test_npe2_reader_is_discovered_and_packaged():
+def test_npe2_reader_is_discovered_and_packaged(cmu_path, ndpi_path):
     import npe2
 
     pm = npe2.PluginManager.instance()
     pm.discover()
-    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(CMU)])]
-    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(NDPI)])]
+    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(cmu_path)])]
+    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(ndpi_path)])]
     manifest = npe2.PluginManifest.from_distribution("wsi-lab")
     patterns = manifest.contributions.readers[0].filename_patterns
     assert {"*.svs", "*.tif", "*.tiff", "*.ndpi", "*.mrxs", "*.scn", "*.bif"} <= set(patterns)
@@ -231,13 +231,13 @@ def test_open_in_napari_screenshot_shows_slide_and_aligned_overlays(xdisplay, cm
 
 
 @pytest.mark.napari
-def test_napari_opens_slides_through_the_plugin(xdisplay):
+def test_napari_opens_slides_through_the_plugin(xdisplay, ndpi_path):
     viewer = napari.Viewer(show=True)
     try:
-        layers = viewer.open(str(NDPI), plugin="wsi-lab")
+        layers = viewer.open(str(ndpi_path), plugin="wsi-lab")
         assert len(layers) == 1
         lay = layers[0]
-        slide = open_slide(NDPI)
+        slide = open_slide(ndpi_path)
         assert lay.multiscale and lay.rgb and lay.name == slide.slide_id
         assert len(lay.data) >= slide.level_count - 1 and lay.data[0].shape[:2] == (4864, 3968)
         assert lay.scale[-1] == pytest.approx(slide.mpp[0])
