@@ -188,3 +188,14 @@ def test_library_warnings_go_to_logging_not_stderr(capfd, caplog):
 
 def test_real_slides_pass_the_structure_check(slide_path):
     check_tiff_structure(slide_path)
+
+
+@pytest.mark.parametrize("kind", ["loop", "mismatch"])
+def test_cli_reports_one_line_and_returns(bad, kind):
+    """Before the fix `wsi-lab info` on the planar loop never returned, and tifffile's warnings added
+    lines to the one-line error."""
+    out = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "info", str(bad[kind])], capture_output=True,
+                         text=True, timeout=60, env=ENV, cwd=REPO)
+    assert out.returncode != 0 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsi-lab: error: ") and str(bad[kind]) in lines[0], out.stderr
