@@ -33,6 +33,7 @@ import hashlib
 import http.client
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -101,7 +102,7 @@ def random_tiles(rng: random.Random, rels: list[str], n: int) -> list[tuple[str,
     for _ in range(n):
         level = rng.randrange(8, LEVEL_MAX + 1)
         ds = 2 ** (LEVEL_MAX - level)
-        cols, rows = -(-(-(-W // ds)) // 254), -(-(-(-H // ds)) // 254)
+        cols, rows = math.ceil(math.ceil(W / ds) / 254), math.ceil(math.ceil(H / ds) / 254)
         out.append((rng.choice(rels), level, rng.randrange(cols), rng.randrange(rows)))
     return out
 
@@ -277,7 +278,8 @@ def main() -> None:
         peer_root.mkdir()
         for r in four:
             shutil.copy(root / r, peer_root / Path(r).name)
-        proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(peer_root), str(port), *[Path(r).name for r in four]])
+        names = [Path(r).name for r in four]
+        proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(peer_root), str(port), *names])
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -290,7 +292,8 @@ def main() -> None:
                     for _ in range(8)]
             before = rss_mb(proc.pid)
             lat, codes, wall = fetch_all(port, seqs, {})
-            rows.append(("peer: OpenSlide DeepZoom + http.server, 4 slides", lat, codes, wall, before, rss_mb(proc.pid)))
+            peer = ("peer: OpenSlide DeepZoom + http.server, 4 slides", lat, codes, wall, before, rss_mb(proc.pid))
+            rows.append(peer)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -304,7 +307,7 @@ def main() -> None:
            f"{'RSS before':>10} {'RSS after':>9}  statuses")
     print(hdr)
     print("-" * len(hdr))
-    for name, lat, codes, wall, before, after in rows:
+    for name, lat, codes, _wall, before, after in rows:
         errors = sum(v for k, v in codes.items() if k == 0 or k >= 500)
         a = np.asarray(lat) if lat else np.asarray([np.nan])
         print(f"{name:<46} {len(lat):>5} {errors:>6} {np.percentile(a, 50):>8.1f} {np.percentile(a, 95):>8.1f} "

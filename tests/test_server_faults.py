@@ -82,7 +82,7 @@ def test_concurrent_first_requests_all_answer(server, root):
         expected = _expected(root / rel, set(tiles))
         barrier = threading.Barrier(8)
 
-        def go(t):
+        def go(t, barrier=barrier, rel=rel):
             barrier.wait(10)
             return t, _tile(server, rel, *t)
 
@@ -192,7 +192,8 @@ def test_layer_store_is_capped_by_bytes(server):
     def snap(w, h, v):
         buf = io.BytesIO()
         Image.fromarray(np.full((h, w, 4), v, np.uint8)).save(buf, format="PNG")
-        return json.dumps({"snapshot": {"png_b64": base64.b64encode(buf.getvalue()).decode(), "downsample": 1}}).encode()
+        png = base64.b64encode(buf.getvalue()).decode()
+        return json.dumps({"snapshot": {"png_b64": png, "downsample": 1}}).encode()
 
     body = snap(8192, 4096, 1)
     assert len(body) < 1 << 20

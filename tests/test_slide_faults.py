@@ -45,7 +45,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
 def test_structure_check_refuses_before_any_backend(bad, kind, words):
     with pytest.raises(SlideOpenError, match=words) as info:
         check_tiff_structure(bad[kind])
-    assert info.value.path == bad[kind] and words in info.value.reason
+    assert info.value.file == bad[kind] and words in info.value.reason
 
 
 @pytest.mark.parametrize("kind", ["loop", "mismatch", "eof"])
@@ -75,7 +75,7 @@ def test_malformed_tiff_gives_a_typed_error_promptly_on_every_backend(bad, kind,
 
 def test_good_files_pass_the_structure_check(tmp_path):
     variants = sv.all_variants(tmp_path)
-    for name, make in variants.items():
+    for make in variants.values():
         v = make()
         check_tiff_structure(v.path)  # every layout the readers support (planar, strips, SubIFDs, BigTIFF...)
     check_tiff_structure(make_slide(tmp_path / "s.svs", 2048, 1536, tile=256))
@@ -113,7 +113,7 @@ def test_open_is_bounded_and_a_stuck_file_does_not_pile_up_workers(tmp_path, han
     t = time.monotonic()
     with pytest.raises(SlideOpenError, match="timed out after 0.5 s") as info:
         open_slide(p, timeout=0.5)
-    assert time.monotonic() - t < 3 and info.value.path == p
+    assert time.monotonic() - t < 3 and info.value.file == p
     threads = threading.active_count()
     t = time.monotonic()
     with pytest.raises(SlideOpenError, match="still running"):
@@ -155,12 +155,12 @@ def test_errors_carry_the_file_and_name_it_relative_to_a_root(tmp_path, bad):
     with pytest.raises(SlideOpenError) as info:
         open_slide(p)
     err = info.value
-    assert err.path == p and str(p) in str(err) and str(root) not in err.reason
+    assert err.file == p and str(p) in str(err) and str(root) not in err.reason
     assert err.message_for(root).startswith("cases/x.tif: ") and str(root) not in err.message_for(root)
     (root / "t.svs").write_text("not a slide")
     with pytest.raises(WSILabError) as info:
         open_slide(root / "t.svs")
-    assert info.value.path == root / "t.svs" and str(root) not in info.value.message_for(root)
+    assert info.value.file == root / "t.svs" and str(root) not in info.value.message_for(root)
 
 
 def test_one_summary_record_for_good_and_unreadable_files(tmp_path, bad):

@@ -194,10 +194,9 @@ class LRUCache(Generic[K, V]):
                 self.hits += 1
                 return item[0]
             self.misses += 1
-            event = self._pending.get(key)
-            owner = event is None
-            if owner:
-                event = self._pending[key] = threading.Event()
+            pending = self._pending.get(key)
+            owner = pending is None
+            event = self._pending[key] = threading.Event() if pending is None else pending
         if not owner:
             event.wait()
             with self._lock:

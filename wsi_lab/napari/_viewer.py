@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from wsi_lab.errors import require
-from wsi_lab.overlays import slide_rows
 from wsi_lab.napari._layers import layer_data, resolve_overlays
 from wsi_lab.napari._pyramid import slide_pyramid, slide_scale
+from wsi_lab.overlays import slide_rows
 
 log = logging.getLogger(__name__)
 

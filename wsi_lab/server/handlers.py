@@ -22,8 +22,16 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from wsi_lab.errors import (InvalidParameterError, PathSecurityError, RegionTooLargeError, SlideNotFoundError,
-                            SlideOpenError, SlideReadError, UnsupportedFormatError, WSILabError)
+from wsi_lab.errors import (
+    InvalidParameterError,
+    PathSecurityError,
+    RegionTooLargeError,
+    SlideNotFoundError,
+    SlideOpenError,
+    SlideReadError,
+    UnsupportedFormatError,
+    WSILabError,
+)
 from wsi_lab.server.registry import SlideRegistry
 from wsi_lab.viewing import MAX_LAYER_BYTES
 
@@ -64,7 +72,7 @@ class BaseHandler(APIHandler):
             code = _status(exc)
             if code == 500:
                 log.exception("wsi-lab request failed")
-            # errors carry their file (WSILabError.path); the browser only learns root-relative names
+            # errors carry their file (WSILabError.file); the browser only learns root-relative names
             if isinstance(exc, WSILabError):
                 message = exc.message_for(self.registry.root)
             else:

@@ -107,5 +107,6 @@ class LayerStore:
         """The layer stored under ``key``, or :class:`SlideNotFoundError` (HTTP 404: POST it again)."""
         layer = self._layers.get(key)
         if layer is None:
-            raise SlideNotFoundError(f"no overlay layer {key!r} on this server (restarted?); POST it to wsi-lab/api/layers")
+            raise SlideNotFoundError(f"no overlay layer {key!r} on this server (restarted?); "
+                                     "POST it to wsi-lab/api/layers")
         return layer

@@ -155,7 +155,8 @@ class SlideRegistry:
             paths = self._scan()
             with ThreadPoolExecutor(max_workers=4, thread_name_prefix="wsi-lab-listing") as pool:
                 infos = list(pool.map(lambda p: describe_slide(p, timeout=self.open_timeout), paths))
-            out = [listing_record(info, p.relative_to(self.root).as_posix()) for p, info in zip(paths, infos)]
+            out = [listing_record(info, p.relative_to(self.root).as_posix())
+                   for p, info in zip(paths, infos, strict=True)]
             with self._lock:
                 self._listing = (time.monotonic(), out)
             return out
@@ -184,10 +185,9 @@ class SlideRegistry:
                 if entry is not None and entry.version == version and not entry.retired:
                     entry.refs += 1
                     return entry
-                opening = self._opening.get(key)
-                owner = opening is None or opening.version != version
-                if owner:
-                    opening = self._opening[key] = _Opening(version)
+                current = self._opening.get(key)
+                owner = current is None or current.version != version
+                opening = self._opening[key] = _Opening(version) if owner or current is None else current
             if owner:
                 return self._open_new(key, rel, path, version, opening)
             if not opening.done.wait(max(0.0, deadline - time.monotonic())):

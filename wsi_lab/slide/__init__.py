@@ -28,4 +28,5 @@ register_backend("cucim", _cucim)
 register_backend("openslide", _openslide)
 register_backend("tifffile", _tifffile)
 
-__all__ = ["Slide", "open_slide", "slide_id", "find_slides", "SlideInfo", "describe_slide", "available_backends", "register_backend"]
+__all__ = ["Slide", "open_slide", "slide_id", "find_slides", "SlideInfo", "describe_slide", "available_backends",
+           "register_backend"]

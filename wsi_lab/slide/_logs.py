@@ -23,7 +23,8 @@ _LOCK = threading.Lock()
 
 
 class _Forward(logging.Handler):
-    """Re-emit a library's records on ``wsi_lab.slide.libs.<name>``, ERROR and below as INFO (a typed WSI Lab error says what failed)."""
+    """Re-emit a library's records on ``wsi_lab.slide.libs.<name>``, ERROR and below as INFO (a typed
+    WSI Lab error says what failed)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         target = logging.getLogger(f"wsi_lab.slide.libs.{record.name}")

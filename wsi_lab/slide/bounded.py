@@ -61,7 +61,7 @@ def _version(path: Path) -> tuple[str, int, int]:
 def open_bounded(path: str | os.PathLike, timeout: float, **kw: Any) -> Any:
     """``open_slide(path, **kw)`` that gives up after ``timeout`` seconds (see the module docstring).
     Returns the :class:`~wsi_lab.slide.Slide`; raises what ``open_slide`` raises, or
-    :class:`SlideOpenError` (with ``path`` and ``reason``) when the limit passes."""
+    :class:`SlideOpenError` (with ``file`` and ``reason``) when the limit passes."""
     from wsi_lab.slide.slide import open_slide
 
     if not (isinstance(timeout, (int, float)) and timeout > 0):

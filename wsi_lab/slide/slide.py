@@ -302,7 +302,7 @@ def open_slide(path: str | os.PathLike, backend: str = "auto",
     opened once either way). TIFF files are checked for a sound structure (IFD chain, tile tables)
     before any backend sees them. With ``timeout`` (seconds) the open runs in a worker that is
     abandoned after that long (:class:`SlideOpenError` "timed out after N s"; see
-    :mod:`wsi_lab.slide.bounded`). Errors carry ``path`` and ``reason`` (:meth:`WSILabError.at`)."""
+    :mod:`wsi_lab.slide.bounded`). Errors carry ``file`` and ``reason`` (:meth:`WSILabError.at`)."""
     if timeout is not None:
         from wsi_lab.slide.bounded import open_bounded
 
@@ -314,8 +314,8 @@ def open_slide(path: str | os.PathLike, backend: str = "auto",
         override = _mpp_pair(mpp, p) if mpp is not None else None
         slide = _open(p, backend, override)
     except WSILabError as exc:  # the one place errors of opening get their file as context
-        if exc.path is None:
-            exc.path, exc.reason = p, _without_path(str(exc), p)
+        if exc.file is None:
+            exc.file, exc.reason = p, _without_path(str(exc), p)
         raise
     if mpp_only_if_missing and override is not None and slide.mpp_from_metadata is not None:
         slide._mpp_override = None

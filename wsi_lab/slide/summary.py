@@ -80,7 +80,7 @@ class SlideInfo:
         info.vendor, info.backend = slide.vendor, slide.backend
         info.width, info.height = slide.dimensions
         info.level_count = slide.level_count
-        info.level_dimensions = tuple(tuple(d) for d in slide.level_dimensions)
+        info.level_dimensions = tuple((int(w), int(h)) for w, h in slide.level_dimensions)
         info.level_downsamples = tuple(slide.level_downsamples)
         if slide.mpp:
             info.mpp_x, info.mpp_y = slide.mpp

@@ -3,7 +3,7 @@
 Some malformed files make a backend hang or crash instead of failing: an IFD chain that points back to
 itself sends cuCIM into an endless loop, and a declared image size larger than the tile table makes
 reads index past the table. :func:`check_tiff_structure` walks the IFD chain (and SubIFDs) reading only
-the directory entries, and raises :class:`~wsi_lab.errors.SlideOpenError` (with ``.path`` and
+the directory entries, and raises :class:`~wsi_lab.errors.SlideOpenError` (with ``.file`` and
 ``.reason``) for:
 
 - an IFD offset that points past the end of the file, into the header, or to an IFD already visited (a loop);
@@ -45,7 +45,7 @@ def is_tiff_header(head: bytes) -> bool:
 
 def _fail(path: Path, reason: str) -> SlideOpenError:
     err = SlideOpenError(f"{path}: {reason}; the file is corrupt or not a valid TIFF (re-export or re-copy it)")
-    err.path, err.reason = path, reason
+    err.file, err.reason = path, reason
     return err
 
 

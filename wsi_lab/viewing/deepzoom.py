@@ -291,7 +291,7 @@ class LayerSnapshot:
         if not (self.downsample > 0 and math.isfinite(self.downsample)):
             raise InvalidParameterError(f"layer downsample must be a positive number, got {self.downsample!r}")
         if not self.key:
-            h = hashlib.sha256(memoryview(self.rgba).cast("B"))  # C-contiguous: hashed in place, no copy
+            h = hashlib.sha256(self.rgba.data)  # C-contiguous: hashed in place, no copy
             h.update(repr((self.rgba.shape, float(self.downsample))).encode())
             self.key = h.hexdigest()[:20]
 

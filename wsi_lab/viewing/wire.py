@@ -6,8 +6,9 @@
   (:func:`slide_key`), stable across restarts and machines, never revealing absolute paths; the kernel
   does not know the server's root, so it lists the ids its slide could have (:func:`relative_candidates`);
 - overlay layer payloads: ``{"layer": Layer.to_json()}`` or ``{"snapshot": {...}}``, their content key
-  (:func:`layer_payload_key`), their limits (:data:`MAX_LAYER_BYTES`, :data:`MAX_JSON_DEPTH`, :func:`loads_json`) and how
-  the server rebuilds them (:func:`layer_from_payload`, bad input → :class:`InvalidParameterError`).
+  (:func:`layer_payload_key`), their limits (:data:`MAX_LAYER_BYTES`, :data:`MAX_JSON_DEPTH`,
+  :func:`loads_json`) and how the server rebuilds them (:func:`layer_from_payload`; bad input raises
+  :class:`InvalidParameterError`).
 """
 
 from __future__ import annotations
@@ -66,12 +67,9 @@ def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
+        if not isinstance(item, (dict, list)):
             continue
+        children = item.values() if isinstance(item, dict) else item
         if depth > max_depth:
             raise InvalidParameterError(f"layer JSON is nested more than {max_depth} levels deep; "
                                         "send a flat Layer.to_json() payload")
