@@ -20,7 +20,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"{len(infos)} slide(s) in {root}")
     for info in infos:
         if info.error:
-            print_warning(info.error)
+            print_warning(f"{info.path}: {info.error}")
     ok = [i.path for i in infos if i.error is None]
     if ok:
         summarise_slides(ok)

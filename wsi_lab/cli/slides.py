@@ -16,19 +16,14 @@ INFO_KEYS = ("path", "vendor", "backend", "width", "height", "level_count", "lev
 
 
 def slide_summary(path: str, backend: str = "auto") -> dict[str, Any]:
-    """The ``wsi-lab info --json`` record of one slide (exactly :data:`INFO_KEYS`)."""
-    from wsi_lab.slide import open_slide
+    """The ``wsi-lab info --json`` record of one slide: the fields :data:`INFO_KEYS` of the one summary
+    record, :class:`wsi_lab.slide.SlideInfo`. Raises the slide's typed error when it cannot be read."""
+    from wsi_lab.slide import SlideInfo, open_slide
 
     with open_slide(path, backend=backend) as s:
-        mpp = s.mpp or (None, None)
-        return {
-            "path": str(s.path), "vendor": s.vendor, "backend": s.backend,
-            "width": s.dimensions[0], "height": s.dimensions[1], "level_count": s.level_count,
-            "level_dimensions": [list(d) for d in s.level_dimensions],
-            "level_downsamples": list(s.level_downsamples),
-            "mpp_x": mpp[0], "mpp_y": mpp[1], "magnification": s.magnification,
-            "associated_images": sorted(s.associated_images),
-        }
+        record = SlideInfo.of_slide(s).as_dict()
+    record["path"] = str(s.path)
+    return {key: record[key] for key in INFO_KEYS}
 
 
 def _fmt(v: object) -> str:
