@@ -392,3 +392,21 @@ def test_grid_outline_is_not_drawn_at_a_cut_region_edge():
     out = layer.render_region((-20, 10, 120, 100), (120, 100))
     cols = np.nonzero(out[..., 3].any(axis=0))[0]
     assert list(cols) == [20]
+
+
+def test_mask_outline_mode_draws_the_boundary_consistently_across_regions():
+    m = np.zeros((40, 60), bool)
+    m[10:30, 15:45] = True
+    filled, outline = mask_layer(m, downsample=4), mask_layer(m, downsample=4, outline=True)
+    assert filled.opacity == 0.25  # light by default: the morphology shows through
+    whole = outline.render_region((0, 0, 240, 160), (240, 160))[..., 3] > 0
+    inside = filled.render_region((0, 0, 240, 160), (240, 160))[..., 3] > 0
+    assert whole.sum() < 0.1 * inside.sum() and (whole <= inside).all()  # a thin line on the mask's edge
+    assert whole[40, 60:180].all() and not whole[50:110, 70:170].any()  # top edge drawn, interior empty
+    # two halves rendered apart agree with the whole (no line at the cut)
+    left = outline.render_region((0, 0, 120, 160), (120, 160))[..., 3] > 0
+    right = outline.render_region((120, 0, 120, 160), (120, 160))[..., 3] > 0
+    np.testing.assert_array_equal(np.hstack([left, right]), whole)
+    again = type(outline).from_json(outline.to_json())
+    assert again.outline and np.array_equal(again.render_region((0, 0, 240, 160), (240, 160)),
+                                            outline.render_region((0, 0, 240, 160), (240, 160)))

@@ -55,23 +55,23 @@ function authHeaders(token: string): Record<string, string> {
   return h;
 }
 
-/** Find this slide on the Jupyter server extension: try each root-relative path it could have there
- * (shortest first); keep the first whose size and dimensions match. */
+/** Find this slide on the Jupyter server extension: one request lists every root-relative path it could
+ * have there (shortest first); the server answers for the first that exists, so wrong guesses log no
+ * 404s. Keep it when size and dimensions match. */
 async function probeServer(info: SlideInfo): Promise<ServerTarget | null> {
   const { baseUrl, token } = pageConfig();
   const headers = authHeaders(token);
-  for (const cand of info.candidates) {
-    try {
-      // by validated root-relative path: O(1) on the server (no folder scan), registers the id
-      const r = await fetch(`${baseUrl}wsi-lab/api/slide?path=${encodeURIComponent(cand.path)}`,
-                            { headers, credentials: "same-origin" });
-      if (!r.ok) continue;
-      const got = await r.json();
-      if (got.width === info.width && got.height === info.height && got.size_bytes === info.size_bytes) {
-        return { base: `${baseUrl}wsi-lab/api/`, id: got.id, headers };
-      }
-    } catch { /* network error: extension absent */ }
-  }
+  if (!info.candidates.length) return null;
+  const query = info.candidates.map((c) => `path=${encodeURIComponent(c.path)}`).join("&");
+  try {
+    // by validated root-relative path: O(1) per candidate on the server (no folder scan), registers the id
+    const r = await fetch(`${baseUrl}wsi-lab/api/slide?${query}`, { headers, credentials: "same-origin" });
+    if (!r.ok) return null;
+    const got = await r.json();
+    if (got.width === info.width && got.height === info.height && got.size_bytes === info.size_bytes) {
+      return { base: `${baseUrl}wsi-lab/api/`, id: got.id, headers };
+    }
+  } catch { /* network error: extension absent */ }
   return null;
 }
 
@@ -172,11 +172,11 @@ function legendHtml(layer: LayerState): HTMLElement {
       item.append(document.createTextNode(String(c.value ?? c.label)));
       box.append(item);
     }
-  } else if (lg.type === "color") {
+  } else if (lg.type === "color" && lg.label && lg.label !== layer.name) {
+    // one colour: the swatch sits in the entry's head; a body line only when it says something new
     const item = document.createElement("div");
     item.className = "wsi-legend-item";
-    item.innerHTML = `<span class="wsi-swatch" style="background:${lg.color}"></span>`;
-    item.append(document.createTextNode(String(lg.label ?? layer.name)));
+    item.append(document.createTextNode(String(lg.label)));
     box.append(item);
   }
   return box;
@@ -199,7 +199,12 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   legendEl.className = "wsi-legend";
   const scaleEl = document.createElement("div");
   scaleEl.className = "wsi-scalebar";
-  root.append(osdEl, legendEl, scaleEl, statusEl);
+  const toolbar = document.createElement("div");
+  toolbar.className = "wsi-toolbar";
+  const hintEl = document.createElement("div");
+  hintEl.className = "wsi-hint";
+  hintEl.textContent = "scroll to zoom · drag to pan · double-click to zoom in";
+  root.append(osdEl, legendEl, scaleEl, statusEl, toolbar, hintEl);
   el.append(root);
 
   const comm = new CommClient(model);
@@ -213,13 +218,34 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const viewer: any = OpenSeadragon({
     element: osdEl,
     drawer: "canvas",
-    showNavigationControl: false,
+    showNavigationControl: false, // OpenSeadragon's own buttons load images from a URL: ours are plain HTML
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    navigatorSizeRatio: 0.18,
+    navigatorAutoFade: false,
     crossOriginPolicy: false,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     maxZoomPixelRatio: 4,
     imageLoaderLimit: 8,
     timeout: 60000,
   } as any);
+
+  const button = (label: string, title: string, action: () => void) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "wsi-btn";
+    b.textContent = label;
+    b.title = title;
+    b.dataset.action = title;
+    b.onclick = (ev) => { ev.preventDefault(); action(); };
+    toolbar.append(b);
+    return b;
+  };
+  button("+", "zoom in", () => { userMoved = true; viewer.viewport.zoomBy(1.5); viewer.viewport.applyConstraints(); });
+  button("−", "zoom out", () => { userMoved = true; viewer.viewport.zoomBy(1 / 1.5); viewer.viewport.applyConstraints(); });
+  button("⌂", "home", () => { userMoved = false; viewer.viewport.goHome(); });
+  button("⛶", "full screen", () => viewer.setFullScreen(!viewer.isFullPage()));
+  const hideHint = () => { hintEl.classList.add("wsi-hint-done"); };
 
   let target: ServerTarget | null = null;
   let slideItem: any = null;
@@ -244,8 +270,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const resizeObs = new ResizeObserver(refit);
   viewer.addHandler("resize", refit);
   resizeObs.observe(root);
-  viewer.addHandler("canvas-drag", () => { userMoved = true; });
-  viewer.addHandler("canvas-scroll", () => { userMoved = true; });
+  viewer.addHandler("canvas-drag", () => { userMoved = true; hideHint(); });
+  viewer.addHandler("canvas-scroll", () => { userMoved = true; hideHint(); });
 
   viewer.addHandler("tile-loaded", () => {
     root.dataset.tilesLoaded = String(Number(root.dataset.tilesLoaded) + 1);
@@ -329,7 +355,18 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       };
       cb.onchange = () => update({ visible: cb.checked });
       slider.oninput = () => update({ opacity: Number(slider.value) });
-      head.append(cb, document.createTextNode(` ${layer.name} `), slider);
+      head.append(cb);
+      if (layer.legend?.type === "color") {
+        const sw = document.createElement("span");
+        sw.className = "wsi-swatch";
+        sw.style.background = layer.legend.color;
+        head.append(sw);
+      }
+      const label = document.createElement("span");
+      label.className = "wsi-legend-name";
+      label.textContent = layer.name;
+      slider.title = "opacity";
+      head.append(label, slider);
       entry.append(head, legendHtml(layer));
       legendEl.append(entry);
     }

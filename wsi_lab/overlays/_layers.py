@@ -84,13 +84,16 @@ class Layer:
 
 
 class MaskLayer(Layer):
-    """A boolean (H, W) mask at ``downsample`` level-0 pixels per mask pixel, drawn in one colour."""
+    """A boolean (H, W) mask at ``downsample`` level-0 pixels per mask pixel, drawn in one colour: filled,
+    or with ``outline=True`` only its boundary (one output pixel wide at every zoom, so the morphology
+    under the mask stays visible)."""
 
     kind = "mask"
 
     def __init__(self, mask: np.ndarray, downsample: float | tuple[float, float], color: Color = (0, 255, 0),
-                 opacity: float = 0.4, name: str = "tissue") -> None:
+                 opacity: float = 0.4, name: str = "tissue", outline: bool = False) -> None:
         super().__init__(name, opacity)
+        self.outline = bool(outline)
         m = np.asarray(mask)
         if m.ndim != 2 or m.size == 0:
             raise InvalidParameterError(f"mask must be a non-empty 2-D (H, W) array, got shape {m.shape}")
@@ -104,11 +107,15 @@ class MaskLayer(Layer):
     def _render(self, bx, by, bw, bh, ow, oh):
         H, W = self.mask.shape
         dx, dy = self.downsample
-        mx = np.floor((bx + (np.arange(ow) + 0.5) * bw / ow) / dx).astype(np.int64)
-        my = np.floor((by + (np.arange(oh) + 0.5) * bh / oh) / dy).astype(np.int64)
+        pad = 1 if self.outline else 0  # one output pixel around the box: neighbours decide the boundary
+        mx = np.floor((bx + (np.arange(-pad, ow + pad) + 0.5) * bw / ow) / dx).astype(np.int64)
+        my = np.floor((by + (np.arange(-pad, oh + pad) + 0.5) * bh / oh) / dy).astype(np.int64)
         vx, vy = (mx >= 0) & (mx < W), (my >= 0) & (my < H)
-        on = np.zeros((oh, ow), bool)
+        on = np.zeros((oh + 2 * pad, ow + 2 * pad), bool)
         on[np.ix_(vy, vx)] = self.mask[np.ix_(my[vy], mx[vx])]
+        if self.outline:
+            inner = on[1:-1, 1:-1] & on[:-2, 1:-1] & on[2:, 1:-1] & on[1:-1, :-2] & on[1:-1, 2:]
+            on = on[1:-1, 1:-1] & ~inner
         c32 = np.array([*self.color, 255], np.uint8).view(np.uint32)[0]
         return np.where(on, c32, np.uint32(0)).view(np.uint8).reshape(oh, ow, 4)
 
@@ -121,7 +128,7 @@ class MaskLayer(Layer):
 
     def _state(self):
         return {"mask": _enc(np.packbits(self.mask, axis=None)), "shape": list(self.mask.shape),
-                "downsample": list(self.downsample), "color": list(self.color)}
+                "downsample": list(self.downsample), "color": list(self.color), "outline": self.outline}
 
     @classmethod
     def _from_state(cls, d):
@@ -130,7 +137,8 @@ class MaskLayer(Layer):
         if not 0 < n <= bits.size * 8:  # the shape must fit the bits sent (no padding to a huge claimed shape)
             raise InvalidParameterError(f"mask shape {d['shape']} does not match its {bits.size * 8} packed bits")
         mask = np.unpackbits(bits, count=n).reshape(d["shape"]).astype(bool)
-        return cls(mask, tuple(d["downsample"]), tuple(d["color"]), d["opacity"], d["name"])
+        return cls(mask, tuple(d["downsample"]), tuple(d["color"]), d["opacity"], d["name"],
+                   bool(d.get("outline", False)))
 
 
 class TileLayer(Layer):

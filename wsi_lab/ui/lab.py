@@ -212,6 +212,11 @@ class ViewerPanel(widgets.VBox):
         self.errors = ErrorBox()
         self.title = widgets.HTML()
         self.picker = slide_picker(state)
+        self.mask_style = widgets.ToggleButtons(options=["fill", "outline"], value="fill", description="Mask",
+                                                tooltip="draw the tissue mask filled (light) or as its outline",
+                                                style={"button_width": "70px"})
+        self.mask_style.add_class("wsi-lab-mask-style")
+        self.mask_style.observe(self._refresh, "value")
         self.viewer = None
         super().__init__([self.picker, self.title, self.errors])
         for name in ("current", "mask", "planned", "tiles"):
@@ -224,7 +229,7 @@ class ViewerPanel(widgets.VBox):
 
         st, out = self.state, []
         if st.mask is not None:
-            out.append(overlays.mask_layer(st.mask))
+            out.append(overlays.mask_layer(st.mask, outline=self.mask_style.value == "outline"))
         tiles = self._table()
         if tiles is not None and tiles is not st.planned and len(tiles):
             out.append(overlays.heatmap_layer(tiles, "tissue_fraction"))
@@ -254,7 +259,7 @@ class ViewerPanel(widgets.VBox):
                 self.viewer.layers = []
                 for layer in layers:
                     self.viewer.add_layer(layer)
-            self.children = [self.picker, self.title, self.errors, self.viewer]
+            self.children = [widgets.HBox([self.picker, self.mask_style]), self.title, self.errors, self.viewer]
 
     def close(self) -> None:
         """Close the panel and its viewer (which releases the slide it opened). Safe to call twice."""
