@@ -244,7 +244,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   button("+", "zoom in", () => { userMoved = true; viewer.viewport.zoomBy(1.5); viewer.viewport.applyConstraints(); });
   button("−", "zoom out", () => { userMoved = true; viewer.viewport.zoomBy(1 / 1.5); viewer.viewport.applyConstraints(); });
   button("⌂", "home", () => { userMoved = false; viewer.viewport.goHome(); });
-  button("⛶", "full screen", () => viewer.setFullScreen(!viewer.isFullPage()));
+  button("", "full screen", () => viewer.setFullScreen(!viewer.isFullPage())).classList.add("wsi-btn-full");
   const hideHint = () => { hintEl.classList.add("wsi-hint-done"); };
 
   let target: ServerTarget | null = null;
@@ -282,7 +282,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     // an overlay tile over HTTP fails when the server forgot the layer (restarted): POST the layers
     // again, at most every 10 s
     if (target && e.tiledImage && e.tiledImage !== slideItem) {
-      if (!layerItems.includes(e.tiledImage)) return; // a layer item already replaced: stale request
+      if (![...layerItems.values()].includes(e.tiledImage)) return; // a layer item already replaced: stale request
       if (Date.now() - lastResync > 10000) {
         lastResync = Date.now();
         root.dataset.layerKeys = "";
@@ -300,7 +300,9 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     target ? httpTileSource(info, target, layerKey) : commTileSource(info, comm, layerKey);
 
   // -- layers -----------------------------------------------------------------------------
-  let layerItems: any[] = [];
+  // by layer key: items are added asynchronously, so their order of arrival is not the layers' order
+  let layerItems = new Map<string, any>();
+  let layerControls = new Map<string, { cb: HTMLInputElement; slider: HTMLInputElement }>();
   let layerGen = 0;
   async function registerLayer(layer: LayerState): Promise<string> {
     if (!target) return layer.key;
@@ -316,8 +318,9 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     const gen = ++layerGen;
     root.dataset.layerSyncs = String(Number(root.dataset.layerSyncs || 0) + 1);
     const layers: LayerState[] = model.get("layers") || [];
-    for (const item of layerItems) viewer.world.removeItem(item);
-    layerItems = [];
+    for (const item of layerItems.values()) viewer.world.removeItem(item);
+    layerItems = new Map();
+    layerControls = new Map();
     legendEl.innerHTML = "";
     for (const layer of layers) {
       let key: string;
@@ -331,9 +334,13 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       viewer.addTiledImage({
         tileSource: source(key), ...ajaxOptions(),
         opacity: layer.visible === false ? 0 : layer.opacity,
+        // keep loading a hidden layer's tiles: OpenSeadragon loads none for an opacity-0 item and does not
+        // fetch them when it is shown again without a pan or zoom (the layer stayed blank)
+        preload: true,
         success: (e: any) => {
           if (gen !== layerGen) { viewer.world.removeItem(e.item); return; }
-          layerItems.push(e.item);
+          layerItems.set(layer.key, e.item);
+          root.dataset.layersShown = String(layerItems.size);
         },
       });
       const entry = document.createElement("div");
@@ -353,6 +360,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
         model.set("layers", cur);
         model.save_changes();
       };
+      layerControls.set(layer.key, { cb, slider });
       cb.onchange = () => update({ visible: cb.checked });
       slider.oninput = () => update({ opacity: Number(slider.value) });
       head.append(cb);
@@ -376,8 +384,14 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   function onLayersChange() {
     const layers: LayerState[] = model.get("layers") || [];
     const keys = layers.map((l) => l.key).join(",");
-    if (keys === root.dataset.layerKeys && layerItems.length === layers.length) {
-      layers.forEach((l, i) => layerItems[i]?.setOpacity(l.visible === false ? 0 : l.opacity));
+    if (keys === root.dataset.layerKeys && layerItems.size === layers.length) {
+      for (const l of layers) {
+        layerItems.get(l.key)?.setOpacity(l.visible === false ? 0 : l.opacity);
+        const c = layerControls.get(l.key);
+        if (c) { c.cb.checked = l.visible !== false; c.slider.value = String(l.opacity); }
+      }
+      root.dataset.visibleLayers = layers.filter((l) => l.visible !== false).map((l) => l.name).join(",");
+      viewer.forceRedraw();
       return;
     }
     root.dataset.layerKeys = keys;
