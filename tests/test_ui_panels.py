@@ -290,6 +290,8 @@ def test_tuner_switching_slides_resets_the_automatic_threshold():
     # the Tune tab shows an invalid value once (in the tuner), not a second time in the panel
     t2.tile_size.value = 0
     assert "tile_size" in t2.errors.text and tune.errors.text == "" and lab.state.params is None
+    tiling = lab.panels["Tiling"]
+    assert tiling.start() is False and "the Tune tab holds an invalid value" in tiling.errors.text
     lab.close()
 
 

@@ -183,6 +183,9 @@ function legendHtml(layer: LayerState): HTMLElement {
 }
 
 // ---------------------------------------------------------------------------------------------
+/** Viewports the front ends sent, per slide (views of one model do not share a JS object to hang it on). */
+const SENT_VIEWPORTS: string[] = [];
+
 function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const info: SlideInfo = model.get("slide_info");
   const root = document.createElement("div");
@@ -270,8 +273,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const resizeObs = new ResizeObserver(refit);
   viewer.addHandler("resize", refit);
   resizeObs.observe(root);
-  viewer.addHandler("canvas-drag", () => { userMoved = true; hideHint(); });
-  viewer.addHandler("canvas-scroll", () => { userMoved = true; hideHint(); });
+  viewer.addHandler("canvas-drag", () => { userMoved = true; root.dataset.moved = "drag"; hideHint(); });
+  viewer.addHandler("canvas-scroll", () => { userMoved = true; root.dataset.moved = "scroll"; hideHint(); });
 
   viewer.addHandler("tile-loaded", () => {
     root.dataset.tilesLoaded = String(Number(root.dataset.tilesLoaded) + 1);
@@ -400,6 +403,10 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
 
   // -- viewport, scale bar, clicks ----------------------------------------------------------
   let lastSent = "";
+  // viewports the front end sent (any view of this model): the kernel echoes each update back (ipywidgets
+  // 8), and a view rendered again (a tab shown again) finds the last one in the model; neither is a view
+  // Python asked for, so neither may move the view (it left a freshly shown Viewer tab zoomed in)
+  const sentKey = `${info.name}|${info.width}x${info.height}|`;
   function sendViewport() {
     if (!slideItem) return;
     const r = slideItem.viewportToImageRectangle(viewer.viewport.getBounds(true));
@@ -407,13 +414,17 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     const s = JSON.stringify(v);
     if (s === lastSent) return;
     lastSent = s;
+    SENT_VIEWPORTS.push(sentKey + s);
+    if (SENT_VIEWPORTS.length > 200) SENT_VIEWPORTS.shift();
+    root.dataset.viewport = s;
     model.set("viewport", v);
     model.save_changes();
   }
   function applyViewport() {
     const v = model.get("viewport");
-    if (!slideItem || !Array.isArray(v) || v.length !== 4 || JSON.stringify(v) === lastSent) return;
+    if (!slideItem || !Array.isArray(v) || v.length !== 4 || SENT_VIEWPORTS.includes(sentKey + JSON.stringify(v))) return;
     userMoved = true;
+    root.dataset.moved = "python " + JSON.stringify(v);
     const [x, y, w, h] = v;
     if (!(w > 0 && h > 0)) return;
     lastSent = JSON.stringify(v);

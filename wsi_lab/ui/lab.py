@@ -370,7 +370,18 @@ def _tiling_panel(lab: Lab) -> widgets.Widget:
     from wsi_lab.ui.tiling_panel import TilingPanel
 
     st = lab.state
-    panel = TilingPanel(slides=lambda: st.selected, params=lambda: st.params, overrides=lambda: st.overrides)
+
+    def params():
+        tune = lab.panels.get("Tune")
+        tuner = getattr(tune, "tuner", None)
+        if tuner is not None and tuner.valid_params is None:  # never tile with defaults behind the user's back
+            from wsi_lab.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"the Tune tab holds an invalid value ({tuner.errors.text or 'see the Tune tab'});"
+                                        " fix it there first")
+        return st.params
+
+    panel = TilingPanel(slides=lambda: st.selected, params=params, overrides=lambda: st.overrides)
     panel.observe(lambda change: setattr(st, "tiles", change["new"]), "table")
     return panel
 
