@@ -129,7 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"{len(infos)} slide(s) in {root}")
     for info in infos:
         if info.error:
-            print(f"wsi-lab: warning: {info.error}", file=sys.stderr)
+            print(f"wsi-lab: warning: {info.path}: {info.error}", file=sys.stderr)
     ok = [i.path for i in infos if i.error is None]
     if ok:
         _cmd_info(argparse.Namespace(paths=ok, json=False, backend="auto"))

@@ -26,9 +26,12 @@ from wsi_lab.errors import (
     SlideNotFoundError,
     SlideOpenError,
     UnsupportedFormatError,
+    WSILabError,
 )
+from wsi_lab.slide._logs import route_library_logs
 from wsi_lab.slide.backend import SlideReader, backend_candidates, get_backend, slide_suffix
 from wsi_lab.slide.metadata import plausible_mpp, to_float
+from wsi_lab.slide.tiff_check import check_tiff_structure
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,12 @@ class Slide:
     """
 
     def __init__(self, path: Path, reader: SlideReader, mpp: tuple[float, float] | None = None,
-                 requested_backend: str = "auto") -> None:
+                 requested_backend: str = "auto", owns_reader: bool = True) -> None:
         self.path = path
         self._reader = reader
         self._mpp_override = mpp
         self._requested_backend = requested_backend
+        self._owns_reader = owns_reader
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -77,10 +81,8 @@ class Slide:
 
     @property
     def slide_id(self) -> str:
-        """File name without its slide extension (``TCGA-...-01Z-00-DX1`` for ``TCGA-...DX1.svs``)."""
-        name = self.path.name
-        suffix = slide_suffix(self.path)
-        return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else self.path.stem
+        """File name without its slide extension (see :func:`slide_id`)."""
+        return slide_id(self.path)
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -133,6 +135,14 @@ class Slide:
     def associated_images(self) -> AssociatedImages:
         """Label, macro, thumbnail... as a lazy mapping of ``(H, W, 3) uint8`` arrays."""
         return AssociatedImages(self._reader)
+
+    def with_mpp_fallback(self, mpp: float | tuple[float, float] | None) -> "Slide":
+        """This slide with ``mpp`` (µm/px) used only when the metadata has none: ``self`` when ``mpp`` is
+        ``None`` or the metadata has a µm/px, else a view sharing this slide's open reader (nothing is
+        reopened, so nothing leaks; closing the view leaves the reader to this slide)."""
+        if mpp is None or self.mpp_from_metadata is not None or self._mpp_override is not None:
+            return self
+        return Slide(self.path, self._reader, _mpp_pair(mpp, self.path), self._requested_backend, owns_reader=False)
 
     def require_mpp(self) -> tuple[float, float]:
         """µm/px or :class:`MissingMPPError` saying how to give one."""
@@ -237,7 +247,9 @@ class Slide:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        self._reader.close()
+        """Release the file handles (a view from :meth:`with_mpp_fallback` leaves them to its owner)."""
+        if self._owns_reader:
+            self._reader.close()
 
     def __enter__(self) -> "Slide":
         return self
@@ -249,6 +261,25 @@ class Slide:
         return (open_slide, (str(self.path), self._requested_backend, self._mpp_override))
 
 
+def slide_id(path: str | os.PathLike) -> str:
+    """The slide id of a path: its file name without the slide extension (``.ome.tif`` counts as one),
+    e.g. ``TCGA-...-01Z-00-DX1`` for ``/data/TCGA-...-01Z-00-DX1.svs``. The one rule every table,
+    output folder and widget uses."""
+    p = Path(path)
+    name = p.name
+    suffix = slide_suffix(p)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else p.stem
+
+
+def _mpp_pair(mpp: float | tuple[float, float], where: Path) -> tuple[float, float]:
+    """``mpp`` (one value or (x, y) µm/px) as a plausible pair, or :class:`InvalidParameterError`."""
+    pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
+    override = plausible_mpp(*pair, source="the mpp= argument") if len(pair) == 2 else None
+    if override is None or any(to_float(v) is None for v in pair):  # (0.25, 0) is not "square pixels"
+        raise InvalidParameterError(f"{where}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
+    return override
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file; check the path (relative paths start at {os.getcwd()})")
@@ -257,22 +288,49 @@ def _check_path(path: Path) -> None:
             return
         raise SlideNotFoundError(f"{path}: is a directory, not a slide file; use find_slides() to list the slides inside")
     if path.stat().st_size == 0:
-        raise SlideOpenError(f"{path}: the file is empty (0 bytes); re-copy it from its source")
+        raise SlideOpenError.at(path, "the file is empty (0 bytes); re-copy it from its source")
+    check_tiff_structure(path)  # loops and short tile tables make some backends hang or crash: refuse first
 
 
 def open_slide(path: str | os.PathLike, backend: str = "auto",
-               mpp: float | tuple[float, float] | None = None) -> Slide:
+               mpp: float | tuple[float, float] | None = None, mpp_only_if_missing: bool = False,
+               timeout: float | None = None) -> Slide:
     """Open a whole-slide image. ``backend="auto"`` tries the installed backends in priority order for
     the file's extension and returns the first that reads it; a name (``tifffile``, ``openslide``,
-    ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata."""
+    ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata;
+    with ``mpp_only_if_missing=True`` it is used only when the metadata has no µm/px (the file is
+    opened once either way). TIFF files are checked for a sound structure (IFD chain, tile tables)
+    before any backend sees them. With ``timeout`` (seconds) the open runs in a worker that is
+    abandoned after that long (:class:`SlideOpenError` "timed out after N s"; see
+    :mod:`wsi_lab.slide.bounded`). Errors carry ``path`` and ``reason`` (:meth:`WSILabError.at`)."""
+    if timeout is not None:
+        from wsi_lab.slide.bounded import open_bounded
+
+        return open_bounded(path, timeout, backend=backend, mpp=mpp, mpp_only_if_missing=mpp_only_if_missing)
     p = Path(path).expanduser()
-    _check_path(p)
-    override = None
-    if mpp is not None:
-        pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
-        override = plausible_mpp(*pair, source="the mpp= argument") if len(pair) == 2 else None
-        if override is None or any(to_float(v) is None for v in pair):  # (0.25, 0) is not "square pixels"
-            raise InvalidParameterError(f"{p}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
+    route_library_logs()
+    try:
+        _check_path(p)
+        override = _mpp_pair(mpp, p) if mpp is not None else None
+        slide = _open(p, backend, override)
+    except WSILabError as exc:  # the one place errors of opening get their file as context
+        if exc.path is None:
+            exc.path, exc.reason = p, _without_path(str(exc), p)
+        raise
+    if mpp_only_if_missing and override is not None and slide.mpp_from_metadata is not None:
+        slide._mpp_override = None
+    return slide
+
+
+def _without_path(message: str, path: Path) -> str:
+    """``message`` with the leading ``"<path>: "`` of the house style removed and other mentions of the
+    path shortened to its name (backends write their messages that way)."""
+    text = message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message
+    return text.replace(f"{path}: ", "").replace(str(path), path.name)
+
+
+def _open(p: Path, backend: str, override: tuple[float, float] | None) -> Slide:
+    """Open ``p`` with ``backend`` (or ``auto``) and the already-validated µm/px ``override``."""
     if backend != "auto":
         cls = get_backend(backend)
         if not cls.can_read(p):

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def _slide_id(path: str) -> str:
-    from wsi_lab.tiling.outputs import slide_id_of
+    from wsi_lab.slide import slide_id
 
-    return slide_id_of(Path(path))  # the id run_tiling reports the slide under
+    return slide_id(path)  # the id run_tiling reports the slide under
 
 
 class TilingPanel(widgets.VBox):

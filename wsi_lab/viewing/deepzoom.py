@@ -24,7 +24,6 @@ import io
 import logging
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,11 +31,14 @@ import numpy as np
 from PIL import Image
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.io import encode_image
+from wsi_lab.io import LRUCache, encode_image
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "RenderableLayer"]
+
+#: largest snapshot raster accepted (pixels): 64 MP = 256 MiB of RGBA
+MAX_SNAPSHOT_PIXELS = 64 * 2**20
 
 
 class RenderableLayer(Protocol):
@@ -57,40 +59,6 @@ class TileSpec:
     box: tuple[int, int, int, int]
     size: tuple[int, int]
     slide_level: int
-
-
-class _LRU:
-    """Small thread-safe LRU of bytes values, bounded by total size."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._data: OrderedDict[Any, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Any) -> bytes | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._size -= len(old)
-            self._data[key] = value
-            self._size += len(value)
-            while self._size > self.max_bytes:
-                _, dropped = self._data.popitem(last=False)
-                self._size -= len(dropped)
 
 
 class DeepZoom:
@@ -117,7 +85,7 @@ class DeepZoom:
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
         self.quality = int(quality)
-        self._cache = _LRU(cache_bytes)
+        self._cache: LRUCache[Any, bytes] = LRUCache(max_bytes=cache_bytes)
         w, h = (int(v) for v in slide.dimensions)
         dims = [(w, h)]
         while dims[-1] != (1, 1):
@@ -323,7 +291,7 @@ class LayerSnapshot:
         if not (self.downsample > 0 and math.isfinite(self.downsample)):
             raise InvalidParameterError(f"layer downsample must be a positive number, got {self.downsample!r}")
         if not self.key:
-            h = hashlib.sha256(self.rgba.tobytes())
+            h = hashlib.sha256(memoryview(self.rgba).cast("B"))  # C-contiguous: hashed in place, no copy
             h.update(repr((self.rgba.shape, float(self.downsample))).encode())
             self.key = h.hexdigest()[:20]
 
@@ -351,12 +319,15 @@ class LayerSnapshot:
         """Decode a PNG made by :meth:`to_png` (any PNG is converted to RGBA)."""
         try:
             img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_SNAPSHOT_PIXELS:  # checked from the header, before decoding
+                raise InvalidParameterError(f"layer raster {img.width}x{img.height} is too large (max 64 MP)")
             img.load()
+        except InvalidParameterError:
+            raise
         except Exception as exc:  # PIL raises many types for bad data
             raise InvalidParameterError(f"layer raster is not a readable PNG: {exc}") from exc
-        if img.width * img.height > 64 * 2**20:
-            raise InvalidParameterError(f"layer raster {img.width}x{img.height} is too large (max 64 MP)")
-        return cls(np.asarray(img.convert("RGBA")), downsample, **kw)
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        return cls(np.asarray(rgba), downsample, **kw)
 
 
 def snapshot_layer(layer: Any, dimensions: tuple[int, int], max_side: int = 4096) -> LayerSnapshot:
