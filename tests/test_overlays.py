@@ -341,7 +341,7 @@ def test_grid_outlines_fall_only_on_tile_boundaries_at_every_zoom(tmp_path, tile
     deep-zoom tiles of a level, stitched, must equal one render of the whole level, and every outline pixel
     must sit on a tile boundary."""
     from wsi_lab import open_slide
-    from wsi_lab.deepzoom import DeepZoom
+    from wsi_lab.viewing import DeepZoom
     from wsi_lab.testing import make_slide
 
     path = make_slide(tmp_path / "s.svs", 3000, 2100, mpp=0.5, seed=3)

@@ -62,7 +62,7 @@ def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = N
             "width": i.width, "height": i.height,
             "pixels": (i.width or 0) * (i.height or 0), "levels": i.level_count,
             "mpp": i.mpp_x, "mpp_y": i.mpp_y, "magnification": i.magnification,
-            "size_mb": i.size_bytes / 1e6, "class": labels.get(i.slide_id, labels.get(i.name, "")),
+            "size_mb": (i.size_bytes or 0) / 1e6, "class": labels.get(i.slide_id, labels.get(i.name, "")),
             "flags": "; ".join(flags), "flag_count": len(flags), "error": i.error or "",
         })
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -71,22 +71,28 @@ def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = N
     return df
 
 
-def list_slides(root: str | os.PathLike) -> list[SlideInfo]:
-    """:func:`wsi_lab.find_slides` with its metadata cached per file version (path, size, mtime): only
-    new or changed files are opened again. Unreadable files are listed with ``error`` set."""
+def list_slides(root: str | os.PathLike, workers: int = 4) -> list[SlideInfo]:
+    """:func:`wsi_lab.find_slides` with each file's :class:`SlideInfo` cached per file version (path,
+    size, mtime): only new or changed files are opened (:func:`wsi_lab.slide.describe_slide`, in
+    ``workers`` threads). Unreadable files are listed with ``error`` set."""
+    from wsi_lab.slide import describe_slide
+
     quick = find_slides(root, metadata=False)
     keys = {}
     for info in quick:
         st = os.stat(info.path)
         keys[info.path] = (info.path, st.st_size, st.st_mtime_ns)
     with _THUMB_LOCK:
-        missing = [i for i in quick if keys[i.path] not in _INFO_CACHE]
+        missing = [i.path for i in quick if keys[i.path] not in _INFO_CACHE]
     if missing:
-        fresh = {i.path: i for i in find_slides(root)}
+        from wsi_lab.slide.bounded import default_open_timeout
+
+        limit = default_open_timeout()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
+            fresh = list(pool.map(lambda p: describe_slide(p, timeout=limit), missing))
         with _THUMB_LOCK:
-            for path, info in fresh.items():
-                if path in keys:
-                    _INFO_CACHE[keys[path]] = info
+            for path, info in zip(missing, fresh):
+                _INFO_CACHE[keys[path]] = info
     with _THUMB_LOCK:
         return [_INFO_CACHE.get(keys[i.path], i) for i in quick]
 
