@@ -104,16 +104,24 @@ def measure_zoom(folder: Path, repeat: int) -> list[float]:
         el.scroll_into_view_if_needed()
         for i in range(repeat):
             page.wait_for_timeout(1500)
-            el.locator(".wsi-osd").hover(position={"x": 200 + 40 * i, "y": 200 + 30 * i})
+            el.locator(".wsi-osd").hover(position={"x": 250 + 60 * i, "y": 220 + 40 * i})
             page.evaluate("""() => { const e = document.querySelector('.wsi-viewer');
                 window.__wsiN = Number(e.dataset.tilesLoaded); window.__wsiT = performance.now();
                 window.__wsiLast = performance.now();
                 new MutationObserver(() => { window.__wsiLast = performance.now(); })
                     .observe(e, { attributes: true, attributeFilter: ['data-tiles-loaded'] }); }""")
-            page.mouse.wheel(0, -400)
-            page.wait_for_function("""() => { const e = document.querySelector('.wsi-viewer');
-                return Number(e.dataset.tilesLoaded) > window.__wsiN && performance.now() - window.__wsiLast > 250; }""",
-                                   timeout=60_000)
+            button = el.locator(".wsi-btn[data-action='zoom in']")
+            if not button.count():
+                raise RuntimeError("this checkout's viewer has no zoom buttons; the zoom timing needs them")
+            button.click()  # 1.5x each: two clicks always need the next level's tiles
+            button.click()
+            try:
+                page.wait_for_function("""() => { const e = document.querySelector('.wsi-viewer');
+                    return Number(e.dataset.tilesLoaded) > window.__wsiN && performance.now() - window.__wsiLast > 250; }""",
+                                       timeout=20_000)
+            except Exception as exc:  # noqa: BLE001 - reported in the table as not measured
+                print(f"zoom {i}: no new tiles within 20 s ({type(exc).__name__})", file=sys.stderr)
+                continue
             times.append(page.evaluate("() => (window.__wsiLast - window.__wsiT) / 1000"))
     return times
 
@@ -130,16 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     fmt = "{:<34} {:>9} {:>7} {:>10}"
     print(f"(import of wsi_lab.ui.lab: {k['import']:.2f} s, not counted; Lab() built in {k['built']:.2f} s)")
     print(fmt.format("step", "seconds", "goal", "vs goal"))
+    print(f"warm/cold Lab: {k['warm'] / k['cold']:.2f}x; revisit/first switch: {k['switch_warm'] / k['switch_cold']:.2f}x")
     rows = [("Lab(folder) -> 3 thumbnails, cold", k["cold"], GOALS["thumbs"]),
             ("Lab(folder) -> 3 thumbnails, warm", k["warm"], GOALS["thumbs"]),
             ("switch slide (Tune), first visit", k["switch_cold"], GOALS["switch"]),
             ("switch slide (Tune), revisit", k["switch_warm"], GOALS["switch"])]
-    if args.browser:
-        z = measure_zoom(folder, max(3, args.repeat))
-        rows.append(("zoom until tiles settle (median)", statistics.median(z), GOALS["zoom"]))
     for name, sec, goal in rows:
-        print(fmt.format(name, f"{sec:.2f}", f"< {goal:g}", f"{sec / goal:.2f}x"))
-    print(f"warm/cold Lab: {k['warm'] / k['cold']:.2f}x; revisit/first switch: {k['switch_warm'] / k['switch_cold']:.2f}x")
+        print(fmt.format(name, f"{sec:.2f}", f"< {goal:g}", f"{sec / goal:.2f}x"), flush=True)
+    if args.browser and k:
+        z = measure_zoom(folder, 3)
+        if not z:
+            print("zoom until tiles settle: not measured (no tile arrived after the zoom; see stderr)")
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            return 1
+        sec = statistics.median(z)
+        print(fmt.format("zoom 2.25x until tiles settle (median)", f"{sec:.2f}", f"< {GOALS['zoom']:g}",
+                         f"{sec / GOALS['zoom']:.2f}x"), flush=True)
     shutil.rmtree(folder.parent, ignore_errors=True)
     return 0
 
