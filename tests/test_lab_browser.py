@@ -135,7 +135,13 @@ def test_lab_in_jupyterlab(tmp_path):
         page.locator(".wsi-lab-tuner select").first.select_option("variance")
         page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')"
                                ".innerText.includes('tiles kept')")
-        page.wait_for_timeout(500)
+        # the variance default (120) is in place: the count below is variance's, not the previous method's
+        page.wait_for_function("() => [...document.querySelectorAll('.wsi-lab-tuner .widget-slider')].some(s =>"
+                               " s.innerText.includes('Threshold') && s.querySelector('.widget-readout').innerText"
+                               ".trim() === '120')", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-hint').innerText"
+                               ".includes('variance')", timeout=30_000)
+        page.wait_for_timeout(1000)
         n_low, green_low = _tiles(page), _green(_png(image))
         _set_slider(page, "Threshold", "1500")
         page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')"
