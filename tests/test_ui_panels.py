@@ -87,7 +87,8 @@ def test_tuner_bad_values_show_messages_not_crashes(tuner):
     # says "µm/px" (not "mpp"), what 0 means, and the value with sensible decimals
     assert "Tile µm/px must be > 0 (0 = the slide's native resolution), got -1" == tuner.errors.text
     tuner.mpp.value = 0.1234567
-    assert "0.1235 µm/px" in tuner.errors.text and "mpp" not in tuner.errors.text, tuner.errors.text
+    assert "0.1235 µm/px" in tuner.errors.text and "Use a tile µm/px of at least 0.2495" in tuner.errors.text, \
+        tuner.errors.text
     assert "0.1234567" not in tuner.errors.text
     tuner.mpp.value = 0.0
     tuner.method.value = "otsu"
