@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CMU
+
+OME = CMU.parent / "OS-1-detail.ome.tif"
 from tests.jupyter_env import REPO, browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
     write_notebook
 
@@ -52,6 +54,14 @@ def _png(locator) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(np.int16)
 
 
+def _canvas(page) -> np.ndarray:
+    """The Lab viewer's drawing canvas (slide + layers, without the controls drawn over it) as RGB."""
+    import base64
+
+    url = page.evaluate("() => document.querySelector('.wsi-lab-lab .wsi-viewer canvas').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
+
+
 def _green(img: np.ndarray) -> float:
     """Fraction of pixels tinted by the tuner's green mask overlay."""
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
@@ -71,17 +81,67 @@ def test_lab_in_jupyterlab(tmp_path):
     root = tmp_path / "root"
     (root / "slides").mkdir(parents=True)
     shutil.copy(CMU, root / "slides" / CMU.name)
+    shutil.copy(OME, root / "slides" / OME.name)
+    (root / "slides" / "fake.svs").write_bytes(b"II*\x00 twenty bytes...")  # an unreadable file beside them
     write_notebook(root / "lab.ipynb", [LAB])
     with jupyter_server(root, app="lab") as srv, browser_page((1280, 1100)) as page:
         open_notebook(page, srv, "lab.ipynb")
         run_all_cells(page)
         page.wait_for_selector(".wsi-lab-lab .wsi-lab-tuner .wsi-lab-tiles-kept", timeout=60_000)
+        header = page.locator(".wsi-lab-lab .wsi-lab-header")
+        assert CMU.name in header.inner_text() and "1 selected for tiling" in header.inner_text()
+        # -- the Tune preview has a legend whose boxes switch its layers ------------------------------
+        legend = page.locator(".wsi-lab-tuner-legend")
+        assert "tissue" in legend.inner_text() and "kept tiles" in legend.inner_text()
+        image = page.locator(".wsi-lab-tuner .wsi-lab-tuner-image")
+        page.wait_for_timeout(500)
+        green_on = _green(_png(image))
+        legend.locator("label", has_text="tissue").click()
+        page.wait_for_timeout(1200)
+        assert _green(_png(image)) < green_on - 0.01, "unticking 'tissue' did not hide the mask"
+        legend.locator("label", has_text="tissue").click()
+        assert "0 = off" in page.locator(".wsi-lab-tuner").inner_text()
+        assert "0 = the slide's native resolution" in page.locator(".wsi-lab-tuner").inner_text()
+        # -- Slides tab: the unreadable file is listed with its reason, the others are usable -----------
+        page.locator(".wsi-lab-lab .lm-TabBar-tab", has_text="Slides").click()
+        slides = page.locator(".wsi-lab-browser")
+        slides.locator(".wsi-lab-unreadable").first.wait_for(timeout=30_000)
+        assert "for object of type 'float'" not in slides.inner_text() and "fake.svs" in slides.inner_text()
+        assert "1 unreadable" in slides.inner_text()
+        assert slides.locator(".wsi-lab-thumb-unreadable input[type=checkbox]").is_disabled()
+        page.wait_for_function("() => document.querySelectorAll('.wsi-lab-browser img.wsi-lab-thumb-ready').length >= 2",
+                               timeout=60_000)
+        # a click on another slide's name makes it current (Tune follows) without selecting it
+        slides.locator(".wsi-lab-thumb-name", has_text=OME.name).click()
+        page.wait_for_function(f"() => document.querySelector('.wsi-lab-lab .wsi-lab-header').innerText"
+                               f".includes('{OME.name}')", timeout=30_000)
+        assert "1 selected for tiling" in header.inner_text()
+        # ticking its box selects it for tiling, the current slide stays
+        slides.locator(".wsi-lab-thumb", has=page.locator(".wsi-lab-thumb-name", has_text=OME.name)) \
+            .locator("input[type=checkbox]").check()
+        page.wait_for_function("() => document.querySelector('.wsi-lab-lab .wsi-lab-header').innerText"
+                               ".includes('2 selected for tiling')", timeout=30_000)
+        assert OME.name in header.inner_text()
+        page.locator(".wsi-lab-lab .lm-TabBar-tab", has_text="Tune").click()
+        page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner').innerText.includes('{OME.name}')",
+                               timeout=60_000)
+        # the Tune tab's slide picker goes back to the first slide
+        picker = page.locator(".wsi-lab-lab .wsi-lab-slide-picker select").last
+        picker.select_option(label=CMU.name)
+        page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner').innerText.includes('{CMU.name}')",
+                               timeout=60_000)
+        page.wait_for_selector(".wsi-lab-lab .wsi-lab-tuner .wsi-lab-tiles-kept", timeout=60_000)
         # -- the threshold slider changes the mask and the tile count --------------------------
         page.locator(".wsi-lab-tuner select").first.select_option("variance")
         page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')"
                                ".innerText.includes('tiles kept')")
-        page.wait_for_timeout(500)
-        image = page.locator(".wsi-lab-tuner .wsi-lab-tuner-image")
+        # the variance default (120) is in place: the count below is variance's, not the previous method's
+        page.wait_for_function("() => [...document.querySelectorAll('.wsi-lab-tuner .widget-slider')].some(s =>"
+                               " s.innerText.includes('Threshold') && s.querySelector('.widget-readout').innerText"
+                               ".trim() === '120')", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-hint').innerText"
+                               ".includes('variance')", timeout=30_000)
+        page.wait_for_timeout(1000)
         n_low, green_low = _tiles(page), _green(_png(image))
         _set_slider(page, "Threshold", "1500")
         page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')"
@@ -96,8 +156,9 @@ def test_lab_in_jupyterlab(tmp_path):
                                " return e && e.dataset.ready === '1' && Number(e.dataset.tilesLoaded) >= 2; }",
                                timeout=60_000)
         page.wait_for_timeout(1500)
-        canvas = page.locator(".wsi-lab-lab .wsi-viewer canvas").first
-        shot = _png(canvas)
+        # a freshly shown Viewer tab shows the whole slide (a view's own earlier viewport is not a command)
+        assert page.locator(".wsi-lab-lab .wsi-viewer").get_attribute("data-moved") is None
+        shot = _canvas(page)
         assert shot.shape[0] > 200 and shot.shape[1] > 200
         assert shot.std() > 15 and (shot.mean(axis=2) < 225).mean() > 0.05  # H&E pixels, not a blank canvas
         legend = page.locator(".wsi-lab-lab .wsi-legend-entry").all_inner_texts()
@@ -125,10 +186,10 @@ print("STATE" + json.dumps({"vp": v.viewport, "tiles": t[["x", "y"]].values.toli
 """, "STATE")
         assert state["n"] == n_high
         page.wait_for_timeout(1500)
-        with_grid = _png(canvas)
+        with_grid = _canvas(page)
         _run(page, 'v.set_layer("tiles", visible=False)\nprint("HID" + json.dumps({"vp": v.viewport}))', "HID")
         page.wait_for_timeout(1500)
-        without = _png(canvas)
+        without = _canvas(page)
         vp = _run(page, 'print("VP" + json.dumps({"vp": v.viewport}))', "VP")["vp"]
         assert vp == state["vp"] or not vp, (vp, state["vp"])  # nobody moved the view
         x0, y0, w, h = state["vp"]

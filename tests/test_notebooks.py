@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -59,10 +61,19 @@ def test_notebook_01_browse_and_tune(tmp_path, monkeypatch):
     assert "message shown: tile_size must be an integer" in text
     assert "application/vnd.jupyter.widget-view+json" in str(nb.cells[-2].outputs)  # the Lab rendered
     assert (tmp_path / "overrides.json").exists()
+    # issue 13.11: no "Nonex" for a missing magnification, no 16-digit µm/px, the saved JSON printed whole
+    assert "Nonex" not in text and not re.search(r"\d\.\d{7,}", text), text
+    saved = next(_text(c) for c in nb.cells if c.cell_type == "code" and "save_overrides" in c.source)
+    body = saved[saved.index("this slide's:") + len("this slide's:"):]
+    assert json.loads(body)["method"], body  # the whole object, not cut mid-way
 
 
 def test_notebook_02_tiling_and_the_exercise_check(tmp_path):
     nb = nbformat.read(NOTEBOOKS / "02_tiling_with_dask.ipynb", as_version=4)
+    # the workshop folder notebook 01 leaves behind: one tuned slide
+    from wsi_lab.tiling import TilingParams
+    from wsi_lab.tiling.params import save_override
+    save_override(tmp_path / "overrides.json", "CMU-1-Small-Region", TilingParams(tile_size=256, method="variance"))
     client = _client(nb, tmp_path)
     task, apply, check = _tagged(nb, "task"), _tagged(nb, "apply"), _tagged(nb, "check")
     with client.setup_kernel():
@@ -82,3 +93,6 @@ def test_notebook_02_tiling_and_the_exercise_check(tmp_path):
     assert "❌ Not yet" in starter, starter
     assert "✅ Right" in solved, solved
     assert "two-stage vs mask-only route" in solved
+    assert "1 slide override(s) from" in text  # 02 loads what 01 saved in the shared workshop folder
+    lab_cell = next(c for c in nb.cells if c.cell_type == "code" and "wsi_lab.Lab(" in c.source)
+    assert "application/vnd.jupyter.widget-view+json" in str(lab_cell.outputs)  # the result in the Lab's viewer

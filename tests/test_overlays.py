@@ -331,3 +331,82 @@ def test_composite_and_overview_blend_layers_over_the_thumbnail(cmu_path, tmp_pa
     assert saved.shape == thumb.shape and (saved[:covered, :covered] != thumb[:covered, :covered]).any()
     assert main(["overlay", str(cmu_path), "--table", str(tmp_path / "t.parquet"), "--layer", "nope",
                  "-o", str(tmp_path / "x.png")]) == 2
+
+
+# -- tile outlines in level-0 geometry (issue 13, item 4) ----------------------------------------
+@pytest.mark.parametrize("tile_size,overlap", [(254, 1), (256, 0), (240, 8)])
+def test_grid_outlines_fall_only_on_tile_boundaries_at_every_zoom(tmp_path, tile_size, overlap):
+    """Regression: every deep-zoom tile drew an outline at its own edge (x = 253 of a 254-px tile with
+    overlap) besides the 256-px tile boundary, so a second grid drifted across the zoomed-in slide. The
+    deep-zoom tiles of a level, stitched, must equal one render of the whole level, and every outline pixel
+    must sit on a tile boundary."""
+    from wsi_lab import open_slide
+    from wsi_lab.viewing import DeepZoom
+    from wsi_lab.testing import make_slide
+
+    path = make_slide(tmp_path / "s.svs", 3000, 2100, mpp=0.5, seed=3)
+    size = 256
+    table = grid_table(nx=10, ny=7, size=size, x0=128, y0=64)
+    layer = grid_layer(table, line_width=1)
+    with open_slide(path) as slide:
+        dz = DeepZoom(slide, tile_size, overlap)
+        bounds_x = np.unique(np.concatenate([table["x"], table["x"] + size])).astype(float)
+        bounds_y = np.unique(np.concatenate([table["y"], table["y"] + size])).astype(float)
+        checked = 0
+        for level in range(dz.level_count - 5, dz.level_count):  # ds 16, 8, 4, 2, 1
+            ds = dz.level_downsample(level)
+            lw, lh = dz.level_dimensions[level]
+            cols, rows = dz.level_tiles[level]
+            whole = layer.render_region((0, 0, lw * ds, lh * ds), (lw, lh))
+            stitched = np.zeros_like(whole)
+            for col in range(cols):
+                for row in range(rows):
+                    spec = dz.tile_spec(level, col, row)
+                    tile = dz.get_overlay_tile(layer, level, col, row)
+                    zx, zy = spec.box[0] // ds, spec.box[1] // ds
+                    # an overlap pixel must agree with the neighbouring tile's own pixel there
+                    np.testing.assert_array_equal(tile, whole[zy:zy + tile.shape[0], zx:zx + tile.shape[1]],
+                                                  err_msg=f"level {level} tile {col},{row}")
+                    stitched[zy:zy + tile.shape[0], zx:zx + tile.shape[1]] = tile
+            np.testing.assert_array_equal(stitched, whole)
+            on_r, on_c = np.nonzero(whole[..., 3])
+            assert len(on_r), f"level {level}: no outline drawn"
+            # level-0 span of each outline pixel; it must touch a tile boundary (within one pixel)
+            cx0, cy0 = on_c * ds, on_r * ds
+            near_x = (np.abs(bounds_x[None, :] - (cx0[:, None] + ds / 2)) <= ds).any(axis=1)
+            near_y = (np.abs(bounds_y[None, :] - (cy0[:, None] + ds / 2)) <= ds).any(axis=1)
+            assert (near_x | near_y).all(), f"level {level} (ds {ds}): outline pixels off the tile boundaries"
+            if ds <= 4:  # zoomed in: every column strictly inside a tile and away from its edges is empty
+                inner = [c for c in range(lw) if all(abs(c * ds + ds / 2 - b) > 2 * ds for b in bounds_x)]
+                rows_inside = [r for r in range(lh) if all(abs(r * ds + ds / 2 - b) > 2 * ds for b in bounds_y)]
+                assert not whole[np.ix_(rows_inside, inner)][..., 3].any(), f"level {level}: stray outline"
+            checked += 1
+        assert checked == 5
+
+
+def test_grid_outline_is_not_drawn_at_a_cut_region_edge():
+    layer = grid_layer(grid_table(nx=1, ny=1, size=256, x0=0, y0=0))
+    # a region that starts and ends inside the tile: no border of the tile is in view, nothing is drawn
+    assert not layer.render_region((10, 10, 200, 200), (200, 200))[..., 3].any()
+    # a region holding the tile's left edge only: one column at the left, none at the right cut
+    out = layer.render_region((-20, 10, 120, 100), (120, 100))
+    cols = np.nonzero(out[..., 3].any(axis=0))[0]
+    assert list(cols) == [20]
+
+
+def test_mask_outline_mode_draws_the_boundary_consistently_across_regions():
+    m = np.zeros((40, 60), bool)
+    m[10:30, 15:45] = True
+    filled, outline = mask_layer(m, downsample=4), mask_layer(m, downsample=4, outline=True)
+    assert filled.opacity == 0.25  # light by default: the morphology shows through
+    whole = outline.render_region((0, 0, 240, 160), (240, 160))[..., 3] > 0
+    inside = filled.render_region((0, 0, 240, 160), (240, 160))[..., 3] > 0
+    assert whole.sum() < 0.1 * inside.sum() and (whole <= inside).all()  # a thin line on the mask's edge
+    assert whole[40, 60:180].all() and not whole[50:110, 70:170].any()  # top edge drawn, interior empty
+    # two halves rendered apart agree with the whole (no line at the cut)
+    left = outline.render_region((0, 0, 120, 160), (120, 160))[..., 3] > 0
+    right = outline.render_region((120, 0, 120, 160), (120, 160))[..., 3] > 0
+    np.testing.assert_array_equal(np.hstack([left, right]), whole)
+    again = type(outline).from_json(outline.to_json())
+    assert again.outline and np.array_equal(again.render_region((0, 0, 240, 160), (240, 160)),
+                                            outline.render_region((0, 0, 240, 160), (240, 160)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -128,3 +129,32 @@ def test_image_helpers():
     out = composite(base, over)
     assert out.shape == (4, 6, 3) and (out[..., 0] == 255).all()
     assert encode_image(np.ones((3, 3), bool))[:4] == b"\x89PNG"
+
+
+def test_metadata_is_cached_per_file_version(tmp_path, cmu_path):
+    from wsi_lab.ui.browser import list_slides
+
+    shutil.copy(cmu_path, tmp_path / "a.svs")
+    first = list_slides(tmp_path)
+    again = list_slides(tmp_path)
+    assert again[0] is first[0]  # nothing reopened
+    os.utime(tmp_path / "a.svs", ns=(1, 10**18))  # a new version of the file: described again
+    third = list_slides(tmp_path)
+    assert third[0] is not first[0] and third[0].width == first[0].width == 2220
+
+
+def test_current_and_selection_are_separate(tmp_path, cmu_path, ome_path):
+    shutil.copy(cmu_path, tmp_path / "a.svs")
+    shutil.copy(ome_path, tmp_path / "b.ome.tif")
+    b = SlideBrowser(tmp_path, labels={"a": "tumour"})
+    a_path, b_path = str(tmp_path / "a.svs"), str(tmp_path / "b.ome.tif")
+    b._open_buttons[a_path].click()
+    assert b.current == a_path and b.selected == []
+    b._toggles[b_path].value = True
+    assert b.current == a_path and b.selected == [b_path]
+    b._open_buttons[b_path].click()
+    assert b.current == b_path and b.selected == [b_path] and "wsi-lab-current" in b._cards[b_path]._dom_classes
+    assert "wsi-lab-current" not in b._cards[a_path]._dom_classes
+    # the user's class labels are the "class" column (not "label": a pathologist reads that as the label image)
+    assert "<th style='text-align:left;padding-right:12px'>class</th>" in b.table_html.value
+    assert "label" not in b.table.columns and b.table.set_index("name").loc["a.svs", "class"] == "tumour"

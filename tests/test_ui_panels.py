@@ -79,7 +79,12 @@ def test_tuner_bad_values_show_messages_not_crashes(tuner):
     tuner.tile_size.value = 256
     assert tuner.errors.text == "" and tuner.n_tiles == before
     tuner.mpp.value = -1.0
-    assert "mpp" in tuner.errors.text
+    # says "µm/px" (not "mpp"), what 0 means, and the value with sensible decimals
+    assert "Tile µm/px must be > 0 (0 = the slide's native resolution), got -1" == tuner.errors.text
+    tuner.mpp.value = 0.1234567
+    assert "0.1235 µm/px" in tuner.errors.text and "Use a tile µm/px of at least 0.2495" in tuner.errors.text, \
+        tuner.errors.text
+    assert "0.1234567" not in tuner.errors.text
     tuner.mpp.value = 0.0
     tuner.method.value = "otsu"
     tuner.threshold.value = 255  # saturation > 255 is impossible: a typed NoTissueError, shown readably
@@ -140,7 +145,7 @@ def test_tiling_panel_input_errors(tmp_path, cmu_path):
     assert panel.start() is False and "scheduler address" in panel.errors.text
 
 
-def test_lab_tabs_shared_selection_and_registry(ndpi_path, shared_slides):
+def test_lab_tabs_shared_selection_and_registry(cmu_path, ndpi_path, shared_slides):
     calls = []
 
     def review(lab):
@@ -166,10 +171,20 @@ def test_lab_tabs_shared_selection_and_registry(ndpi_path, shared_slides):
     assert st.current == st.selected[0] == str(browser.table["path"].iloc[0])
     assert viewer.viewer is not None and [e["name"] for e in viewer.viewer.layers] == ["tissue", "tiles"]
     assert st.mask is tune.tuner.mask and len(st.planned) == tune.tuner.n_tiles
-    # the selection made in the browser drives tuner and viewer
-    browser.select([str(ndpi_path)])
+    # selecting slides for tiling does not move the view; a click on a card (show) does
+    browser.select([str(cmu_path), str(ndpi_path)])
+    assert st.current == str(cmu_path) and st.selected == [str(cmu_path), str(ndpi_path)]
+    assert "<span class='wsi-lab-selected-count'>2</span>" in lab.header.value
+    browser._open_buttons[str(ndpi_path)].click()
     assert st.current == str(ndpi_path) and Path(tune.tuner.slide.path) == ndpi_path
-    assert Path(viewer.viewer.slide.path) == ndpi_path
+    assert Path(viewer.viewer.slide.path) == ndpi_path and st.selected == [str(cmu_path), str(ndpi_path)]
+    assert ndpi_path.name in lab.header.value and browser._open_buttons[str(ndpi_path)].button_style == "primary"
+    # the Tune and Viewer tabs have a slide picker that follows (and sets) the current slide
+    assert viewer.picker.value == tune.picker.value == str(ndpi_path)
+    viewer.picker.value = str(cmu_path)
+    assert st.current == str(cmu_path) and Path(tune.tuner.slide.path) == cmu_path and tune.picker.value == str(cmu_path)
+    tune.picker.value = str(ndpi_path)
+    assert st.current == str(ndpi_path) and Path(viewer.viewer.slide.path) == ndpi_path
     # tuner changes reach the viewer layers and the tiling parameters
     tune.tuner.method.value = "variance"
     assert st.params.method == "variance"
@@ -179,7 +194,9 @@ def test_lab_tabs_shared_selection_and_registry(ndpi_path, shared_slides):
     st.tiles = st.planned.copy()
     assert [e["name"] for e in viewer.viewer.layers][-1] != "tiles"
     browser.select([])
-    assert st.current is None and "Select a slide" in viewer.title.value
+    assert st.current == str(ndpi_path) and st.selected == []  # clearing the selection keeps the view
+    browser.show(None)
+    assert st.current is None and "Choose a slide" in viewer.title.value
 
 
 def test_lab_missing_folder_is_a_message(tmp_path):
@@ -194,7 +211,7 @@ def test_lab_releases_slides_and_cancels_runs_when_closed(tmp_path, cmu_path, nd
     lab = wsi_lab.Lab(shared_slides, select=str(cmu_path))
     viewer_panel, tune = lab.panels["Viewer"], lab.panels["Tune"]
     first_viewer, first_tuner = viewer_panel.viewer, tune.tuner
-    lab.panels["Slides"].select([str(ndpi_path)])
+    lab.panels["Slides"].show(str(ndpi_path))
     assert viewer_panel.viewer is not first_viewer and first_viewer.comm is None  # closed
     assert first_tuner.comm is None
     current_viewer, current_tuner = viewer_panel.viewer, tune.tuner
@@ -209,3 +226,75 @@ def test_lab_releases_slides_and_cancels_runs_when_closed(tmp_path, cmu_path, nd
     panel.close()
     result = panel.wait(120)
     assert not panel.running and result is not None and result.cancelled
+
+
+def test_lab_with_an_unreadable_slide_keeps_the_readable_ones(tmp_path, cmu_path):
+    """Regression (issue 13.1/13.2): a 20-byte fake.svs beside a real slide replaced the Slides tab with
+    "Unknown format code 'd' for object of type 'float'"; a folder with only the fake one printed
+    "Exception ignored in Widget.__del__ ... no attribute 'slide'" for the viewer and the tuner."""
+    import gc
+    import sys
+
+    import shutil
+    shutil.copy(cmu_path, tmp_path / cmu_path.name)
+    (tmp_path / "fake.svs").write_bytes(b"II*\x00not a slide..")
+    lab = Lab(tmp_path)
+    browser = lab.panels["Slides"]
+    assert browser.errors.text == "" and "Unknown format" not in browser.table_html.value
+    row = browser.table.set_index("name").loc["fake.svs"]
+    assert row["error"] and "unreadable" in row["flags"]
+    assert "CMU-1-Small-Region.svs" in browser.table_html.value and "1 unreadable" in browser.summary.value
+    assert lab.state.current == str(tmp_path / cmu_path.name) and lab.state.slides == [str(tmp_path / cmu_path.name)]
+    assert lab.panels["Tune"].tuner is not None and lab.panels["Viewer"].viewer is not None
+    assert browser._toggles[str(tmp_path / "fake.svs")].disabled  # cannot be selected for tiling
+    browser.select([str(tmp_path / "fake.svs")])
+    assert browser.selected == [] and "Cannot be read: fake.svs" in browser.errors.text
+    assert (tmp_path / "fake.svs").name not in [o[0] for o in lab.panels["Tune"].picker.options]
+    lab.close()
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "fake.svs").write_bytes(b"II*\x00not a slide..")
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        lab = Lab(only)
+        assert "could be read" in lab.panels["Slides"].errors.text and lab.state.current is None
+        lab.close()
+        del lab
+        for cls in (ThresholdTuner, __import__("wsi_lab.ui.viewer", fromlist=["SlideViewer"]).SlideViewer):
+            with pytest.raises(wsi_lab.errors.WSILabError):
+                cls(only / "fake.svs")
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == [], [str(u.exc_value) for u in unraisable]
+
+
+def test_tuner_switching_slides_resets_the_automatic_threshold(cmu_path, ndpi_path, shared_slides):
+    lab = Lab(shared_slides, select=str(cmu_path))
+    tune = lab.panels["Tune"]
+    t = tune.tuner
+    t.threshold.value = t.threshold.value + 30  # a manual threshold on the first slide
+    assert t.auto.value is False
+    t.closing.value = 2
+    lab.panels["Slides"].show(str(ndpi_path))
+    t2 = tune.tuner
+    assert t2.auto.value is True and t2.closing.value == 2  # other settings carry over, the threshold does not
+    assert t2.mask.params["auto_threshold"]
+    # the Tune tab shows an invalid value once (in the tuner), not a second time in the panel
+    t2.tile_size.value = 0
+    assert "tile_size" in t2.errors.text and tune.errors.text == "" and lab.state.params is None
+    tiling = lab.panels["Tiling"]
+    assert tiling.start() is False and "the Tune tab holds an invalid value" in tiling.errors.text
+    lab.close()
+
+
+def test_ui_package_exports():
+    import wsi_lab.ui as ui
+    from wsi_lab.ui import Lab as Lab2, SlideBrowser, SlideViewer, ThresholdTuner as T2, TilingPanel as TP
+
+    assert Lab2 is Lab and T2 is ThresholdTuner and TP is TilingPanel
+    assert {"Lab", "SlideViewer", "SlideBrowser", "ThresholdTuner", "TilingPanel", "register_panel"} <= set(ui.__all__)
+    assert SlideBrowser.__name__ == "SlideBrowser" and SlideViewer.__name__ == "SlideViewer"

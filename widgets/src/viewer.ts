@@ -9,180 +9,14 @@
  * + one binary buffer (JPEG / PNG); {type: "click", x, y} -> Python callbacks.
  */
 import OpenSeadragon from "openseadragon";
-
-type AnyModel = {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
-  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[]): void;
-  on(event: string, cb: (...args: any[]) => void): void;
-  off(event: string, cb?: (...args: any[]) => void): void;
-};
-
-interface SlideInfo {
-  name: string; width: number; height: number; mpp: [number, number] | null;
-  tile_size: number; overlap: number; level_count: number; size_bytes: number;
-  candidates: { path: string; id: string }[];
-}
-interface LayerState {
-  key: string; name: string; opacity: number; visible: boolean; legend: any; payload: unknown;
-}
-interface ServerTarget { base: string; id: string; headers: Record<string, string> }
+import { legendHtml, niceLength } from "./legend";
+import { type AnyModel, CommClient, type LayerState, type ServerTarget, type SlideInfo, commTileSource,
+  httpTileSource, probeServer } from "./sources";
 
 // ---------------------------------------------------------------------------------------------
-function pageConfig(): { baseUrl: string; token: string } {
-  let baseUrl = "/";
-  let token = "";
-  const el = document.getElementById("jupyter-config-data");
-  if (el?.textContent) {
-    try {
-      const cfg = JSON.parse(el.textContent);
-      baseUrl = cfg.baseUrl || baseUrl;
-      token = cfg.token || "";
-    } catch { /* not JSON: keep defaults */ }
-  } else if (document.body?.dataset?.baseUrl) {
-    baseUrl = document.body.dataset.baseUrl; // classic notebook / nbclassic
-  }
-  if (!baseUrl.endsWith("/")) baseUrl += "/";
-  return { baseUrl, token };
-}
+/** Viewports the front ends sent, per slide (views of one model do not share a JS object to hang it on). */
+const SENT_VIEWPORTS: string[] = [];
 
-function authHeaders(token: string): Record<string, string> {
-  const h: Record<string, string> = {};
-  if (token) h["Authorization"] = `token ${token}`;
-  const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
-  if (xsrf) h["X-XSRFToken"] = decodeURIComponent(xsrf[1]);
-  return h;
-}
-
-/** Find this slide on the Jupyter server extension: try each root-relative path it could have there
- * (shortest first); keep the first whose size and dimensions match. */
-async function probeServer(info: SlideInfo): Promise<ServerTarget | null> {
-  const { baseUrl, token } = pageConfig();
-  const headers = authHeaders(token);
-  for (const cand of info.candidates) {
-    try {
-      // by validated root-relative path: O(1) on the server (no folder scan), registers the id
-      const r = await fetch(`${baseUrl}wsi-lab/api/slide?path=${encodeURIComponent(cand.path)}`,
-                            { headers, credentials: "same-origin" });
-      if (!r.ok) continue;
-      const got = await r.json();
-      if (got.width === info.width && got.height === info.height && got.size_bytes === info.size_bytes) {
-        return { base: `${baseUrl}wsi-lab/api/`, id: got.id, headers };
-      }
-    } catch { /* network error: extension absent */ }
-  }
-  return null;
-}
-
-/** Request/response over the widget comm with ids; errors come back as messages. */
-class CommClient {
-  private pending = new Map<string, { resolve: (b: DataView) => void; reject: (e: Error) => void }>();
-  private prefix = Math.random().toString(36).slice(2, 8);
-  private next = 0;
-  private handler = (msg: any, buffers: DataView[]) => {
-    if (!msg || typeof msg.id !== "string" || !this.pending.has(msg.id)) return;
-    const p = this.pending.get(msg.id)!;
-    this.pending.delete(msg.id);
-    if (msg.ok && buffers && buffers.length) p.resolve(buffers[0]);
-    else p.reject(new Error(msg.error || "no data"));
-  };
-  constructor(private model: AnyModel) { model.on("msg:custom", this.handler); }
-  request(content: Record<string, unknown>): Promise<DataView> {
-    const id = `${this.prefix}-${this.next++}`;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.model.send({ ...content, id });
-    });
-  }
-  dispose() {
-    this.model.off("msg:custom", this.handler);
-    for (const p of this.pending.values()) p.reject(new Error("viewer closed"));
-    this.pending.clear();
-  }
-}
-
-function commTileSource(info: SlideInfo, comm: CommClient, layerKey: string | null): any {
-  const ts: any = new (OpenSeadragon as any).TileSource({
-    width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
-    minLevel: 0, maxLevel: info.level_count - 1,
-  });
-  const kind = layerKey ? "overlay" : "tile";
-  ts.getTileUrl = (level: number, x: number, y: number) =>
-    `comm:${kind}/${layerKey ?? "slide"}/${level}/${x}_${y}.${layerKey ? "png" : "jpeg"}`;
-  ts.downloadTileStart = (context: any) => {
-    const m = /(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
-    if (!m) { context.finish(null, null, `bad tile address ${context.src}`); return; }
-    const [level, col, row] = [Number(m[1]), Number(m[2]), Number(m[3])];
-    const req: Record<string, unknown> = { type: kind, level, col, row };
-    if (layerKey) req.layer = layerKey;
-    context.userData.aborted = false;
-    comm.request(req).then((buf) => {
-      if (context.userData.aborted) return;
-      const blob = new Blob([buf as unknown as BlobPart], { type: layerKey ? "image/png" : "image/jpeg" });
-      const url = URL.createObjectURL(blob);
-      const img = new Image();
-      img.onload = () => { URL.revokeObjectURL(url); context.finish(img, null); };
-      img.onerror = () => { URL.revokeObjectURL(url); context.finish(null, null, "tile image could not be decoded"); };
-      img.src = url;
-    }, (err: Error) => {
-      if (!context.userData.aborted) context.finish(null, null, err.message);
-    });
-  };
-  ts.downloadTileAbort = (context: any) => { context.userData.aborted = true; };
-  return ts;
-}
-
-function httpTileSource(info: SlideInfo, target: ServerTarget, layerKey: string | null): any {
-  const ts: any = new (OpenSeadragon as any).TileSource({
-    width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
-    minLevel: 0, maxLevel: info.level_count - 1,
-  });
-  ts.getTileUrl = layerKey
-    ? (l: number, x: number, y: number) => `${target.base}overlays/${target.id}/${layerKey}/${l}/${x}_${y}.png`
-    : (l: number, x: number, y: number) => `${target.base}tiles/${target.id}/${l}/${x}_${y}.jpeg`;
-  return ts;
-}
-
-// ---------------------------------------------------------------------------------------------
-function niceLength(um: number): number {
-  const p = Math.pow(10, Math.floor(Math.log10(um)));
-  for (const f of [5, 2, 1]) if (f * p <= um) return f * p;
-  return p;
-}
-
-function legendHtml(layer: LayerState): HTMLElement {
-  const box = document.createElement("div");
-  box.className = "wsi-legend-body";
-  const lg = layer.legend || {};
-  if (lg.type === "continuous" && Array.isArray(lg.colors)) {
-    const bar = document.createElement("div");
-    bar.className = "wsi-legend-bar";
-    bar.style.background = `linear-gradient(to right, ${lg.colors.join(",")})`;
-    const labels = document.createElement("div");
-    labels.className = "wsi-legend-range";
-    const fmt = (v: any) => (typeof v === "number" ? Number(v.toPrecision(3)).toString() : String(v ?? ""));
-    labels.innerHTML = `<span>${fmt(lg.vmin)}</span><span>${lg.column ?? ""}</span><span>${fmt(lg.vmax)}</span>`;
-    box.append(bar, labels);
-  } else if (lg.type === "categorical" && Array.isArray(lg.categories)) {
-    for (const c of lg.categories.slice(0, 20)) {
-      const item = document.createElement("div");
-      item.className = "wsi-legend-item";
-      item.innerHTML = `<span class="wsi-swatch" style="background:${c.color}"></span>`;
-      item.append(document.createTextNode(String(c.value ?? c.label)));
-      box.append(item);
-    }
-  } else if (lg.type === "color") {
-    const item = document.createElement("div");
-    item.className = "wsi-legend-item";
-    item.innerHTML = `<span class="wsi-swatch" style="background:${lg.color}"></span>`;
-    item.append(document.createTextNode(String(lg.label ?? layer.name)));
-    box.append(item);
-  }
-  return box;
-}
-
-// ---------------------------------------------------------------------------------------------
 function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const info: SlideInfo = model.get("slide_info");
   const root = document.createElement("div");
@@ -199,7 +33,12 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   legendEl.className = "wsi-legend";
   const scaleEl = document.createElement("div");
   scaleEl.className = "wsi-scalebar";
-  root.append(osdEl, legendEl, scaleEl, statusEl);
+  const toolbar = document.createElement("div");
+  toolbar.className = "wsi-toolbar";
+  const hintEl = document.createElement("div");
+  hintEl.className = "wsi-hint";
+  hintEl.textContent = "scroll to zoom · drag to pan · double-click to zoom in";
+  root.append(osdEl, legendEl, scaleEl, statusEl, toolbar, hintEl);
   el.append(root);
 
   const comm = new CommClient(model);
@@ -213,13 +52,34 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const viewer: any = OpenSeadragon({
     element: osdEl,
     drawer: "canvas",
-    showNavigationControl: false,
+    showNavigationControl: false, // OpenSeadragon's own buttons load images from a URL: ours are plain HTML
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    navigatorSizeRatio: 0.18,
+    navigatorAutoFade: false,
     crossOriginPolicy: false,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     maxZoomPixelRatio: 4,
     imageLoaderLimit: 8,
     timeout: 60000,
   } as any);
+
+  const button = (label: string, title: string, action: () => void) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "wsi-btn";
+    b.textContent = label;
+    b.title = title;
+    b.dataset.action = title;
+    b.onclick = (ev) => { ev.preventDefault(); action(); };
+    toolbar.append(b);
+    return b;
+  };
+  button("+", "zoom in", () => { userMoved = true; viewer.viewport.zoomBy(1.5); viewer.viewport.applyConstraints(); });
+  button("−", "zoom out", () => { userMoved = true; viewer.viewport.zoomBy(1 / 1.5); viewer.viewport.applyConstraints(); });
+  button("⌂", "home", () => { userMoved = false; viewer.viewport.goHome(); });
+  button("", "full screen", () => viewer.setFullScreen(!viewer.isFullPage())).classList.add("wsi-btn-full");
+  const hideHint = () => { hintEl.classList.add("wsi-hint-done"); };
 
   let target: ServerTarget | null = null;
   let slideItem: any = null;
@@ -244,8 +104,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const resizeObs = new ResizeObserver(refit);
   viewer.addHandler("resize", refit);
   resizeObs.observe(root);
-  viewer.addHandler("canvas-drag", () => { userMoved = true; });
-  viewer.addHandler("canvas-scroll", () => { userMoved = true; });
+  viewer.addHandler("canvas-drag", () => { userMoved = true; root.dataset.moved = "drag"; hideHint(); });
+  viewer.addHandler("canvas-scroll", () => { userMoved = true; root.dataset.moved = "scroll"; hideHint(); });
 
   viewer.addHandler("tile-loaded", () => {
     root.dataset.tilesLoaded = String(Number(root.dataset.tilesLoaded) + 1);
@@ -256,7 +116,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     // an overlay tile over HTTP fails when the server forgot the layer (restarted): POST the layers
     // again, at most every 10 s
     if (target && e.tiledImage && e.tiledImage !== slideItem) {
-      if (!layerItems.includes(e.tiledImage)) return; // a layer item already replaced: stale request
+      if (![...layerItems.values()].includes(e.tiledImage)) return; // a layer item already replaced: stale request
       if (Date.now() - lastResync > 10000) {
         lastResync = Date.now();
         root.dataset.layerKeys = "";
@@ -274,7 +134,9 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     target ? httpTileSource(info, target, layerKey) : commTileSource(info, comm, layerKey);
 
   // -- layers -----------------------------------------------------------------------------
-  let layerItems: any[] = [];
+  // by layer key: items are added asynchronously, so their order of arrival is not the layers' order
+  let layerItems = new Map<string, any>();
+  let layerControls = new Map<string, { cb: HTMLInputElement; slider: HTMLInputElement }>();
   let layerGen = 0;
   async function registerLayer(layer: LayerState): Promise<string> {
     if (!target) return layer.key;
@@ -290,8 +152,9 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     const gen = ++layerGen;
     root.dataset.layerSyncs = String(Number(root.dataset.layerSyncs || 0) + 1);
     const layers: LayerState[] = model.get("layers") || [];
-    for (const item of layerItems) viewer.world.removeItem(item);
-    layerItems = [];
+    for (const item of layerItems.values()) viewer.world.removeItem(item);
+    layerItems = new Map();
+    layerControls = new Map();
     legendEl.innerHTML = "";
     for (const layer of layers) {
       let key: string;
@@ -305,9 +168,13 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       viewer.addTiledImage({
         tileSource: source(key), ...ajaxOptions(),
         opacity: layer.visible === false ? 0 : layer.opacity,
+        // keep loading a hidden layer's tiles: OpenSeadragon loads none for an opacity-0 item and does not
+        // fetch them when it is shown again without a pan or zoom (the layer stayed blank)
+        preload: true,
         success: (e: any) => {
           if (gen !== layerGen) { viewer.world.removeItem(e.item); return; }
-          layerItems.push(e.item);
+          layerItems.set(layer.key, e.item);
+          root.dataset.layersShown = String(layerItems.size);
         },
       });
       const entry = document.createElement("div");
@@ -327,9 +194,21 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
         model.set("layers", cur);
         model.save_changes();
       };
+      layerControls.set(layer.key, { cb, slider });
       cb.onchange = () => update({ visible: cb.checked });
       slider.oninput = () => update({ opacity: Number(slider.value) });
-      head.append(cb, document.createTextNode(` ${layer.name} `), slider);
+      head.append(cb);
+      if (layer.legend?.type === "color") {
+        const sw = document.createElement("span");
+        sw.className = "wsi-swatch";
+        sw.style.background = layer.legend.color;
+        head.append(sw);
+      }
+      const label = document.createElement("span");
+      label.className = "wsi-legend-name";
+      label.textContent = layer.name;
+      slider.title = "opacity";
+      head.append(label, slider);
       entry.append(head, legendHtml(layer));
       legendEl.append(entry);
     }
@@ -339,8 +218,14 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   function onLayersChange() {
     const layers: LayerState[] = model.get("layers") || [];
     const keys = layers.map((l) => l.key).join(",");
-    if (keys === root.dataset.layerKeys && layerItems.length === layers.length) {
-      layers.forEach((l, i) => layerItems[i]?.setOpacity(l.visible === false ? 0 : l.opacity));
+    if (keys === root.dataset.layerKeys && layerItems.size === layers.length) {
+      for (const l of layers) {
+        layerItems.get(l.key)?.setOpacity(l.visible === false ? 0 : l.opacity);
+        const c = layerControls.get(l.key);
+        if (c) { c.cb.checked = l.visible !== false; c.slider.value = String(l.opacity); }
+      }
+      root.dataset.visibleLayers = layers.filter((l) => l.visible !== false).map((l) => l.name).join(",");
+      viewer.forceRedraw();
       return;
     }
     root.dataset.layerKeys = keys;
@@ -349,6 +234,10 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
 
   // -- viewport, scale bar, clicks ----------------------------------------------------------
   let lastSent = "";
+  // viewports the front end sent (any view of this model): the kernel echoes each update back (ipywidgets
+  // 8), and a view rendered again (a tab shown again) finds the last one in the model; neither is a view
+  // Python asked for, so neither may move the view (it left a freshly shown Viewer tab zoomed in)
+  const sentKey = `${info.name}|${info.width}x${info.height}|`;
   function sendViewport() {
     if (!slideItem) return;
     const r = slideItem.viewportToImageRectangle(viewer.viewport.getBounds(true));
@@ -356,13 +245,17 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     const s = JSON.stringify(v);
     if (s === lastSent) return;
     lastSent = s;
+    SENT_VIEWPORTS.push(sentKey + s);
+    if (SENT_VIEWPORTS.length > 200) SENT_VIEWPORTS.shift();
+    root.dataset.viewport = s;
     model.set("viewport", v);
     model.save_changes();
   }
   function applyViewport() {
     const v = model.get("viewport");
-    if (!slideItem || !Array.isArray(v) || v.length !== 4 || JSON.stringify(v) === lastSent) return;
+    if (!slideItem || !Array.isArray(v) || v.length !== 4 || SENT_VIEWPORTS.includes(sentKey + JSON.stringify(v))) return;
     userMoved = true;
+    root.dataset.moved = "python " + JSON.stringify(v);
     const [x, y, w, h] = v;
     if (!(w > 0 && h > 0)) return;
     lastSent = JSON.stringify(v);

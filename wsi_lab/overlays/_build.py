@@ -36,15 +36,16 @@ def _numeric(table, column: str) -> np.ndarray:
     return col.to_numpy(dtype=float, na_value=np.nan)
 
 
-def mask_layer(mask, color: Color = (0, 255, 0), opacity: float = 0.4, downsample: float | None = None,
-               name: str = "tissue") -> MaskLayer:
+def mask_layer(mask, color: Color = (0, 255, 0), opacity: float = 0.25, downsample: float | None = None,
+               name: str = "tissue", outline: bool = False) -> MaskLayer:
     """Overlay of a TissueMask (``.mask`` boolean (H, W), ``.downsample`` level-0 px per mask px), or
-    of a plain boolean array with an explicit ``downsample``."""
+    of a plain boolean array with an explicit ``downsample``. Light by default (opacity 0.25) so the
+    morphology shows through; ``outline=True`` draws only the mask's boundary."""
     arr = getattr(mask, "mask", mask)
     ds = downsample if downsample is not None else getattr(mask, "downsample", None)
     if ds is None:
         raise InvalidParameterError("a plain mask array needs downsample=<level-0 pixels per mask pixel>")
-    return MaskLayer(np.asarray(arr), ds, color, opacity, name)
+    return MaskLayer(np.asarray(arr), ds, color, opacity, name, outline)
 
 
 def grid_layer(table, color: Color = (255, 255, 0), line_width: int = 1, slide=None, opacity: float = 1.0,

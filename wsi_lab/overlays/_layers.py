@@ -84,13 +84,16 @@ class Layer:
 
 
 class MaskLayer(Layer):
-    """A boolean (H, W) mask at ``downsample`` level-0 pixels per mask pixel, drawn in one colour."""
+    """A boolean (H, W) mask at ``downsample`` level-0 pixels per mask pixel, drawn in one colour: filled,
+    or with ``outline=True`` only its boundary (one output pixel wide at every zoom, so the morphology
+    under the mask stays visible)."""
 
     kind = "mask"
 
     def __init__(self, mask: np.ndarray, downsample: float | tuple[float, float], color: Color = (0, 255, 0),
-                 opacity: float = 0.4, name: str = "tissue") -> None:
+                 opacity: float = 0.4, name: str = "tissue", outline: bool = False) -> None:
         super().__init__(name, opacity)
+        self.outline = bool(outline)
         m = np.asarray(mask)
         if m.ndim != 2 or m.size == 0:
             raise InvalidParameterError(f"mask must be a non-empty 2-D (H, W) array, got shape {m.shape}")
@@ -104,11 +107,15 @@ class MaskLayer(Layer):
     def _render(self, bx, by, bw, bh, ow, oh):
         H, W = self.mask.shape
         dx, dy = self.downsample
-        mx = np.floor((bx + (np.arange(ow) + 0.5) * bw / ow) / dx).astype(np.int64)
-        my = np.floor((by + (np.arange(oh) + 0.5) * bh / oh) / dy).astype(np.int64)
+        pad = 1 if self.outline else 0  # one output pixel around the box: neighbours decide the boundary
+        mx = np.floor((bx + (np.arange(-pad, ow + pad) + 0.5) * bw / ow) / dx).astype(np.int64)
+        my = np.floor((by + (np.arange(-pad, oh + pad) + 0.5) * bh / oh) / dy).astype(np.int64)
         vx, vy = (mx >= 0) & (mx < W), (my >= 0) & (my < H)
-        on = np.zeros((oh, ow), bool)
+        on = np.zeros((oh + 2 * pad, ow + 2 * pad), bool)
         on[np.ix_(vy, vx)] = self.mask[np.ix_(my[vy], mx[vx])]
+        if self.outline:
+            inner = on[1:-1, 1:-1] & on[:-2, 1:-1] & on[2:, 1:-1] & on[1:-1, :-2] & on[1:-1, 2:]
+            on = on[1:-1, 1:-1] & ~inner
         c32 = np.array([*self.color, 255], np.uint8).view(np.uint32)[0]
         return np.where(on, c32, np.uint32(0)).view(np.uint8).reshape(oh, ow, 4)
 
@@ -121,7 +128,7 @@ class MaskLayer(Layer):
 
     def _state(self):
         return {"mask": _enc(np.packbits(self.mask, axis=None)), "shape": list(self.mask.shape),
-                "downsample": list(self.downsample), "color": list(self.color)}
+                "downsample": list(self.downsample), "color": list(self.color), "outline": self.outline}
 
     @classmethod
     def _from_state(cls, d):
@@ -130,7 +137,8 @@ class MaskLayer(Layer):
         if not 0 < n <= bits.size * 8:  # the shape must fit the bits sent (no padding to a huge claimed shape)
             raise InvalidParameterError(f"mask shape {d['shape']} does not match its {bits.size * 8} packed bits")
         mask = np.unpackbits(bits, count=n).reshape(d["shape"]).astype(bool)
-        return cls(mask, tuple(d["downsample"]), tuple(d["color"]), d["opacity"], d["name"])
+        return cls(mask, tuple(d["downsample"]), tuple(d["color"]), d["opacity"], d["name"],
+                   bool(d.get("outline", False)))
 
 
 class TileLayer(Layer):
@@ -205,7 +213,12 @@ class TileLayer(Layer):
 
 
 class GridLayer(TileLayer):
-    """Tile outlines, ``line_width`` output pixels wide (drawn inside each tile's box)."""
+    """Tile outlines, ``line_width`` output pixels wide, drawn inside each tile's box.
+
+    The outlines are placed in level-0 geometry: each border is the level-0 strip
+    ``[x, x + line_width / scale)`` (and likewise for the other three sides) rasterised like any box, so
+    a region that cuts through a tile (a deep-zoom tile with overlap, a viewport edge) draws no line at
+    its own edge, and neighbouring regions of one zoom level agree pixel for pixel."""
 
     def __init__(self, x, y, size, color: Color = (255, 255, 0), line_width: int = 1, name: str = "tiles",
                  opacity: float = 1.0) -> None:
@@ -218,15 +231,29 @@ class GridLayer(TileLayer):
         super().__init__(x, y, size, colors, "grid", name, opacity,
                          {"type": "color", "label": name, "color": _hex(self.color)})
 
-    def _paint_ranks(self, sel, x0, x1, y0, y1, ow, oh):
-        lw = self.line_width
-        # four borders per tile, each clipped to the tile's own pixel range
-        L = (x0, np.minimum(x0 + lw, x1), y0, y1)
-        R = (np.maximum(x1 - lw, x0), x1, y0, y1)
-        T = (x0, x1, y0, np.minimum(y0 + lw, y1))
-        B = (x0, x1, np.maximum(y1 - lw, y0), y1)
-        parts = [np.concatenate(p) for p in zip(L, R, T, B)]
-        return _paint((ow, oh), *parts), np.tile(sel, 4)
+    def _render(self, bx, by, bw, bh, ow, oh):
+        sel = self._visible(bx, by, bw, bh)
+        out = np.zeros((oh, ow, 4), np.uint8)
+        if len(sel) == 0:
+            return out
+        sx, sy = ow / bw, oh / bh
+        x, y, s = self.x[sel], self.y[sel], self.size[sel]
+        # border widths in level-0 pixels (at most half the tile, so the two borders never cross)
+        lx = np.minimum(self.line_width / sx, s / 2)
+        ly = np.minimum(self.line_width / sy, s / 2)
+        strips = [  # (x0, x1, y0, y1) of the left, right, top and bottom borders, level 0
+            (x, x + lx, y, y + s), (x + s - lx, x + s, y, y + s),
+            (x, x + s, y, y + ly), (x, x + s, y + s - ly, y + s),
+        ]
+        parts = []
+        for x0, x1, y0, y1 in strips:
+            i0, i1 = _centre_range(x0, x1, bx, sx, ow)
+            j0, j1 = _centre_range(y0, y1, by, sy, oh)
+            parts.append((i0, i1, j0, j1))
+        X0, X1, Y0, Y1 = (np.concatenate(p) for p in zip(*parts))
+        rank = _paint((ow, oh), X0, X1, Y0, Y1)
+        ids = np.tile(sel, 4)
+        return self._c32[np.append(ids, len(self.x))][rank].view(np.uint8).reshape(oh, ow, 4)
 
     def _state(self):
         return {"x": _enc(self.x), "y": _enc(self.y), "size": _enc(self.size), "color": list(self.color),

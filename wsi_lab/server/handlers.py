@@ -118,9 +118,19 @@ class SlideByPathHandler(BaseHandler):
     @web.authenticated
     @authorized(action="read", resource=AUTH_RESOURCE)
     async def get(self) -> None:
-        """``slide?path=<root-relative path>``: the same info as ``slides/{id}`` (validated path)."""
-        rel = self.get_query_argument("path", "")
-        key = await self.call(self.registry.key_for_path, rel)
+        """``slide?path=<root-relative path>[&path=...]``: the same info as ``slides/{id}`` (validated path)
+        for the first given path that is a slide under the root (one request, no 404 per wrong guess)."""
+        rels = self.get_query_arguments("path") or [""]
+        for rel in rels[:-1]:
+            try:
+                key = await self.call(self.registry.key_for_path, rel)
+            except web.HTTPError as exc:
+                if exc.status_code != 404:
+                    raise
+                continue
+            self.finish(json.dumps(await self.call(self.registry.describe, key)))
+            return
+        key = await self.call(self.registry.key_for_path, rels[-1])
         self.finish(json.dumps(await self.call(self.registry.describe, key)))
 
 

@@ -75,10 +75,11 @@ def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: 
         out_mpp = base * slide.level_downsamples[level] if base else float("nan")
     if scale * MAX_UPSAMPLE < 1 - 1e-9:
         raise InvalidParameterError(
-            f"{slide.path}: target {mpp} µm/px is {1 / scale:.1f}x finer than the slide's native "
+            f"{slide.path}: target {mpp:.4g} µm/px is {1 / scale:.1f}x finer than the slide's native "
             f"{slide.require_mpp()[0] * slide.level_downsamples[level]:g} µm/px at level {level}; tiles would be "
-            f"upsampled more than {MAX_UPSAMPLE:g}x (no new detail). Use mpp ≥ "
-            f"{slide.require_mpp()[0] * slide.level_downsamples[level] / MAX_UPSAMPLE:g}")
+            f"upsampled more than {MAX_UPSAMPLE:g}x (no new detail). Use a tile µm/px of at least "
+            f"{slide.require_mpp()[0] * slide.level_downsamples[level] / MAX_UPSAMPLE:.4g} (mpp ≥ "
+            f"{slide.require_mpp()[0] * slide.level_downsamples[level] / MAX_UPSAMPLE:.4g})")
     if scale < 0.99:
         log.warning("%s: target %s µm/px is finer than the slide's native resolution; tiles are upsampled %.2fx",
                     slide.path, mpp, 1 / scale)

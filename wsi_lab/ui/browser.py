@@ -1,8 +1,11 @@
 """``SlideBrowser``: a thumbnail grid and a sortable metadata table of the slides under a folder.
 
 A thin view over :func:`wsi_lab.find_slides` and :meth:`wsi_lab.Slide.get_thumbnail`. Thumbnails are
-computed lazily in background threads (the kernel stays responsive) and cached per file version.
-The selection is the observable ``selected`` trait: a list of slide paths.
+computed lazily in background threads (the kernel stays responsive); thumbnails and metadata are cached
+per file version (path, size, mtime), so a second ``Lab`` on the same folder opens no slide again.
+Two observable traits: ``current`` (the slide the user is looking at: a click on a card's name) and
+``selected`` (the slides to tile: the cards' checkboxes). A file that cannot be read is listed with the
+reason and cannot be chosen; the others stay usable.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ log = logging.getLogger(__name__)
 
 #: sort keys offered in the browser: label -> table column
 SORT_COLUMNS = {"name": "name", "vendor": "vendor", "size (px)": "pixels", "levels": "levels",
-                "µm/px": "mpp", "magnification": "magnification", "file size": "size_mb", "flags": "flag_count"}
+                "µm/px": "mpp", "magnification": "magnification", "file size": "size_mb", "class": "class",
+                "flags": "flag_count"}
+TABLE_COLUMNS = ["name", "slide_id", "path", "vendor", "width", "height", "pixels", "levels", "mpp", "mpp_y",
+                 "magnification", "size_mb", "class", "flags", "flag_count", "error"]
 
 _THUMB_CACHE: dict[tuple, bytes] = {}
+_INFO_CACHE: dict[tuple, SlideInfo] = {}
 _THUMB_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 
@@ -43,7 +50,9 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per slide: name, vendor, size, levels, µm/px, magnification, file size, label, flags."""
+    """One row per slide: name, vendor, size, levels, µm/px, magnification, file size, class (the user's
+    class label of the slide, from ``labels``), flags and ``error`` ("" when the slide opened). Sizes and
+    level counts are nullable integers, so an unreadable row never turns them into floats."""
     labels = labels or {}
     rows = []
     for i in infos:
@@ -53,11 +62,39 @@ def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = N
             "width": i.width, "height": i.height,
             "pixels": (i.width or 0) * (i.height or 0), "levels": i.level_count,
             "mpp": i.mpp_x, "mpp_y": i.mpp_y, "magnification": i.magnification,
-            "size_mb": i.size_bytes / 1e6, "label": labels.get(i.slide_id, labels.get(i.name, "")),
-            "flags": "; ".join(flags), "flag_count": len(flags),
+            "size_mb": (i.size_bytes or 0) / 1e6, "class": labels.get(i.slide_id, labels.get(i.name, "")),
+            "flags": "; ".join(flags), "flag_count": len(flags), "error": i.error or "",
         })
-    return pd.DataFrame(rows, columns=["name", "slide_id", "path", "vendor", "width", "height", "pixels", "levels",
-                                       "mpp", "mpp_y", "magnification", "size_mb", "label", "flags", "flag_count"])
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ("width", "height", "levels"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def list_slides(root: str | os.PathLike, workers: int = 4) -> list[SlideInfo]:
+    """:func:`wsi_lab.find_slides` with each file's :class:`SlideInfo` cached per file version (path,
+    size, mtime): only new or changed files are opened (:func:`wsi_lab.slide.describe_slide`, in
+    ``workers`` threads). Unreadable files are listed with ``error`` set."""
+    from wsi_lab.slide import describe_slide
+
+    quick = find_slides(root, metadata=False)
+    keys = {}
+    for info in quick:
+        st = os.stat(info.path)
+        keys[info.path] = (info.path, st.st_size, st.st_mtime_ns)
+    with _THUMB_LOCK:
+        missing = [i.path for i in quick if keys[i.path] not in _INFO_CACHE]
+    if missing:
+        from wsi_lab.slide.bounded import default_open_timeout
+
+        limit = default_open_timeout()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
+            fresh = list(pool.map(lambda p: describe_slide(p, timeout=limit), missing))
+        with _THUMB_LOCK:
+            for path, info in zip(missing, fresh):
+                _INFO_CACHE[keys[path]] = info
+    with _THUMB_LOCK:
+        return [_INFO_CACHE.get(keys[i.path], i) for i in quick]
 
 
 def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192) -> bytes:
@@ -83,44 +120,58 @@ def _placeholder(size: int, text_color=(200, 200, 200)) -> bytes:
 
 
 def _fmt(v, spec: str = ".3g") -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    """``v`` formatted with ``spec``; "—" for a missing value (None, NaN, pandas NA); an integer spec on
+    a float value (a column widened by a missing row) still prints the integer."""
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
         return "—"
-    return format(v, spec) if isinstance(v, (int, float, np.number)) else str(v)
+    if not isinstance(v, (int, float, np.number)):
+        return str(v)
+    if spec == "d":
+        return str(int(v))
+    return format(v, spec)
 
 
 class SlideBrowser(widgets.VBox):
-    """Thumbnails and metadata of every slide under ``root``; filter, sort and select.
+    """Thumbnails and metadata of every slide under ``root``; filter, sort, look at one, select some.
 
-    ``selected`` (observable) is the list of selected slide paths. ``labels`` optionally maps a slide id
-    (or file name) to a label string shown in the table and matched by the filter.
+    ``current`` (observable) is the path of the slide being looked at (a click on a card's name);
+    ``selected`` (observable) is the list of slide paths to tile (the cards' checkboxes). ``labels``
+    optionally maps a slide id (or file name) to the slide's class (shown in the "class" column and
+    matched by the filter). Unreadable files are listed with the reason and cannot be chosen.
     """
 
-    selected = traitlets.List(traitlets.Unicode(), help="paths of the selected slides").tag(sync=False)
+    selected = traitlets.List(traitlets.Unicode(), help="paths of the slides selected for tiling").tag(sync=False)
+    current = traitlets.Unicode(None, allow_none=True, help="path of the slide being looked at").tag(sync=False)
 
     def __init__(self, root: str | os.PathLike, labels: Mapping[str, str] | None = None, thumb_size: int = 160,
                  infos: Sequence[SlideInfo] | None = None, **kwargs) -> None:
         self.root = Path(root).expanduser()
         self.thumb_size = int(thumb_size)
         self.errors = ErrorBox()
-        self.filter_text = widgets.Text(placeholder="filter by name, vendor or label", description="Filter",
+        self.filter_text = widgets.Text(placeholder="filter by name, vendor or class", description="Filter",
                                         continuous_update=True, layout=widgets.Layout(width="320px"))
         self.sort_by = widgets.Dropdown(options=list(SORT_COLUMNS), value="name", description="Sort by",
                                         layout=widgets.Layout(width="220px"))
         self.descending = widgets.Checkbox(value=False, description="descending", indent=False,
                                            layout=widgets.Layout(width="110px"))
-        self.select_all = widgets.Button(description="Select shown", layout=widgets.Layout(width="110px"))
-        self.clear_all = widgets.Button(description="Clear", layout=widgets.Layout(width="70px"))
+        self.select_all = widgets.Button(description="Select shown", tooltip="tick every readable slide shown",
+                                         layout=widgets.Layout(width="110px"))
+        self.clear_all = widgets.Button(description="Clear", tooltip="untick every slide",
+                                        layout=widgets.Layout(width="70px"))
+        self.hint = widgets.HTML("<small>Click a slide's name to look at it (Viewer, Tune); tick the boxes of the "
+                                 "slides to tile.</small>")
         self.summary = widgets.HTML()
         self.grid = widgets.GridBox(layout=widgets.Layout(
             grid_template_columns=f"repeat(auto-fill, {self.thumb_size + 24}px)", grid_gap="8px"))
         self.table_html = widgets.HTML()
         self._cards: dict[str, widgets.VBox] = {}
-        self._toggles: dict[str, widgets.ToggleButton] = {}
+        self._toggles: dict[str, widgets.Checkbox] = {}
+        self._open_buttons: dict[str, widgets.Button] = {}
         self._images: dict[str, widgets.Image] = {}
         self._futures: dict[str, Future] = {}
         self._syncing = False
         try:
-            self.infos = list(infos) if infos is not None else find_slides(self.root)
+            self.infos = list(infos) if infos is not None else list_slides(self.root)
         except Exception as exc:  # noqa: BLE001 - shown in the panel, logged
             log.info("slide browser: %s", exc)
             self.infos = []
@@ -129,14 +180,18 @@ class SlideBrowser(widgets.VBox):
         if not self.infos and not self.errors.value:
             self.errors.show(f"No slides found under {self.root} (looked for .svs, .ndpi, .tif, .mrxs, ...).",
                              "warning")
+        elif self.infos and not len(self.readable):
+            self.errors.show(f"None of the {len(self.infos)} slide file(s) under {self.root} could be read; "
+                             "the table says why.", "warning")
         controls = widgets.HBox([self.filter_text, self.sort_by, self.descending, self.select_all, self.clear_all])
-        super().__init__([self.errors, controls, self.summary, self.grid, self.table_html], **kwargs)
+        super().__init__([self.errors, controls, self.hint, self.summary, self.grid, self.table_html], **kwargs)
         self.add_class("wsi-lab-browser")
         for w in (self.filter_text, self.sort_by, self.descending):
             w.observe(lambda _change: self._render(), "value")
-        self.select_all.on_click(lambda _b: self.select(list(self.visible["path"])))
+        self.select_all.on_click(lambda _b: self.select(list(self._readable_paths(self.visible))))
         self.clear_all.on_click(lambda _b: self.select([]))
         self.observe(self._on_selected, "selected")
+        self.observe(self._on_current, "current")
         self._render()
 
     # -- public -------------------------------------------------------------------------------
@@ -146,20 +201,49 @@ class SlideBrowser(widgets.VBox):
         df = self.table
         q = self.filter_text.value.strip().lower()
         if q and len(df):
-            hay = (df["name"] + " " + df["vendor"] + " " + df["label"]).str.lower()
+            hay = (df["name"] + " " + df["vendor"] + " " + df["class"]).str.lower()
             df = df[hay.str.contains(q, regex=False)]
         key = SORT_COLUMNS[self.sort_by.value]
         return df.sort_values([key, "name"], ascending=[not self.descending.value, True], na_position="last",
                               kind="stable")
 
-    def select(self, paths: Sequence[str | os.PathLike]) -> None:
-        """Set the selection to ``paths`` (unknown paths are ignored with a warning in the panel)."""
+    @property
+    def readable(self) -> pd.DataFrame:
+        """The table rows of the slides that opened (the ones that can be viewed, tuned and tiled)."""
+        return self.table[self.table["error"] == ""] if len(self.table) else self.table
+
+    @staticmethod
+    def _readable_paths(df: pd.DataFrame) -> list[str]:
+        return list(df.loc[df["error"] == "", "path"]) if len(df) else []
+
+    def _check(self, paths: Sequence[str | os.PathLike]) -> list[str]:
+        """``paths`` as strings, without the unknown and unreadable ones (named in a warning)."""
         known = set(self.table["path"]) if len(self.table) else set()
+        bad = dict(zip(self.table["path"], self.table["error"])) if len(self.table) else {}
         wanted = [str(p) for p in paths]
         unknown = [p for p in wanted if p not in known]
+        unreadable = [p for p in wanted if p in known and bad.get(p)]
+        notes = []
         if unknown:
-            self.errors.show(f"Not in this folder: {', '.join(unknown)}", "warning")
-        self.selected = [p for p in wanted if p in known]
+            notes.append(f"Not in this folder: {', '.join(unknown)}")
+        if unreadable:
+            notes.append("Cannot be read: " + "; ".join(f"{Path(p).name} ({bad[p]})" for p in unreadable))
+        if notes:
+            self.errors.show(". ".join(notes), "warning")
+        return [p for p in wanted if p in known and not bad.get(p)]
+
+    def select(self, paths: Sequence[str | os.PathLike]) -> None:
+        """Set the slides to tile to ``paths`` (unknown or unreadable paths are left out, with a warning)."""
+        self.selected = self._check(paths)
+
+    def show(self, path: str | os.PathLike | None) -> None:
+        """Make ``path`` the current slide (the one looked at); ``None`` for none."""
+        if path is None:
+            self.current = None
+            return
+        ok = self._check([path])
+        if ok:
+            self.current = ok[0]
 
     def on_select(self, callback: Callable[[list[str]], None]) -> None:
         """Call ``callback(paths)`` whenever the selection changes."""
@@ -176,20 +260,43 @@ class SlideBrowser(widgets.VBox):
         card = self._cards.get(path)
         if card is not None:
             return card
+        error = row["error"]
         img = widgets.Image(value=_placeholder(self.thumb_size), format="png",
                             layout=widgets.Layout(max_width=f"{self.thumb_size}px",
                                                   max_height=f"{self.thumb_size}px", object_fit="contain"))
-        toggle = widgets.ToggleButton(value=path in self.selected, description=row["name"], tooltip=path,
-                                      layout=widgets.Layout(width=f"{self.thumb_size + 16}px"))
+        name = widgets.Button(description=row["name"], tooltip=f"look at {path}" if not error else f"{path}\n{error}",
+                              disabled=bool(error), layout=widgets.Layout(width=f"{self.thumb_size + 16}px"))
+        name.add_class("wsi-lab-thumb-name")
+        name.on_click(lambda _b, p=path: self.show(p))
+        toggle = widgets.Checkbox(value=path in self.selected, description="tile", indent=False,
+                                  disabled=bool(error), tooltip=path if not error else f"{path}\n{error}",
+                                  layout=widgets.Layout(width="60px"))
+        toggle.add_class("wsi-lab-thumb-select")
         toggle.observe(lambda ch, p=path: self._on_toggle(p, ch["new"]), "value")
-        card = widgets.VBox([img, toggle], layout=widgets.Layout(align_items="center"))
+        kids: list[widgets.Widget] = [img, name, toggle]
+        if error:
+            reason = widgets.HTML(f"<small class='wsi-lab-unreadable' style='color:#8a1f11'>unreadable: "
+                                  f"{html.escape(error[:160])}</small>",
+                                  layout=widgets.Layout(max_width=f"{self.thumb_size + 16}px"))
+            kids.append(reason)
+        card = widgets.VBox(kids, layout=widgets.Layout(align_items="center"))
         card.add_class("wsi-lab-thumb")
+        if error:
+            card.add_class("wsi-lab-thumb-unreadable")
         self._cards[path], self._toggles[path], self._images[path] = card, toggle, img
-        self._request_thumbnail(path)
+        self._open_buttons[path] = name
+        self._request_thumbnail(path, error)
         return card
 
-    def _request_thumbnail(self, path: str) -> None:
+    def _request_thumbnail(self, path: str, error: str = "") -> None:
         if path in self._futures:
+            return
+        if error:  # known unreadable: no thread, a red placeholder with the reason
+            self._images[path].value = _placeholder(self.thumb_size, (230, 120, 120))
+            self._toggles[path].tooltip = f"{path}\nthumbnail failed: {error}"
+            done: Future = Future()
+            done.set_result(None)
+            self._futures[path] = done
             return
         # the job updates the widget itself, so a finished future means a drawn thumbnail
         self._futures[path] = _pool().submit(self._load_thumbnail, path)
@@ -210,23 +317,31 @@ class SlideBrowser(widgets.VBox):
         vis = self.visible
         self.grid.children = [self._card(row) for _, row in vis.iterrows()]
         self.table_html.value = self._table_html(vis)
-        n_flag = int((self.table["flag_count"] > 0).sum()) if len(self.table) else 0
+        n_bad = int((self.table["error"] != "").sum()) if len(self.table) else 0
+        n_flag = int((self.table["flag_count"] > 0).sum()) - n_bad if len(self.table) else 0
+        cur = f", looking at <b class='wsi-lab-current-name'>{html.escape(Path(self.current).name)}</b>" \
+            if self.current else ""
         self.summary.value = (f"<b>{len(vis)}</b> of {len(self.table)} slides shown, "
-                              f"<b>{len(self.selected)}</b> selected"
-                              + (f", <span style='color:#b35c00'>{n_flag} flagged</span>" if n_flag else ""))
+                              f"<b>{len(self.selected)}</b> selected for tiling{cur}"
+                              + (f", <span style='color:#b35c00'>{n_flag} flagged</span>" if n_flag else "")
+                              + (f", <span class='wsi-lab-unreadable-count' style='color:#8a1f11'>{n_bad} "
+                                 f"unreadable</span>" if n_bad else ""))
 
     def _table_html(self, df: pd.DataFrame) -> str:
-        head = ["", "name", "vendor", "size (px)", "levels", "µm/px", "mag.", "MB", "label", "flags"]
+        head = ["tile", "name", "vendor", "size (px)", "levels", "µm/px", "mag.", "MB", "class", "flags"]
         rows = []
         for _, r in df.iterrows():
             mpp = _fmt(r["mpp"], ".4g")
             if r["mpp_y"] is not None and not pd.isna(r["mpp_y"]) and r["mpp_y"] != r["mpp"]:
                 mpp += f" × {_fmt(r['mpp_y'], '.4g')}"
             flagged = r["flag_count"] > 0
-            cells = ["✔" if r["path"] in self.selected else "", html.escape(r["name"]), html.escape(r["vendor"]),
-                     f"{_fmt(r['width'], 'd')} × {_fmt(r['height'], 'd')}" if r["width"] else "—",
-                     _fmt(r["levels"], "d") if r["levels"] else "—", mpp,
-                     _fmt(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["label"]),
+            size = f"{_fmt(r['width'], 'd')} × {_fmt(r['height'], 'd')}" if not pd.isna(r["width"]) else "—"
+            name = html.escape(r["name"])
+            if r["path"] == self.current:
+                name = f"<b>▶ {name}</b>"
+            cells = ["✔" if r["path"] in self.selected else "", name, html.escape(r["vendor"]), size,
+                     _fmt(r["levels"], "d"), mpp,
+                     _fmt(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["class"]),
                      ("⚠ " + html.escape(r["flags"])) if flagged else ""]
             style = ' style="background:#fff3e0"' if flagged else ""
             cls = ' class="wsi-lab-flagged"' if flagged else ""
@@ -249,8 +364,16 @@ class SlideBrowser(widgets.VBox):
         try:
             for path, toggle in self._toggles.items():
                 toggle.value = path in self.selected
-                toggle.button_style = "info" if toggle.value else ""
         finally:
             self._syncing = False
         self._render()
 
+    def _on_current(self, _change) -> None:
+        for path, button in self._open_buttons.items():
+            button.button_style = "primary" if path == self.current else ""
+            card = self._cards[path]
+            if path == self.current:
+                card.add_class("wsi-lab-current")
+            else:
+                card.remove_class("wsi-lab-current")
+        self._render()

@@ -58,11 +58,14 @@ def registered_panels() -> list[PanelSpec]:
 
 
 class LabState(traitlets.HasTraits):
-    """What the Lab's panels share. ``current`` follows the first selected slide."""
+    """What the Lab's panels share. ``current`` is the slide being looked at (Viewer, Tune); ``selected``
+    the slides to tile. They are separate: looking at a slide does not select it, and selecting does not
+    move the view (only when nothing is current does the first selected slide become current)."""
 
     root = traitlets.Unicode()
     selected = traitlets.List(traitlets.Unicode())
     current = traitlets.Unicode(allow_none=True, default_value=None)
+    slides = traitlets.List(traitlets.Unicode(), help="paths of the readable slides (for the slide pickers)")
     mask = traitlets.Any(None, help="TissueMask of the current slide (from the tuner)")
     planned = traitlets.Any(None, help="TileTable the tuner's parameters would keep on the current slide")
     params = traitlets.Any(None, help="TilingParams from the tuner (with per-slide overrides)")
@@ -73,16 +76,17 @@ class LabState(traitlets.HasTraits):
     @traitlets.observe("selected")
     def _follow_selection(self, change) -> None:
         new = list(change["new"])
-        if not new:
-            self.current = None
-        elif self.current not in new:
+        if new and not self.current:
             self.current = new[0]
 
 
 class Lab(widgets.VBox):
     """The WSI Lab dashboard for the slides under ``root``: one tab per registered panel.
 
-    ``lab.state`` is the shared :class:`LabState`; ``lab.panels`` maps tab name to its widget.
+    ``root`` is a folder path; a relative one is relative to the notebook's (the kernel's) working
+    folder. ``select`` makes one slide current and selected. ``lab.state`` is the shared
+    :class:`LabState`; ``lab.panels`` maps tab name to its widget. The header above the tabs names the
+    current slide and how many are selected for tiling.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, select: str | os.PathLike | None = None,
@@ -91,20 +95,37 @@ class Lab(widgets.VBox):
         self.errors = ErrorBox()
         self.panels: dict[str, widgets.Widget] = {}
         self.tabs = widgets.Tab()
-        header = widgets.HTML(f"<b>WSI Lab</b> &middot; slides in <code>{self.state.root}</code>")
+        self.header = widgets.HTML()
+        self.header.add_class("wsi-lab-header")
+        self.state.observe(self._update_header, ["current", "selected"])
+        self._update_header()
+        browser = None
         for spec in registered_panels():
             self.panels[spec.name] = self._build(spec)
+            if spec.name == "Slides":
+                browser = self.panels["Slides"]
+                if hasattr(browser, "readable"):
+                    self.state.slides = list(browser.readable["path"])
+                    if select is None and self.state.slides and not self.state.current:
+                        self.state.selected = [self.state.slides[0]]  # the first slide, before the others build
+                        self.state.current = self.state.slides[0]
+            if select is not None and not self.state.current:
+                self.state.current = str(select)
+                self.state.selected = [str(select)]
         self.tabs.children = list(self.panels.values())
         self.tabs.titles = tuple(self.panels)
-        super().__init__([header, self.errors, self.tabs], **kwargs)
+        super().__init__([self.header, self.errors, self.tabs], **kwargs)
         self.add_class("wsi-lab-lab")
-        if select is not None:
-            self.state.selected = [str(select)]
-        elif not self.state.selected:
-            browser = self.panels.get("Slides")
-            paths = list(getattr(browser, "table", {}).get("path", [])) if browser is not None else []
-            if paths:
-                self.state.selected = [paths[0]]
+
+    def _update_header(self, _change=None) -> None:
+        import html
+
+        st = self.state
+        cur = (f"looking at <b class='wsi-lab-current-name'>{html.escape(Path(st.current).name)}</b>"
+               if st.current else "no slide chosen")
+        n = len(st.selected)
+        self.header.value = (f"<b>WSI Lab</b> &middot; slides in <code>{html.escape(st.root)}</code> &middot; {cur}"
+                             f" &middot; <span class='wsi-lab-selected-count'>{n}</span> selected for tiling")
 
     def _build(self, spec: PanelSpec) -> widgets.Widget:
         try:
@@ -147,7 +168,39 @@ def _slides_panel(lab: Lab) -> widgets.Widget:
 
     browser = SlideBrowser(lab.state.root)
     traitlets.link((browser, "selected"), (lab.state, "selected"))
+    traitlets.link((browser, "current"), (lab.state, "current"))
     return browser
+
+
+def slide_picker(state: LabState) -> widgets.Dropdown:
+    """A drop-down of the Lab's readable slides, linked both ways to ``state.current``."""
+    def options() -> list[tuple[str, str]]:
+        paths = list(state.slides)
+        if state.current and state.current not in paths:
+            paths.append(state.current)
+        return [(Path(p).name, p) for p in paths]
+
+    picker = widgets.Dropdown(options=options(), value=state.current if state.current else None,
+                              description="Slide", layout=widgets.Layout(width="360px"))
+    picker.add_class("wsi-lab-slide-picker")
+    busy = [False]
+
+    def from_state(_change=None) -> None:
+        busy[0] = True
+        try:
+            picker.options = options()
+            picker.value = state.current if state.current else None
+        finally:
+            busy[0] = False
+
+    def to_state(change) -> None:
+        if not busy[0] and change["new"] and change["new"] != state.current:
+            state.current = change["new"]
+
+    state.observe(from_state, ["current", "slides"])
+    picker.observe(to_state, "value")
+    picker._wsi_unlink = lambda: state.unobserve(from_state, ["current", "slides"])  # type: ignore[attr-defined]
+    return picker
 
 
 class ViewerPanel(widgets.VBox):
@@ -158,8 +211,14 @@ class ViewerPanel(widgets.VBox):
         self.state = state
         self.errors = ErrorBox()
         self.title = widgets.HTML()
+        self.picker = slide_picker(state)
+        self.mask_style = widgets.ToggleButtons(options=["fill", "outline"], value="fill", description="Mask",
+                                                tooltip="draw the tissue mask filled (light) or as its outline",
+                                                style={"button_width": "70px"})
+        self.mask_style.add_class("wsi-lab-mask-style")
+        self.mask_style.observe(self._refresh, "value")
         self.viewer = None
-        super().__init__([self.title, self.errors])
+        super().__init__([self.picker, self.title, self.errors])
         for name in ("current", "mask", "planned", "tiles"):
             state.observe(self._refresh, name)
         self._refresh()
@@ -170,7 +229,7 @@ class ViewerPanel(widgets.VBox):
 
         st, out = self.state, []
         if st.mask is not None:
-            out.append(overlays.mask_layer(st.mask))
+            out.append(overlays.mask_layer(st.mask, outline=self.mask_style.value == "outline"))
         tiles = self._table()
         if tiles is not None and tiles is not st.planned and len(tiles):
             out.append(overlays.heatmap_layer(tiles, "tissue_fraction"))
@@ -183,8 +242,8 @@ class ViewerPanel(widgets.VBox):
         st = self.state
         with self.errors.guard("viewer"):
             if not st.current:
-                self.title.value = message_html("Select a slide in the Slides tab.", "info")
-                self.children = [self.title, self.errors]
+                self.title.value = message_html("Choose a slide above or click one in the Slides tab.", "info")
+                self.children = [self.picker, self.title, self.errors]
                 self._drop_viewer()
                 return
             from wsi_lab.ui.viewer import SlideViewer
@@ -200,7 +259,7 @@ class ViewerPanel(widgets.VBox):
                 self.viewer.layers = []
                 for layer in layers:
                     self.viewer.add_layer(layer)
-            self.children = [self.title, self.errors, self.viewer]
+            self.children = [widgets.HBox([self.picker, self.mask_style]), self.title, self.errors, self.viewer]
 
     def close(self) -> None:
         """Close the panel and its viewer (which releases the slide it opened). Safe to call twice."""
@@ -208,6 +267,7 @@ class ViewerPanel(widgets.VBox):
             self._closed = True
             for name in ("current", "mask", "planned", "tiles"):
                 self.state.unobserve(self._refresh, name)
+            self.picker._wsi_unlink()
         self._drop_viewer()
         super().close()
 
@@ -249,7 +309,8 @@ class TunerPanel(widgets.VBox):
                                        layout=widgets.Layout(width="220px"))
         self.override.on_click(self._save_override)
         self.note = widgets.HTML()
-        super().__init__([self.errors])
+        self.picker = slide_picker(state)
+        super().__init__([self.picker, self.errors])
         state.observe(self._load, "current")
         self._load()
 
@@ -260,18 +321,20 @@ class TunerPanel(widgets.VBox):
         self.tuner = None
         with self.errors.guard("tuner"):
             if not self.state.current:
-                self.children = [widgets.HTML(message_html("Select a slide in the Slides tab.", "info"))]
+                if old is not None:
+                    old.close()
+                self.children = [self.picker, widgets.HTML(message_html(
+                    "Choose a slide above or click one in the Slides tab.", "info"))]
                 return
-            tuner = ThresholdTuner(self.state.current)
-            if old is not None:
-                tuner.apply_settings(old.settings())
+            tuner = ThresholdTuner(self.state.current,
+                                   settings=old.carried_settings() if old is not None else None)
             self.tuner = tuner
             for name in ("mask", "planned"):
                 tuner.observe(self._publish, name)
             self._publish()
         if old is not None:
             old.close()
-        kids = [self.errors] + ([self.tuner, widgets.HBox([self.override, self.note])] if self.tuner else [])
+        kids = [self.picker, self.errors] + ([self.tuner, widgets.HBox([self.override, self.note])] if self.tuner else [])
         self.children = kids
 
     def close(self) -> None:
@@ -279,6 +342,7 @@ class TunerPanel(widgets.VBox):
         if not getattr(self, "_closed", False):
             self._closed = True
             self.state.unobserve(self._load, "current")
+            self.picker._wsi_unlink()
         if self.tuner is not None:
             self.tuner.close()
             self.tuner = None
@@ -286,10 +350,9 @@ class TunerPanel(widgets.VBox):
 
     def _publish(self, _change=None) -> None:
         t = self.tuner
-        with self.errors.guard("tuner"):
-            with self.state.hold_trait_notifications():
-                self.state.mask, self.state.planned = t.mask, t.planned
-                self.state.params = t.params
+        with self.state.hold_trait_notifications():  # the tuner shows its own errors: not repeated here
+            self.state.mask, self.state.planned = t.mask, t.planned
+            self.state.params = t.valid_params
 
     def _save_override(self, _button=None) -> None:
         if self.tuner is None:
@@ -307,7 +370,18 @@ def _tiling_panel(lab: Lab) -> widgets.Widget:
     from wsi_lab.ui.tiling_panel import TilingPanel
 
     st = lab.state
-    panel = TilingPanel(slides=lambda: st.selected, params=lambda: st.params, overrides=lambda: st.overrides)
+
+    def params():
+        tune = lab.panels.get("Tune")
+        tuner = getattr(tune, "tuner", None)
+        if tuner is not None and tuner.valid_params is None:  # never tile with defaults behind the user's back
+            from wsi_lab.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"the Tune tab holds an invalid value ({tuner.errors.text or 'see the Tune tab'});"
+                                        " fix it there first")
+        return st.params
+
+    panel = TilingPanel(slides=lambda: st.selected, params=params, overrides=lambda: st.overrides)
     panel.observe(lambda change: setattr(st, "tiles", change["new"]), "table")
     return panel
 

@@ -23,20 +23,30 @@ import traitlets
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
 from wsi_lab.tissue import TISSUE_METHODS
+from wsi_lab.tiling.preview import min_object_params, preview_tiling
 from wsi_lab.ui.common import ErrorBox, composite, set_image
 
 log = logging.getLogger(__name__)
 
 #: slider range and default of the main threshold of each method (None default = automatic)
 THRESHOLDS: dict[str, dict[str, Any]] = {m: spec.slider() for m, spec in TISSUE_METHODS.items()}
+#: what the threshold of each method measures, with its unit (shown under the slider)
+THRESHOLD_HINTS = {
+    "otsu": "colour saturation 0–255 (fluorescence: brightness); pixels above it are tissue",
+    "variance": "intensity variance per mask cell (grey levels²); cells above it are tissue; typical 50–500",
+    "background": "grey level 0–255; brighter (fluorescence: darker) pixels are background",
+}
 DISPLAY_SIZE = 512
+#: preview colours: tissue mask and kept-tile outlines
+MASK_COLOR, GRID_COLOR = (0, 200, 0), (255, 200, 0)
 
 
 class ThresholdTuner(widgets.VBox):
     """Tune tissue detection on one slide and see the mask and the number of tiles kept, live.
 
     Observable traits: ``mask`` (TissueMask or None when no tissue), ``planned`` (TileTable of the tiles
-    that would be kept), ``n_tiles``. ``last_update_ms`` is the time the last update took.
+    that would be kept), ``n_tiles``. ``last_update_ms`` is the time the last update took. ``settings``
+    (from another tuner's :meth:`settings`) sets the controls before the first update.
     """
 
     mask = traitlets.Any(None).tag(sync=False)
@@ -45,51 +55,96 @@ class ThresholdTuner(widgets.VBox):
 
     def __init__(self, slide: Slide | str | os.PathLike, method: str = "otsu", tile_size: int = 256,
                  mpp: float | None = None, min_tissue: float = 0.5, display_size: int = DISPLAY_SIZE,
-                 **kwargs) -> None:
+                 settings: dict[str, Any] | None = None, **kwargs) -> None:
         self._quiet = False
+        self._owns_slide = False  # set once a slide is open: close()/__del__ work after a failed open
+        self._params = None
         self.errors = ErrorBox()
-        self._owns_slide = not isinstance(slide, Slide)
         self.slide = slide if isinstance(slide, Slide) else open_slide(slide)
+        self._owns_slide = not isinstance(slide, Slide)
+        try:
+            self._build(method, tile_size, mpp, min_tissue, display_size, settings, **kwargs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, method, tile_size, mpp, min_tissue, display_size, settings, **kwargs) -> None:
         self.last_update_ms = float("nan")
         self._thumb = self.slide.get_thumbnail(display_size)
         style = {"description_width": "110px"}
         def wide() -> widgets.Layout:  # one Layout per widget: hiding one must not hide the others
             return widgets.Layout(width="360px")
 
+        def hint(text: str) -> widgets.HTML:
+            h = widgets.HTML(f"<small style='color:#555'>{text}</small>", layout=widgets.Layout(margin="-4px 0 4px 116px"))
+            h.add_class("wsi-lab-hint")
+            return h
+
         # sliders update while dragged: an update takes ~10–25 ms (benchmarks/tuner.py), well under a frame budget
         self.method = widgets.Dropdown(options=list(THRESHOLDS), value=method, description="Method", style=style,
                                        layout=wide())
-        self.auto = widgets.Checkbox(value=True, description="automatic threshold", indent=False)
-        self.threshold = widgets.FloatSlider(description="Threshold", style=style, layout=wide(),
-                                             continuous_update=True, readout_format=".0f")
+        self.auto = widgets.Checkbox(value=True, description="automatic threshold (per slide)", indent=False,
+                                     tooltip="the method picks the threshold for each slide; moving the slider "
+                                             "fixes it for this slide")
+        # logarithmic: typical values (otsu ~20–40, variance ~50–500) are not squeezed to the far left
+        self.threshold = widgets.FloatLogSlider(description="Threshold", style=style, layout=wide(), base=10,
+                                                min=0, max=3, step=0.01, value=10,
+                                                continuous_update=True, readout_format=".0f")
+        self.threshold_hint = hint("")
         self.max_background = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="Max background",
-                                                  style=style, layout=wide(), continuous_update=True)
+                                                  style=style, layout=wide(), continuous_update=True,
+                                                  tooltip="largest background fraction a tissue cell may have")
         self.closing = widgets.IntSlider(value=0, min=0, max=10, description="Closing (px)", style=style,
-                                         layout=wide(), continuous_update=True)
+                                         layout=wide(), continuous_update=True,
+                                         tooltip="fill gaps up to this radius in mask pixels (0 = off)")
         self.opening = widgets.IntSlider(value=0, min=0, max=10, description="Opening (px)", style=style,
-                                         layout=wide(), continuous_update=True)
-        self.min_object = widgets.FloatText(value=0.0, description="Min object µm²", style=style, layout=wide())
-        self.tile_size = widgets.IntText(value=tile_size, description="Tile size (px)", style=style, layout=wide())
+                                         layout=wide(), continuous_update=True,
+                                         tooltip="remove specks up to this radius in mask pixels (0 = off)")
+        unit = "µm²" if self.slide.mpp else "px²"
+        self.min_object = widgets.FloatText(value=0.0, description=f"Min object {unit}", style=style, layout=wide(),
+                                            step=100, tooltip=f"drop tissue pieces smaller than this area in {unit} "
+                                                              "(0 = off)")
+        self.tile_size = widgets.IntText(value=tile_size, description="Tile size (px)", style=style, layout=wide(),
+                                         tooltip="tile side in output pixels (≥ 1)")
         self.mpp = widgets.FloatText(value=mpp or 0.0, description="Tile µm/px", style=style, layout=wide(),
-                                     tooltip="0 = the slide's native resolution")
+                                     step=0.05, tooltip="µm per output pixel; 0 = the slide's native resolution")
         self.min_tissue = widgets.FloatSlider(value=min_tissue, min=0, max=1, step=0.05, description="Min tissue",
-                                              style=style, layout=wide(), continuous_update=True)
-        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{display_size}px"))
+                                              style=style, layout=wide(), continuous_update=True,
+                                              readout_format=".0%",
+                                              tooltip="fraction of a tile that must be tissue for it to be kept")
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{int(display_size)}px"))
         self.image.add_class("wsi-lab-tuner-image")
+        self.show_mask = widgets.Checkbox(value=True, description="tissue", indent=False,
+                                          layout=widgets.Layout(width="auto"))
+        self.show_grid = widgets.Checkbox(value=True, description="kept tiles", indent=False,
+                                          layout=widgets.Layout(width="auto"))
+        sw = ("<span style='display:inline-block;width:12px;height:12px;margin:0 4px 0 10px;vertical-align:middle;"
+              "background:{}'></span>")
+        legend = widgets.HBox([widgets.HTML(sw.format("rgb(%d,%d,%d)" % MASK_COLOR)), self.show_mask,
+                               widgets.HTML(sw.format("rgb(%d,%d,%d)" % GRID_COLOR)), self.show_grid])
+        legend.add_class("wsi-lab-tuner-legend")
         self.count = widgets.HTML()
         self.count.add_class("wsi-lab-tile-count")
-        self._apply_method_defaults(method)
-        controls = widgets.VBox([self.method, self.auto, self.threshold, self.max_background, self.closing,
-                                 self.opening, self.min_object, self.tile_size, self.mpp, self.min_tissue, self.count],
+        controls = widgets.VBox([self.method, self.auto, self.threshold, self.threshold_hint, self.max_background,
+                                 self.closing, self.opening, self.min_object, hint("0 = off"), self.tile_size,
+                                 self.mpp, hint("0 = the slide's native resolution"
+                                                + (f" ({self.slide.mpp[0]:.3g} µm/px)" if self.slide.mpp else "")),
+                                 self.min_tissue, self.count],
                                 layout=widgets.Layout(min_width="380px"))
+        self._apply_method_defaults(method)
+        if settings:
+            self._set_controls(settings)
         title = widgets.HTML(f"<b>{self.slide.path.name}</b> &middot; {self.slide.dimensions[0]}×"
                              f"{self.slide.dimensions[1]} px")
-        super().__init__([title, self.errors, widgets.HBox([controls, self.image])], **kwargs)
+        super().__init__([title, self.errors, widgets.HBox([controls, widgets.VBox([legend, self.image])])],
+                         **kwargs)
         self.add_class("wsi-lab-tuner")
         self.method.observe(self._on_method, "value")
         for w in (self.auto, self.threshold, self.max_background, self.closing, self.opening, self.min_object,
                   self.tile_size, self.mpp, self.min_tissue):
             w.observe(self._on_change, "value")
+        for w in (self.show_mask, self.show_grid):
+            w.observe(lambda _c: self._redraw(), "value")
         self.update()
 
     # -- controls -> parameters ---------------------------------------------------------------
@@ -97,7 +152,7 @@ class ThresholdTuner(widgets.VBox):
         spec = THRESHOLDS[method]
         self._quiet = True
         try:
-            self.threshold.min, self.threshold.max, self.threshold.step = 0.0, spec["max"], spec["step"]
+            self.threshold.min, self.threshold.max = 0.0, math.log10(spec["max"])  # exponents: 1 .. max
             if spec["default"] is not None:
                 self.threshold.value = spec["default"]
             else:
@@ -105,6 +160,8 @@ class ThresholdTuner(widgets.VBox):
         finally:
             self._quiet = False
         self.threshold.tooltip = spec["help"]
+        self.threshold_hint.value = (f"<small style='color:#555'>{THRESHOLD_HINTS.get(method, spec['help'])}; "
+                                     f"range 1–{spec['max']:g}</small>")
         self.auto.layout.display = "none" if spec["default"] is not None else None
         self.max_background.layout.display = None if method == "background" else "none"
 
@@ -121,10 +178,7 @@ class ThresholdTuner(widgets.VBox):
             p["closing"] = int(self.closing.value)
         if self.opening.value:
             p["opening"] = int(self.opening.value)
-        if self.min_object.value:
-            if self.min_object.value < 0:
-                raise InvalidParameterError(f"min object area must be ≥ 0 µm², got {self.min_object.value}")
-            p["min_object_um2" if self.slide.mpp else "min_object_px"] = float(self.min_object.value)
+        p.update(min_object_params(self.slide, float(self.min_object.value)))
         return p
 
     @property
@@ -133,6 +187,8 @@ class ThresholdTuner(widgets.VBox):
         from wsi_lab.tiling.params import TilingParams
 
         mpp = float(self.mpp.value) if self.mpp.value else None
+        if mpp is not None and not (0 < mpp < 1000):
+            raise InvalidParameterError(f"Tile µm/px must be > 0 (0 = the slide's native resolution), got {mpp:.4g}")
         return TilingParams(tile_size=int(self.tile_size.value), mpp=mpp, method=self.method.value,
                             method_params=self.method_params(), min_tissue=float(self.min_tissue.value)).validate()
 
@@ -159,35 +215,48 @@ class ThresholdTuner(widgets.VBox):
 
     def update(self) -> float:
         """Re-detect tissue with the current controls, re-plan the tiles and redraw; returns the time
-        taken in milliseconds. Bad values and typed core errors are shown in the panel."""
-        from wsi_lab.overlays import grid_layer, mask_layer
-        from wsi_lab.tiling.grid import plan_tiles
-        from wsi_lab.tissue import detect_tissue
-
+        taken in milliseconds. Bad values and typed core errors are shown in the panel (once)."""
         t0 = time.perf_counter()
-        mask = planned = None
-        picture = self._thumb
+        mask = planned = params = None
         with self.errors.guard():
             params = self.params  # validates tile size, µm/px, min tissue
-            mask = detect_tissue(self.slide, self.method.value, **params.method_params)
+            self._params = None
+            preview = preview_tiling(self.slide, params)
+            mask, planned = preview.mask, preview.planned
+            self._params = params
             if self.auto.value and THRESHOLDS[self.method.value]["default"] is None:
                 auto_t = mask.params.get(THRESHOLDS[self.method.value]["param"])
                 if auto_t is not None and math.isfinite(float(auto_t)):
-                    self._silent(self.threshold, float(auto_t))
-            W, H = self.slide.dimensions
-            th, tw = self._thumb.shape[:2]
-            picture = composite(picture, mask_layer(mask, color=(0, 200, 0), opacity=0.35)
-                                .render_region((0, 0, W, H), (tw, th)))
-            planned = plan_tiles(self.slide, params.tile_size, params.mpp, mask=mask, min_tissue=params.min_tissue)
-            if len(planned):
-                picture = composite(picture, grid_layer(planned, color=(255, 200, 0), slide=self.slide)
-                                    .render_region((0, 0, W, H), (tw, th)))
+                    self._silent(self.threshold, max(1.0, float(auto_t)))
+        if params is None or mask is None:
+            self._params = None
         self.mask, self.planned = mask, planned
         self.n_tiles = 0 if planned is None else len(planned)
-        set_image(self.image, picture, "jpeg")
+        self._redraw()
         self.last_update_ms = (time.perf_counter() - t0) * 1000
         self.count.value = self._count_html(mask, planned)
         return self.last_update_ms
+
+    @property
+    def valid_params(self):
+        """The :class:`~wsi_lab.tiling.TilingParams` of the last update that succeeded, else ``None``
+        (never raises: the error is already shown in the panel)."""
+        return self._params
+
+    def _redraw(self) -> None:
+        """The thumbnail with the layers ticked in the legend: tissue mask (green), kept tiles (yellow)."""
+        from wsi_lab.overlays import grid_layer, mask_layer
+
+        picture = self._thumb
+        W, H = self.slide.dimensions
+        th, tw = self._thumb.shape[:2]
+        if self.mask is not None and self.show_mask.value:
+            picture = composite(picture, mask_layer(self.mask, color=MASK_COLOR, opacity=0.35)
+                                .render_region((0, 0, W, H), (tw, th)))
+        if self.planned is not None and len(self.planned) and self.show_grid.value:
+            picture = composite(picture, grid_layer(self.planned, color=GRID_COLOR, slide=self.slide)
+                                .render_region((0, 0, W, H), (tw, th)))
+        set_image(self.image, picture, "jpeg")
 
     def _silent(self, widget, value: Any) -> None:
         """Set a control without triggering another update."""
@@ -211,14 +280,26 @@ class ThresholdTuner(widgets.VBox):
                  "mpp", "min_tissue")
         return {n: getattr(self, n).value for n in names}
 
-    def apply_settings(self, settings: dict[str, Any]) -> None:
-        """Set the controls from :meth:`settings` output and update once."""
+    def carried_settings(self) -> dict[str, Any]:
+        """:meth:`settings` to carry to another slide: an automatic threshold is not carried (the next
+        slide computes its own; the checkbox starts on again)."""
+        s = self.settings()
+        if THRESHOLDS[s["method"]]["default"] is None:
+            s.pop("auto")
+            s.pop("threshold")
+        return s
+
+    def _set_controls(self, settings: dict[str, Any]) -> None:
         if "method" in settings:
             self._silent(self.method, settings["method"])
             self._apply_method_defaults(settings["method"])
         for name, value in settings.items():
             if name != "method" and hasattr(self, name):
                 self._silent(getattr(self, name), value)
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Set the controls from :meth:`settings` output and update once."""
+        self._set_controls(settings)
         self.update()
 
     def close(self) -> None:

@@ -72,14 +72,22 @@ class SlideViewer(anywidget.AnyWidget):
                  height: str = "500px", **kwargs: Any) -> None:
         if tile_source not in ("auto", "server", "comm"):
             raise InvalidParameterError(f"tile_source must be 'auto', 'server' or 'comm', got {tile_source!r}")
-        self._owns_slide = isinstance(slide_or_path, (str, os.PathLike))
-        if self._owns_slide:
+        self._owns_slide = False  # set once a slide is open: close()/__del__ work after a failed open
+        if isinstance(slide_or_path, (str, os.PathLike)):
             from wsi_lab.slide import open_slide
 
             slide = open_slide(slide_or_path)
+            self._owns_slide = True
         else:
             slide = slide_or_path
         self.slide = slide
+        try:
+            self._setup(slide, layers, tile_source, table, height, **kwargs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, slide: Any, layers: Any, tile_source: str, table: Any, height: str, **kwargs: Any) -> None:
         self.deepzoom = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY)
         self.table = table
         self._layer_objects: dict[str, Any] = {}
@@ -96,7 +104,7 @@ class SlideViewer(anywidget.AnyWidget):
     def close(self) -> None:
         """Close the widget (and the slide, when the viewer opened it from a path)."""
         super().close()
-        if getattr(self, "_owns_slide", False):
+        if getattr(self, "_owns_slide", False) and getattr(self, "slide", None) is not None:
             self._owns_slide = False
             self.slide.close()
 
