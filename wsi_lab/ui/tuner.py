@@ -22,7 +22,7 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
-from wsi_lab.tissue import TISSUE_METHODS
+from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.ui.common import ErrorBox, composite, set_image
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ThresholdTuner(widgets.VBox):
     planned = traitlets.Any(None).tag(sync=False)
     n_tiles = traitlets.Int(0).tag(sync=False)
 
-    def __init__(self, slide: Slide | str | os.PathLike, method: str = "otsu", tile_size: int = 256,
+    def __init__(self, slide: Slide | str | os.PathLike, method: str = DEFAULT_METHOD, tile_size: int = 256,
                  mpp: float | None = None, min_tissue: float = 0.5, display_size: int = DISPLAY_SIZE,
                  **kwargs) -> None:
         self._quiet = False
