@@ -12,7 +12,7 @@ from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 from wsi_lab.tissue.density import auto_od_threshold, background_colour, density
 from wsi_lab.tissue.features import TARGET_MASK_MPP, _features, default_mask_downsample
 from wsi_lab.tissue.mask import TissueMask
-from wsi_lab.tissue.methods import DEFAULT_METHOD, check_params, default_background_threshold
+from wsi_lab.tissue.methods import DEFAULT_METHOD, METHODS, check_params, default_background_threshold
 
 log = logging.getLogger("wsi_lab.tissue")
 
@@ -151,8 +151,11 @@ def detect_tissue(slide, method: str = DEFAULT_METHOD, *, downsample: float | No
     mask = _clean(mask, p, slide, ds)
     if not mask.any():
         thr = {k: p[k] for k in ("threshold", "background_threshold", "max_background") if k in p}
-        raise NoTissueError(f"{slide.path}: no tissue found with method={method!r} {thr} ({p['modality']}); "
-                            "lower the threshold or try another method")
+        main = p.get("threshold", p.get("background_threshold"))
+        how = " (automatic)" if p.get("auto_threshold") else ""
+        raise NoTissueError(f"{slide.path}: no tissue found with method={method!r} {thr}{how} ({p['modality']}); "
+                            f"lower the threshold (threshold=, --threshold) or try another method "
+                            f"({', '.join(m for m in METHODS if m != method)})", method, main)
     log.info("%s: %s tissue %.1f%% (mask %dx%d, downsample %.3g)", slide.path, method, 100 * mask.mean(),
              mask.shape[1], mask.shape[0], ds)
     return TissueMask(mask, ds, method, p, str(slide.path), slide.dimensions)
