@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
+from wsi_lab.slide.display import FLUORESCENCE_BORDER_GRAY
 from wsi_lab.tissue.density import auto_od_threshold, background_colour, density
 from wsi_lab.tissue.features import TARGET_MASK_MPP, _features, default_mask_downsample
 from wsi_lab.tissue.mask import TissueMask
@@ -117,7 +118,7 @@ def detect_tissue(slide, method: str = DEFAULT_METHOD, *, downsample: float | No
                                     f"give a positive value ≥ {math.sqrt(W * H / 2**26):.1f} (or None for automatic)")
     f = _features(slide, ds)
     if p["modality"] == "auto":
-        p["modality"] = "fluorescence" if f.border_gray < 100 else "brightfield"
+        p["modality"] = "fluorescence" if f.border_gray < FLUORESCENCE_BORDER_GRAY else "brightfield"
     fluo = p["modality"] == "fluorescence"
     if method == "od":
         mask = _od_mask(f, p, params, slide, ds, fluo)
