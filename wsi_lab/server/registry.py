@@ -118,7 +118,8 @@ class SlideRegistry:
                 return hit[1]
         from wsi_lab.slide import open_slide
 
-        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY, cache_bytes=_tile_cache_bytes(), name=rel)  # no absolute paths in messages
+        dz = DeepZoom(open_slide(path), TILE_SIZE, OVERLAP, QUALITY, cache_bytes=_tile_cache_bytes(), name=rel,
+                     display="auto")  # no absolute paths in messages
         with self._lock:
             old = self._open.pop(key, None)
             self._open[key] = (mtime, dz)

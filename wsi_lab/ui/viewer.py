@@ -80,7 +80,7 @@ class SlideViewer(anywidget.AnyWidget):
         else:
             slide = slide_or_path
         self.slide = slide
-        self.deepzoom = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY)
+        self.deepzoom = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY, display="auto")
         self.table = table
         self._layer_objects: dict[str, Any] = {}
         self._click_callbacks: list[Callable[[int, int, Any], Any]] = []
