@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                    tile_scores(oracle, vs.reference, lds)))
             print(f"| {vs.field} | {vs.variant} | " + " | ".join(cells) + " |")
         print("| **worst** | | " + " | ".join(f"**{p:.3f} / {r:.3f}**" for p, r in worst.values()) + " |")
-        print(f"| mean ms / slide | | " + " | ".join(f"{ms[m] / len(slides):.0f}" for m in methods) + " |")
+        print("| mean ms / slide | | " + " | ".join(f"{ms[m] / len(slides):.0f}" for m in methods) + " |")
         print(f"\n## Tiling with the defaults (tile 256, 0.5 µm/px, min-tissue 0.5, method {DEFAULT_METHOD}): "
               "purity ≥ 0.90 and coverage ≥ 0.85\n")
         print("| field | variant | tiles | purity | coverage | oracle tiles | oracle purity | oracle coverage |")

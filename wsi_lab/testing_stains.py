@@ -23,8 +23,9 @@ import numpy as np
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.io import atomic_path
 
-__all__ = ["VariantSlide", "source_fields", "make_variant_slides", "tile_scores", "reference_on_grid", "StainVariant", "VARIANTS", "RGB_FROM_HED", "REFERENCE_OD", "separate_hed", "reference_tissue",
-           "render_variant", "synthetic_he_field", "write_variant_slide", "mask_scores"]
+__all__ = ["VariantSlide", "source_fields", "make_variant_slides", "tile_scores", "reference_on_grid",
+           "StainVariant", "VARIANTS", "RGB_FROM_HED", "REFERENCE_OD", "separate_hed", "reference_tissue",
+           "render_variant", "synthetic_he_field", "write_variant_slide", "mask_scores", "CMU_DENSE_BOX"]
 
 #: optical-density colour of haematoxylin, eosin and DAB (rows; Ruifrok & Johnston, as in scikit-image)
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float64)

@@ -12,12 +12,12 @@ _NAMED = {(255, 0, 0): "red", (0, 255, 0): "green", (0, 0, 255): "blue", (255, 2
 
 
 def _colormap(color: tuple[int, int, int]) -> Any:
-    name = _NAMED.get(tuple(color))
+    name = _NAMED.get((int(color[0]), int(color[1]), int(color[2])))
     if name is not None:
         return name
     from napari.utils import Colormap
 
-    return Colormap([[0, 0, 0, 1], [c / 255 for c in color] + [1]], name="wsi_lab_%02x%02x%02x" % tuple(color))
+    return Colormap([[0, 0, 0, 1], [c / 255 for c in color] + [1]], name="wsi_lab_" + "".join(f"{c:02x}" for c in color))
 
 
 def display_layers_data(slide, chunk: int = 1024, display: Any = "auto") -> list[tuple]:

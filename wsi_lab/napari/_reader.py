@@ -39,8 +39,8 @@ def napari_get_reader(path):
 
 def read_slides(path) -> list[tuple]:
     """napari layer data (one lazy multiscale RGB image per slide, scaled in µm when known)."""
-    from wsi_lab.napari._display import display_layers_data
+    from wsi_lab.napari._viewer import slide_layer_data
     from wsi_lab.slide import open_slide
 
     paths = path if isinstance(path, list) else [path]
-    return [layer for p in paths for layer in display_layers_data(open_slide(p))]
+    return [slide_layer_data(open_slide(p)) for p in paths]

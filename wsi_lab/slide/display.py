@@ -74,7 +74,8 @@ class DisplaySettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DisplaySettings:
-        return cls(tuple(int(c) for c in d["channels"]), tuple(tuple(int(v) for v in c) for c in d["colors"]),
+        colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in d["colors"])
+        return cls(tuple(int(c) for c in d["channels"]), colors,
                    tuple((float(lo), float(hi)) for lo, hi in d["limits"]), float(d.get("gamma", 1.0)),
                    str(d.get("modality", "fluorescence")), dict(d.get("source", {})))
 
