@@ -128,3 +128,16 @@ def test_napari_gets_a_layer_per_channel(dim_fluo, cmu_path):
     with open_slide(cmu_path) as s:
         (single,) = display_layers_data(s)
     assert single[1]["rgb"] is True
+
+
+def test_deepzoom_info_records_the_display(dim_fluo, cmu_path):
+    import json
+
+    from wsi_lab.viewing.deepzoom import DeepZoom
+
+    with open_slide(dim_fluo) as s:
+        info = DeepZoom(s, display="auto").info()
+        assert DisplaySettings.from_dict(json.loads(json.dumps(info["display"]))) == auto_display(s)
+        assert DeepZoom(s).info()["display"] is None
+    with open_slide(cmu_path) as s:
+        assert DeepZoom(s, display="auto").info()["display"]["modality"] == "brightfield"

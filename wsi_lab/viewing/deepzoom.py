@@ -157,12 +157,14 @@ class DeepZoom:
                 f'Overlap="{self.overlap}" TileSize="{self.tile_size}"><Size Width="{w}" Height="{h}"/></Image>\n')
 
     def info(self) -> dict[str, Any]:
-        """JSON-able description: size, tile geometry, levels and µm/px (``None`` when unknown)."""
+        """JSON-able description: size, tile geometry, levels, µm/px (``None`` when unknown) and the display
+        settings the tiles are encoded with (``None``: raw), so a view can be reproduced."""
         w, h = self.level_dimensions[-1]
         mpp = getattr(self.slide, "mpp", None)
         return {"width": w, "height": h, "tile_size": self.tile_size, "overlap": self.overlap,
                 "level_count": self.level_count, "format": "jpeg",
-                "mpp": list(mpp) if mpp else None}
+                "mpp": list(mpp) if mpp else None,
+                "display": self.display.to_dict() if self.display is not None else None}
 
     # -- pixels -------------------------------------------------------------------------------
     def _level_image(self, level: int) -> np.ndarray:
