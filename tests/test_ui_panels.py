@@ -117,7 +117,7 @@ def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path, cmu_path, ndpi_path
     assert panel.start() is False and "already going" in panel.errors.text  # one run at a time
     result = panel.wait(180)
     assert result is not None and not panel.running
-    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(cmu_path, 256, mask="otsu"))
+    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(cmu_path, 256, mask="od"))  # the default method
     assert set(panel.table.loc[panel.table.slide_id == "test3-DAPI-2-387", "tile_size"]) == {512}  # override used
     assert panel.progress.value == 1.0 and panel.events[-1].finished
     assert "127.0.0.1" in panel.dashboard.value
