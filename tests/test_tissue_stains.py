@@ -160,3 +160,19 @@ def test_od_without_mpp(tmp_path):
     p = make_slide(tmp_path / "nompp.svs", 2048, 1536, mpp=None, tissue_fraction=0.4, source="procedural")
     m = detect_tissue(p)
     assert m.method == "od" and 0.2 < m.fraction < 0.7 and m.params["min_object_px"] > 0
+
+
+def test_od_ignores_white_scanner_padding(synthetic_variants, tmp_path):
+    """Grey IHC glass next to pure-white unscanned areas: the glass colour is the slide's glass, not 255."""
+    vs = next(v for v in synthetic_variants if v.variant == "ki67")
+    with open_slide(vs.path) as s:
+        img = s.read_region((0, 0), 0, s.dimensions)
+    h, w = img.shape[:2]
+    padded = np.full((h, w * 2, 3), 255, np.uint8)
+    padded[:, w // 2:w // 2 + w] = img
+    ref = np.zeros(padded.shape[:2], bool)
+    ref[:, w // 2:w // 2 + w] = vs.reference
+    m = detect_tissue(write_variant_slide(tmp_path / "padded.svs", padded, vs.mpp))
+    assert max(abs(c - 216) for c in m.params["background_colour"]) < 4
+    p, r = mask_scores(m.mask, reference_on_grid(ref, m.downsample, m.shape))
+    assert p >= 0.9 and r >= 0.85, (p, r)
