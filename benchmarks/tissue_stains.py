@@ -50,11 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from wsi_lab.errors import NoTissueError
     from wsi_lab.slide import open_slide
-    from wsi_lab.testing_stains import make_variant_slides, mask_scores, reference_on_grid, source_fields, tile_scores
+    from wsi_lab.testing_stains import (
+        VARIANTS,
+        make_variant_slides,
+        mask_scores,
+        reference_on_grid,
+        source_fields,
+        tile_scores,
+    )
     from wsi_lab.tiling import plan_tiles
     from wsi_lab.tissue import DEFAULT_METHOD, METHODS, TissueMask, detect_tissue
 
-    variants = ("ki67", "faint") if args.quick else ("he", "ki67", "ki67-pale", "faint")
+    variants = ("ki67", "faint") if args.quick else tuple(VARIANTS)
     methods = [DEFAULT_METHOD, *[m for m in METHODS if m != DEFAULT_METHOD], "clam"]
     with tempfile.TemporaryDirectory() as d:
         slides = make_variant_slides(d, variants, source_fields(include_shared=not args.no_shared))

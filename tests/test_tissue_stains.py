@@ -13,6 +13,7 @@ import pytest
 from wsi_lab.errors import NoTissueError
 from wsi_lab.slide import open_slide
 from wsi_lab.testing_stains import (
+    VARIANTS,
     make_variant_slides,
     mask_scores,
     reference_on_grid,
@@ -36,7 +37,7 @@ def _scores(vs, method):
 @pytest.fixture(scope="module")
 def synthetic_variants(tmp_path_factory):
     fields = source_fields(include_shared=False)
-    return make_variant_slides(tmp_path_factory.mktemp("stains"), ("he", "ki67", "ki67-pale", "faint"), fields)
+    return make_variant_slides(tmp_path_factory.mktemp("stains"), tuple(VARIANTS), fields)
 
 
 @pytest.fixture(scope="module")

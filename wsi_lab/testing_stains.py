@@ -3,7 +3,8 @@
 An H&E field (a real slide read at level 0, or a synthetic field from :func:`synthetic_he_field`) is
 separated into haematoxylin, eosin and DAB concentrations by colour deconvolution (Ruifrok & Johnston's
 HED matrix, the one scikit-image uses) in optical density relative to the field's own glass colour, then
-re-rendered with other strengths, a DAB stain on a subset of nuclei and another glass colour.
+re-rendered with other strengths, a DAB stain on a subset of nuclei, another counterstain colour and
+another glass colour (:data:`VARIANTS`: ``he``, ``ki67``, ``ki67-pale``, ``faint``, ``trichrome``, ``frozen``).
 
 The reference tissue mask is made from the *original* full-strength H&E (a blurred total stain density
 above :data:`REFERENCE_OD`, small specks removed, small holes filled), and the re-rendering puts stain
@@ -48,6 +49,7 @@ class StainVariant:
     glass: tuple[int, int, int] = (242, 242, 242)
     tissue_od: float = 0.03
     noise: float = 2.0
+    eosin_od: tuple[float, float, float] | None = None  # another counterstain colour in eosin's place
 
 
 #: the variants the tests and ``benchmarks/tissue_stains.py`` use
@@ -56,6 +58,10 @@ VARIANTS: dict[str, StainVariant] = {
     "ki67": StainVariant("ki67", 0.3, 0.0, dab_fraction=0.3, dab_strength=1.2, glass=(216, 216, 216)),
     "ki67-pale": StainVariant("ki67-pale", 0.2, 0.0, dab_fraction=0.15, glass=(222, 220, 216)),
     "faint": StainVariant("faint", 0.25, 0.25, glass=(238, 238, 236)),
+    # a trichrome-like special stain: collagen in aniline blue where H&E has eosin
+    "trichrome": StainVariant("trichrome", 0.8, 0.7, glass=(240, 240, 238), eosin_od=(0.80, 0.55, 0.22)),
+    # a frozen section: weaker, uneven staining, bluish glass, more noise
+    "frozen": StainVariant("frozen", 0.45, 0.3, glass=(230, 233, 238), tissue_od=0.05, noise=4.0),
 }
 
 
@@ -120,7 +126,10 @@ def render_variant(rgb: np.ndarray, variant: StainVariant, mpp: float, seed: int
         dab = ndimage.gaussian_filter(dab.astype(np.float32), 0.3 / mpp) * variant.dab_strength
         h = np.where(pos, h * 0.3, h)
     conc = np.stack([h * variant.haematoxylin, e * variant.eosin, dab], axis=2).astype(np.float32)
-    od = conc @ RGB_FROM_HED.astype(np.float32) + (variant.tissue_od * ref)[..., None].astype(np.float32)
+    vectors = RGB_FROM_HED.copy()
+    if variant.eosin_od is not None:
+        vectors[1] = np.asarray(variant.eosin_od) / np.linalg.norm(variant.eosin_od)
+    od = conc @ vectors.astype(np.float32) + (variant.tissue_od * ref)[..., None].astype(np.float32)
     out = np.asarray(variant.glass, np.float32) * np.power(10.0, -od, dtype=np.float32)
     out += rng.normal(0, variant.noise, out.shape).astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), ref
