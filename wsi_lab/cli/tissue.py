@@ -35,7 +35,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="mask PNG (metadata in a text chunk)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     p.add_argument("--threshold", type=float,
-                   help="otsu/variance cut, or the near-white/black intensity for background")
+                   help="od (optical density), otsu or variance cut, or the near-white/black intensity for background")
     p.add_argument("--max-background", type=float,
                    help="background: largest background fraction kept (default 0.5)")
     p.add_argument("--modality", choices=["auto", "brightfield", "fluorescence"], default=None)
