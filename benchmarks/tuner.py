@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TARGET_MS = 150.0
-SWEEPS = {"otsu": [10, 20, 30, 40, 60], "variance": [30, 120, 400, 900, 1500], "background": [200, 215, 225, 235, 245]}
+SWEEPS = {"od": [0.01, 0.02, 0.03, 0.05, 0.1], "otsu": [10, 20, 30, 40, 60], "variance": [30, 120, 400, 900, 1500], "background": [200, 215, 225, 235, 245]}
 
 
 def main(argv: list[str] | None = None) -> int:

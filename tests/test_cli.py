@@ -78,7 +78,7 @@ def test_cli_threshold_goes_to_the_methods_keyword(tmp_path, method, capsys):
     from wsi_lab.tissue import TISSUE_METHODS, TissueMask
 
     slide = make_slide(tmp_path / "s.svs", 2048, 2048)
-    value = {"otsu": 10.0, "variance": 50.0, "background": 230.0}[method]
+    value = {"od": 0.05, "otsu": 10.0, "variance": 50.0, "background": 230.0}[method]
     assert main(["tissue", str(slide), "-o", str(tmp_path / "m.png"), "--method", method,
                  "--threshold", str(value)]) == 0
     mask = TissueMask.load(tmp_path / "m.png")

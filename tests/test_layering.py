@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     # 1: slides
     "slide": 1,
     # 2: what works on one slide, and the run layer
-    "tissue": 2, "runs": 2, "progress": 2, "testing": 2,
+    "tissue": 2, "runs": 2, "progress": 2, "testing": 2, "testing_stains": 2,
     # 3: tiles, tables, exports, overlays and the viewing module
     "tiling": 3, "data": 3, "overlays": 3, "viewing": 3, "deepzoom": 3,
     # 4: models

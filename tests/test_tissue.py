@@ -170,14 +170,14 @@ def test_method_table_is_the_one_source_of_names_and_defaults():
     from wsi_lab.tiling.twostage import default_threshold
     from wsi_lab.tissue import DEFAULTS, METHODS, TISSUE_METHODS, default_background_threshold, threshold_params
 
-    assert METHODS == tuple(TISSUE_METHODS) == ("otsu", "variance", "background")
+    assert METHODS == tuple(TISSUE_METHODS) == ("od", "otsu", "variance", "background")
     for name, spec in TISSUE_METHODS.items():
         assert DEFAULTS[name][spec.threshold_param] == spec.default_threshold
         assert threshold_params(name, 7.0) == {spec.threshold_param: 7.0}
         TilingParams(method=name).validate()
         TwoStage(coarse=256, fine=64, coarse_method=name).validate()
     assert threshold_params("otsu", None) == {} and threshold_params(None, 3.0) == {}
-    with pytest.raises(InvalidParameterError, match="choose one of otsu, variance, background"):
+    with pytest.raises(InvalidParameterError, match="choose one of od, otsu, variance, background"):
         threshold_params("nope", 1.0)
     with pytest.raises(InvalidParameterError):
         TilingParams(method="nope").validate()

@@ -122,7 +122,7 @@ def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path, cmu_path, ndpi_path
     assert panel.start() is False and "already going" in panel.errors.text  # one run at a time
     result = panel.wait(180)
     assert result is not None and not panel.running
-    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(cmu_path, 256, mask="otsu"))
+    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(cmu_path, 256, mask="od"))  # the default method
     assert set(panel.table.loc[panel.table.slide_id == "test3-DAPI-2-387", "tile_size"]) == {512}  # override used
     assert panel.progress.value == 1.0 and panel.events[-1].finished
     assert "127.0.0.1" in panel.dashboard.value
@@ -276,7 +276,7 @@ def test_tuner_switching_slides_resets_the_automatic_threshold(cmu_path, ndpi_pa
     lab = Lab(shared_slides, select=str(cmu_path))
     tune = lab.panels["Tune"]
     t = tune.tuner
-    t.threshold.value = t.threshold.value + 30  # a manual threshold on the first slide
+    t.threshold.value = (10 ** t.threshold.min + t.threshold.value) / 2  # a manual threshold on the first slide
     assert t.auto.value is False
     t.closing.value = 2
     lab.panels["Slides"].show(str(ndpi_path))

@@ -117,7 +117,14 @@ class RegionTooLargeError(InvalidParameterError):
 
 
 class NoTissueError(WSILabError, ValueError):
-    """Tissue detection kept nothing on a slide."""
+    """Tissue detection kept nothing on a slide; ``method`` and ``threshold`` say what was tried."""
+
+    def __init__(self, message: str, method: str | None = None, threshold: float | None = None) -> None:
+        super().__init__(message)
+        self.method, self.threshold = method, threshold
+
+    def __reduce__(self):  # keeps method/threshold across processes (Dask workers)
+        return (type(self), (str(self), self.method, self.threshold))
 
 
 class DataError(WSILabError, ValueError):

@@ -82,7 +82,7 @@ def _cmd_thumbnail(args: argparse.Namespace) -> int:
     from wsi_lab.slide import open_slide
 
     with open_slide(args.path, backend=args.backend) as s:
-        save_image(s.get_thumbnail(args.max_size), args.output)
+        save_image(s.get_thumbnail(args.max_size, display="raw" if args.raw else "auto"), args.output)
     print(args.output)
     return 0
 
@@ -106,6 +106,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg)")
     p.add_argument("--max-size", type=int, default=1024, help="longest side in pixels (default 1024)")
+    p.add_argument("--raw", action="store_true", help="raw pixels (default: fluorescence contrast-stretched for display)")
     p.add_argument("--backend", default="auto")
     p.set_defaults(func=_cmd_thumbnail)
 

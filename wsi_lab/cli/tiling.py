@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from wsi_lab.cli._base import Subparsers
-from wsi_lab.tissue import METHODS, threshold_params
+from wsi_lab.tissue import DEFAULT_METHOD, METHODS, threshold_params
 
 ORDER = 30
 
@@ -45,7 +45,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--mpp", type=float, help="output µm/px (default: the slide's level 0)")
     p.add_argument("--level", type=int, help="read this level instead of choosing by µm/px")
     p.add_argument("--overlap", type=int, default=0, help="overlap between tiles in output pixels")
-    p.add_argument("--method", default="otsu", choices=[*METHODS, "none"])
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, "none"])
     p.add_argument("--threshold", type=float, help="tissue method threshold (see `wsi-lab tissue`)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="keep tiles with at least this tissue fraction")
     p.add_argument("--two-stage", metavar="COARSE:FINE", help="two-stage filter at full resolution, e.g. 256:64")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from wsi_lab.cli._base import Subparsers
-from wsi_lab.tissue import METHODS, threshold_params
+from wsi_lab.tissue import DEFAULT_METHOD, METHODS, threshold_params
 
 ORDER = 20
 
@@ -33,9 +33,9 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("tissue", help="detect tissue and write the mask as a PNG")
     p.add_argument("path", metavar="SLIDE")
     p.add_argument("-o", "--output", required=True, help="mask PNG (metadata in a text chunk)")
-    p.add_argument("--method", default="otsu", choices=list(METHODS))
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     p.add_argument("--threshold", type=float,
-                   help="otsu/variance cut, or the near-white/black intensity for background")
+                   help="od (optical density), otsu or variance cut, or the near-white/black intensity for background")
     p.add_argument("--max-background", type=float,
                    help="background: largest background fraction kept (default 0.5)")
     p.add_argument("--modality", choices=["auto", "brightfield", "fluorescence"], default=None)

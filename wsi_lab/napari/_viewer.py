@@ -34,13 +34,15 @@ def slide_layer_data(slide, chunk: int = 1024) -> tuple:
 
 
 def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None, viewer=None,
-                   show: bool = True, chunk: int = 1024, backend: str = "auto"):
+                   show: bool = True, chunk: int = 1024, backend: str = "auto", display="auto"):
     """Open a slide in napari as a lazy multiscale image (chunks of ``chunk`` pixels read on demand)
     with aligned overlays, and return the viewer. ``overlays`` holds
     :class:`~wsi_lab.overlays.Layer` objects or names (``"tissue"``, ``"grid"``, ``"latent"``, a
     ``table`` column: numbers become a heatmap, labels categories). ``mask`` (a TissueMask) and
     ``table`` (a TileTable; tiles of other slides are dropped) feed the named overlays. Layers are
-    in µm when the slide has µm/px, else in level-0 pixels. Needs ``pip install 'wsi-lab[napari]'``."""
+    in µm when the slide has µm/px, else in level-0 pixels. ``display`` (``"auto"``, ``"raw"`` or
+    :class:`~wsi_lab.slide.display.DisplaySettings`): fluorescence opens as one layer per channel with its
+    colour map and contrast limits. Needs ``pip install 'wsi-lab[napari]'``."""
     napari = _napari()
     from wsi_lab.slide import Slide, open_slide
 
@@ -49,8 +51,10 @@ def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None
     layers = resolve_overlays(overlays, table=table, mask=mask, slide=slide)
     if viewer is None:
         viewer = napari.Viewer(title=f"WSI Lab: {slide.slide_id}", show=show)
-    data, kwargs, _ = slide_layer_data(slide, chunk=chunk)
-    viewer.add_image(data, **kwargs)
+    from wsi_lab.napari._display import display_layers_data
+
+    for data, kwargs, _ in display_layers_data(slide, chunk=chunk, display=display):  # fluorescence: a layer per channel
+        viewer.add_image(data, **kwargs)
     scale, units = kwargs["scale"], kwargs["units"]
     for layer in layers:
         ldata, lkw, ltype = layer_data(layer, slide.dimensions, scale, units)

@@ -84,7 +84,7 @@ def composite(base: np.ndarray, *overlays: np.ndarray) -> np.ndarray:
 def render_overview(slide, layers=(), max_size: int = 1024, table=None, mask=None) -> np.ndarray:
     """The slide's thumbnail (fitting ``max_size`` pixels) with ``layers`` (Layer objects or names, see
     :func:`resolve_layers`) blended on top at their opacity; returns (H, W, 3) uint8."""
-    thumb = slide.get_thumbnail(max_size)
+    thumb = slide.get_thumbnail(max_size, display="auto")  # the background as a person sees it
     W, H = slide.dimensions
     size = (thumb.shape[1], thumb.shape[0])
     resolved = resolve_layers(layers, table=slide_rows(table, slide), mask=mask, slide=slide)

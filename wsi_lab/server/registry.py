@@ -201,7 +201,8 @@ class SlideRegistry:
         try:
             slide = open_slide(path, timeout=self.open_timeout)
             try:  # name=rel: messages never carry absolute paths
-                dz = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY, cache_bytes=_tile_cache_bytes(), name=rel)
+                dz = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY, cache_bytes=_tile_cache_bytes(), name=rel,
+                              display="auto")
             except BaseException:
                 slide.close()
                 raise

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -220,9 +220,14 @@ class Slide:
             return arr
         return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BOX if scale > 1 else Image.Resampling.BILINEAR))
 
-    def get_thumbnail(self, max_size: int | tuple[int, int] = 1024) -> np.ndarray:
+    def get_thumbnail(self, max_size: int | tuple[int, int] = 1024, display: Any = None) -> np.ndarray:
         """Whole slide shrunk to fit ``max_size`` (pixels, or (width, height)), aspect kept; (H, W, 3) uint8.
-        Memory stays bounded: the chosen level is read and shrunk in horizontal bands."""
+        Memory stays bounded: the chosen level is read and shrunk in horizontal bands. ``display``: None
+        (raw pixels, for analysis) or ``"auto"``/settings for a person (:mod:`wsi_lab.slide.display`)."""
+        if display is not None:
+            from wsi_lab.slide.display import apply_display, resolve_display
+
+            return apply_display(self.get_thumbnail(max_size), resolve_display(self, display))
         mw, mh = (max_size, max_size) if isinstance(max_size, (int, np.integer)) else max_size
         if mw <= 0 or mh <= 0 or mw * mh > MAX_REGION_PIXELS:
             raise InvalidParameterError(f"{self.path}: thumbnail max_size must be positive and sane, got {max_size!r}")

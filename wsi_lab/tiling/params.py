@@ -12,6 +12,7 @@ from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.runs.spec import Spec
+from wsi_lab.tissue import DEFAULT_METHOD as DEFAULT_TISSUE_METHOD
 from wsi_lab.tissue import METHODS as TISSUE_METHODS
 
 __all__ = ["TilingParams", "TwoStage", "MAX_TILE_SIZE", "save_override", "load_overrides"]
@@ -94,7 +95,7 @@ class TilingParams(Spec):
     mpp: float | None = None
     level: int | None = None
     overlap: int = 0
-    method: str | None = "otsu"
+    method: str | None = DEFAULT_TISSUE_METHOD
     method_params: dict = field(default_factory=dict)
     mask_downsample: float | None = None
     min_tissue: float = 0.5

@@ -6,6 +6,12 @@ each band so that every mask pixel covers exactly ``downsample`` × ``downsample
 intensity, brightest channel, variance over all channels, and the near-white / near-black sub-pixels.
 Methods then only threshold these features, so re-thresholding (a UI slider) takes milliseconds:
 
+* ``od`` (the default, :data:`DEFAULT_METHOD`): optical density of each cell against the slide's own glass
+  colour (brightfield: H&E, IHC with a pale counterstain, special stains, frozen sections) or log brightness
+  above its background (fluorescence), median-filtered over 3 × 3 cells, cut by Otsu on log density
+  (``threshold=`` forces a cut in OD units), then closed (radius 1 cell), specks under 1500 µm² dropped and
+  holes under 2000 µm² filled (see :mod:`wsi_lab.tissue.density`);
+
 * ``variance``: per-cell variance of the intensities of all channels > ``threshold`` (the classic method;
   works for brightfield, IHC and fluorescence since background is flat in every modality);
 * ``otsu``: Otsu threshold on saturation (brightfield/H&E/IHC; capped at 40 so a slide that is all tissue stays whole;
@@ -35,6 +41,7 @@ from wsi_lab.tissue.mask import TissueMask
 from wsi_lab.tissue.methods import (
     BACKGROUND_THRESHOLD,
     COMMON,
+    DEFAULT_METHOD,
     DEFAULTS,
     METHODS,
     TISSUE_METHODS,
@@ -44,7 +51,7 @@ from wsi_lab.tissue.methods import (
     threshold_params,
 )
 
-__all__ = ["TissueMask", "detect_tissue", "otsu_threshold", "METHODS", "TISSUE_METHODS", "TissueMethod",
+__all__ = ["TissueMask", "detect_tissue", "otsu_threshold", "METHODS", "DEFAULT_METHOD", "TISSUE_METHODS", "TissueMethod",
            "threshold_params", "default_background_threshold", "check_params", "default_mask_downsample",
            "cell_features", "clear_feature_cache", "BACKGROUND_THRESHOLD", "DEFAULTS", "COMMON",
            "TARGET_MASK_MPP", "MAX_MASK_SIDE", "GRAY_MAX_SATURATION", "OTSU_MAX_SATURATION"]

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
-from wsi_lab.tissue.features import _features, default_mask_downsample
+from wsi_lab.slide.display import FLUORESCENCE_BORDER_GRAY
+from wsi_lab.tissue.density import auto_od_threshold, background_colour, density
+from wsi_lab.tissue.features import TARGET_MASK_MPP, _features, default_mask_downsample
 from wsi_lab.tissue.mask import TissueMask
-from wsi_lab.tissue.methods import check_params, default_background_threshold
+from wsi_lab.tissue.methods import DEFAULT_METHOD, METHODS, check_params, default_background_threshold
 
 log = logging.getLogger("wsi_lab.tissue")
 
@@ -78,7 +80,25 @@ def _clean(mask: np.ndarray, params: dict, slide, ds: float) -> np.ndarray:
     return mask
 
 
-def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = None, **params: Any) -> TissueMask:
+def _od_mask(f, p: dict, params: dict, slide, ds: float, fluo: bool) -> np.ndarray:
+    """The ``od`` method: density against the slide's background colour, cut at ``threshold``."""
+    assert f.rgb is not None
+    bg, share = background_colour(f.rgb, f.gray, f.sat, f.var, fluo)
+    values = density(f.rgb, bg, fluo)
+    p["feature"] = "log brightness" if fluo else "optical density"
+    p["background_colour"] = [round(float(c), 1) for c in bg]
+    if p["threshold"] is None:
+        p["threshold"] = round(auto_od_threshold(values, fluo), 4)
+        p["auto_threshold"] = True
+    if not slide.mpp:  # the method's default areas (µm²) on a slide without µm/px: assume ~8 µm per mask cell
+        for key in ("min_object", "min_hole"):
+            if f"{key}_um2" not in params and p.get(f"{key}_um2") and not p.get(f"{key}_px"):
+                p[f"{key}_px"] = float(p.pop(f"{key}_um2")) * (ds / TARGET_MASK_MPP) ** 2
+                p[f"{key}_um2"] = None
+    return values > float(p["threshold"])
+
+
+def detect_tissue(slide, method: str = DEFAULT_METHOD, *, downsample: float | None = None, **params: Any) -> TissueMask:
     """Find tissue on a low-resolution view of ``slide`` (a :class:`~wsi_lab.Slide` or a path).
 
     ``downsample`` is level-0 pixels per mask pixel (default :func:`default_mask_downsample`, ~8 µm/px).
@@ -98,9 +118,11 @@ def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = Non
                                     f"give a positive value ≥ {math.sqrt(W * H / 2**26):.1f} (or None for automatic)")
     f = _features(slide, ds)
     if p["modality"] == "auto":
-        p["modality"] = "fluorescence" if f.border_gray < 100 else "brightfield"
+        p["modality"] = "fluorescence" if f.border_gray < FLUORESCENCE_BORDER_GRAY else "brightfield"
     fluo = p["modality"] == "fluorescence"
-    if method == "variance":
+    if method == "od":
+        mask = _od_mask(f, p, params, slide, ds, fluo)
+    elif method == "variance":
         mask = f.var > float(p["threshold"])
     elif method == "otsu":
         # fluorescence: brightness; brightfield: saturation, or darkness when the slide has no colour (grayscale)
@@ -130,8 +152,11 @@ def detect_tissue(slide, method: str = "otsu", *, downsample: float | None = Non
     mask = _clean(mask, p, slide, ds)
     if not mask.any():
         thr = {k: p[k] for k in ("threshold", "background_threshold", "max_background") if k in p}
-        raise NoTissueError(f"{slide.path}: no tissue found with method={method!r} {thr} ({p['modality']}); "
-                            "lower the threshold or try another method")
+        main = p.get("threshold", p.get("background_threshold"))
+        how = " (automatic)" if p.get("auto_threshold") else ""
+        raise NoTissueError(f"{slide.path}: no tissue found with method={method!r} {thr}{how} ({p['modality']}); "
+                            f"lower the threshold (threshold=, --threshold) or try another method "
+                            f"({', '.join(m for m in METHODS if m != method)})", method, main)
     log.info("%s: %s tissue %.1f%% (mask %dx%d, downsample %.3g)", slide.path, method, 100 * mask.mean(),
              mask.shape[1], mask.shape[0], ds)
     return TissueMask(mask, ds, method, p, str(slide.path), slide.dimensions)

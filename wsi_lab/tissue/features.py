@@ -30,6 +30,7 @@ class _Features:
     minc: np.ndarray       # (H*k, W*k) darkest channel of each sub-pixel (near-white test)
     maxc: np.ndarray       # (H*k, W*k) brightest channel of each sub-pixel (near-black test)
     border_gray: float
+    rgb: np.ndarray | None = None  # (H, W, C) mean of each channel (background colour and optical density)
 
 
 _CACHE: OrderedDict[tuple, _Features] = OrderedDict()
@@ -60,6 +61,7 @@ def _compute_features(slide, ds: float) -> _Features:
     lw, lh = slide.level_dimensions[level]
     rows = max(1, int(16_000_000 // max(1, lw * 3) * lds / ds))  # mask rows per band (≤ ~16 MP of level)
     feats = {n: np.empty((mh, mw), np.float32) for n in ("sat", "bright", "gray", "var")}
+    rgb = np.empty((mh, mw, 3), np.float32)
     minc = np.empty((mh * k, mw * k), np.uint8)
     maxc = np.empty((mh * k, mw * k), np.uint8)
     sub_w = max(1, min(mw * k, round(W * k / ds)))
@@ -77,6 +79,7 @@ def _compute_features(slide, ds: float) -> _Features:
         cells = sub.reshape(r1 - r0, k, mw, k, 3).transpose(0, 2, 1, 3, 4).reshape(r1 - r0, mw, k * k * 3)
         cf = cells.astype(np.float32)
         mean = cf.mean(axis=2)
+        rgb[r0:r1] = sub.reshape(r1 - r0, k, mw, k, 3).mean(axis=(1, 3), dtype=np.float32)
         feats["gray"][r0:r1] = mean
         feats["var"][r0:r1] = (cf * cf).mean(axis=2) - mean * mean
         s = np.where(mx > 0, (mx.astype(np.float32) - mn) * 255.0 / np.maximum(mx, 1), 0.0)
@@ -86,7 +89,7 @@ def _compute_features(slide, ds: float) -> _Features:
     m = max(1, min(mh, mw) // 20)
     frame = np.concatenate([g[:m].ravel(), g[-m:].ravel(), g[:, :m].ravel(), g[:, -m:].ravel()])
     return _Features(ds, k, (mh, mw), feats["sat"], feats["bright"], g, np.maximum(feats["var"], 0), minc, maxc,
-                     float(np.median(frame)))
+                     float(np.median(frame)), rgb)
 
 
 def _features(slide, ds: float) -> _Features:

@@ -13,7 +13,7 @@ import numpy as np
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["TissueMethod", "TISSUE_METHODS", "METHODS", "BACKGROUND_THRESHOLD", "DEFAULTS", "COMMON",
+__all__ = ["TissueMethod", "TISSUE_METHODS", "METHODS", "DEFAULT_METHOD", "BACKGROUND_THRESHOLD", "DEFAULTS", "COMMON",
            "threshold_params", "default_background_threshold", "check_params"]
 
 
@@ -43,6 +43,10 @@ class TissueMethod:
 
 #: THE table of tissue methods (names, threshold keywords, defaults); the CLI, tiling and the tuner read it
 TISSUE_METHODS: dict[str, TissueMethod] = {
+    "od": TissueMethod("threshold", None, 3.0, 0.3, 0.002,
+                       "optical density against the slide's own glass colour (brightfield, any stain) or log "
+                       "brightness above the background (fluorescence); automatic: Otsu on log density",
+                       extra=(("closing", 1), ("min_object_um2", 1500.0), ("min_hole_um2", 2000.0))),
     "otsu": TissueMethod("threshold", None, 255.0, 255.0, 1.0,
                          "saturation (brightfield) or brightness (fluorescence) cut"),
     "variance": TissueMethod("threshold", 120.0, 255.0 * 255.0, 2000.0, 5.0, "per-cell intensity variance cut"),
@@ -51,6 +55,8 @@ TISSUE_METHODS: dict[str, TissueMethod] = {
                                extra=(("max_background", 0.5),)),
 }
 METHODS = tuple(TISSUE_METHODS)
+#: the method used when none is named (CLI, tiling, tuner, ``detect_tissue``)
+DEFAULT_METHOD = "od"
 #: automatic near-white (brightfield) / near-black (fluorescence) intensity of ``background``
 BACKGROUND_THRESHOLD = {"brightfield": 220, "fluorescence": 25}
 DEFAULTS: dict[str, dict[str, Any]] = {name: m.defaults for name, m in TISSUE_METHODS.items()}

@@ -107,7 +107,7 @@ def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192) -> bytes:
     if hit is not None:
         return hit
     with open_slide(p) as s:
-        data = encode_image(s.get_thumbnail(max_size), "jpeg", quality=85)
+        data = encode_image(s.get_thumbnail(max_size, display="auto"), "jpeg", quality=85)  # fluorescence made visible
     with _THUMB_LOCK:
         _THUMB_CACHE[key] = data
     return data

@@ -22,7 +22,7 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
-from wsi_lab.tissue import TISSUE_METHODS
+from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.tiling.preview import min_object_params, preview_tiling
 from wsi_lab.ui.common import ErrorBox, composite, set_image
 
@@ -53,7 +53,7 @@ class ThresholdTuner(widgets.VBox):
     planned = traitlets.Any(None).tag(sync=False)
     n_tiles = traitlets.Int(0).tag(sync=False)
 
-    def __init__(self, slide: Slide | str | os.PathLike, method: str = "otsu", tile_size: int = 256,
+    def __init__(self, slide: Slide | str | os.PathLike, method: str = DEFAULT_METHOD, tile_size: int = 256,
                  mpp: float | None = None, min_tissue: float = 0.5, display_size: int = DISPLAY_SIZE,
                  settings: dict[str, Any] | None = None, **kwargs) -> None:
         self._quiet = False
@@ -152,7 +152,12 @@ class ThresholdTuner(widgets.VBox):
         spec = THRESHOLDS[method]
         self._quiet = True
         try:
-            self.threshold.min, self.threshold.max = 0.0, math.log10(spec["max"])  # exponents: 1 .. max
+            # exponents from the method's step (1 for 0–255 grey levels, 0.002 for optical density) to its max
+            low, high = min(0.0, math.log10(spec["step"])), math.log10(spec["max"])
+            if low > self.threshold.max:
+                self.threshold.max, self.threshold.min = high, low
+            else:
+                self.threshold.min, self.threshold.max = low, high
             if spec["default"] is not None:
                 self.threshold.value = spec["default"]
             else:
@@ -161,7 +166,7 @@ class ThresholdTuner(widgets.VBox):
             self._quiet = False
         self.threshold.tooltip = spec["help"]
         self.threshold_hint.value = (f"<small style='color:#555'>{THRESHOLD_HINTS.get(method, spec['help'])}; "
-                                     f"range 1–{spec['max']:g}</small>")
+                                     f"range {10 ** self.threshold.min:.3g}–{spec['max']:g}</small>")
         self.auto.layout.display = "none" if spec["default"] is not None else None
         self.max_background.layout.display = None if method == "background" else "none"
 

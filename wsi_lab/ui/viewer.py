@@ -88,7 +88,7 @@ class SlideViewer(anywidget.AnyWidget):
             raise
 
     def _setup(self, slide: Any, layers: Any, tile_source: str, table: Any, height: str, **kwargs: Any) -> None:
-        self.deepzoom = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY)
+        self.deepzoom = DeepZoom(slide, TILE_SIZE, OVERLAP, QUALITY, display="auto")
         self.table = table
         self._layer_objects: dict[str, Any] = {}
         self._click_callbacks: list[Callable[[int, int, Any], Any]] = []

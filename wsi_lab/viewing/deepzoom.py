@@ -73,7 +73,7 @@ class DeepZoom:
     LEVEL_IMAGE_PIXELS = 2**21  # 2 MP: whole-level images kept for the cheap low-resolution levels
 
     def __init__(self, slide: Any, tile_size: int = 254, overlap: int = 1, quality: int = 80,
-                 cache_bytes: int = 64 * 2**20, name: str | None = None) -> None:
+                 cache_bytes: int = 64 * 2**20, name: str | None = None, display: Any = None) -> None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
             raise InvalidParameterError(f"tile_size must be a positive integer, got {tile_size!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= 2 * overlap < tile_size:
@@ -86,6 +86,7 @@ class DeepZoom:
         self.overlap = int(overlap)
         self.quality = int(quality)
         self._cache: LRUCache[Any, bytes] = LRUCache(max_bytes=cache_bytes)
+        self.set_display(display)
         w, h = (int(v) for v in slide.dimensions)
         dims = [(w, h)]
         while dims[-1] != (1, 1):
@@ -159,12 +160,14 @@ class DeepZoom:
                 f'Overlap="{self.overlap}" TileSize="{self.tile_size}"><Size Width="{w}" Height="{h}"/></Image>\n')
 
     def info(self) -> dict[str, Any]:
-        """JSON-able description: size, tile geometry, levels and µm/px (``None`` when unknown)."""
+        """JSON-able description: size, tile geometry, levels, µm/px (``None`` when unknown) and the display
+        settings the tiles are encoded with (``None``: raw), so a view can be reproduced."""
         w, h = self.level_dimensions[-1]
         mpp = getattr(self.slide, "mpp", None)
         return {"width": w, "height": h, "tile_size": self.tile_size, "overlap": self.overlap,
                 "level_count": self.level_count, "format": "jpeg",
-                "mpp": list(mpp) if mpp else None}
+                "mpp": list(mpp) if mpp else None,
+                "display": self.display.to_dict() if self.display is not None else None}
 
     # -- pixels -------------------------------------------------------------------------------
     def _level_image(self, level: int) -> np.ndarray:
@@ -231,12 +234,27 @@ class DeepZoom:
             arr = np.asarray(img.resize(spec.size, resample))
         return arr
 
+    def set_display(self, display: Any) -> None:
+        """How encoded tiles look (:mod:`wsi_lab.slide.display`: None raw, ``"auto"``, settings); the
+        pixels of :meth:`get_tile` stay raw. Clears the encoded-tile cache when it changes."""
+        from wsi_lab.slide.display import resolve_display
+
+        new = resolve_display(self.slide, display)
+        if new != getattr(self, "display", None):
+            self._cache.clear()
+        self.display = new
+
     def get_tile_bytes(self, level: int, col: int, row: int) -> bytes:
         """JPEG bytes of one tile (cached)."""
         key = (level, col, row)
         data = self._cache.get(key)
         if data is None:
-            data = encode_image(self.get_tile(level, col, row), "jpeg", self.quality)
+            tile = self.get_tile(level, col, row)
+            if self.display is not None:
+                from wsi_lab.slide.display import apply_display
+
+                tile = apply_display(tile, self.display)
+            data = encode_image(tile, "jpeg", self.quality)
             self._cache.put(key, data)
         return data
 
