@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.jupyter_env import free_port, start_jupyter  # noqa: E402
-from wsi_lab.server.paths import slide_key  # noqa: E402
+from wsi_lab.viewing import slide_key  # noqa: E402
 
 SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
 NAMES = ["CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi"]
@@ -67,7 +67,7 @@ BASELINE = textwrap.dedent('''
 def tile_addresses() -> list[tuple[str, int, int, int]]:
     """Every (slide name, level, col, row) of the two slides' deep-zoom pyramids (levels with ≥ 1 full tile)."""
     from wsi_lab import open_slide
-    from wsi_lab.deepzoom import DeepZoom
+    from wsi_lab.viewing import DeepZoom
 
     out = []
     for name in NAMES:

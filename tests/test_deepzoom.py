@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from wsi_lab import open_slide
-from wsi_lab.deepzoom import DeepZoom, LayerSnapshot, snapshot_layer
+from wsi_lab.viewing import DeepZoom, LayerSnapshot, snapshot_layer
 from wsi_lab.errors import InvalidParameterError
 
 SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))

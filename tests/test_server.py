@@ -19,9 +19,9 @@ from PIL import Image
 
 from tests.jupyter_env import REPO, jupyter_server
 from wsi_lab import open_slide
-from wsi_lab.deepzoom import DeepZoom
-from wsi_lab.server.paths import relative_candidates, resolve_slide_path, slide_key
 from wsi_lab.errors import PathSecurityError, SlideNotFoundError
+from wsi_lab.server.paths import resolve_slide_path
+from wsi_lab.viewing import DeepZoom, relative_candidates, slide_key
 
 SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
 CMU, NDPI = SHARED_SLIDES / "CMU-1-Small-Region.svs", SHARED_SLIDES / "test3-DAPI-2-387.ndpi"

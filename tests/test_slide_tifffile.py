@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from wsi_lab import open_slide
+from wsi_lab.io import LRUCache
 from wsi_lab.slide import tifffile_backend
 from wsi_lab.testing import make_slide
 
@@ -75,7 +76,7 @@ def test_concurrent_readers_decode_each_tile_once(slide_file):
         boxes = [((x, y), (300, 300)) for x in range(0, 3000, 250) for y in range(0, 2000, 250)] * 3
         serial = {b: s.read_region(b[0], 0, b[1]) for b in boxes[: len(boxes) // 3]}
         calls.clear()
-        reader._cache = tifffile_backend._TileCache()
+        reader._cache = LRUCache(max_bytes=64 * 2**20)
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda b: s.read_region(b[0], 0, b[1]), boxes))
         for b, arr in zip(boxes, got):
@@ -84,16 +85,16 @@ def test_concurrent_readers_decode_each_tile_once(slide_file):
 
 
 def test_cache_is_bounded():
-    cache = tifffile_backend._TileCache(max_bytes=3 * 1000)
+    cache = LRUCache(max_bytes=3 * 1000)
     for i in range(10):
         cache.put((0, i), np.zeros(1000, np.uint8))
-    assert cache._bytes <= 3000 and cache.get((0, 9)) is not None and cache.get((0, 0)) is None
+    assert cache.total_bytes <= 3000 and cache.get((0, 9)) is not None and cache.get((0, 0)) is None
     cache.put((0, 99), np.zeros(10_000, np.uint8))  # larger than the whole cache: not kept
     assert cache.get((0, 99)) is None
 
 
 def test_failed_load_does_not_block_waiters():
-    cache = tifffile_backend._TileCache()
+    cache = LRUCache(max_bytes=64 * 2**20)
 
     def boom():
         raise OSError("bad tile")

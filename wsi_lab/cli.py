@@ -121,7 +121,7 @@ def _add_doctor(sub) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsi_lab.demo import demo_slides_dir, run_demo
-    from wsi_lab.progress import TextProgressBar
+    from wsi_lab.runs.progress import TextProgressBar
     from wsi_lab.slide import find_slides
 
     root = args.slides or demo_slides_dir()
@@ -191,7 +191,7 @@ def _add_tissue(sub) -> None:
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
-    from wsi_lab.progress import TextProgressBar
+    from wsi_lab.runs.progress import TextProgressBar
     from wsi_lab.tiling import TilingParams, TwoStage, run_tiling
 
     if args.params:
@@ -277,7 +277,7 @@ def _add_split(sub) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from wsi_lab.data.table import load_tables
-    from wsi_lab.progress import TextProgressBar
+    from wsi_lab.runs.progress import TextProgressBar
 
     table = load_tables(args.tables)
     progress = None if args.quiet else TextProgressBar()

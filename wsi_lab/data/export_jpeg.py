@@ -23,7 +23,7 @@ from wsi_lab.data.tile_reader import (SlideCache, label_index_of, label_key, rea
                                       slide_paths_of, TILE_COLUMNS)
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.io import atomic_write_bytes, encode_image
-from wsi_lab.progress import ProgressCallback, ProgressTracker
+from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     ``file`` column (path relative to ``out_dir``). Tiles are read at their ``level`` (``read_size``² px
     from level-0 ``(x, y)``), resized to ``tile_size``². Existing complete files are kept (resume) unless
     ``overwrite``. ``workers`` threads (default: CPU count) each keep their own open slides.
-    ``progress`` receives :class:`~wsi_lab.progress.ProgressEvent` (unit ``tiles``) as tiles finish.
+    ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (unit ``tiles``) as tiles finish.
     ``manifest.json`` is written last."""
     require_columns(table, TILE_COLUMNS, "export_jpeg")
     if not 1 <= int(quality) <= 100:

@@ -40,7 +40,7 @@ from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, 
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.io import atomic_write_bytes, encode_image, file_sha256
-from wsi_lab.progress import ProgressCallback, ProgressTracker
+from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     return the manifest (also written to ``out_dir/manifest.json``, last). Tiles are read at ``level``
     (``read_size``² px from level-0 ``(x, y)``) and resized to ``tile_size``². ``shards`` files per
     split hold equal tile counts ±1 in a seeded shuffled order; the test split gets one file per slide
-    when ``per_slide_test``. ``progress`` receives :class:`~wsi_lab.progress.ProgressEvent` (unit ``tiles``)."""
+    when ``per_slide_test``. ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (unit ``tiles``)."""
     if variant not in VARIANTS:
         raise InvalidParameterError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:

@@ -21,7 +21,8 @@ from tornado import web
 
 from wsi_lab.errors import (InvalidParameterError, PathSecurityError, SlideNotFoundError, SlideOpenError,
                             SlideReadError, UnsupportedFormatError, WSILabError)
-from wsi_lab.server.registry import MAX_LAYER_BYTES, SlideRegistry
+from wsi_lab.server.registry import SlideRegistry
+from wsi_lab.viewing import MAX_LAYER_BYTES
 
 log = logging.getLogger(__name__)
 

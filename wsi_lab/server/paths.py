@@ -1,32 +1,18 @@
-"""Slide ids and root-relative path validation for the Jupyter server extension (no tornado imports).
+"""Root-relative path validation for the Jupyter server extension (no tornado imports).
 
-A slide is addressed by the root-relative POSIX path of its file (``cases/a.svs``) or by its *id*, the
-first 16 hex digits of the SHA-256 of that path: stable across server restarts and machines with the
-same folder layout, and it never reveals absolute paths. The kernel side (``wsi_lab.ui``) computes the
-same ids to find its slide on the server.
+A slide is addressed by the root-relative POSIX path of its file (``cases/a.svs``) or by its id
+(:func:`wsi_lab.viewing.slide_key`, shared with the kernel side).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path, PurePosixPath
 
 from wsi_lab.errors import PathSecurityError, SlideNotFoundError
 
-__all__ = ["slide_key", "is_slide_key", "resolve_slide_path", "relative_candidates"]
-
-_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
-
-
-def slide_key(relpath: str) -> str:
-    """Id of the slide at root-relative ``relpath`` (POSIX separators)."""
-    return hashlib.sha256(PurePosixPath(relpath).as_posix().encode("utf-8")).hexdigest()[:16]
-
-
-def is_slide_key(text: str) -> bool:
-    return bool(_KEY_RE.match(text))
+__all__ = ["resolve_slide_path"]
 
 
 def resolve_slide_path(root: str | os.PathLike, relpath: str, allow_hidden: bool = False) -> Path:
@@ -58,10 +44,3 @@ def resolve_slide_path(root: str | os.PathLike, relpath: str, allow_hidden: bool
     if not is_file:
         raise SlideNotFoundError(f"slide path {relpath!r}: no such file under the server root")
     return target
-
-
-def relative_candidates(path: str | os.PathLike, depth: int = 8) -> list[str]:
-    """Root-relative paths ``path`` could have on a server whose root is one of its parents, the
-    shortest first (``a.svs``, ``cases/a.svs``, ...): the kernel does not know the server's root."""
-    parts = Path(os.path.abspath(path)).parts[1:]
-    return [PurePosixPath(*parts[-n:]).as_posix() for n in range(1, min(depth, len(parts)) + 1)]

@@ -11,15 +11,11 @@ JSON. Overlay tiles are then rendered server-side by the same ``DeepZoom.get_ove
 kernel uses in comm mode, so both paths give identical pixels. Nothing is written to disk, a layer key
 only names content the client itself sent, and a restarted server answers 404 for an unknown key, upon
 which the front end simply POSTs the layer again. Layers that are not ``wsi_lab.overlays`` layers travel
-as a :class:`~wsi_lab.deepzoom.LayerSnapshot` PNG instead.
+as a :class:`~wsi_lab.viewing.LayerSnapshot` PNG instead.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -28,15 +24,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from wsi_lab.deepzoom import DeepZoom, LayerSnapshot
-from wsi_lab.errors import InvalidParameterError, SlideNotFoundError
-from wsi_lab.server.paths import resolve_slide_path, slide_key
+from wsi_lab.errors import SlideNotFoundError
+from wsi_lab.server.paths import resolve_slide_path
+from wsi_lab.viewing import OVERLAP, QUALITY, TILE_SIZE, DeepZoom, layer_from_payload, layer_payload_key, slide_key
 
 log = logging.getLogger(__name__)
-
-#: deep-zoom geometry served (the widget's comm path uses the same, so pixels match)
-TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
-MAX_LAYER_BYTES = 64 * 2**20
 
 
 def _tile_cache_bytes() -> int:
@@ -46,39 +38,6 @@ def _tile_cache_bytes() -> int:
     except ValueError:
         log.warning("WSI_LAB_TILE_CACHE_MB=%r is not a number; using 64", os.environ.get("WSI_LAB_TILE_CACHE_MB"))
         return 64 * 2**20
-
-
-def layer_from_payload(payload: dict) -> Any:
-    """Rebuild a layer from a POSTed payload: ``{"layer": <Layer.to_json() dict or text>}`` or
-    ``{"snapshot": {"png_b64", "downsample", "name", "opacity", "legend"}}``."""
-    if not isinstance(payload, dict):
-        raise InvalidParameterError("layer payload must be a JSON object")
-    if "layer" in payload:
-        from wsi_lab.overlays import Layer
-
-        try:
-            return Layer.from_json(payload["layer"])
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, MemoryError) as exc:
-            raise InvalidParameterError(f"layer JSON could not be rebuilt: {type(exc).__name__}: {exc}") from exc
-    snap = payload.get("snapshot")
-    if isinstance(snap, dict):
-        try:
-            png = base64.b64decode(snap["png_b64"], validate=True)
-            downsample = float(snap["downsample"])
-            opacity = float(snap.get("opacity", 1.0))
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise InvalidParameterError(f"layer snapshot needs png_b64, downsample and a numeric opacity: {exc}") from exc
-        legend = snap.get("legend") or {}
-        if not isinstance(legend, dict):
-            raise InvalidParameterError(f"layer snapshot legend must be an object, got {type(legend).__name__}")
-        return LayerSnapshot.from_png(png, downsample, name=str(snap.get("name", "layer")), opacity=opacity,
-                                      legend=legend)
-    raise InvalidParameterError("layer payload needs a 'layer' (Layer.to_json()) or a 'snapshot' entry")
-
-
-def layer_payload_key(payload: dict) -> str:
-    """Content key of a layer payload (same JSON -> same key, in the kernel and in the server)."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
 
 
 class SlideRegistry:

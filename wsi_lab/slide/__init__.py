@@ -2,7 +2,7 @@
 
 from wsi_lab.slide.backend import available_backends, register_backend
 from wsi_lab.slide.discovery import SlideInfo, find_slides
-from wsi_lab.slide.slide import Slide, open_slide
+from wsi_lab.slide.slide import Slide, open_slide, slide_id
 
 
 def _tifffile():
@@ -27,4 +27,4 @@ register_backend("cucim", _cucim)
 register_backend("openslide", _openslide)
 register_backend("tifffile", _tifffile)
 
-__all__ = ["Slide", "open_slide", "find_slides", "SlideInfo", "available_backends", "register_backend"]
+__all__ = ["Slide", "open_slide", "slide_id", "find_slides", "SlideInfo", "available_backends", "register_backend"]

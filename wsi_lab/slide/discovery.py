@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wsi_lab.errors import SlideNotFoundError, WSILabError
 from wsi_lab.slide.backend import slide_suffix
+from wsi_lab.slide.slide import slide_id
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ def _walk(root: Path) -> list[Path]:
 def _describe(path: Path) -> SlideInfo:
     from wsi_lab.slide.slide import open_slide
 
-    suffix = slide_suffix(path)
-    info = SlideInfo(path=str(path), name=path.name, slide_id=path.name[: -len(suffix)] if suffix else path.stem,
-                     size_bytes=path.stat().st_size)
+    info = SlideInfo(path=str(path), name=path.name, slide_id=slide_id(path), size_bytes=path.stat().st_size)
     try:
         with open_slide(path) as s:
             info.vendor, info.backend = s.vendor, s.backend
@@ -100,8 +99,7 @@ def find_slides(root: str | os.PathLike, metadata: bool = True, workers: int = 8
     if not metadata:
         infos = []
         for p in paths:
-            suffix = slide_suffix(p)
-            infos.append(SlideInfo(str(p), p.name, p.name[: -len(suffix)], p.stat().st_size))
+            infos.append(SlideInfo(str(p), p.name, slide_id(p), p.stat().st_size))
         return infos
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(_describe, paths))

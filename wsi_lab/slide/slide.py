@@ -63,11 +63,12 @@ class Slide:
     """
 
     def __init__(self, path: Path, reader: SlideReader, mpp: tuple[float, float] | None = None,
-                 requested_backend: str = "auto") -> None:
+                 requested_backend: str = "auto", owns_reader: bool = True) -> None:
         self.path = path
         self._reader = reader
         self._mpp_override = mpp
         self._requested_backend = requested_backend
+        self._owns_reader = owns_reader
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -77,10 +78,8 @@ class Slide:
 
     @property
     def slide_id(self) -> str:
-        """File name without its slide extension (``TCGA-...-01Z-00-DX1`` for ``TCGA-...DX1.svs``)."""
-        name = self.path.name
-        suffix = slide_suffix(self.path)
-        return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else self.path.stem
+        """File name without its slide extension (see :func:`slide_id`)."""
+        return slide_id(self.path)
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -133,6 +132,14 @@ class Slide:
     def associated_images(self) -> AssociatedImages:
         """Label, macro, thumbnail... as a lazy mapping of ``(H, W, 3) uint8`` arrays."""
         return AssociatedImages(self._reader)
+
+    def with_mpp_fallback(self, mpp: float | tuple[float, float] | None) -> "Slide":
+        """This slide with ``mpp`` (µm/px) used only when the metadata has none: ``self`` when ``mpp`` is
+        ``None`` or the metadata has a µm/px, else a view sharing this slide's open reader (nothing is
+        reopened, so nothing leaks; closing the view leaves the reader to this slide)."""
+        if mpp is None or self.mpp_from_metadata is not None or self._mpp_override is not None:
+            return self
+        return Slide(self.path, self._reader, _mpp_pair(mpp, self.path), self._requested_backend, owns_reader=False)
 
     def require_mpp(self) -> tuple[float, float]:
         """µm/px or :class:`MissingMPPError` saying how to give one."""
@@ -237,7 +244,9 @@ class Slide:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        self._reader.close()
+        """Release the file handles (a view from :meth:`with_mpp_fallback` leaves them to its owner)."""
+        if self._owns_reader:
+            self._reader.close()
 
     def __enter__(self) -> "Slide":
         return self
@@ -247,6 +256,25 @@ class Slide:
 
     def __reduce__(self):
         return (open_slide, (str(self.path), self._requested_backend, self._mpp_override))
+
+
+def slide_id(path: str | os.PathLike) -> str:
+    """The slide id of a path: its file name without the slide extension (``.ome.tif`` counts as one),
+    e.g. ``TCGA-...-01Z-00-DX1`` for ``/data/TCGA-...-01Z-00-DX1.svs``. The one rule every table,
+    output folder and widget uses."""
+    p = Path(path)
+    name = p.name
+    suffix = slide_suffix(p)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else p.stem
+
+
+def _mpp_pair(mpp: float | tuple[float, float], where: Path) -> tuple[float, float]:
+    """``mpp`` (one value or (x, y) µm/px) as a plausible pair, or :class:`InvalidParameterError`."""
+    pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
+    override = plausible_mpp(*pair, source="the mpp= argument") if len(pair) == 2 else None
+    if override is None or any(to_float(v) is None for v in pair):  # (0.25, 0) is not "square pixels"
+        raise InvalidParameterError(f"{where}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
+    return override
 
 
 def _check_path(path: Path) -> None:
@@ -261,18 +289,23 @@ def _check_path(path: Path) -> None:
 
 
 def open_slide(path: str | os.PathLike, backend: str = "auto",
-               mpp: float | tuple[float, float] | None = None) -> Slide:
+               mpp: float | tuple[float, float] | None = None, mpp_only_if_missing: bool = False) -> Slide:
     """Open a whole-slide image. ``backend="auto"`` tries the installed backends in priority order for
     the file's extension and returns the first that reads it; a name (``tifffile``, ``openslide``,
-    ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata."""
+    ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata;
+    with ``mpp_only_if_missing=True`` it is used only when the metadata has no µm/px (the file is
+    opened once either way)."""
     p = Path(path).expanduser()
     _check_path(p)
-    override = None
-    if mpp is not None:
-        pair = (mpp, mpp) if isinstance(mpp, (int, float)) else tuple(mpp)
-        override = plausible_mpp(*pair, source="the mpp= argument") if len(pair) == 2 else None
-        if override is None or any(to_float(v) is None for v in pair):  # (0.25, 0) is not "square pixels"
-            raise InvalidParameterError(f"{p}: mpp={mpp!r} is not a plausible µm/px (expected 0.02–50)")
+    override = _mpp_pair(mpp, p) if mpp is not None else None
+    slide = _open(p, backend, override)
+    if mpp_only_if_missing and override is not None and slide.mpp_from_metadata is not None:
+        slide._mpp_override = None
+    return slide
+
+
+def _open(p: Path, backend: str, override: tuple[float, float] | None) -> Slide:
+    """Open ``p`` with ``backend`` (or ``auto``) and the already-validated µm/px ``override``."""
     if backend != "auto":
         cls = get_backend(backend)
         if not cls.can_read(p):

@@ -16,79 +16,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
+from wsi_lab.io import LRUCache
 from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.pixels import is_tiff, to_rgb, ycbcr_to_rgb
 from wsi_lab.slide.metadata import first_present, plausible_mpp, stringify, to_float
 from wsi_lab.slide.tiff_meta import associated_series, ome_mpp, undecodable
 
 log = logging.getLogger(__name__)
-
-class _TileCache:
-    """A small thread-safe LRU of decoded tiles keyed by (level, tile index).
-
-    :meth:`get_or_load` decodes a missing tile once even when several threads ask for it at the same
-    time (the others wait for the first instead of decoding it again)."""
-
-    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._pending: dict[tuple[int, int], threading.Event] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, int]) -> np.ndarray | None:
-        with self._lock:
-            arr = self._items.get(key)
-            if arr is not None:
-                self._items.move_to_end(key)
-            return arr
-
-    def put(self, key: tuple[int, int], arr: np.ndarray) -> None:
-        with self._lock:
-            self._put_locked(key, arr)
-
-    def _put_locked(self, key: tuple[int, int], arr: np.ndarray) -> None:
-        if key in self._items or arr.nbytes > self.max_bytes:
-            return
-        self._items[key] = arr
-        self._bytes += arr.nbytes
-        while self._bytes > self.max_bytes and self._items:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
-
-    def get_or_load(self, key: tuple[int, int], load: Callable[[], np.ndarray]) -> np.ndarray:
-        with self._lock:
-            arr = self._items.get(key)
-            if arr is not None:
-                self._items.move_to_end(key)
-                return arr
-            event = self._pending.get(key)
-            owner = event is None
-            if owner:
-                event = self._pending[key] = threading.Event()
-        if not owner:
-            event.wait()
-            arr = self.get(key)
-            return arr if arr is not None else load()  # the first loader failed (or it was evicted)
-        try:
-            arr = load()
-            arr.flags.writeable = False  # shared between callers: read_level copies out of it
-            with self._lock:
-                self._put_locked(key, arr)
-            return arr
-        finally:
-            with self._lock:
-                self._pending.pop(key, None)
-            event.set()
-
 
 #: tiles of one region are decoded in parallel (a shared pool) when at least this many are missing
 PARALLEL_MIN_TILES = 4
@@ -114,6 +55,11 @@ def _decode_pool() -> ThreadPoolExecutor | None:
         if _POOL is None or _POOL[0] != os.getpid():  # a forked child must not use its parent's threads
             _POOL = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="wsi_lab-decode"))
         return _POOL[1]
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    arr.flags.writeable = False  # shared between callers: read_level copies out of it
+    return arr
 
 
 class _Level:
@@ -177,7 +123,7 @@ class TifffileReader:
         self._levels = [_Level(p) if p is not None else None for p in self._pages]
         self._fd = os.open(str(path), os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
-        self._cache = _TileCache()
+        self._cache: LRUCache[tuple[int, int], np.ndarray] = LRUCache(max_bytes=64 * 2**20)  # decoded tiles
         vendor = props.get("tiffslide.vendor") or ("ome" if self._tf.is_ome else "generic-tiff")
         mag = to_float(first_present(props, "tiffslide.objective-power"))
         self.metadata = ReaderMetadata(
@@ -248,7 +194,7 @@ class TifffileReader:
         return to_rgb(segment)
 
     def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray:
-        return self._cache.get_or_load((level, index), lambda: self._decode(level, lv, index))
+        return self._cache.get_or_load((level, index), lambda: _frozen(self._decode(level, lv, index)))
 
     def read_level(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         lv = self._levels[level]

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.progress import ProgressCallback, ProgressTracker
+from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
 from wsi_lab.tiling.outputs import (
     MANIFEST,
     TilingResult,
@@ -176,7 +176,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     closed at the end), a ``distributed.Client``, or a scheduler address. ``overrides`` maps slide id to
     its own :class:`TilingParams`. ``cancel`` (a threading.Event) stops the run between tasks; finished
     slides stay written. Slides that fail are reported in ``result.failed`` while the others finish.
-    ``progress`` receives :class:`~wsi_lab.progress.ProgressEvent` (slides done, tiles kept, tiles/s, ETA)."""
+    ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (slides done, tiles kept, tiles/s, ETA)."""
     from distributed import as_completed
 
     params = (params or TilingParams()).validate()

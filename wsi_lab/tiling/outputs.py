@@ -53,10 +53,9 @@ def slide_outputs_complete(slide_dir: str | os.PathLike, params_hash: str | None
 
 
 def slide_id_of(path: Path) -> str:
-    from wsi_lab.slide.backend import slide_suffix
+    from wsi_lab.slide import slide_id
 
-    suf = slide_suffix(path)
-    return path.name[: -len(suf)] if suf and path.name.lower().endswith(suf) else path.stem
+    return slide_id(path)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Tiling parameters as JSON-serialisable dataclasses (the UI saves per-slide overrides with them)."""
+"""Tiling parameters as frozen :class:`~wsi_lab.runs.Spec` dataclasses (JSON round-trip, validation
+naming the key, stable hash); the UI saves per-slide overrides with them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 import math
 import os
 from pathlib import Path
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
+from wsi_lab.runs.spec import Spec
 
 __all__ = ["TilingParams", "TwoStage", "MAX_TILE_SIZE", "save_override", "load_overrides"]
 
@@ -17,8 +19,8 @@ MAX_TILE_SIZE = 16384
 FINE_METHODS = ("variance", "background", "saturation", "brightness")
 
 
-@dataclass
-class TwoStage:
+@dataclass(frozen=True)
+class TwoStage(Spec):
     """The classic two-pass filter at full resolution.
 
     Coarse pass: candidate tiles of ``coarse`` output pixels (the tile size) are kept when their coarse
@@ -43,6 +45,8 @@ class TwoStage:
     fine_threshold: float | None = None
     min_fine_fraction: float | None = None
     modality: str = "auto"
+
+    _spec_name = "two-stage parameter"
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> "TwoStage":
@@ -77,12 +81,10 @@ class TwoStage:
                 raise InvalidParameterError(f"two-stage {name} must be ≥ 0, got {v!r}")
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
-@dataclass
-class TilingParams:
+@dataclass(frozen=True)
+class TilingParams(Spec):
     """Everything that decides which tiles a slide gives. Sizes in output pixels; ``mpp`` in µm/px
     (None: work by ``level``, or the slide's native resolution); ``method`` is the tissue method
     (None: keep every tile); ``slide_mpp`` is the µm/px to assume for slides whose metadata lacks it."""
@@ -99,6 +101,8 @@ class TilingParams:
     jpeg_quality: int = 90
     slide_mpp: float | None = None
     backend: str = "auto"
+
+    _spec_name = "tiling parameter"
 
     def validate(self) -> "TilingParams":
         ts = self.tile_size
@@ -124,39 +128,11 @@ class TilingParams:
                 raise InvalidParameterError(f"two-stage coarse size {self.two_stage.coarse} must equal tile_size {ts}")
         return self
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["two_stage"] = None if self.two_stage is None else self.two_stage.to_dict()
-        return d
-
-    def to_json(self, **kw: Any) -> str:
-        return json.dumps(self.to_dict(), **kw)
-
     @classmethod
-    def from_dict(cls, d: dict) -> "TilingParams":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InvalidParameterError(f"unknown tiling parameter(s) {unknown}; known: {sorted(names)}")
-        d = dict(d)
-        ts = d.get("two_stage")
-        if isinstance(ts, dict):
-            tnames = {f.name for f in fields(TwoStage)}
-            bad = sorted(set(ts) - tnames)
-            if bad:
-                raise InvalidParameterError(f"unknown two-stage parameter(s) {bad}; known: {sorted(tnames)}")
-            d["two_stage"] = TwoStage(**ts)
-        return cls(**d).validate()
-
-    @classmethod
-    def from_json(cls, text: str) -> "TilingParams":
-        try:
-            d = json.loads(text)
-        except ValueError as exc:
-            raise InvalidParameterError(f"tiling parameters are not valid JSON: {exc}") from exc
-        if not isinstance(d, dict):
-            raise InvalidParameterError("tiling parameters JSON must be an object")
-        return cls.from_dict(d)
+    def from_dict(cls, d: Any) -> "TilingParams":
+        """Build and validate from a dict (a ``two_stage`` dict becomes :class:`TwoStage`); unknown keys
+        are refused, naming them."""
+        return super().from_dict(d)
 
 
 def _read_overrides_json(path: Path) -> dict:

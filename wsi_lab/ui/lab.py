@@ -227,9 +227,9 @@ class ViewerPanel(widgets.VBox):
 
 
 def _slide_id(path: str) -> str:
-    from wsi_lab.tiling.outputs import slide_id_of
+    from wsi_lab.slide import slide_id
 
-    return slide_id_of(Path(path))
+    return slide_id(path)
 
 
 def _viewer_panel(lab: Lab) -> widgets.Widget:

@@ -2,7 +2,7 @@
 
 A thin view over :func:`wsi_lab.tiling.start_tiling` (the run happens in a background thread, the
 kernel stays responsive): cluster choice (a local cluster with N workers, or a scheduler address),
-start and cancel, an ipywidgets progress bar fed by the :mod:`wsi_lab.progress` callback, the Dask
+start and cancel, an ipywidgets progress bar fed by the :mod:`wsi_lab.runs.progress` callback, the Dask
 dashboard link, a per-slide status table and a preview of the resulting TileTable.
 """
 
@@ -21,16 +21,16 @@ import pandas as pd
 import traitlets
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.progress import ProgressEvent
+from wsi_lab.runs.progress import ProgressEvent
 from wsi_lab.ui.common import ErrorBox, message_html
 
 log = logging.getLogger(__name__)
 
 
 def _slide_id(path: str) -> str:
-    from wsi_lab.tiling.outputs import slide_id_of
+    from wsi_lab.slide import slide_id
 
-    return slide_id_of(Path(path))  # the id run_tiling reports the slide under
+    return slide_id(path)  # the id run_tiling reports the slide under
 
 
 class TilingPanel(widgets.VBox):

@@ -7,12 +7,12 @@ Tiles reach the browser two ways (``tile_source``):
   lists the root-relative paths its slide could have (``a.svs``, ``cases/a.svs``, ...) with their ids;
   the front end asks the server for each id and keeps the one whose size and dimensions match.
   Overlay layers travel as JSON in the widget state and the front end POSTs them to the server (see
-  :mod:`wsi_lab.server.registry` for why).
+  see :mod:`wsi_lab.viewing.wire` and :mod:`wsi_lab.server.registry` for why).
 - ``"comm"``: over the widget's own comm, as binary buffers with request ids (VS Code, hubs without
   the extension): ``{type: "tile", id, level, col, row}`` -> ``{type: "tile", id, ok, error?}`` + JPEG.
 - ``"auto"`` (default): server when the probe succeeds, else comm. ``active_source`` tells which.
 
-Both paths use the same :class:`~wsi_lab.deepzoom.DeepZoom` geometry and encoder, so the bytes match.
+Both paths use the same :class:`~wsi_lab.viewing.DeepZoom` geometry and encoder, so the bytes match.
 Coordinates are level-0 pixels: ``viewport`` is ``[x, y, width, height]``; clicks report ``(x, y)``.
 """
 
@@ -28,10 +28,9 @@ import anywidget
 import numpy as np
 import traitlets
 
-from wsi_lab.deepzoom import DeepZoom, snapshot_layer
 from wsi_lab.errors import InvalidParameterError, WSILabError
-from wsi_lab.server.paths import relative_candidates, slide_key
-from wsi_lab.server.registry import OVERLAP, QUALITY, TILE_SIZE, layer_payload_key
+from wsi_lab.viewing import (OVERLAP, QUALITY, TILE_SIZE, DeepZoom, layer_payload_key, relative_candidates,
+                             slide_key, snapshot_layer)
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import io
 import logging
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.io import encode_image
+from wsi_lab.io import LRUCache, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -59,40 +58,6 @@ class TileSpec:
     slide_level: int
 
 
-class _LRU:
-    """Small thread-safe LRU of bytes values, bounded by total size."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._data: OrderedDict[Any, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Any) -> bytes | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._size -= len(old)
-            self._data[key] = value
-            self._size += len(value)
-            while self._size > self.max_bytes:
-                _, dropped = self._data.popitem(last=False)
-                self._size -= len(dropped)
-
-
 class DeepZoom:
     """Deep-zoom pyramid over ``slide``: tile geometry, pixels, JPEG bytes (LRU-cached) and overlay tiles.
 
@@ -117,7 +82,7 @@ class DeepZoom:
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
         self.quality = int(quality)
-        self._cache = _LRU(cache_bytes)
+        self._cache: LRUCache[Any, bytes] = LRUCache(max_bytes=cache_bytes)
         w, h = (int(v) for v in slide.dimensions)
         dims = [(w, h)]
         while dims[-1] != (1, 1):

@@ -1,0 +1,133 @@
+"""What the kernel, the browser and the Jupyter server extension agree on (no tornado, no widgets).
+
+- the deep-zoom geometry served (``TILE_SIZE``, ``OVERLAP``, ``QUALITY``): the server and the widget's
+  comm path use the same numbers, so their tiles are byte-identical;
+- slide ids: the first 16 hex digits of the SHA-256 of the slide's root-relative POSIX path
+  (:func:`slide_key`), stable across restarts and machines, never revealing absolute paths; the kernel
+  does not know the server's root, so it lists the ids its slide could have (:func:`relative_candidates`);
+- overlay layer payloads: ``{"layer": Layer.to_json()}`` or ``{"snapshot": {...}}``, their content key
+  (:func:`layer_payload_key`), their limits (:data:`MAX_LAYER_BYTES`, :data:`MAX_JSON_DEPTH`) and how
+  the server rebuilds them (:func:`layer_from_payload`, bad input → :class:`InvalidParameterError`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from wsi_lab.errors import InvalidParameterError
+
+__all__ = ["TILE_SIZE", "OVERLAP", "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "slide_key", "is_slide_key",
+           "relative_candidates", "layer_payload_key", "layer_from_payload", "check_json_depth"]
+
+#: deep-zoom geometry served (the widget's comm path uses the same, so pixels match)
+TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
+#: largest layer POST body the server accepts (bytes)
+MAX_LAYER_BYTES = 64 * 2**20
+#: deepest nesting of lists/objects a layer payload may have (a real one is < 10 deep)
+MAX_JSON_DEPTH = 32
+
+_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def slide_key(relpath: str) -> str:
+    """Id of the slide at root-relative ``relpath`` (POSIX separators)."""
+    return hashlib.sha256(PurePosixPath(relpath).as_posix().encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def is_slide_key(text: str) -> bool:
+    """Whether ``text`` has the shape of a slide id (16 lower-case hex digits)."""
+    return bool(_KEY_RE.match(text))
+
+
+def relative_candidates(path: str | os.PathLike, depth: int = 8) -> list[str]:
+    """Root-relative paths ``path`` could have on a server whose root is one of its parents, the
+    shortest first (``a.svs``, ``cases/a.svs``, ...): the kernel does not know the server's root."""
+    parts = Path(os.path.abspath(path)).parts[1:]
+    return [PurePosixPath(*parts[-n:]).as_posix() for n in range(1, min(depth, len(parts)) + 1)]
+
+
+def layer_payload_key(payload: dict) -> str:
+    """Content key of a layer payload (same JSON -> same key, in the kernel and in the server)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
+
+
+def check_json_depth(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON text nested deeper than ``max_depth`` before it is parsed (a deep document would
+    otherwise raise ``RecursionError`` in the parser or in whatever walks it). Scans brackets outside
+    strings; linear time, no recursion."""
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    depth = 0
+    in_str = escaped = False
+    for byte in data:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_str = False
+        elif byte == 0x22:
+            in_str = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                raise InvalidParameterError(f"layer JSON is nested more than {max_depth} levels deep; "
+                                            "send a flat Layer.to_json() payload")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _opacity(value: Any) -> float:
+    try:
+        opacity = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"layer opacity must be a number in [0, 1], got {value!r}") from exc
+    if not (math.isfinite(opacity) and 0.0 <= opacity <= 1.0):
+        raise InvalidParameterError(f"layer opacity must be in [0, 1], got {value!r}")
+    return opacity
+
+
+def layer_from_payload(payload: Any) -> Any:
+    """Rebuild a layer from a POSTed payload: ``{"layer": <Layer.to_json() dict or text>}`` or
+    ``{"snapshot": {"png_b64", "downsample", "name", "opacity", "legend"}}``. Anything malformed (bad
+    keys, opacity outside [0, 1], nesting deeper than :data:`MAX_JSON_DEPTH`) raises
+    :class:`InvalidParameterError`."""
+    if not isinstance(payload, dict):
+        raise InvalidParameterError("layer payload must be a JSON object")
+    if "layer" in payload:
+        from wsi_lab.overlays import Layer
+
+        spec = payload["layer"]
+        if isinstance(spec, (str, bytes)):
+            check_json_depth(spec)
+        elif isinstance(spec, dict) and "opacity" in spec:
+            _opacity(spec["opacity"])
+        try:
+            return Layer.from_json(spec)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, MemoryError,
+                RecursionError) as exc:
+            raise InvalidParameterError(f"layer JSON could not be rebuilt: {type(exc).__name__}: {exc}") from exc
+    snap = payload.get("snapshot")
+    if isinstance(snap, dict):
+        from wsi_lab.viewing.deepzoom import LayerSnapshot
+
+        try:
+            png = base64.b64decode(snap["png_b64"], validate=True)
+            downsample = float(snap["downsample"])
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise InvalidParameterError(f"layer snapshot needs png_b64 and a numeric downsample: {exc}") from exc
+        opacity = _opacity(snap.get("opacity", 1.0))
+        legend = snap.get("legend") or {}
+        if not isinstance(legend, dict):
+            raise InvalidParameterError(f"layer snapshot legend must be an object, got {type(legend).__name__}")
+        return LayerSnapshot.from_png(png, downsample, name=str(snap.get("name", "layer")), opacity=opacity,
+                                      legend=legend)
+    raise InvalidParameterError("layer payload needs a 'layer' (Layer.to_json()) or a 'snapshot' entry")
