@@ -126,8 +126,8 @@ def _make_backbone(info: EncoderInfo):
         raise MissingDependencyError("timm", "train", f"the {info.name} encoder") from exc
     try:
         model = timm.create_model(info.arch, pretrained=False, num_classes=0, **_resolve_kwargs(info.kwargs))
-    except RuntimeError as exc:
-        raise InvalidParameterError(f"encoder {info.name!r}: {exc}") from exc
+    except (RuntimeError, AssertionError, TypeError) as exc:  # unknown model, inconsistent sizes or options
+        raise InvalidParameterError(f"encoder {info.name!r} with {info.kwargs}: {exc or type(exc).__name__}") from exc
     return model, int(model.num_features)
 
 
