@@ -13,9 +13,10 @@ from wsi_lab.testing import make_slide
 
 def make_cohort(folder: Path, slides: int = 2, tile_size: int = 64, read_size: int = 128, width: int = 768,
                 height: int = 512, labels: tuple[str, ...] = ("a", "b"), val_fraction: float = 0.25,
-                seed: int = 0) -> Path:
+                seed: int = 0, val_slides: tuple[str, ...] | None = None) -> Path:
     """Write ``slides`` procedural slides and a labelled, split TileTable over them; returns the table path.
-    Slide ``i`` gets label ``labels[i % len(labels)]``; rows are split train/val at random (seeded)."""
+    Slide ``i`` gets label ``labels[i % len(labels)]``; rows are split train/val at random (seeded), or
+    by slide when ``val_slides`` names the validation slides."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, meta = [], {}
     rng = np.random.default_rng(seed)
@@ -30,7 +31,10 @@ def make_cohort(folder: Path, slides: int = 2, tile_size: int = 64, read_size: i
                              "tile_size": tile_size, "mpp": np.nan, "tissue_fraction": 1.0,
                              "label": labels[i % len(labels)]})
     df = pd.DataFrame(rows)
-    df["split"] = np.where(rng.random(len(df)) < val_fraction, "val", "train")
+    if val_slides is not None:
+        df["split"] = np.where(df["slide_id"].isin(val_slides), "val", "train")
+    else:
+        df["split"] = np.where(rng.random(len(df)) < val_fraction, "val", "train")
     df.attrs["wsi_lab"] = {"slides": meta}
     out = folder / "table.parquet"
     write_table(df, out)

@@ -125,7 +125,7 @@ def _run_epoch(parts: Parts, model, opt, loader, ctx: DistContext, spec, train: 
             with autocast(ctx, spec.precision):
                 loss, n, out = parts.step(model, batch, ctx.device)
             if not torch.isfinite(loss.detach()).all():
-                raise TrainingError(f"the {'training' if train else 'validation'} loss is {float(loss):g} at epoch "
+                raise TrainingError(f"the {'training' if train else 'validation'} loss is {float(loss.detach()):g} at epoch "
                                     f"{epoch}, batch {i} (rank {ctx.rank}); lower lr (now {spec.lr:g}) or check "
                                     "the inputs; no checkpoint was written for this epoch")
             if train:

@@ -29,7 +29,8 @@ RESUMABLE_CHANGES = ("epochs", "backend", "nproc", "num_workers", "precision", "
 def _model_accepts(task: str, name: str) -> bool:
     if task == "features":
         return True  # checked against the encoder registry when the job starts (needs no torch here)
-    return any(name == m or (m.endswith(":") and name.startswith(m) and len(name) > len(m)) for m in TASK_MODELS[task])
+    return any((name.startswith(m) and len(name) > len(m)) if m.endswith(":") else name == m
+               for m in TASK_MODELS[task])
 
 
 @dataclass(frozen=True)
