@@ -69,7 +69,7 @@ def test_tasks_accept_their_model_presets():
 def test_reading_a_spec_needs_no_torch(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(BASE))
-    code = ("import sys; from wsi_lab.train import JobSpec; from wsi_lab.train.launch import command_for; "
+    code = ("import sys; from wsi_lab.train import JobSpec; from wsi_lab.train.launcher import command_for; "
             f"s = JobSpec.read({str(path)!r}); command_for(s, 'x.json'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -11,7 +11,7 @@ from typing import Any
 
 from wsi_lab.train.spec import BACKENDS, PRECISIONS, TASKS, JobSpec
 
-_LAZY = {"launch": "wsi_lab.train.launch", "TrainJob": "wsi_lab.train.launch", "run_spec": "wsi_lab.train.run",
+_LAZY = {"launch": "wsi_lab.train.launcher", "TrainJob": "wsi_lab.train.launcher", "run_spec": "wsi_lab.train.run",
          "RECIPES": "wsi_lab.train.recipes", "get_recipe": "wsi_lab.train.recipes",
          "read_features": "wsi_lab.train.features"}
 

@@ -60,7 +60,7 @@ def _follow(job, stream=None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wsi_lab.train.launch import launch
+    from wsi_lab.train.launcher import launch
     from wsi_lab.train.spec import JobSpec
 
     try:
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from wsi_lab.train.launch import launch
+    from wsi_lab.train.launcher import launch
     from wsi_lab.train.spec import JobSpec
 
     model: dict[str, Any] = {"name": args.backbone}

@@ -3,6 +3,12 @@ DistributedSampler, DDP / Horovod when launched on several processes, mixed prec
 ``metrics.jsonl`` + the SageMaker-parsable lines, atomic ``checkpoints/last.pt`` / ``best.pt`` written
 by rank 0 alone, resumption from ``last.pt`` with no epoch repeated, and a NaN guard.
 
+Data parallelism: ``batch_size`` is the global batch; each of the N processes takes ``batch_size / N``
+of a DistributedSampler's shard, so N processes see the batches one process sees and, with losses
+that are means (or sums scaled by N), take the same optimiser steps. A training split whose size does
+not divide by N is padded by the sampler with repeated tiles (PyTorch's usual behaviour); ``tiles`` in
+the metrics counts the tiles processed, padding included.
+
 Determinism: the model is built after ``torch.manual_seed(seed)``; each epoch re-seeds the sampler
 (``seed``, epoch) and the global RNG (``seed``, epoch, rank), so a resumed run gives the numbers an
 uninterrupted one gives, and the same seed gives the same numbers on CPU.

@@ -22,6 +22,7 @@ MODEL_PRESETS = ("small_cnn", "resnet18", "resnet50", "timm:<name>", "vae", "abm
 # which model names each task accepts (features: an encoder of wsi_lab.models.encoders)
 TASK_MODELS = {"vae": ("vae",), "classify": ("small_cnn", "resnet18", "resnet50", "timm:"), "mil": ("abmil",),
                "segment": ("deeplabv3", "unet"), "features": ()}
+_DEFAULT_MODEL = {"vae": "vae", "classify": "small_cnn", "mil": "abmil"}
 # spec keys that may change between a run and its resumption (the rest must match the checkpoint's job)
 RESUMABLE_CHANGES = ("epochs", "backend", "nproc", "num_workers", "precision", "device")
 
@@ -47,7 +48,7 @@ class JobSpec(Spec):
     task: str
     table: str
     out: str
-    model: Any = "vae"                 # str or {"name": ..., options}; stored as a dict
+    model: Any = None                  # str or {"name": ..., options}; stored as a dict (default: per task)
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -69,6 +70,8 @@ class JobSpec(Spec):
 
     def __post_init__(self) -> None:
         model = self.model
+        if model is None:
+            model = _DEFAULT_MODEL.get(self.task)
         if isinstance(model, str):
             model = {"name": model}
         elif isinstance(model, Mapping):
