@@ -15,8 +15,20 @@ pytest.importorskip("timm")
 from torch import nn  # noqa: E402
 
 from wsi_lab.errors import CheckpointError, InvalidParameterError  # noqa: E402
-from wsi_lab.models import (VAE, AttentionMIL, TileClassifier, build_encoder, build_model, encoder_info,  # noqa: E402
-                            load, load_weights, read_checkpoint, sample_bag, save_checkpoint, vae_loss)
+from wsi_lab.models import (  # noqa: E402
+    VAE,
+    AttentionMIL,
+    TileClassifier,
+    build_encoder,
+    build_model,
+    encoder_info,
+    load,
+    load_weights,
+    read_checkpoint,
+    sample_bag,
+    save_checkpoint,
+    vae_loss,
+)
 from wsi_lab.models.checkpoint import check_compatible  # noqa: E402
 from wsi_lab.models.encoders import ENCODERS  # noqa: E402
 

@@ -5,8 +5,9 @@ its weights, so :func:`load` needs no other input. Written atomically; read with
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

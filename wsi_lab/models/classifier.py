@@ -4,7 +4,8 @@ the mean/std in its config, so a loaded checkpoint needs no separate preprocessi
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +77,9 @@ class TileClassifier(nn.Module):
     Weights are only ever read from a local file: :func:`wsi_lab.models.weights.load_weights`."""
 
     kind = "classifier"
+    mean: torch.Tensor
+    std: torch.Tensor
+    backbone: nn.Module
 
     def __init__(self, backbone: str = "small_cnn", num_classes: int = 2, classes: Sequence[str] | None = None,
                  **options: Any) -> None:

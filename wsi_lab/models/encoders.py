@@ -128,7 +128,7 @@ def _make_backbone(info: EncoderInfo):
         model = timm.create_model(info.arch, pretrained=False, num_classes=0, **_resolve_kwargs(info.kwargs))
     except (RuntimeError, AssertionError, TypeError) as exc:  # unknown model, inconsistent sizes or options
         raise InvalidParameterError(f"encoder {info.name!r} with {info.kwargs}: {exc or type(exc).__name__}") from exc
-    return model, int(model.num_features)
+    return model, int(getattr(model, "num_features"))  # noqa: B009 (typed as Tensor | Module by torch)
 
 
 def _encoder_module():
@@ -137,6 +137,8 @@ def _encoder_module():
 
     class _FeatureEncoder(nn.Module):
         kind = "encoder"
+        mean: torch.Tensor
+        std: torch.Tensor
 
         def __init__(self, info: EncoderInfo, weights=None, sha256=None) -> None:
             super().__init__()
@@ -180,7 +182,7 @@ def _encoder_module():
 _CLASS = None
 
 
-def FeatureEncoder(info: EncoderInfo, weights=None, sha256=None):  # noqa: N802 (a class made on first use)
+def FeatureEncoder(info: EncoderInfo, weights=None, sha256=None):
     """An ``nn.Module`` running encoder ``info`` (see :func:`build_encoder`); defined on first use so
     this registry imports without torch."""
     global _CLASS

@@ -30,7 +30,7 @@ def latent_table(vae, table: pd.DataFrame, batch_size: int = 256, num_workers: i
         raise InvalidParameterError(f"the table's tile_size {sorted(sizes)} differs from the VAE's input_size "
                                     f"{vae.input_size}; re-tile or build the VAE with input_size={sorted(sizes)[0]}")
     vae = vae.to(device).eval()
-    loader = torch.utils.data.DataLoader(TileDataset(table), batch_size=batch_size, num_workers=num_workers)
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(TileDataset(table), batch_size=batch_size, num_workers=num_workers)
     out = [vae.encode(images.to(device)).float().cpu().numpy() for images, _ in loader]
     z = np.concatenate(out) if out else np.zeros((0, vae.latent_dim), np.float32)
     result = table.copy()

@@ -4,7 +4,8 @@ bags of tile features, with reproducible bag sampling (``max_tiles``)."""
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -26,7 +26,7 @@ def load_job_table(path: str) -> pd.DataFrame:
         parts = sorted(p.glob("*/tiles.parquet")) or sorted(p.glob("*.parquet"))
         if not parts:
             raise DataError(f"{p}: no TileTable in this folder (expected */tiles.parquet or *.parquet)")
-        return load_tables(parts)
+        return load_tables(list(parts))
     if not p.is_file():
         raise DataError(f"{p}: TileTable not found")
     return read_table(p)

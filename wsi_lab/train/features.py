@@ -68,9 +68,10 @@ def _is_complete(path: Path, expected: dict[str, Any]) -> bool:
 
 
 def _write(path: Path, feats: np.ndarray, rows: pd.DataFrame, meta: dict[str, Any]) -> None:
-    arrays = {c: rows[c].to_numpy(np.int64) for c in COORD_COLUMNS}
+    arrays: dict[str, Any] = {c: rows[c].to_numpy(np.int64) for c in COORD_COLUMNS}
+    arrays.update(features=feats.astype(np.float32), metadata=np.array(json.dumps(meta)))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, features=feats.astype(np.float32), metadata=np.array(json.dumps(meta)), **arrays)
+        np.savez(fh, **arrays)
 
 
 def extract_features(spec, ctx) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def extract_features(spec, ctx) -> dict[str, Any]:
             print(f"slide {sid}: complete, skipped", flush=True)
             continue
         t0 = time.perf_counter()
-        loader = torch.utils.data.DataLoader(TileDataset(rows), batch_size=spec.batch_size,
+        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(TileDataset(rows), batch_size=spec.batch_size,
                                              num_workers=spec.num_workers)
         chunks = []
         with torch.no_grad():

@@ -20,8 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from wsi_lab import errors
 from wsi_lab.errors import MissingDependencyError, TrainingError

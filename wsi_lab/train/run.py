@@ -12,8 +12,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
 from wsi_lab.train.spec import JobSpec

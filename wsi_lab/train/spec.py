@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.runs.spec import Spec
@@ -80,7 +81,7 @@ class JobSpec(Spec):
         object.__setattr__(self, "horovod", dict(self.horovod or {}))
 
     # -- validation ---------------------------------------------------------------------------
-    def validate(self) -> "JobSpec":
+    def validate(self) -> JobSpec:
         def bad(key: str, why: str) -> InvalidParameterError:
             return InvalidParameterError(f"job spec key {key!r}: {why}")
 
@@ -106,9 +107,9 @@ class JobSpec(Spec):
             intval(key, lo)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", f"must be an integer, got {self.seed!r}")
-        for key, lo in (("lr", 0.0), ("weight_decay", 0.0)):
+        for key in ("lr", "weight_decay"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or \
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
                     (key == "lr" and v == 0):
                 raise bad(key, f"must be a finite number {'> 0' if key == 'lr' else '>= 0'}, got {v!r}")
         if self.backend not in BACKENDS:
@@ -150,7 +151,7 @@ class JobSpec(Spec):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "JobSpec":
+    def from_yaml(cls, text: str) -> JobSpec:
         """Parse YAML text (a mapping) and :meth:`from_dict` it."""
         import yaml
 
@@ -163,7 +164,7 @@ class JobSpec(Spec):
         return cls.from_dict(d)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "JobSpec":
+    def read(cls, path: str | os.PathLike) -> JobSpec:
         """Read a spec file: YAML for ``.yaml``/``.yml``, JSON otherwise."""
         p = Path(path)
         if not p.is_file():
@@ -187,6 +188,6 @@ class JobSpec(Spec):
         """The keys that make two specs the same job (those a resumed run may not change)."""
         return {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
 
-    def with_changes(self, **changes: Any) -> "JobSpec":
+    def with_changes(self, **changes: Any) -> JobSpec:
         """A validated copy with ``changes`` (``None`` values are ignored: CLI flags left unset)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
