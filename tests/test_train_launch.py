@@ -102,6 +102,15 @@ def test_horovod_missing_is_refused_with_the_install_command(table, tmp_path):
     assert not (tmp_path / "h").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
+                    reason="Horovod is not installed (bash scripts/install_horovod.sh)")
+def test_horovod_two_processes_equal_one_process(table, tmp_path):
+    one = launch(_spec(table, tmp_path / "one"))
+    two = launch(_spec(table, tmp_path / "two", backend="horovod", nproc=2))
+    assert one.wait(300) == JobStatus.DONE and two.wait(400) == JobStatus.DONE, two.logs(tail=40)
+    assert two.metrics()["loss"].to_numpy() == pytest.approx(one.metrics()["loss"].to_numpy(), rel=1e-4)
+
+
 def test_cli_commands_register_and_refuse_bad_specs(table, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="wsi-lab")
     register(parser.add_subparsers(dest="command"))

@@ -14,12 +14,11 @@ from typing import Any
 import torch
 
 from wsi_lab.errors import InvalidParameterError, MissingDependencyError
+from wsi_lab.train.launcher import HOROVOD_INSTALL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistContext", "setup_context", "HOROVOD_INSTALL"]
-
-HOROVOD_INSTALL = "bash scripts/install_horovod.sh"
+__all__ = ["DistContext", "setup_context", "autocast"]
 
 
 @dataclass
@@ -67,7 +66,7 @@ class DistContext:
         if self.framework == "torch" and self.distributed:
             torch.distributed.barrier()
         elif self.framework == "horovod" and self.distributed:
-            self.hvd.join()
+            self.hvd.barrier()
 
     def close(self) -> None:
         if self.framework == "torch" and torch.distributed.is_initialized():
