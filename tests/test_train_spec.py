@@ -73,3 +73,10 @@ def test_reading_a_spec_needs_no_torch(tmp_path):
             f"s = JobSpec.read({str(path)!r}); command_for(s, 'x.json'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_launch_and_jobspec_are_top_level():
+    import wsi_lab
+    from wsi_lab.train.launcher import launch
+
+    assert wsi_lab.launch is launch and wsi_lab.JobSpec is JobSpec
