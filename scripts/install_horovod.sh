@@ -28,6 +28,12 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
     && tar xzf "horovod-$VER.tar.gz")
   src="$tmp/horovod-$VER"
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+  if [ -z "${HOROVOD_GPU_OPERATIONS:-}" ]; then
+    # CPU (Gloo) build: a CUDA build of torch (the pair set-up installs) would otherwise make Horovod
+    # compile its CUDA extension and look for a CUDA toolkit; set HOROVOD_GPU_OPERATIONS=NCCL for GPU ops
+    sed -i 's/print(True if ((torch.version.cuda is not None) and (CUDA_HOME is not None)) else False)/print(False)/' \
+      "$src/cmake/Modules/FindPytorch.cmake"
+  fi
   if [ "$tf" = 1 ]; then
     sed -i '/horovod\/tensorflow\/xla_mpi_ops.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
     tfflag=HOROVOD_WITH_TENSORFLOW=1

@@ -163,6 +163,9 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
     ckpt_dir, metrics_path = out / "checkpoints", out / "metrics.jsonl"
     model = parts.model.to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    if ctx.is_main and ckpt_dir.is_dir():
+        for stale in ckpt_dir.glob(".*.part"):  # a write killed by SIGKILL
+            stale.unlink()
     resumed = _read_resume(out, model, spec)
     start, best = 1, math.inf
     if resumed is not None:

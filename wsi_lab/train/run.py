@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wsi_lab.train", description="Run one WSI Lab job spec.")
     parser.add_argument("--spec", required=True, help="job spec file (.json, .yaml)")
     args = parser.parse_args(argv)
+    # a cancelled job gets SIGTERM: exit through Python so atomic writes in flight remove their temp files
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = run_spec(JobSpec.read(args.spec))
