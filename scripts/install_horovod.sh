@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install Horovod 0.28.1 (the last release) into ./.venv for the `horovod` training backend.
-# 0.28.1 does not build against torch >= 2 unpatched (its CMake asks for C++14, torch needs C++17): this
+# 0.28.1 does not build against torch >= 2 unpatched (its CMake asks for C++14, torch needs C++17, and C++20
+# from torch 2.14): this
 # script patches that, builds a wheel once (about 5-6 minutes on 2 cores) with Gloo (no MPI needed) and the
 # PyTorch bindings (+ TensorFlow's when TensorFlow is installed), caches it outside the repository, and
 # installs from the cache on later runs (seconds). Usage: bash scripts/install_horovod.sh
@@ -27,7 +28,10 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
   (cd "$tmp" && "$VPY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "horovod==$VER" \
     && tar xzf "horovod-$VER.tar.gz")
   src="$tmp/horovod-$VER"
-  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+  # torch >= 2 needs C++17 (>= 2.14: C++20) where Horovod's CMake asks for C++14
+  torch_std=$("$VPY" -c 'import torch; v = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 14) else 17)')
+  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt"
+  sed -i "s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD $torch_std)/" "$src/horovod/torch/CMakeLists.txt"
   if [ -z "${HOROVOD_GPU_OPERATIONS:-}" ]; then
     # CPU (Gloo) build: a CUDA build of torch (the pair set-up installs) would otherwise make Horovod
     # compile its CUDA extension and look for a CUDA toolkit; set HOROVOD_GPU_OPERATIONS=NCCL for GPU ops
