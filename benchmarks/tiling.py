@@ -158,7 +158,7 @@ def peer(path: Path, tile_l0: int) -> dict | None:
 
 def extraction(path: Path, params: TilingParams, client, limit: int, out: Path) -> dict:
     """tiles/s and MP/s of extracting (read + resize + JPEG) the first ``limit`` planned tiles on Dask."""
-    from wsi_lab.tiling.dask_run import _chunk_task
+    from wsi_lab.tiling.tasks import chunk_task
 
     table = plan_tiles(path, params.tile_size, params.mpp, mask=params.method, min_tissue=params.min_tissue).head(limit)
     workers = len(client.scheduler_info()["workers"])
@@ -166,10 +166,10 @@ def extraction(path: Path, params: TilingParams, client, limit: int, out: Path) 
     jdir.mkdir(parents=True, exist_ok=True)
     chunks = [table.iloc[i:i + 16] for i in range(0, len(table), 16)]
     pj = params.to_json()
-    client.run(lambda: __import__("wsi_lab.tiling.dask_run"))  # warm imports on the workers
+    client.run(lambda: __import__("wsi_lab.tiling.tasks"))  # warm imports on the workers
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        futs = [client.submit(_chunk_task, str(path), pj, c, None, str(jdir), pure=False) for c in chunks]
+        futs = [client.submit(chunk_task, str(path), pj, c, None, str(jdir), pure=False) for c in chunks]
         res = client.gather(futs)
         dt = time.perf_counter() - t0
     n = sum(r[1] for r in res)

@@ -12,10 +12,26 @@ import time
 import pytest
 
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.runs import (Failure, ItemStatus, JobCancelledError, JobStatus, ProgressEvent, ProgressTracker, Spec,
-                          SubprocessJob, TextProgressBar, ThreadJob, manifest)
-from wsi_lab.runs.executors import (SchedulerUnreachableError, TooManyWorkersWarning, check_scheduler_reachable,
-                                    check_workers, normalize_scheduler_address)
+from wsi_lab.runs import (
+    Failure,
+    ItemStatus,
+    JobCancelledError,
+    JobStatus,
+    ProgressEvent,
+    ProgressTracker,
+    Spec,
+    SubprocessJob,
+    TextProgressBar,
+    ThreadJob,
+    manifest,
+)
+from wsi_lab.runs.executors import (
+    SchedulerUnreachableError,
+    TooManyWorkersWarning,
+    check_scheduler_reachable,
+    check_workers,
+    normalize_scheduler_address,
+)
 
 
 # -- Spec --------------------------------------------------------------------------------------------

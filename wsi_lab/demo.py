@@ -126,13 +126,8 @@ def run_demo(paths: list[str | os.PathLike], out: str | os.PathLike = "demo-out"
     from wsi_lab.slide import open_slide
     from wsi_lab.tiling import TilingParams, run_tiling
 
-    overrides = {}
-    for p in paths:  # slides without µm/px are tiled at level 0 instead of failing
-        with open_slide(p) as s:
-            if s.mpp is None:
-                overrides[s.slide_id] = TilingParams(level=0)
     result = run_tiling(list(paths), TilingParams(mpp=0.5), out=report.out / "tiles", n_workers=workers,
-                        progress=progress, overrides=overrides)
+                        progress=progress, if_no_mpp="level0")  # slides without µm/px: level 0, not a failure
     report.failed.update(result.failed)
     for sid, table_path in result.tables.items():
         from wsi_lab.data.table import read_table

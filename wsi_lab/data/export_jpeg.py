@@ -1,12 +1,12 @@
 """Export the tiles of a TileTable as JPEG files: ``out/<split>/<label>/<slide_id>_<x>_<y>.jpg``.
 
 Each file is written atomically; a re-run skips files that already exist and are complete JPEGs, so
-an interrupted export resumes where it stopped. ``manifest.json`` is written last.
+an interrupted export resumes where it stopped. The step manifest (:mod:`wsi_lab.runs.manifest`, kind
+``"export_jpeg"``: every file with its size) is written last.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -19,11 +19,13 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.tile_reader import (SlideCache, label_index_of, label_key, read_tile, require_columns,
-                                      slide_paths_of, TILE_COLUMNS)
+from wsi_lab.data.tile_reader import (TILE_COLUMNS, SlideCache, label_index_of, label_key, read_tile, require_columns,
+                                      slide_paths_of)
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.io import atomic_write_bytes, encode_image
+from wsi_lab.runs import manifest as mf
 from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
+from wsi_lab.runs.spec import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     names = tile_filenames(table, layout, label_column)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    mf.invalidate(out)  # files change now: not complete until the new manifest
     result = table.copy()
     result["file"] = names
     total = len(result)
@@ -121,18 +124,21 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-jpeg") as pool:
         for (w, s), rows in zip(pool.map(work, chunks), chunks):
             written, skipped, done = written + w, skipped + s, done + len(rows)
-            tracker.update(done=done, tiles=done, skipped=skipped, current=str(cols["slide_id"][rows[-1]]))
+            tracker.update(done=done, metrics={"tiles": done, "skipped": skipped},
+                           current=str(cols["slide_id"][rows[-1]]))
     tracker.update(f"{written} JPEG tiles written, {skipped} already there", finished=True)
     elapsed = time.perf_counter() - t0
     log.info("exported %d tiles to %s (%d written, %d already there) in %.1f s", total, out, written, skipped, elapsed)
-    manifest = {
-        "format": "jpeg", "quality": int(quality), "layout": layout, "tiles": total, "written": written,
-        "skipped": skipped, "label_index": label_index_of(result, label_column),
-        "counts": {k: int(v) for k, v in pd.Series([n.rsplit("/", 1)[0] if "/" in n else "." for n in names])
-                   .value_counts().sort_index().items()},
-        "slides": sorted(paths),
-    }
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2).encode())
+    rows_hash = pd.util.hash_pandas_object(result[[*TILE_COLUMNS, "file"]].astype(str), index=False)
+    mf.write_manifest(
+        out, "export_jpeg", inputs_hash=stable_hash({"rows": rows_hash.to_numpy().tobytes().hex(), "slides": paths}),
+        params_hash=stable_hash({"quality": int(quality), "layout": layout, "label_column": label_column}),
+        files=names, hash_limit=None,  # sizes only: hashing every tile again would double the export's I/O
+        format="jpeg", quality=int(quality), layout=layout, tiles=total, written=written, skipped=skipped,
+        label_index=label_index_of(result, label_column),
+        counts={k: int(v) for k, v in pd.Series([n.rsplit("/", 1)[0] if "/" in n else "." for n in names])
+                .value_counts().sort_index().items()},
+        slides=sorted(paths))
     meta = dict(result.attrs.get("wsi_lab") or {})
     meta["export_jpeg"] = {"out_dir": str(out), "quality": int(quality), "written": written, "skipped": skipped}
     result.attrs["wsi_lab"] = meta

@@ -5,7 +5,8 @@ Layout under ``out_dir``::
     train/train-00000-of-00004.tfrecord ...   N shards per split, equal tile counts ±1, shuffled (seed)
     val/val-00000-of-00004.tfrecord ...
     test/<slide_id>.tfrecord                  one file per test slide (per-slide evaluation)
-    manifest.json                             written last: schema, label_index, every file and count
+    manifest.json                             written last (wsi_lab.runs.manifest, kind "export_tfrecord"):
+                                              schema, label_index, every file with its count, size, SHA-256
 
 ``N`` is the number of data-parallel workers (GPUs per host × hosts), so each worker reads its own
 shard. Two record schemas (``tf.train.Example`` features):
@@ -39,8 +40,10 @@ from wsi_lab.data.tfrecord import TFRecordWriter, encode_example
 from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.io import atomic_write_bytes, encode_image, file_sha256
+from wsi_lab.io import encode_image, file_sha256
+from wsi_lab.runs import manifest as mf
 from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
+from wsi_lab.runs.spec import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +135,9 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     files = _plan(table, int(shards), per_slide_test, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
-    previous: dict[str, dict] = {}
-    if manifest_path.is_file():
-        try:
-            previous = {f["path"]: f for f in json.loads(manifest_path.read_text()).get("files", [])}
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("%s unreadable (%s): rewriting every file", manifest_path, exc)
+    old_manifest = mf.read_manifest(out)
+    previous: dict[str, dict] = {str(f.get("path")): f for f in (old_manifest or {}).get("files", [])
+                                 if isinstance(f, dict)}
     params = {"variant": variant, "quality": int(quality), "seed": int(seed), "shards": int(shards)}
     workers = max(1, int(workers or os.cpu_count() or 1))
     local = threading.local()
@@ -182,7 +181,7 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
                 written_tiles += len(rows)
             entries.append(entry)
             done += len(rows)
-            tracker.update(done=done, tiles=done, skipped=done - written_tiles, current=f["path"])
+            tracker.update(done=done, metrics={"tiles": done, "skipped": done - written_tiles}, current=f["path"])
     elapsed = time.perf_counter() - t0
     tracker.update(f"{len(files)} TFRecord file(s): {written_tiles} tiles written, {total - written_tiles} kept",
                    finished=True)
@@ -190,14 +189,14 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     for e in entries:
         per_split[e["split"]] = per_split.get(e["split"], 0) + e["records"]
     total_bytes = int(sum(e["bytes"] for e in entries))
-    manifest = {
-        "format": "tfrecord", "variant": variant, "schema": SCHEMAS[variant], "shards": int(shards),
-        "per_slide_test": bool(per_slide_test), "seed": int(seed), "quality": int(quality) if variant == "jpeg" else None,
-        "label_index": label_index_of(table, label_column), "tiles": total, "tiles_written": written_tiles,
-        "records_per_split": per_split, "bytes": total_bytes, "bytes_per_tile": total_bytes / max(total, 1),
-        "files": entries,
-    }
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
+    manifest = mf.write_manifest(
+        out, "export_tfrecord", inputs_hash=stable_hash([e["fingerprint"] for e in entries]),
+        params_hash=stable_hash({**params, "per_slide_test": bool(per_slide_test), "label_column": label_column}),
+        files=entries, format="tfrecord", variant=variant, schema=SCHEMAS[variant], shards=int(shards),
+        per_slide_test=bool(per_slide_test), seed=int(seed), quality=int(quality) if variant == "jpeg" else None,
+        label_index=label_index_of(table, label_column), tiles=total, tiles_written=written_tiles,
+        records_per_split=per_split, bytes=total_bytes, bytes_per_tile=total_bytes / max(total, 1))
+    mf.clean_unlisted(out, manifest, owned=())  # temp files of a killed writer
     current = {e["path"] for e in entries}
     for rel in sorted(set(previous) - current):  # files of an earlier layout (other shards/splits): stale data
         stale = out / rel

@@ -15,12 +15,11 @@ import pandas as pd
 from PIL import Image
 
 from wsi_lab.data.table import _table_meta as _meta
-from wsi_lab.data.table import concat_tables, load_tables  # noqa: F401  (re-exported)
 from wsi_lab.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TILE_COLUMNS", "slide_paths_of", "concat_tables", "load_tables", "SlideCache", "read_tile", "require_columns", "label_key", "label_index_of",
+__all__ = ["TILE_COLUMNS", "slide_paths_of", "SlideCache", "read_tile", "require_columns", "label_key", "label_index_of",
            "label_indices"]
 
 TILE_COLUMNS = ("slide_id", "x", "y", "level", "read_size", "tile_size")
@@ -134,12 +133,9 @@ def label_index_of(table: pd.DataFrame, label_column: str = "label") -> dict[str
         return {str(k): int(v) for k, v in recorded.items()}
     if label_column not in table.columns:
         return {}
-    values = pd.unique(table[label_column].dropna())
-    try:
-        ordered = sorted(values)
-    except TypeError:
-        ordered = sorted(values, key=str)
-    return {label_key(v): i for i, v in enumerate(ordered)}
+    from wsi_lab.data.labels import make_label_index  # the one order rule (labels imports this module)
+
+    return make_label_index(table[label_column])
 
 
 def label_indices(table: pd.DataFrame, label_column: str = "label") -> np.ndarray:

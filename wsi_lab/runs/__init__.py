@@ -23,7 +23,14 @@ from wsi_lab.runs.executors import (
     dask_client,
     normalize_scheduler_address,
 )
-from wsi_lab.runs.job import Failure, Job, JobCancelledError, JobStatus, SubprocessJob, ThreadJob
+from wsi_lab.runs.job import (
+    Failure,
+    Job,
+    JobCancelledError,
+    JobStatus,
+    SubprocessJob,
+    ThreadJob,
+)
 from wsi_lab.runs.progress import (
     ItemStatus,
     ProgressCallback,

@@ -91,7 +91,7 @@ def check_scheduler_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) 
     except ConnectionRefusedError as exc:
         why = "connection refused (is the scheduler running?)"
         err: BaseException = exc
-    except socket.timeout as exc:
+    except TimeoutError as exc:
         why = "no answer"
         err = exc
     except socket.gaierror as exc:

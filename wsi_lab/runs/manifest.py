@@ -10,7 +10,7 @@ of an earlier or killed run, ``.part`` temp files) within the paths the step own
 
 Format::
 
-    {"kind": "tiling", "format": 1, "inputs_hash": "...", "params_hash": "...", "completed_at": 1.7e9,
+    {"kind": "tiling", "manifest_format": 1, "inputs_hash": "...", "params_hash": "...", "completed_at": 1.7e9,
      "wsi_lab_version": "...", "files": [{"path": "tiles.parquet", "bytes": 1234, "sha256": "..."}, ...],
      ...step fields (n_tiles, label_index, ...)}
 """
@@ -37,7 +37,7 @@ FORMAT = 1
 #: files up to this many bytes get a SHA-256 in the manifest (bigger ones: size only, unless the
 #: caller passes their hash in the file entry)
 DEFAULT_HASH_LIMIT = 64 << 20
-_RESERVED = ("kind", "format", "inputs_hash", "params_hash", "completed_at", "wsi_lab_version", "files")
+_RESERVED = ("kind", "manifest_format", "inputs_hash", "params_hash", "completed_at", "wsi_lab_version", "files")
 
 
 def _sha256(path: Path) -> str:
@@ -79,7 +79,7 @@ def write_manifest(folder: str | os.PathLike, kind: str, *, inputs_hash: str, pa
             entries.append(file_record(root, str(f["path"]), hash_limit, **{k: v for k, v in f.items() if k != "path"}))
         else:
             entries.append(file_record(root, str(f), hash_limit))
-    manifest = {"kind": kind, "format": FORMAT, "inputs_hash": inputs_hash, "params_hash": params_hash,
+    manifest = {"kind": kind, "manifest_format": FORMAT, "inputs_hash": inputs_hash, "params_hash": params_hash,
                 **fields, "files": entries, "completed_at": time.time(), "wsi_lab_version": __version__}
     atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
     return manifest

@@ -117,9 +117,9 @@ class ProgressTracker:
         self.done = 0
         self.fraction = 0.0
         self.current = ""
-        self.metrics: dict[str, float] = {}
-        self.items: dict[str, ItemStatus] = {str(i): ItemStatus.QUEUED for i in items}
         self.rates = tuple(rates)
+        self.metrics: dict[str, float] = {k: 0.0 for k in self.rates}  # counted metrics first, then their rates
+        self.items: dict[str, ItemStatus] = {str(i): ItemStatus.QUEUED for i in items}
         self._lock = threading.RLock()
 
     def set_item(self, item: str, status: ItemStatus | str) -> None:

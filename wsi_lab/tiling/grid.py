@@ -20,10 +20,14 @@ from wsi_lab.tiling.params import MAX_TILE_SIZE, TwoStage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plan_tiles", "TileGeometry", "tile_geometry", "grid_origins", "MAX_UPSAMPLE"]
+__all__ = ["plan_tiles", "TileGeometry", "tile_geometry", "grid_origins", "grid_size", "MAX_UPSAMPLE",
+           "MAX_GRID_TILES"]
 
 #: the most a tile may be enlarged from the slide's native µm/px (finer targets are refused)
 MAX_UPSAMPLE = 2.0
+#: the largest grid ``plan_tiles`` plans by default (~5 million tiles: ~0.5 GB of planning arrays);
+#: pass ``max_grid_tiles=`` to plan more
+MAX_GRID_TILES = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,21 @@ def tile_geometry(slide, tile_size: int = 256, mpp: float | None = None, level: 
                         float(slide.level_downsamples[level]))
 
 
+def _axis_count(size: int, level_size: int | None, geom: TileGeometry) -> int:
+    if level_size is None:
+        n = int(math.floor((size - geom.extent) / geom.step + 1e-9)) + 1
+    else:
+        n = int(math.floor((level_size - geom.read_size) / (geom.step / geom.downsample) + 1e-9)) + 1
+    return max(n, 0)
+
+
+def grid_size(dimensions: tuple[int, int], geom: TileGeometry,
+              level_dimensions: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(columns, rows)`` of the grid :func:`grid_origins` returns, computed without allocating it."""
+    lw, lh = level_dimensions if level_dimensions is not None else (None, None)
+    return _axis_count(dimensions[0], lw, geom), _axis_count(dimensions[1], lh, geom)
+
+
 def _axis_origins(size: int, level_size: int | None, geom: TileGeometry) -> np.ndarray:
     """Level-0 origins along one axis. Tiles sit on whole pixels *of the read level*, and each level-0
     origin is the smallest integer whose ``floor(x / downsample)`` (what ``Slide.read_region`` reads) is
@@ -99,11 +118,8 @@ def _axis_origins(size: int, level_size: int | None, geom: TileGeometry) -> np.n
     and y, so level-0 arithmetic can miss the last tile by a fraction of a pixel)."""
     ds = geom.downsample
     lstep = geom.step / ds
-    if level_size is None:
-        n = int(math.floor((size - geom.extent) / geom.step + 1e-9)) + 1
-    else:
-        n = int(math.floor((level_size - geom.read_size) / lstep + 1e-9)) + 1
-    lv = np.floor(np.arange(max(n, 0)) * lstep + 1e-6)
+    n = _axis_count(size, level_size, geom)
+    lv = np.floor(np.arange(n) * lstep + 1e-6)
     x = np.ceil(lv * ds - 1e-6)
     x += np.floor(x / ds) < lv  # float round-off: step up to the first level-0 pixel of that level pixel
     return x.astype(np.int64)
@@ -137,7 +153,8 @@ def _resolve_mask(slide, mask: Any, mask_downsample: float | None, method_params
 def plan_tiles(slide, tile_size: int = 256, mpp: float | None = None, level: int | None = None, overlap: int = 0,
                mask: Any = None, min_tissue: float = 0.5, two_stage: TwoStage | None = None,
                patient_id: str | None = None, *, slide_mpp: float | None = None,
-               mask_downsample: float | None = None, method_params: dict | None = None) -> pd.DataFrame:
+               mask_downsample: float | None = None, method_params: dict | None = None,
+               max_grid_tiles: int | None = None) -> pd.DataFrame:
     """Plan the tiles of ``slide`` (a Slide or path) and return a TileTable (one row per kept tile).
 
     ``tile_size`` is in output pixels at ``mpp`` µm/px (read from the best level, ``slide.level_for_mpp``)
@@ -146,21 +163,28 @@ def plan_tiles(slide, tile_size: int = 256, mpp: float | None = None, level: int
     ≥ ``min_tissue``; None keeps every tile (tissue_fraction NaN). With ``two_stage`` only the coarse pass
     runs here (candidates); :func:`~wsi_lab.tiling.twostage.apply_fine_pass` / ``run_tiling`` do the fine
     pass. ``slide_mpp`` is the µm/px to assume when the metadata has none. x, y are level-0 pixels.
+    A grid of more than ``max_grid_tiles`` (default :data:`MAX_GRID_TILES`, ~5 million) tiles is refused
+    with :class:`~wsi_lab.errors.InvalidParameterError` before anything is allocated.
     """
     from wsi_lab.data.table import default_patient_id
     from wsi_lab.slide import Slide, open_slide
 
     if not isinstance(slide, Slide):
-        with open_slide(slide) as s:
-            if s.mpp is None and slide_mpp is not None:
-                s = open_slide(slide, mpp=slide_mpp)
+        with open_slide(slide, mpp=slide_mpp, mpp_only_if_missing=True) as s:  # opened once: nothing leaks
             return plan_tiles(s, tile_size, mpp, level, overlap, mask, min_tissue, two_stage, patient_id,
-                              mask_downsample=mask_downsample, method_params=method_params)
-    if slide.mpp is None and slide_mpp is not None:
-        slide = open_slide(slide.path, backend=slide._requested_backend, mpp=slide_mpp)
+                              mask_downsample=mask_downsample, method_params=method_params,
+                              max_grid_tiles=max_grid_tiles)
+    slide = slide.with_mpp_fallback(slide_mpp)  # a view on the same reader: nothing to close
     if not (isinstance(min_tissue, (int, float)) and 0 <= min_tissue <= 1):
         raise InvalidParameterError(f"{slide.path}: min_tissue must be in [0, 1], got {min_tissue!r}")
     geom = tile_geometry(slide, tile_size, mpp, level, overlap)
+    cap = MAX_GRID_TILES if max_grid_tiles is None else int(max_grid_tiles)
+    cols, rows = grid_size(slide.dimensions, geom, slide.level_dimensions[geom.level])
+    if cols * rows > cap:
+        raise InvalidParameterError(
+            f"{slide.path}: a {tile_size}px grid at {geom.mpp:g} µm/px (level {geom.level}) has {cols}x{rows} = "
+            f"{cols * rows:,} tiles, more than the cap of {cap:,}; use a larger tile_size or a coarser mpp, "
+            "or pass max_grid_tiles= to plan it anyway")
     xs, ys = grid_origins(slide.dimensions, geom, slide.level_dimensions[geom.level])
     meta: dict[str, Any] = {
         "slide_path": os.fspath(slide.path), "slide_id": slide.slide_id, "slide_dimensions": list(slide.dimensions),

@@ -13,13 +13,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.tile_reader import read_tile  # noqa: F401  (re-exported: wsi_lab.tiling.read_tile)
+from wsi_lab.data.tile_reader import read_tile
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.tiling.params import TwoStage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_tile", "subtile_scores", "fine_pass", "apply_fine_pass", "compare_tile_sets", "default_threshold"]
+__all__ = ["subtile_scores", "fine_pass", "apply_fine_pass", "compare_tile_sets", "default_threshold"]
 
 _DEFAULTS = {"variance": 120.0, "saturation": 25.0, "brightness": 40.0}
 

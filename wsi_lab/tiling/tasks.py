@@ -1,0 +1,106 @@
+"""Tiling's task functions: what a Dask worker runs for one slide (plan) or one region chunk.
+
+Each task catches its own exceptions and returns a :class:`TaskError` instead of raising, so a corrupt
+file fails once (no retry that fails the same way again) and workers log no "Compute Failed"
+tracebacks; only a lost worker makes Dask run a task again (it reschedules those by itself). Tile
+outputs are keyed by position, so a task re-run after a lost worker rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from wsi_lab.io import LRUCache
+from wsi_lab.tiling.params import TilingParams
+
+__all__ = ["TaskError", "plan_task", "chunk_task", "tfrecord_task", "open_for_tiling"]
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """A task's exception, returned as a value: its type name and message."""
+
+    error_type: str
+    message: str
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # returned to the client, reported as this slide's failure
+            return TaskError(type(exc).__name__, str(exc) or repr(exc))
+
+    run.__name__ = run.__qualname__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+# per worker process: open slides, closed when evicted
+_SLIDES: LRUCache[tuple, Any] = LRUCache(max_items=8, sizeof=lambda _s: 0, on_evict=lambda _k, s: s.close())
+
+
+def open_for_tiling(path: str, params: TilingParams):
+    """Open (and cache per worker process) a slide, with ``params.slide_mpp`` used only when its
+    metadata has no µm/px (opened once: nothing leaks)."""
+    from wsi_lab.slide import open_slide
+
+    key = (path, params.backend, params.slide_mpp)
+    return _SLIDES.get_or_load(key, lambda: open_slide(path, backend=params.backend, mpp=params.slide_mpp,
+                                                       mpp_only_if_missing=True))
+
+
+@_guard
+def plan_task(path: str, params_json: str):
+    """Plan one slide: ``(table, TissueMask or None, fine-pass modality or None)``."""
+    from wsi_lab.tiling.grid import plan_tiles
+    from wsi_lab.tiling.twostage import resolve_modality
+    from wsi_lab.tissue import TissueMask, detect_tissue
+
+    p = TilingParams.from_json(params_json)
+    slide = open_for_tiling(path, p)
+    mask = None
+    if p.two_stage is None and p.method is not None:
+        mask = detect_tissue(slide, p.method, downsample=p.mask_downsample, **p.method_params)
+    table = plan_tiles(slide, p.tile_size, p.mpp, p.level, p.overlap, mask, p.min_tissue, p.two_stage,
+                       mask_downsample=p.mask_downsample, method_params=p.method_params)
+    modality = resolve_modality(slide, table, p.two_stage) if p.two_stage is not None else None
+    return table, mask if isinstance(mask, TissueMask) else None, modality
+
+
+@_guard
+def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | None, jpeg_dir: str | None):
+    """Read the tiles of one region chunk: fine pass (two-stage) and/or write JPEGs keyed by position.
+    Returns ``(kept rows, tiles read, megapixels read)``."""
+    from wsi_lab.data.tile_reader import read_tile
+    from wsi_lab.io import save_image
+    from wsi_lab.tiling.twostage import apply_fine_pass
+
+    p = TilingParams.from_json(params_json)
+    slide = open_for_tiling(path, p)
+
+    def write(row, tile) -> None:
+        save_image(tile, Path(jpeg_dir) / f"{int(row['x'])}_{int(row['y'])}.jpg", quality=p.jpeg_quality)
+
+    mp = float((rows["read_size"].astype("float64") ** 2).sum()) / 1e6
+    if p.two_stage is not None:
+        rows.attrs = {"wsi_lab": {"params": {"min_tissue": p.min_tissue}}}
+        kept = apply_fine_pass(slide, rows, p.two_stage, p.two_stage.min_fine_fraction or p.min_tissue, modality,
+                               on_tile=write if jpeg_dir else None)
+        return kept, len(rows), mp
+    for row in rows.itertuples(index=False):
+        tile = read_tile(slide, row.x, row.y, row.level, row.read_size, row.tile_size)
+        save_image(tile, Path(jpeg_dir) / f"{int(row.x)}_{int(row.y)}.jpg", quality=p.jpeg_quality)
+    return rows, len(rows), mp
+
+
+@_guard
+def tfrecord_task(table: pd.DataFrame, out_dir: str) -> Any:
+    """Write a slide's tiles as TFRecord shards (``wsi_lab.data.export_tfrecord``); returns its manifest."""
+    mod = importlib.import_module("wsi_lab.data.export_tfrecord")
+    return mod.export_tfrecord(table, out_dir)
