@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from wsi_lab.data.dataset import TileDataset  # noqa: E402
-from wsi_lab.slide import open_slide  # noqa: E402
+from wsi_lab.data.dataset import TileDataset
+from wsi_lab.slide import open_slide
 
 SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
 CMU = SLIDES / "CMU-1-Small-Region.svs"
@@ -39,7 +39,7 @@ def grid_table(tile: int, copies: int = 1):
         w, h = s.dimensions
     ys, xs = np.mgrid[0:h - tile + 1:tile, 0:w - tile + 1:tile]
     parts = []
-    for c in range(copies):
+    for _ in range(copies):
         parts.append(pd.DataFrame({"slide_id": "cmu", "patient_id": "cmu", "x": xs.ravel(), "y": ys.ravel(),
                                    "level": 0, "read_size": tile, "tile_size": tile, "mpp": 0.499,
                                    "tissue_fraction": 1.0}))
