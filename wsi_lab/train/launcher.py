@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,8 @@ from typing import Any
 
 from wsi_lab import errors
 from wsi_lab.errors import MissingDependencyError, TrainingError
-from wsi_lab.runs.job import Failure, JobStatus, SubprocessJob
-from wsi_lab.runs.progress import ProgressCallback
+from wsi_lab.runs.job import METRIC_PREFIX, Failure, JobStatus, SubprocessJob
+from wsi_lab.runs.progress import ProgressCallback, ProgressEvent
 from wsi_lab.train.run import ERROR_PREFIX, prepare_out
 from wsi_lab.train.spec import JobSpec
 
@@ -35,6 +36,7 @@ __all__ = ["launch", "command_for", "TrainJob", "HOROVOD_INSTALL"]
 
 HOROVOD_INSTALL = "bash scripts/install_horovod.sh"
 RESULT_PREFIX = "WSI_LAB_RESULT "
+_RANK_PREFIX = re.compile(r"^\[\d+\]<std(?:out|err)>:")  # horovodrun prefixes each line with its rank
 
 
 def command_for(spec: JobSpec, spec_path: str | os.PathLike, python: str = sys.executable) -> list[str]:
@@ -64,6 +66,25 @@ class TrainJob(SubprocessJob):
                  progress: ProgressCallback | None = None) -> None:
         self.spec = spec
         super().__init__(cmd, name=f"train-{spec.task}", env=env, progress=progress)
+
+    def log(self, line: str) -> None:
+        """Record an output line; lines horovodrun prefixed with ``[rank]<stdout>:`` are unprefixed and
+        parsed as metrics / progress reports like unprefixed ones."""
+        m = _RANK_PREFIX.match(line)
+        if m is None:
+            super().log(line)
+            return
+        line = line[m.end():]
+        try:
+            if line.startswith(METRIC_PREFIX):
+                self.record_metrics(json.loads(line[len(METRIC_PREFIX):]))
+                return
+            if line.startswith(self.PROGRESS_PREFIX):
+                self.emit(ProgressEvent(**json.loads(line[len(self.PROGRESS_PREFIX):])))
+                return
+        except (ValueError, TypeError) as exc:
+            line = f"(unparsed report line: {exc}) {line}"
+        super().log(line)
 
     def _finish(self, result: Any = None, error: BaseException | None = None,
                 status: JobStatus | None = None) -> None:

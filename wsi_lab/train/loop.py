@@ -137,7 +137,7 @@ def _run_epoch(parts: Parts, model, opt, loader, ctx: DistContext, spec, train: 
                                     f"{epoch}, batch {i} (rank {ctx.rank}); lower lr (now {spec.lr:g}) or check "
                                     "the inputs; no checkpoint was written for this epoch")
             if train:
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()  # set_to_none by default; Horovod's optimizer takes no argument
                 scaled = loss * ctx.world_size if (parts.loss_is_sum and ctx.distributed) else loss
                 if scaler is not None:
                     scaler.scale(scaled).backward()
