@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up WSI Lab in ./.venv (idempotent; re-runs are fast). Usage: scripts/setup.sh [--test]
 #   --test   also install the test dependencies: TensorFlow (CPU), Playwright, Debian's Chromium and Xvfb.
-# Environment: PYTHON (interpreter, default python3, needs >= 3.11), WSI_LAB_TORCH (torch requirement,
-# default torch==2.13.0: the CPU wheel on this project's machines; never let pip pick a CUDA build implicitly).
+# Environment: PYTHON (interpreter, default python3, needs >= 3.11), WSI_LAB_TORCH (torch + torchvision
+# requirements, default the pair that lies on this project's machines' disk: torch==2.14.1 torchvision==0.29.1 on
+# x86_64, torch==2.9.1 torchvision==0.24.1 on aarch64; the 2.13.0 CPU wheel has no torchvision that imports
+# beside it. Never let pip pick a torch build implicitly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}
@@ -30,7 +32,10 @@ stamp="$base${MODE:+-test}"
 if [ ! -f "$stamp" ] && [ ! -f "$base-test" ]; then
   say "installing dependencies (first run takes a few minutes)"
   pipq -U pip wheel
-  "$VPY" -c 'import torch' 2>/dev/null || pipq "${WSI_LAB_TORCH:-torch==2.13.0}"
+  case "$(uname -m)" in aarch64|arm64) torch_pair="torch==2.9.1 torchvision==0.24.1" ;;
+    *) torch_pair="torch==2.14.1 torchvision==0.29.1" ;; esac
+  # shellcheck disable=SC2086  # the requirement list splits on spaces
+  "$VPY" -c 'import torch, torchvision' 2>/dev/null || pipq ${WSI_LAB_TORCH:-$torch_pair}
   if ! "$VPY" -c 'import cucim' 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       pipq "cucim-cu12==26.10.0" || say "cuCIM not installed (optional)"
@@ -39,9 +44,9 @@ if [ ! -f "$stamp" ] && [ ! -f "$base-test" ]; then
     fi
   fi
   if [ "$MODE" = "--test" ]; then
-    pipq -e ".[dev,openslide,ui,napari,torch,tf]"
+    pipq -e ".[dev,openslide,ui,napari,torch,train,tf]"
   else
-    pipq -e ".[openslide,ui,napari,torch]"
+    pipq -e ".[openslide,ui,napari,torch,train]"
   fi
   "$VPY" -c 'import wsi_lab, openslide, tiffslide, distributed, anywidget' \
     || { echo "setup: the installation is incomplete (see pip output above)" >&2; exit 1; }

@@ -25,6 +25,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "wsi_lab.overlays": ("Layer", "tile_extent", "mask_layer", "grid_layer", "heatmap_layer", "category_layer",
                          "latent_rgb_layer", "heatmap", "render_overview"),
     "wsi_lab.viewing": ("DeepZoom",),
+    "wsi_lab.train": ("JobSpec", "launch"),
     "wsi_lab.ui.viewer": ("SlideViewer",),
     "wsi_lab.ui.lab": ("Lab", "register_panel"),
     "wsi_lab.ui.browser": ("SlideBrowser",),

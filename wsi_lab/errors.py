@@ -19,7 +19,9 @@ Hierarchy::
     ├── DataError                     (+ ValueError)          bad tables, labels, splits
     │   └── LeakageError                                      a patient appears in more than one split
     ├── PathSecurityError             (+ PermissionError)     path escapes an allowed root
-    └── MissingDependencyError        (+ ImportError)         an optional extra is not installed
+    ├── MissingDependencyError        (+ ImportError)         an optional extra is not installed
+    ├── CheckpointError               (+ ValueError)          a checkpoint/weights file is wrong for the model
+    └── TrainingError                 (+ RuntimeError)        training diverged (NaN/inf loss) or a launch failed
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ __all__ = [
     "LeakageError",
     "PathSecurityError",
     "MissingDependencyError",
+    "CheckpointError",
+    "TrainingError",
 ]
 
 
@@ -149,6 +153,14 @@ class MissingDependencyError(WSILabError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class CheckpointError(WSILabError, ValueError):
+    """A checkpoint or weights file is missing, corrupt, fails its SHA-256 or belongs to another model."""
+
+
+class TrainingError(WSILabError, RuntimeError):
+    """Training cannot go on: a NaN/inf loss, or a launcher (torchrun, horovodrun) that failed."""
 
 
 def require(module: str, extra: str, purpose: str = ""):

@@ -1,0 +1,34 @@
+"""Models over tiles and slides (PyTorch): the workshop ``VAE``, ``TileClassifier`` presets,
+``AttentionMIL``, the encoder registry, and checkpoints that rebuild themselves (:func:`load`).
+
+Importing this package is light; torch loads when a model class or function is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "VAE": "wsi_lab.models.vae", "vae_loss": "wsi_lab.models.vae",
+    "TileClassifier": "wsi_lab.models.classifier", "SmallCNN": "wsi_lab.models.classifier",
+    "AttentionMIL": "wsi_lab.models.mil", "sample_bag": "wsi_lab.models.mil",
+    "ENCODERS": "wsi_lab.models.encoders", "EncoderInfo": "wsi_lab.models.encoders",
+    "encoder_info": "wsi_lab.models.encoders", "build_encoder": "wsi_lab.models.encoders",
+    "build_model": "wsi_lab.models.checkpoint", "save_checkpoint": "wsi_lab.models.checkpoint",
+    "read_checkpoint": "wsi_lab.models.checkpoint", "load": "wsi_lab.models.checkpoint",
+    "load_weights": "wsi_lab.models.weights", "latent_table": "wsi_lab.models.latents",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsi_lab.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
