@@ -25,7 +25,7 @@ import numpy as np
 from wsi_lab.data.tile_reader import read_tile
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["TileCoder", "encode_jpeg", "write_atomic"]
+__all__ = ["TileCoder", "encode_jpeg", "passthrough_default", "write_atomic"]
 
 
 def encode_jpeg(tile: np.ndarray, quality: int = 90) -> bytes:
@@ -62,16 +62,23 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def passthrough_default() -> bool:
+    """Whether tiling passes source JPEG tiles through: yes unless ``WSI_LAB_JPEG_PASSTHROUGH=0``
+    (read on Dask workers too, which inherit the environment of the process that starts the cluster)."""
+    return os.environ.get("WSI_LAB_JPEG_PASSTHROUGH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 class TileCoder:
     """Pixels and JPEG bytes of TileTable rows (module docstring). ``quality``: JPEG quality of
     re-encoded tiles; ``passthrough``: pass the slide's own JPEG tiles through where the rule allows
-    (False: always decode and re-encode). Thread-safe; holds no slides."""
+    (False: always decode and re-encode; None: the environment's :func:`passthrough_default`).
+    Thread-safe; holds no slides."""
 
-    def __init__(self, quality: int = 90, passthrough: bool = True) -> None:
+    def __init__(self, quality: int = 90, passthrough: bool | None = True) -> None:
         if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= int(quality) <= 100:
             raise InvalidParameterError(f"JPEG quality must be an integer in 1..100, got {quality!r}")
         self.quality = int(quality)
-        self.passthrough = bool(passthrough)
+        self.passthrough = passthrough_default() if passthrough is None else bool(passthrough)
 
     def pixels(self, slide: Any, x: int, y: int, level: int, read_size: int, tile_size: int,
                aligned: Any = False) -> np.ndarray:

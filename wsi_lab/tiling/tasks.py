@@ -84,7 +84,7 @@ def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | 
 
     p = TilingParams.from_json(params_json)
     slide = open_for_tiling(path, p)
-    coder = TileCoder(p.jpeg_quality)
+    coder = TileCoder(p.jpeg_quality, passthrough=None)  # env WSI_LAB_JPEG_PASSTHROUGH=0: always re-encode
 
     def write(row, tile) -> None:
         x, y = int(row["x"]), int(row["y"])

@@ -1,0 +1,150 @@
+"""Tile extraction against the codec limit, measured in the same run (issue 15).
+
+    python benchmarks/extract_tiles.py [--quick] [--reps 3]
+
+On a generated SVS-like slide (``wsi_lab.testing.make_slide``: 256² JPEG tiles, Q80; 40,000 × 30,000, or
+12,000 × 9,000 with ``--quick``), level 0, 256² output, Otsu, 2 workers:
+
+- **limit**: the table's source tiles, pre-read into memory, decoded (imagecodecs, the level's tables)
+  and re-encoded at Q90 (imagecodecs) on 2 threads, nothing else; and decode alone (the limit of the
+  raw TFRecord schema, which encodes nothing).
+- **tiling**: ``run_tiling`` writing only the table, then with ``materialize="jpeg"`` (passthrough, the
+  default) and with ``WSI_LAB_JPEG_PASSTHROUGH=0`` (decode → encode Q90); extraction rate = tiles /
+  (wall with JPEGs − wall with the table only), as the issue measures it.
+- **exports** of the same table: ``export_jpeg`` (passthrough and ``passthrough=False``), and
+  ``export_tfrecord`` raw and jpeg (passthrough and not), 2 threads, 2 shards.
+
+Every case runs ``--reps`` times interleaved with the limit (load on a shared machine drifts); the table
+shows medians and each case's ratio to the median decode + encode limit (and, for raw TFRecords, to the
+decode limit). The load average at start and end is printed: the machine's 2 cores may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import imagecodecs  # noqa: E402
+
+from wsi_lab.data.export_jpeg import export_jpeg  # noqa: E402
+from wsi_lab.data.export_tfrecord import export_tfrecord  # noqa: E402
+from wsi_lab.slide import open_slide  # noqa: E402
+from wsi_lab.slide.raw_tiles import aligned_tile  # noqa: E402
+from wsi_lab.tiling import TilingParams, run_tiling  # noqa: E402
+
+THREADS = 2
+
+
+def codec_limit(raws: list[bytes], jpeg_args: dict, quality: int | None) -> float:
+    """Tiles/s of decode (+ encode at ``quality``) over ``raws`` on THREADS threads."""
+    def work(chunk: list[bytes]) -> None:
+        for data in chunk:
+            arr = imagecodecs.jpeg_decode(data, **jpeg_args)
+            if quality is not None:
+                imagecodecs.jpeg8_encode(arr, level=quality)
+
+    chunks = [raws[i::THREADS * 8] for i in range(THREADS * 8)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(work, chunks))
+    return len(raws) / (time.perf_counter() - t0)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    from wsi_lab.testing import make_slide
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a 12,000 × 9,000 slide (~650 tiles)")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    size = (12000, 9000) if args.quick else (40000, 30000)
+    cache = Path(tempfile.gettempdir()) / "wsi_lab_bench"
+    cache.mkdir(exist_ok=True)
+    path = cache / f"extract-{size[0]}x{size[1]}-q80.svs"
+    if not path.exists():
+        make_slide(path, *size, mpp=0.25, tissue_fraction=0.4, seed=0, quality=80)
+    load0 = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="wsi-extract-"))
+    params = TilingParams(tile_size=256, level=0, method="otsu")
+    os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
+    rates: dict[str, list[float]] = {}
+    walls: dict[str, list[float]] = {}
+
+    def add(name: str, rate: float) -> None:
+        rates.setdefault(name, []).append(rate)
+
+    try:
+        # the table (and the raw source bytes of its tiles, for the limit)
+        res = run_tiling(path, params, out=tmp / "t0", n_workers=2)
+        table = res.table()
+        n = len(table)
+        with open_slide(path) as s:
+            raws = []
+            for r in table.itertuples():
+                rl, idx = aligned_tile(s, r.x, r.y, r.level, r.read_size, r.tile_size)
+                raws.append(rl.raw(idx))
+            lv = s._reader._levels[0]
+            jpeg_args = {k: v for k, v in lv.jpeg.items() if k in ("tables", "colorspace", "outcolorspace")}
+        for rep in range(args.reps):
+            add("limit: decode + encode Q90 (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, 90))
+            add("limit: decode only (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, None))
+            for name, env, mat in (("tiling: table only", None, None), ("tiling: jpeg, passthrough", None, "jpeg"),
+                                   ("tiling: jpeg, re-encode Q90", "0", "jpeg")):
+                if env is not None:
+                    os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = env
+                out = tmp / f"tiling{rep}"
+                try:
+                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, out=out, n_workers=2,
+                                                                               materialize=mat, force=True)))
+                finally:
+                    os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
+                shutil.rmtree(out, ignore_errors=True)
+            base = walls["tiling: table only"][-1]
+            for name in ("tiling: jpeg, passthrough", "tiling: jpeg, re-encode Q90"):
+                add(name, n / max(walls[name][-1] - base, 1e-6))
+            cases = {
+                "export jpeg, passthrough": lambda o: export_jpeg(table, o, workers=THREADS),
+                "export jpeg, re-encode Q90": lambda o: export_jpeg(table, o, workers=THREADS, passthrough=False),
+                "tfrecord raw": lambda o: export_tfrecord(table, o, shards=2, variant="raw", workers=THREADS),
+                "tfrecord jpeg, passthrough": lambda o: export_tfrecord(table, o, shards=2, variant="jpeg",
+                                                                        workers=THREADS),
+                "tfrecord jpeg, re-encode Q90": lambda o: export_tfrecord(table, o, shards=2, variant="jpeg",
+                                                                          workers=THREADS, passthrough=False),
+            }
+            for name, fn in cases.items():
+                out = tmp / "export"
+                add(name, n / timed(lambda: fn(out)))
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    limit = statistics.median(rates["limit: decode + encode Q90 (imagecodecs, 2 threads)"])
+    dec = statistics.median(rates["limit: decode only (imagecodecs, 2 threads)"])
+    print(f"slide {path.name}: {n} tiles of 256² (level 0, Otsu), {args.reps} reps, medians; "
+          f"load average {load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)")
+    print(f"tiling walls (median s): " + ", ".join(f"{k.split(': ')[1]} {statistics.median(v):.2f}"
+                                                   for k, v in walls.items()))
+    print(f"{'case':52} {'tiles/s':>9} {'min–max':>13} {'× limit':>8} {'× decode':>9}")
+    for name, vals in rates.items():
+        med = statistics.median(vals)
+        extra = f"{med / dec:>9.2f}" if name.startswith(("tfrecord raw", "limit")) else f"{'':>9}"
+        print(f"{name:52} {med:>9.0f} {min(vals):>6.0f}–{max(vals):<6.0f} {med / limit:>8.2f} {extra}")
+
+
+if __name__ == "__main__":
+    main()
