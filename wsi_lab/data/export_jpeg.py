@@ -118,7 +118,7 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
             slide = cache.get(paths[str(cols["slide_id"][i])])
-            _n, p = coder.write_jpeg(target, slide, int(cols["x"][i]), int(cols["y"][i]), int(cols["level"][i]),
+            _n, p, _h = coder.write_jpeg(target, slide, int(cols["x"][i]), int(cols["y"][i]), int(cols["level"][i]),
                                      int(cols["read_size"][i]), int(cols["tile_size"][i]))
             written += 1
             passed += p

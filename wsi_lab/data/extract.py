@@ -15,6 +15,7 @@ TileTable row's pixels or JPEG bytes, and a cheap atomic file write.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -108,8 +109,9 @@ class TileCoder:
         return encode_jpeg(pixels, self.quality), False
 
     def write_jpeg(self, path: str | os.PathLike | Path, slide: Any, x: int, y: int, level: int, read_size: int,
-                   tile_size: int, pixels: np.ndarray | None = None) -> tuple[int, bool]:
-        """Write one row's JPEG to ``path`` atomically; returns ``(bytes written, passed_through)``."""
+                   tile_size: int, pixels: np.ndarray | None = None, digest: bool = False) -> tuple[int, bool, str | None]:
+        """Write one row's JPEG to ``path`` atomically; returns ``(bytes written, passed_through, SHA-256 hex
+        or None)`` (the hash of the bytes written when ``digest``: a manifest then need not read them back)."""
         data, passed = self.jpeg(slide, x, y, level, read_size, tile_size, pixels)
         write_atomic(path, data)
-        return len(data), passed
+        return len(data), passed, hashlib.sha256(data).hexdigest() if digest else None

@@ -78,29 +78,34 @@ def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | 
     """Read the tiles of one region chunk: fine pass (two-stage) and/or write JPEGs keyed by position
     (:class:`~wsi_lab.data.extract.TileCoder`: the slide's own JPEG tile passed through where a row is
     exactly one source tile, else decoded, resized and encoded at ``jpeg_quality``).
-    Returns ``(kept rows, tiles read, megapixels read)``."""
+    Returns ``(kept rows, tiles read, megapixels read, {"tiles/<x>_<y>.jpg": (bytes, sha256)})``."""
     from wsi_lab.data.extract import TileCoder
     from wsi_lab.tiling.twostage import apply_fine_pass
 
     p = TilingParams.from_json(params_json)
     slide = open_for_tiling(path, p)
     coder = TileCoder(p.jpeg_quality, passthrough=None)  # env WSI_LAB_JPEG_PASSTHROUGH=0: always re-encode
+    written: dict[str, tuple[int, str]] = {}  # tiles/<name> -> (bytes, sha256) for the manifest
+
+    def put(x: int, y: int, level: int, read_size: int, tile_size: int, tile=None) -> None:
+        name = f"{x}_{y}.jpg"
+        n, _passed, sha = coder.write_jpeg(os.path.join(jpeg_dir, name), slide, x, y, level, read_size, tile_size,
+                                           pixels=tile, digest=True)
+        written[f"tiles/{name}"] = (n, sha)
 
     def write(row, tile) -> None:
-        x, y = int(row["x"]), int(row["y"])
-        coder.write_jpeg(os.path.join(jpeg_dir, f"{x}_{y}.jpg"), slide, x, y, int(row["level"]), int(row["read_size"]),
-                         int(row["tile_size"]), pixels=tile)
+        put(int(row["x"]), int(row["y"]), int(row["level"]), int(row["read_size"]), int(row["tile_size"]), tile)
 
     mp = float((rows["read_size"].astype("float64") ** 2).sum()) / 1e6
     if p.two_stage is not None:
         rows.attrs = {"wsi_lab": {"params": {"min_tissue": p.min_tissue}}}
         kept = apply_fine_pass(slide, rows, p.two_stage, p.two_stage.min_fine_fraction or p.min_tissue, modality,
                                on_tile=write if jpeg_dir else None)
-        return kept, len(rows), mp
+        return kept, len(rows), mp, written
     cols = [rows[c].to_numpy().tolist() for c in ("x", "y", "level", "read_size", "tile_size")]
     for x, y, level, read_size, tile_size in zip(*cols):
-        coder.write_jpeg(os.path.join(jpeg_dir, f"{x}_{y}.jpg"), slide, x, y, level, read_size, tile_size)
-    return rows, len(rows), mp
+        put(x, y, level, read_size, tile_size)
+    return rows, len(rows), mp, written
 
 
 @_guard
