@@ -101,7 +101,9 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     chunk = max(1, min(256, total // (workers * 4) or 1))
     chunks = [order[i:i + chunk] for i in range(0, total, chunk)]
     local = threading.local()
-    made: set[Path] = {out}
+    out_s = os.fspath(out)
+    made: set[str] = {out_s}
+    sizes = np.full(total, -1, np.int64)  # bytes of each file written now (-1: kept from before, stat it)
     cols = {c: result[c].to_numpy() for c in ("slide_id", "x", "y", "level", "read_size", "tile_size")}
 
     def work(rows: np.ndarray) -> tuple[int, int, int]:
@@ -110,16 +112,18 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
             cache = local.cache = SlideCache(4, backend)
         written = skipped = passed = 0
         for i in rows:
-            target = out / names[i]
+            target = os.path.join(out_s, names[i])  # str paths: pathlib costs more than a tile's write here
             if not overwrite and is_valid_jpeg(target):
                 skipped += 1
                 continue
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             slide = cache.get(paths[str(cols["slide_id"][i])])
-            _n, p, _h = coder.write_jpeg(target, slide, int(cols["x"][i]), int(cols["y"][i]), int(cols["level"][i]),
-                                     int(cols["read_size"][i]), int(cols["tile_size"][i]))
+            sizes[i], p, _h = coder.write_jpeg(target, slide, int(cols["x"][i]), int(cols["y"][i]),
+                                               int(cols["level"][i]), int(cols["read_size"][i]),
+                                               int(cols["tile_size"][i]))
             written += 1
             passed += p
         return written, skipped, passed
@@ -142,7 +146,8 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
         out, "export_jpeg", inputs_hash=stable_hash({"rows": rows_hash.to_numpy().tobytes().hex(), "slides": paths}),
         params_hash=stable_hash({"quality": int(quality), "layout": layout, "label_column": label_column,
                                  "passthrough": bool(passthrough)}),
-        files=names, hash_limit=None,  # sizes only: hashing every tile again would double the export's I/O
+        files=[{"path": name, "bytes": int(size)} if size >= 0 else name for name, size in zip(names, sizes)],
+        hash_limit=None,  # sizes only: hashing every tile again would double the export's I/O
         format="jpeg", quality=int(quality), layout=layout, tiles=total, written=written, skipped=skipped,
         passthrough=bool(passthrough), passed_through=passed,
         label_index=label_index_of(result, label_column),
