@@ -100,11 +100,11 @@ def main() -> None:
         for tag, env in (("passthrough", "1"), ("re-encode Q90", "0")):
             os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = env
             cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None)
+                                   dashboard_address="127.0.0.1:0")
             clusters.append(cluster)
             clients[tag] = Client(cluster)
         os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
-        for tag, client in clients.items():  # warm: imports, the open slide and its tissue features
+        for client in clients.values():  # warm: imports, the open slide and its tissue features
             run_tiling(path, params, client=client, out=tmp / "warm", materialize="jpeg", force=True)
             shutil.rmtree(tmp / "warm", ignore_errors=True)
         # the table (and the raw source bytes of its tiles, for the limit)
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"slide {path.name}: {n} tiles of 256² (level 0, Otsu), {args.reps} reps, medians; outputs in "
           f"{args.out_dir or tempfile.gettempdir()}; "
           f"load average {load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)")
-    print(f"tiling walls (median s): " + ", ".join(f"{k.split(': ')[1]} {statistics.median(v):.2f}"
+    print("tiling walls (median s): " + ", ".join(f"{k.split(': ')[1]} {statistics.median(v):.2f}"
                                                    for k, v in walls.items()))
     print(f"{'case':52} {'tiles/s':>9} {'min–max':>13} {'× limit':>8} {'× decode':>9}")
     for name, vals in rates.items():

@@ -303,3 +303,20 @@ def test_killed_worker_loses_no_passthrough_tile(syn, tmp_path):
         for row in t.sample(40, random_state=0).itertuples():
             data = (folder / f"{row.x}_{row.y}.jpg").read_bytes()
             assert np.array_equal(_decode(data), s.read_region((row.x, row.y), 0, (256, 256)))
+
+
+def test_cli_export_passes_through_unless_reencode(syn, tmp_path, capsys):
+    from wsi_lab.cli import main
+    from wsi_lab.data.table import write_table
+
+    with open_slide(syn) as s:
+        t = _grid_table(s, "syn-p", 256, 256).head(5)
+    t["patient_id"], t["mpp"], t["tissue_fraction"] = "p", 0.25, 1.0
+    t.attrs["wsi_lab"] = {"slide_id": "syn-p", "slide_path": str(syn)}
+    table = write_table(t, tmp_path / "t.parquet")
+    assert main(["export", str(table), "--format", "jpeg", "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert "5 of them the slide's own JPEG tiles" in capsys.readouterr().out
+    assert main(["export", str(table), "--format", "jpeg", "--out", str(tmp_path / "b"), "--reencode", "-q"]) == 0
+    assert "(0 of them" in capsys.readouterr().out
+    f = sorted((tmp_path / "b").rglob("*.jpg"))[0]
+    assert estimate_jpeg_quality(f.read_bytes()) == 90
