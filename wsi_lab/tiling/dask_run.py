@@ -274,6 +274,7 @@ class _Runner:
         assert st.table is not None
         finish_slide(st.sdir, st.table, st.params, self.materialize, inputs=st.inputs, phash=st.phash, records=st.files,
                      slide_path=st.path, extra={"tiles_read": st.tiles_read, **(extra or {})})
+        st.files = {}  # in the manifest now: a long batch holds only the slides in flight
         self.result.tables[st.sid] = st.sdir / TABLE
         self.result.n_tiles[st.sid] = len(st.table)
         self.close(st, ItemStatus.DONE, f"{st.sid}: {len(st.table)} tiles",
