@@ -4,7 +4,8 @@ TFRecord codec alone against TensorFlow's own writer (when TensorFlow is install
     python benchmarks/export_tiles.py [--quick]
 
 Prints one table. ``speed ×`` compares with the peer named in ``vs`` measured in the same run;
-``size ×`` is raw TFRecord bytes / these bytes.
+``size ×`` is raw TFRecord bytes / these bytes. Extraction against the decode + encode limit (tiling's
+JPEG folders, the exports, JPEG passthrough) is ``benchmarks/extract_tiles.py``.
 """
 
 from __future__ import annotations

@@ -48,15 +48,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from wsi_lab.data.export_jpeg import export_jpeg
 
         out = export_jpeg(table, args.out, quality=args.quality, workers=args.workers, layout=args.layout,
-                          progress=progress, overwrite=args.force)
+                          progress=progress, overwrite=args.force, passthrough=not args.reencode)
         info = out.attrs["wsi_lab"]["export_jpeg"]
-        print(f"{len(out)} JPEG tiles in {args.out}: {info['written']} written, {info['skipped']} already there")
+        print(f"{len(out)} JPEG tiles in {args.out}: {info['written']} written ({info['passed_through']} of them the "
+              f"slide's own JPEG tiles, lossless), {info['skipped']} already there")
     else:
         from wsi_lab.data.export_tfrecord import export_tfrecord
 
         m = export_tfrecord(table, args.out, shards=args.shards, variant=args.variant,
                             per_slide_test=not args.no_per_slide_test, seed=args.seed, quality=args.quality,
-                            workers=args.workers, progress=progress)
+                            workers=args.workers, progress=progress, passthrough=not args.reencode)
         print(f"{len(m['files'])} TFRecord file(s) ({m['variant']}) in {args.out}: {m['tiles']} tiles, "
               f"{m['bytes'] / 1e6:.1f} MB, {m['bytes_per_tile'] / 1e3:.1f} kB/tile; per split {m['records_per_split']}")
     return 0
@@ -71,6 +72,8 @@ def _add_export(sub: Subparsers) -> None:
     p.add_argument("--variant", default="raw", choices=["raw", "jpeg"], help="TFRecord image encoding (default raw)")
     p.add_argument("--no-per-slide-test", action="store_true", help="shard the test split instead of one file per slide")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--reencode", action="store_true", help="decode and re-encode every tile, also those that are "
+                   "exactly one JPEG tile of the slide (by default written as the slide's own bytes, lossless)")
     p.add_argument("--layout", default="auto", choices=["auto", "flat"], help="JPEG folders: <split>/<label>/ or flat")
     p.add_argument("--seed", type=int, default=0, help="shard shuffling seed")
     p.add_argument("--workers", type=int, help="reader threads (default: one per core)")

@@ -19,10 +19,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.tile_reader import (TILE_COLUMNS, SlideCache, label_index_of, label_key, read_tile, require_columns,
+from wsi_lab.data.extract import TileCoder
+from wsi_lab.data.tile_reader import (TILE_COLUMNS, SlideCache, label_index_of, label_key, require_columns,
                                       slide_paths_of)
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.io import atomic_write_bytes, encode_image
 from wsi_lab.runs import manifest as mf
 from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
 from wsi_lab.runs.spec import stable_hash
@@ -75,16 +75,19 @@ def tile_filenames(table: pd.DataFrame, layout: str = "auto", label_column: str 
 
 def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 90, workers: int | None = None,
                 layout: str = "auto", slide_paths: Mapping[str, str] | None = None,
-                progress: ProgressCallback | None = None, overwrite: bool = False, backend: str = "auto", label_column: str = "label") -> pd.DataFrame:
+                progress: ProgressCallback | None = None, overwrite: bool = False, backend: str = "auto",
+                label_column: str = "label", passthrough: bool = True) -> pd.DataFrame:
     """Write every tile of ``table`` as a JPEG under ``out_dir`` and return a copy of the table with a
     ``file`` column (path relative to ``out_dir``). Tiles are read at their ``level`` (``read_size``² px
     from level-0 ``(x, y)``), resized to ``tile_size``². Existing complete files are kept (resume) unless
     ``overwrite``. ``workers`` threads (default: CPU count) each keep their own open slides.
     ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (unit ``tiles``) as tiles finish.
-    ``manifest.json`` is written last."""
+    A row that is exactly one JPEG tile of the slide (same size and grid, no resize) is written as the
+    slide's own JPEG bytes, lossless, unless ``passthrough=False`` or the slide's tiles were encoded at a
+    higher quality than ``quality`` (then it is re-encoded: :mod:`wsi_lab.data.extract`).
+    ``manifest.json`` is written last; ``.part`` files of a killed export are removed then."""
     require_columns(table, TILE_COLUMNS, "export_jpeg")
-    if not 1 <= int(quality) <= 100:
-        raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
+    coder = TileCoder(quality, passthrough)  # checks the quality
     workers = max(1, int(workers or os.cpu_count() or 1))
     paths = slide_paths_of(table, slide_paths)
     names = tile_filenames(table, layout, label_column)
@@ -98,48 +101,63 @@ def export_jpeg(table: pd.DataFrame, out_dir: str | os.PathLike, quality: int = 
     chunk = max(1, min(256, total // (workers * 4) or 1))
     chunks = [order[i:i + chunk] for i in range(0, total, chunk)]
     local = threading.local()
+    out_s = os.fspath(out)
+    made: set[str] = {out_s}
+    sizes = np.full(total, -1, np.int64)  # bytes of each file written now (-1: kept from before, stat it)
     cols = {c: result[c].to_numpy() for c in ("slide_id", "x", "y", "level", "read_size", "tile_size")}
 
-    def work(rows: np.ndarray) -> tuple[int, int]:
+    def work(rows: np.ndarray) -> tuple[int, int, int]:
         cache = getattr(local, "cache", None)
         if cache is None:
             cache = local.cache = SlideCache(4, backend)
-        written = skipped = 0
+        written = skipped = passed = 0
         for i in rows:
-            target = out / names[i]
-            if not overwrite and target.exists() and is_valid_jpeg(target):
+            target = os.path.join(out_s, names[i])  # str paths: pathlib costs more than a tile's write here
+            if not overwrite and is_valid_jpeg(target):
                 skipped += 1
                 continue
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             slide = cache.get(paths[str(cols["slide_id"][i])])
-            tile = read_tile(slide, cols["x"][i], cols["y"][i], cols["level"][i], cols["read_size"][i],
-                             cols["tile_size"][i])
-            atomic_write_bytes(target, encode_image(tile, "jpeg", quality))
+            sizes[i], p, _h = coder.write_jpeg(target, slide, int(cols["x"][i]), int(cols["y"][i]),
+                                               int(cols["level"][i]), int(cols["read_size"][i]),
+                                               int(cols["tile_size"][i]))
             written += 1
-        return written, skipped
+            passed += p
+        return written, skipped, passed
 
     t0 = time.perf_counter()
-    done = written = skipped = 0
+    done = written = skipped = passed = 0
     tracker = ProgressTracker(total, progress, unit="tiles")
     tracker.update(f"exporting {total} tiles as JPEG to {out}")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-jpeg") as pool:
-        for (w, s), rows in zip(pool.map(work, chunks), chunks):
-            written, skipped, done = written + w, skipped + s, done + len(rows)
-            tracker.update(done=done, metrics={"tiles": done, "skipped": skipped},
+        for (w, s, p), rows in zip(pool.map(work, chunks), chunks):
+            written, skipped, passed, done = written + w, skipped + s, passed + p, done + len(rows)
+            tracker.update(done=done, metrics={"tiles": done, "skipped": skipped, "passthrough": passed},
                            current=str(cols["slide_id"][rows[-1]]))
     tracker.update(f"{written} JPEG tiles written, {skipped} already there", finished=True)
     elapsed = time.perf_counter() - t0
-    log.info("exported %d tiles to %s (%d written, %d already there) in %.1f s", total, out, written, skipped, elapsed)
+    log.info("exported %d tiles to %s (%d written, %d of them passed through; %d already there) in %.1f s", total,
+             out, written, passed, skipped, elapsed)
     rows_hash = pd.util.hash_pandas_object(result[[*TILE_COLUMNS, "file"]].astype(str), index=False)
     mf.write_manifest(
         out, "export_jpeg", inputs_hash=stable_hash({"rows": rows_hash.to_numpy().tobytes().hex(), "slides": paths}),
-        params_hash=stable_hash({"quality": int(quality), "layout": layout, "label_column": label_column}),
-        files=names, hash_limit=None,  # sizes only: hashing every tile again would double the export's I/O
+        params_hash=stable_hash({"quality": int(quality), "layout": layout, "label_column": label_column,
+                                 "passthrough": bool(passthrough)}),
+        files=[{"path": name, "bytes": int(size)} if size >= 0 else name for name, size in zip(names, sizes)],
+        hash_limit=None,  # sizes only: hashing every tile again would double the export's I/O
         format="jpeg", quality=int(quality), layout=layout, tiles=total, written=written, skipped=skipped,
+        passthrough=bool(passthrough), passed_through=passed,
         label_index=label_index_of(result, label_column),
         counts={k: int(v) for k, v in pd.Series([n.rsplit("/", 1)[0] if "/" in n else "." for n in names])
                 .value_counts().sort_index().items()},
         slides=sorted(paths))
     meta = dict(result.attrs.get("wsi_lab") or {})
-    meta["export_jpeg"] = {"out_dir": str(out), "quality": int(quality), "written": written, "skipped": skipped}
+    for part in out.rglob(".*.part"):  # temp files of a killed export
+        part.unlink(missing_ok=True)
+    meta["export_jpeg"] = {"out_dir": str(out), "quality": int(quality), "written": written, "skipped": skipped,
+                           "passed_through": passed}
     result.attrs["wsi_lab"] = meta
     return result

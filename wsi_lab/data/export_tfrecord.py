@@ -36,11 +36,12 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.tfrecord import TFRecordWriter, encode_example
-from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
-                                      require_columns, slide_paths_of)
+from wsi_lab.data.extract import TileCoder, encode_jpeg
+from wsi_lab.data.tfrecord import TFRecordWriter, encode_example, frame_record
+from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, require_columns,
+                                      slide_paths_of)
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.io import encode_image, file_sha256
+from wsi_lab.io import file_sha256
 from wsi_lab.runs import manifest as mf
 from wsi_lab.runs.progress import ProgressCallback, ProgressTracker
 from wsi_lab.runs.spec import stable_hash
@@ -67,13 +68,17 @@ def shard_assignment(n: int, shards: int, seed: int = 0) -> list[np.ndarray]:
     return [perm[k::shards] for k in range(shards)]
 
 
-def _example(tile: np.ndarray, label: int, slide_id: str, x: int, y: int, variant: str, quality: int) -> bytes:
-    h, w = tile.shape[:2]
+def _example(tile: np.ndarray | bytes, label: int, slide_id: str, x: int, y: int, variant: str, quality: int,
+             size: tuple[int, int] | None = None) -> bytes:
+    """One serialized ``tf.train.Example``: ``tile`` is the pixels, or (``jpeg`` schema) ready JPEG bytes
+    of ``size`` = (height, width)."""
+    h, w = size if isinstance(tile, (bytes, bytearray)) and size is not None else tile.shape[:2]
     common = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
     if variant == "raw":
-        return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).tobytes(), "height": h, "width": w,
+        return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).data, "height": h, "width": w,
                                "depth": 3, **common})
-    return encode_example({"image/encoded": encode_image(tile, "jpeg", quality), "image/format": b"jpeg", "image/height": h,
+    data = tile if isinstance(tile, (bytes, bytearray)) else encode_jpeg(tile, quality)
+    return encode_example({"image/encoded": data, "image/format": b"jpeg", "image/height": h,
                            "image/width": w, "image/channels": 3, **common})
 
 
@@ -114,18 +119,21 @@ def _plan(table: pd.DataFrame, shards: int, per_slide_test: bool, seed: int) -> 
 def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int = 1, variant: str = "raw",
                     per_slide_test: bool = True, seed: int = 0, quality: int = 90,
                     slide_paths: Mapping[str, str] | None = None, progress: ProgressCallback | None = None,
-                    workers: int | None = None, backend: str = "auto", label_column: str = "label") -> dict:
+                    workers: int | None = None, backend: str = "auto", label_column: str = "label",
+                    passthrough: bool = True) -> dict:
     """Write ``table``'s tiles as TFRecord files under ``out_dir`` (layout in the module docstring) and
     return the manifest (also written to ``out_dir/manifest.json``, last). Tiles are read at ``level``
     (``read_size``² px from level-0 ``(x, y)``) and resized to ``tile_size``². ``shards`` files per
     split hold equal tile counts ±1 in a seeded shuffled order; the test split gets one file per slide
-    when ``per_slide_test``. ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (unit ``tiles``)."""
+    when ``per_slide_test``. ``progress`` receives :class:`~wsi_lab.runs.ProgressEvent` (unit ``tiles``).
+    ``jpeg`` schema: a row that is exactly one JPEG tile of the slide carries the slide's own JPEG bytes
+    (lossless) unless ``passthrough=False`` or the slide's tiles have a higher quality than ``quality``
+    (:mod:`wsi_lab.data.extract`). Records are built and framed on ``workers`` threads."""
     if variant not in VARIANTS:
         raise InvalidParameterError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:
         raise InvalidParameterError(f"shards must be a positive integer (one per data-parallel worker), got {shards!r}")
-    if not 1 <= int(quality) <= 100:
-        raise InvalidParameterError(f"JPEG quality must be 1..100, got {quality!r}")
+    coder = TileCoder(quality, passthrough)  # checks the quality
     require_columns(table, TILE_COLUMNS, "export_tfrecord")
     if table.empty:
         raise DataError("export_tfrecord: the table has no rows")
@@ -139,6 +147,8 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     previous: dict[str, dict] = {str(f.get("path")): f for f in (old_manifest or {}).get("files", [])
                                  if isinstance(f, dict)}
     params = {"variant": variant, "quality": int(quality), "seed": int(seed), "shards": int(shards)}
+    if variant == "jpeg" and not passthrough:
+        params["passthrough"] = False  # (absent when True: earlier exports' fingerprints stay valid)
     workers = max(1, int(workers or os.cpu_count() or 1))
     local = threading.local()
     cols = {c: table[c].to_numpy() for c in TILE_COLUMNS}
@@ -148,9 +158,13 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
         cache = getattr(local, "cache", None)
         if cache is None:
             cache = local.cache = SlideCache(16, backend)
-        tile = read_tile(cache.get(paths[sid_str[i]]), cols["x"][i], cols["y"][i], cols["level"][i],
-                         cols["read_size"][i], cols["tile_size"][i])
-        return _example(tile, labels[i], sid_str[i], cols["x"][i], cols["y"][i], variant, quality)
+        slide = cache.get(paths[sid_str[i]])
+        x, y, level, rs, ts = (int(cols[c][i]) for c in ("x", "y", "level", "read_size", "tile_size"))
+        if variant == "jpeg":
+            tile: np.ndarray | bytes = coder.jpeg(slide, x, y, level, rs, ts)[0]
+        else:
+            tile = coder.pixels(slide, x, y, level, rs, ts)
+        return frame_record(_example(tile, labels[i], sid_str[i], x, y, variant, quality, size=(ts, ts)))
 
     total = int(sum(len(f["rows"]) for f in files))
     done = written_tiles = 0
@@ -175,8 +189,8 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
                 window = workers * 32  # bounds the encoded records waiting in memory
                 with TFRecordWriter(target) as writer:
                     for start in range(0, len(rows), window):
-                        for record in pool.map(encode, rows[start:start + window].tolist()):
-                            writer.write(record)
+                        for framed in pool.map(encode, rows[start:start + window].tolist()):
+                            writer.write_framed(framed)
                 entry["bytes"], entry["sha256"] = writer.bytes_written, writer.sha256
                 written_tiles += len(rows)
             entries.append(entry)

@@ -32,6 +32,7 @@ from wsi_lab.io import atomic_path
 __all__ = [
     "masked_crc32c",
     "encode_example",
+    "frame_record",
     "parse_example",
     "TFRecordWriter",
     "iter_tfrecord",
@@ -77,9 +78,15 @@ def _len_field(field: int, payload: bytes) -> bytes:
     return _varint((field << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _feature(value: FeatureValue) -> bytes:
-    """Serialize one ``Feature``: bytes/str -> BytesList, int -> Int64List, float -> FloatList;
-    lists and 1-D arrays keep their element kind."""
+def _wrap(field: int, parts: list, size: int) -> tuple[list, int]:
+    """``parts`` (``size`` bytes in all) as a length-delimited field: a new head, the parts not copied."""
+    head = _varint((field << 3) | 2) + _varint(size)
+    return [head, *parts], len(head) + size
+
+
+def _feature_parts(value: FeatureValue) -> tuple[list, int]:
+    """One ``Feature`` as a list of byte strings (large payloads are referenced, not copied) and its size:
+    bytes/str -> BytesList, int -> Int64List, float -> FloatList; lists and 1-D arrays keep their kind."""
     if isinstance(value, (bytes, bytearray, memoryview, str)):
         values: list = [value]
     elif isinstance(value, np.ndarray):
@@ -92,25 +99,48 @@ def _feature(value: FeatureValue) -> bytes:
         raise InvalidParameterError("an Example feature needs at least one value (got an empty list)")
     first = values[0]
     if isinstance(first, (bytes, bytearray, memoryview, str)):
-        body = b"".join(_len_field(1, v.encode() if isinstance(v, str) else bytes(v)) for v in values)
-        return _len_field(1, body)
+        parts: list = []
+        size = 0
+        for v in values:
+            b = v.encode() if isinstance(v, str) else v
+            n = b.nbytes if isinstance(b, memoryview) else len(b)
+            head = b"\x0a" + _varint(n)
+            parts += [head, b]
+            size += len(head) + n
+        return _wrap(1, parts, size)
     if isinstance(first, (bool, int, np.integer)):
-        packed = b"".join(_varint(int(v)) for v in values)
-        return _len_field(3, _len_field(1, packed))
+        packed = _len_field(1, b"".join(_varint(int(v)) for v in values))
+        return _wrap(3, [packed], len(packed))
     if isinstance(first, (float, np.floating)):
-        packed = struct.pack(f"<{len(values)}f", *values)
-        return _len_field(2, _len_field(1, packed))
+        packed = _len_field(1, struct.pack(f"<{len(values)}f", *values))
+        return _wrap(2, [packed], len(packed))
     raise InvalidParameterError(f"unsupported Example feature value type {type(first).__name__}")
+
+
+def _feature(value: FeatureValue) -> bytes:
+    """Serialize one ``Feature`` (see :func:`_feature_parts`)."""
+    return b"".join(_feature_parts(value)[0])
 
 
 def encode_example(features: Mapping[str, FeatureValue]) -> bytes:
     """Serialize a ``tf.train.Example`` from ``{name: value}`` (bytes/str, int, float or lists of one kind).
-    Keys are written sorted, so the bytes are deterministic."""
-    entries = b"".join(
-        _len_field(1, _len_field(1, key.encode()) + _len_field(2, _feature(features[key])))
-        for key in sorted(features)
-    )
-    return _len_field(1, entries)
+    Keys are written sorted, so the bytes are deterministic. Large byte values are copied once."""
+    parts: list = []
+    size = 0
+    for key in sorted(features):
+        fparts, fsize = _wrap(2, *_feature_parts(features[key]))
+        kb = _len_field(1, key.encode())
+        eparts, esize = _wrap(1, [kb, *fparts], len(kb) + fsize)
+        parts += eparts
+        size += esize
+    return b"".join(_wrap(1, parts, size)[0])
+
+
+def frame_record(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """One TFRecord frame of ``data`` as its four parts (length, length CRC, data, data CRC), for
+    :meth:`TFRecordWriter.write_framed`; computing it on worker threads keeps the writer's thread free."""
+    header = struct.pack("<Q", len(data))
+    return header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,12 +247,15 @@ class TFRecordWriter:
 
     def write(self, record: bytes) -> None:
         """Append one record (usually :func:`encode_example` output)."""
-        header = struct.pack("<Q", len(record))
-        for part in (header, struct.pack("<I", masked_crc32c(header)), record, struct.pack("<I", masked_crc32c(record))):
+        self.write_framed(frame_record(record))
+
+    def write_framed(self, frame: tuple[bytes, bytes, bytes, bytes]) -> None:
+        """Append one record already framed by :func:`frame_record`."""
+        for part in frame:
             self._fh.write(part)
             self._sha.update(part)
         self.count += 1
-        self.bytes_written += len(record) + 16
+        self.bytes_written += len(frame[2]) + 16
 
     @property
     def sha256(self) -> str:

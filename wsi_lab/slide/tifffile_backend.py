@@ -222,6 +222,14 @@ class TifffileReader:
                 out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         return out
 
+    def raw_tiles(self, level: int):
+        """Raw JPEG tile access to ``level`` (:class:`wsi_lab.slide.raw_tiles.RawTileLevel`), or None."""
+        from wsi_lab.slide.raw_tiles import RawTileLevel
+
+        lv = self._levels[level]
+        return RawTileLevel.from_reader_level(level, lv, self._fd, self._size, str(self.path),
+                                              decode=lambda index: self._decode(level, lv, index))
+
     def _raw_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         """The box in level pixels as (H, W, C) in the file's own dtype."""
         ds = self.metadata.level_downsamples[level]

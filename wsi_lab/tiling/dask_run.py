@@ -67,6 +67,7 @@ class _Slide:
     mask: Any = None
     modality: str | None = None
     kept: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)  # tile JPEG name -> (bytes, sha256), measured by the writer
     chunks: int = 0
     chunks_done: int = 0
     tiles_read: int = 0
@@ -244,8 +245,9 @@ class _Runner:
                             fraction=self.fraction(), add={"tiles_expected": len(table)})
 
     def on_chunk(self, st: _Slide, res: tuple) -> None:
-        kept, n_read, mp = res
+        kept, n_read, mp, *written = res
         st.kept.append(kept)
+        st.files.update(*written)
         st.tiles_read += n_read
         self.result.tiles_read += n_read
         self.result.megapixels_read += mp
@@ -270,8 +272,9 @@ class _Runner:
 
     def done(self, st: _Slide, extra: dict | None = None) -> None:
         assert st.table is not None
-        finish_slide(st.sdir, st.table, st.params, self.materialize, inputs=st.inputs, phash=st.phash,
+        finish_slide(st.sdir, st.table, st.params, self.materialize, inputs=st.inputs, phash=st.phash, records=st.files,
                      slide_path=st.path, extra={"tiles_read": st.tiles_read, **(extra or {})})
+        st.files = {}  # in the manifest now: a long batch holds only the slides in flight
         self.result.tables[st.sid] = st.sdir / TABLE
         self.result.n_tiles[st.sid] = len(st.table)
         self.close(st, ItemStatus.DONE, f"{st.sid}: {len(st.table)} tiles",

@@ -125,16 +125,19 @@ def write_slide_outputs(sdir: Path, table: pd.DataFrame, mask: Any, params: Tili
 
 
 def finish_slide(sdir: Path, table: pd.DataFrame, params: TilingParams, materialize: str | None, *,
-                 inputs: str, phash: str, slide_path: Path, extra: dict | None = None) -> dict:
+                 inputs: str, phash: str, slide_path: Path, extra: dict | None = None,
+                 records: dict | None = None) -> dict:
     """Write the manifest (last): it lists the table, the mask, every tile JPEG (with its size and
-    SHA-256) and TFRecord file; then remove what it does not list. Returns the manifest."""
+    SHA-256: from ``records`` {name: (bytes, sha256)} as the writer measured them, else read back) and
+    TFRecord file; then remove what it does not list. Returns the manifest."""
     files = [TABLE] + (["mask.png"] if (sdir / "mask.png").is_file() else [])
     if materialize == "jpeg":
         names = [f"tiles/{x}_{y}.jpg" for x, y in zip(table["x"], table["y"])]
         missing = [n for n in names if not (sdir / n).is_file()]
         if missing:
             raise OSError(f"{sdir}: {len(missing)} tile file(s) missing after the run, e.g. {missing[0]}")
-        files += names
+        records = records or {}
+        files += [{"path": n, "bytes": records[n][0], "sha256": records[n][1]} if n in records else n for n in names]
     elif materialize == "tfrecord":
         files += sorted(p.relative_to(sdir).as_posix() for p in (sdir / "tfrecords").rglob("*")
                         if p.is_file() and not p.name.endswith(".part"))

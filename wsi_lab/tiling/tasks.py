@@ -9,8 +9,8 @@ outputs are keyed by position, so a task re-run after a lost worker rewrites the
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -75,28 +75,37 @@ def plan_task(path: str, params_json: str):
 
 @_guard
 def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | None, jpeg_dir: str | None):
-    """Read the tiles of one region chunk: fine pass (two-stage) and/or write JPEGs keyed by position.
-    Returns ``(kept rows, tiles read, megapixels read)``."""
-    from wsi_lab.data.tile_reader import read_tile
-    from wsi_lab.io import save_image
+    """Read the tiles of one region chunk: fine pass (two-stage) and/or write JPEGs keyed by position
+    (:class:`~wsi_lab.data.extract.TileCoder`: the slide's own JPEG tile passed through where a row is
+    exactly one source tile, else decoded, resized and encoded at ``jpeg_quality``).
+    Returns ``(kept rows, tiles read, megapixels read, {"tiles/<x>_<y>.jpg": (bytes, sha256)})``."""
+    from wsi_lab.data.extract import TileCoder
     from wsi_lab.tiling.twostage import apply_fine_pass
 
     p = TilingParams.from_json(params_json)
     slide = open_for_tiling(path, p)
+    coder = TileCoder(p.jpeg_quality, passthrough=None)  # env WSI_LAB_JPEG_PASSTHROUGH=0: always re-encode
+    written: dict[str, tuple[int, str]] = {}  # tiles/<name> -> (bytes, sha256) for the manifest
+
+    def put(x: int, y: int, level: int, read_size: int, tile_size: int, tile=None) -> None:
+        name = f"{x}_{y}.jpg"
+        n, _passed, sha = coder.write_jpeg(os.path.join(jpeg_dir, name), slide, x, y, level, read_size, tile_size,
+                                           pixels=tile, digest=True)
+        written[f"tiles/{name}"] = (n, sha)
 
     def write(row, tile) -> None:
-        save_image(tile, Path(jpeg_dir) / f"{int(row['x'])}_{int(row['y'])}.jpg", quality=p.jpeg_quality)
+        put(int(row["x"]), int(row["y"]), int(row["level"]), int(row["read_size"]), int(row["tile_size"]), tile)
 
     mp = float((rows["read_size"].astype("float64") ** 2).sum()) / 1e6
     if p.two_stage is not None:
         rows.attrs = {"wsi_lab": {"params": {"min_tissue": p.min_tissue}}}
         kept = apply_fine_pass(slide, rows, p.two_stage, p.two_stage.min_fine_fraction or p.min_tissue, modality,
                                on_tile=write if jpeg_dir else None)
-        return kept, len(rows), mp
-    for row in rows.itertuples(index=False):
-        tile = read_tile(slide, row.x, row.y, row.level, row.read_size, row.tile_size)
-        save_image(tile, Path(jpeg_dir) / f"{int(row.x)}_{int(row.y)}.jpg", quality=p.jpeg_quality)
-    return rows, len(rows), mp
+        return kept, len(rows), mp, written
+    cols = [rows[c].to_numpy().tolist() for c in ("x", "y", "level", "read_size", "tile_size")]
+    for x, y, level, read_size, tile_size in zip(*cols):
+        put(x, y, level, read_size, tile_size)
+    return rows, len(rows), mp, written
 
 
 @_guard

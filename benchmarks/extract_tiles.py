@@ -1,0 +1,171 @@
+"""Tile extraction against the codec limit, measured in the same run (issue 15).
+
+    python benchmarks/extract_tiles.py [--quick] [--reps 3]
+
+On a generated SVS-like slide (``wsi_lab.testing.make_slide``: 256² JPEG tiles, Q80; 40,000 × 30,000, or
+12,000 × 9,000 with ``--quick``), level 0, 256² output, Otsu, 2 workers:
+
+- **limit**: the table's source tiles, pre-read into memory, decoded (imagecodecs, the level's tables)
+  and re-encoded at Q90 (imagecodecs) on 2 threads, nothing else; and decode alone (the limit of the
+  raw TFRecord schema, which encodes nothing).
+- **tiling**: ``run_tiling`` on a LocalCluster of 2 single-threaded workers (one started with
+  ``WSI_LAB_JPEG_PASSTHROUGH=0``: decode → encode Q90; the other passes tiles through, the default),
+  writing only the table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
+  wall with the table only), as the issue measures it (both walls on the same warm cluster).
+- **exports** of the same table: ``export_jpeg`` (passthrough and ``passthrough=False``), and
+  ``export_tfrecord`` raw and jpeg (passthrough and not), 2 threads, 2 shards.
+
+Every case runs ``--reps`` times interleaved with the limit (load on a shared machine drifts); the table
+shows medians and each case's ratio to the median decode + encode limit (and, for raw TFRecords, to the
+decode limit). The load average at start and end is printed: the machine's 2 cores may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import imagecodecs  # noqa: E402
+
+from wsi_lab.data.export_jpeg import export_jpeg  # noqa: E402
+from wsi_lab.data.export_tfrecord import export_tfrecord  # noqa: E402
+from wsi_lab.slide import open_slide  # noqa: E402
+from wsi_lab.slide.raw_tiles import aligned_tile  # noqa: E402
+from wsi_lab.tiling import TilingParams, run_tiling  # noqa: E402
+
+THREADS = 2
+
+
+def codec_limit(raws: list[bytes], jpeg_args: dict, quality: int | None) -> float:
+    """Tiles/s of decode (+ encode at ``quality``) over ``raws`` on THREADS threads."""
+    def work(chunk: list[bytes]) -> None:
+        for data in chunk:
+            arr = imagecodecs.jpeg_decode(data, **jpeg_args)
+            if quality is not None:
+                imagecodecs.jpeg8_encode(arr, level=quality)
+
+    chunks = [raws[i::THREADS * 8] for i in range(THREADS * 8)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(work, chunks))
+    return len(raws) / (time.perf_counter() - t0)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    from wsi_lab.testing import make_slide
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a 12,000 × 9,000 slide (~650 tiles)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out-dir", default=None, help="where outputs are written (default: the temp folder; "
+                    "/dev/shm takes the disk out of the measurement)")
+    args = ap.parse_args()
+    size = (12000, 9000) if args.quick else (40000, 30000)
+    cache = Path(tempfile.gettempdir()) / "wsi_lab_bench"
+    cache.mkdir(exist_ok=True)
+    path = cache / f"extract-{size[0]}x{size[1]}-q80.svs"
+    if not path.exists():
+        make_slide(path, *size, mpp=0.25, tissue_fraction=0.4, seed=0, quality=80)
+    load0 = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="wsi-extract-", dir=args.out_dir))
+    params = TilingParams(tile_size=256, level=0, method="otsu")
+    os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
+    rates: dict[str, list[float]] = {}
+    walls: dict[str, list[float]] = {}
+
+    def add(name: str, rate: float) -> None:
+        rates.setdefault(name, []).append(rate)
+
+    from distributed import Client, LocalCluster
+
+    clients, clusters = {}, []
+    try:
+        # one cluster per mode, started once (a cluster's start is seconds of noise); workers read
+        # WSI_LAB_JPEG_PASSTHROUGH from the environment they are started with
+        for tag, env in (("passthrough", "1"), ("re-encode Q90", "0")):
+            os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = env
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0")
+            clusters.append(cluster)
+            clients[tag] = Client(cluster)
+        os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
+        for client in clients.values():  # warm: imports, the open slide and its tissue features
+            run_tiling(path, params, client=client, out=tmp / "warm", materialize="jpeg", force=True)
+            shutil.rmtree(tmp / "warm", ignore_errors=True)
+        # the table (and the raw source bytes of its tiles, for the limit)
+        res = run_tiling(path, params, client=clients["passthrough"], out=tmp / "t0")
+        table = res.table()
+        n = len(table)
+        with open_slide(path) as s:
+            raws = []
+            for r in table.itertuples():
+                rl, idx = aligned_tile(s, r.x, r.y, r.level, r.read_size, r.tile_size)
+                raws.append(rl.raw(idx))
+            lv = s._reader._levels[0]
+            jpeg_args = {k: v for k, v in lv.jpeg.items() if k in ("tables", "colorspace", "outcolorspace")}
+        for rep in range(args.reps):
+            add("limit: decode + encode Q90 (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, 90))
+            add("limit: decode only (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, None))
+            for tag, client in clients.items():
+                for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
+                    out = tmp / f"tiling{rep}"
+                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, client=client, out=out,
+                                                                               materialize=mat, force=True)))
+                    shutil.rmtree(out, ignore_errors=True)
+                add(f"tiling: jpeg, {tag}", n / max(walls[f"tiling: jpeg, {tag}"][-1]
+                                                    - walls[f"tiling: table only ({tag})"][-1], 1e-3))
+            cases = {
+                "export jpeg, passthrough": lambda o: export_jpeg(table, o, workers=THREADS),
+                "export jpeg, re-encode Q90": lambda o: export_jpeg(table, o, workers=THREADS, passthrough=False),
+                "tfrecord raw": lambda o: export_tfrecord(table, o, shards=2, variant="raw", workers=THREADS),
+                "tfrecord jpeg, passthrough": lambda o: export_tfrecord(table, o, shards=2, variant="jpeg",
+                                                                        workers=THREADS),
+                "tfrecord jpeg, re-encode Q90": lambda o: export_tfrecord(table, o, shards=2, variant="jpeg",
+                                                                          workers=THREADS, passthrough=False),
+            }
+            for name, fn in cases.items():
+                out = tmp / "export"
+                add(name, n / timed(lambda: fn(out)))
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        for c in clients.values():
+            c.close()
+        for cluster in clusters:
+            cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    limit = statistics.median(rates["limit: decode + encode Q90 (imagecodecs, 2 threads)"])
+    dec = statistics.median(rates["limit: decode only (imagecodecs, 2 threads)"])
+    print(f"slide {path.name}: {n} tiles of 256² (level 0, Otsu), {args.reps} reps, medians; outputs in "
+          f"{args.out_dir or tempfile.gettempdir()}; "
+          f"load average {load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)")
+    print("tiling walls (median s): " + ", ".join(f"{k.split(': ')[1]} {statistics.median(v):.2f}"
+                                                   for k, v in walls.items()))
+    lim_reps = rates["limit: decode + encode Q90 (imagecodecs, 2 threads)"]
+    print(f"{'case':52} {'tiles/s':>9} {'min–max':>13} {'× limit':>8} {'per rep':>8} {'× decode':>9}")
+    for name, vals in rates.items():
+        med = statistics.median(vals)
+        per_rep = statistics.median(v / lim for v, lim in zip(vals, lim_reps))  # against the limit of its own rep
+        extra = f"{med / dec:>9.2f}" if name.startswith(("tfrecord raw", "limit")) else f"{'':>9}"
+        print(f"{name:52} {med:>9.0f} {min(vals):>6.0f}–{max(vals):<6.0f} {med / limit:>8.2f} {per_rep:>8.2f} {extra}")
+    print("× limit: median rate / median decode + encode limit; per rep: median of (rate / the limit measured "
+          "just before it, in the same rep)")
+
+
+if __name__ == "__main__":
+    main()
