@@ -113,33 +113,33 @@ def test_lab_in_jupyterlab(tmp_path):
                                timeout=60_000)
         # a click on another slide's name makes it current (Tune follows) without selecting it
         slides.locator(".wsi-lab-thumb-name", has_text=OME.name).click()
-        page.wait_for_function(f"() => document.querySelector('.wsi-lab-lab .wsi-lab-header').innerText"
+        page.wait_for_function(f"() => (document.querySelector('.wsi-lab-lab .wsi-lab-header')?.innerText ?? '')"
                                f".includes('{OME.name}')", timeout=30_000)
         assert "1 selected for tiling" in header.inner_text()
         # ticking its box selects it for tiling, the current slide stays
         slides.locator(".wsi-lab-thumb", has=page.locator(".wsi-lab-thumb-name", has_text=OME.name)) \
             .locator("input[type=checkbox]").check()
-        page.wait_for_function("() => document.querySelector('.wsi-lab-lab .wsi-lab-header').innerText"
+        page.wait_for_function("() => (document.querySelector('.wsi-lab-lab .wsi-lab-header')?.innerText ?? '')"
                                ".includes('2 selected for tiling')", timeout=30_000)
         assert OME.name in header.inner_text()
         page.locator(".wsi-lab-lab .lm-TabBar-tab", has_text="Tune").click()
-        page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner').innerText.includes('{OME.name}')",
+        page.wait_for_function(f"() => (document.querySelector('.wsi-lab-tuner')?.innerText ?? '').includes('{OME.name}')",
                                timeout=60_000)
         # the Tune tab's slide picker goes back to the first slide
         picker = page.locator(".wsi-lab-lab .wsi-lab-slide-picker select").last
         picker.select_option(label=CMU.name)
-        page.wait_for_function(f"() => document.querySelector('.wsi-lab-tuner').innerText.includes('{CMU.name}')",
+        page.wait_for_function(f"() => (document.querySelector('.wsi-lab-tuner')?.innerText ?? '').includes('{CMU.name}')",
                                timeout=60_000)
         page.wait_for_selector(".wsi-lab-lab .wsi-lab-tuner .wsi-lab-tiles-kept", timeout=60_000)
         # -- the threshold slider changes the mask and the tile count --------------------------
         page.locator(".wsi-lab-tuner select").first.select_option("variance")
-        page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')"
-                               ".innerText.includes('tiles kept')")
+        page.wait_for_function("() => (document.querySelector('.wsi-lab-tuner .wsi-lab-tiles-kept')?.innerText ?? '')"
+                               ".includes('tiles kept')")
         # the variance default (120) is in place: the count below is variance's, not the previous method's
         page.wait_for_function("() => [...document.querySelectorAll('.wsi-lab-tuner .widget-slider')].some(s =>"
-                               " s.innerText.includes('Threshold') && s.querySelector('.widget-readout').innerText"
+                               " s.innerText.includes('Threshold') && (s.querySelector('.widget-readout')?.innerText ?? '')"
                                ".trim() === '120')", timeout=30_000)
-        page.wait_for_function("() => document.querySelector('.wsi-lab-tuner .wsi-lab-hint').innerText"
+        page.wait_for_function("() => (document.querySelector('.wsi-lab-tuner .wsi-lab-hint')?.innerText ?? '')"
                                ".includes('variance')", timeout=30_000)
         page.wait_for_timeout(1000)
         n_low, green_low = _tiles(page), _green(_png(image))
