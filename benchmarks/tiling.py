@@ -207,7 +207,7 @@ def main() -> None:
         with wsi_lab.open_slide(path) as s:
             mpp0 = s.mpp[0]
             params = TilingParams(tile_size=256, mpp=round(max(0.5, mpp0), 3), method="otsu", min_tissue=0.5)
-            wsi_lab.tissue._CACHE.clear()
+            wsi_lab.tissue.clear_feature_cache()
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 mask = wsi_lab.detect_tissue(s, "otsu")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if info.error:
             continue
         with open_slide(info.path) as s:  # cold path: features computed from pixels
-            tissue._CACHE.clear()
+            tissue.clear_feature_cache()
             t0 = time.perf_counter()
             tissue.detect_tissue(s, "otsu")
             cold_ms = (time.perf_counter() - t0) * 1000

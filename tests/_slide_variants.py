@@ -308,3 +308,59 @@ def all_variants(folder: Path) -> dict[str, Callable[[], Variant]]:
         "blank": lambda: blank(f / "blank.tif"),
     }
     return v
+
+
+# ------------------------------------------------------------------------------------------------
+# malformed files (issue 14): each is a small sound TIFF with one structural field patched
+# ------------------------------------------------------------------------------------------------
+def _first_ifd(data: bytes) -> tuple[str, int, int]:
+    """(byte order, offset of IFD 0, its entry count) of a classic TIFF."""
+    import struct
+
+    bo = "<" if data[:2] == b"II" else ">"
+    first = struct.unpack_from(bo + "I", data, 4)[0]
+    return bo, first, struct.unpack_from(bo + "H", data, first)[0]
+
+
+def planar_self_loop(path: Path) -> Path:
+    """A planar (separate-plane) tiled RGB TIFF whose IFD 0 names itself as the next IFD (cuCIM spins on it)."""
+    import struct
+
+    img = np.random.default_rng(0).integers(0, 255, (3, 512, 512), np.uint8)
+    tifffile.imwrite(path, img, tile=(128, 128), planarconfig="separate", photometric="rgb", compression="zlib",
+                     metadata=None)
+    data = bytearray(path.read_bytes())
+    bo, first, n = _first_ifd(data)
+    struct.pack_into(bo + "I", data, first + 2 + 12 * n, first)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def size_beyond_tiles(path: Path, declared: int = 10_000_000) -> Path:
+    """A tiled TIFF of 512x512 px (4 tiles) whose ImageWidth/ImageLength say ``declared`` px."""
+    import struct
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8)
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None)
+    data = bytearray(path.read_bytes())
+    bo, first, n = _first_ifd(data)
+    for i in range(n):
+        at = first + 2 + 12 * i
+        tag = struct.unpack_from(bo + "H", data, at)[0]
+        if tag in (256, 257):
+            struct.pack_into(bo + "HHII", data, at, tag, 4, 1, declared)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def ifd_past_eof(path: Path) -> Path:
+    """A two-page TIFF whose IFD 0 points to a next IFD beyond the end of the file."""
+    import struct
+
+    img = np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8)
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", compression="zlib", metadata=None)
+    data = bytearray(path.read_bytes())
+    bo, first, n = _first_ifd(data)
+    struct.pack_into(bo + "I", data, first + 2 + 12 * n, len(data) + 10_000)
+    path.write_bytes(bytes(data))
+    return path

@@ -16,13 +16,19 @@ from wsi_lab import open_slide
 from wsi_lab.errors import InvalidParameterError, MissingDependencyError
 from wsi_lab.overlays import colormap_lut, heatmap_layer
 
-from .conftest import CMU, NDPI, REPO
+from .conftest import REPO
 
 napari = pytest.importorskip("napari", reason="napari is not installed: pip install 'wsi-lab[napari]'")
 from wsi_lab.napari import layer_data, napari_get_reader, open_in_napari, read_slides, slide_pyramid  # noqa: E402
 
 YELLOW = tuple(colormap_lut("viridis")[255])
 
+
+
+def _camera(viewer):
+    """``viewer.scene.camera`` (napari >= 0.9; ``viewer.camera`` is deprecated there) or the old attribute."""
+    camera = getattr(getattr(viewer, "scene", None), "camera", None)
+    return camera if camera is not None else viewer.camera
 
 def tile_table(slide, step=256, min_x=0):
     W, H = slide.dimensions
@@ -71,13 +77,13 @@ def test_overlay_image_is_aligned_in_world_coordinates(cmu_path):
     assert np.isclose(l0x.min() - kw["metadata"]["downsample"] / 2 + 0.5, x)  # first pixel's left edge
 
 
-def test_npe2_reader_is_discovered_and_packaged():
+def test_npe2_reader_is_discovered_and_packaged(cmu_path, ndpi_path):
     import npe2
 
     pm = npe2.PluginManager.instance()
     pm.discover()
-    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(CMU)])]
-    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(NDPI)])]
+    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(cmu_path)])]
+    assert "wsi-lab" in [r.plugin_name for r in pm.iter_compatible_readers([str(ndpi_path)])]
     manifest = npe2.PluginManifest.from_distribution("wsi-lab")
     patterns = manifest.contributions.readers[0].filename_patterns
     assert {"*.svs", "*.tif", "*.tiff", "*.ndpi", "*.mrxs", "*.scn", "*.bif"} <= set(patterns)
@@ -173,8 +179,8 @@ def _settle(viewer, n=15):
 
 def _canvas_xy(viewer, img, world_y, world_x):
     """Screenshot pixel (row, col) of a world point (camera centre + zoom)."""
-    cy, cx = viewer.camera.center[-2:]
-    z = viewer.camera.zoom
+    cy, cx = _camera(viewer).center[-2:]
+    z = _camera(viewer).zoom
     return (world_y - cy) * z + img.shape[0] / 2, (world_x - cx) * z + img.shape[1] / 2
 
 
@@ -205,7 +211,7 @@ def test_open_in_napari_screenshot_shows_slide_and_aligned_overlays(xdisplay, cm
         row, col = np.argwhere(yellow).mean(0)
         sy, sx = base.scale[-2:]
         ey, ex = _canvas_xy(viewer, img, (t.loc[k, "y"] + 127.5) * sy, (t.loc[k, "x"] + 127.5) * sx)
-        tile_px = 256 * sx * viewer.camera.zoom
+        tile_px = 256 * sx * _camera(viewer).zoom
         assert abs(row - ey) < 0.15 * tile_px + 2 and abs(col - ex) < 0.15 * tile_px + 2
         assert np.ptp(np.argwhere(yellow), axis=0).max() < tile_px * 1.2  # one tile, not the foreign rows at (0, 0)
         # slide pixels are visible left of the tiles: bright background and some stained tissue
@@ -222,8 +228,8 @@ def test_open_in_napari_screenshot_shows_slide_and_aligned_overlays(xdisplay, cm
         green = (img2[..., 1].astype(int) - img2[..., 0] > 100) & (img2[..., 1] > 200)
         assert green.any()
         r, c = np.argwhere(green).T
-        wy = (r - img2.shape[0] / 2) / viewer.camera.zoom + viewer.camera.center[-2]
-        wx = (c - img2.shape[1] / 2) / viewer.camera.zoom + viewer.camera.center[-1]
+        wy = (r - img2.shape[0] / 2) / _camera(viewer).zoom + _camera(viewer).center[-2]
+        wx = (c - img2.shape[1] / 2) / _camera(viewer).zoom + _camera(viewer).center[-1]
         frac = mask.tissue_fraction(wx / sx - 4, wy / sy - 4, np.full(wx.shape, 8.0), np.full(wx.shape, 8.0))
         assert np.mean(frac > 0) > 0.9
     finally:
@@ -231,13 +237,13 @@ def test_open_in_napari_screenshot_shows_slide_and_aligned_overlays(xdisplay, cm
 
 
 @pytest.mark.napari
-def test_napari_opens_slides_through_the_plugin(xdisplay):
+def test_napari_opens_slides_through_the_plugin(xdisplay, ndpi_path):
     viewer = napari.Viewer(show=True)
     try:
-        layers = viewer.open(str(NDPI), plugin="wsi-lab")
+        layers = viewer.open(str(ndpi_path), plugin="wsi-lab")
         assert len(layers) == 1
         lay = layers[0]
-        slide = open_slide(NDPI)
+        slide = open_slide(ndpi_path)
         assert lay.multiscale and lay.rgb and lay.name == slide.slide_id
         assert len(lay.data) >= slide.level_count - 1 and lay.data[0].shape[:2] == (4864, 3968)
         assert lay.scale[-1] == pytest.approx(slide.mpp[0])

@@ -13,14 +13,15 @@ from PIL import Image
 
 import wsi_lab
 from wsi_lab import errors
-from wsi_lab.cli import INFO_KEYS, main
+from wsi_lab.cli import main
+from wsi_lab.cli.slides import INFO_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "tensorflow", "napari", "ipywidgets", "anywidget", "distributed", "PySide6", "jupyterlab"}
 
 
 def test_import_is_light():
-    code = "import sys, wsi_lab; print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % (HEAVY,)
+    code = f"import sys, wsi_lab; print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import wsi_lab pulled in heavy modules: {out}"
 
@@ -103,10 +104,9 @@ def test_doctor_reports_every_part(capsys):
         assert c["ok"] or c["hint"], c
 
 
-def test_demo_job_runs_the_pipeline(tmp_path):
-    from tests.conftest import SHARED_SLIDES
+def test_demo_job_runs_the_pipeline(tmp_path, shared_slides):
 
-    res = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "demo", "--slides", str(SHARED_SLIDES), "--out",
+    res = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "demo", "--slides", str(shared_slides), "--out",
                           str(tmp_path), "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "CMU-1-Small-Region.svs" in res.stdout and "INFO distributed" not in res.stderr
@@ -117,3 +117,21 @@ def test_demo_job_runs_the_pipeline(tmp_path):
     assert len(table) > 10 and (table["tissue_fraction"] >= 0.5).all()
     overview = np.asarray(Image.open(tmp_path / "overlays" / "CMU-1-Small-Region.png"))
     assert overview.shape[0] == 1024
+
+
+def test_the_test_command_runs_lint_and_type_checks():
+    import shutil
+    import tomllib
+
+    script = (REPO / "scripts" / "test.sh").read_text()
+    assert "ruff check" in script and "mypy" in script and script.index("mypy") < script.index("pytest")
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dev = " ".join(meta["project"]["optional-dependencies"]["dev"])
+    assert "ruff==" in dev and "mypy==" in dev
+    assert (REPO / "wsi_lab" / "py.typed").exists()
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    res = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", str(REPO)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, f"ruff check finds problems:\n{res.stdout[-3000:]}"

@@ -17,25 +17,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, jupyter_server
+from tests.jupyter_env import jupyter_server
 from wsi_lab import open_slide
 from wsi_lab.errors import PathSecurityError, SlideNotFoundError
 from wsi_lab.server.paths import resolve_slide_path
 from wsi_lab.viewing import DeepZoom, relative_candidates, slide_key
 
-SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
-CMU, NDPI = SHARED_SLIDES / "CMU-1-Small-Region.svs", SHARED_SLIDES / "test3-DAPI-2-387.ndpi"
-pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 REL = "cases/CMU-1-Small-Region.svs"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, cmu_path) -> Path:
     root = tmp_path_factory.mktemp("root")
     (root / "cases").mkdir()
-    shutil.copy(CMU, root / REL)
+    shutil.copy(cmu_path, root / REL)
     outside = tmp_path_factory.mktemp("outside")
-    shutil.copy(CMU, outside / "secret.svs")
+    shutil.copy(cmu_path, outside / "secret.svs")
     (root / "escape.svs").symlink_to(outside / "secret.svs")        # symlink leading outside the root
     (root / "cases" / "linkdir").symlink_to(outside, target_is_directory=True)
     (root / "cases" / "inside-link.svs").symlink_to(root / REL)     # symlink staying inside: fine

@@ -44,7 +44,9 @@ def test_tree(tmp_path, tiny):
     assert (a.width, a.height, a.mpp_x, a.vendor, a.error) == (300, 200, 0.5, "aperio", None)
     assert a.slide_id == "a" and by["sub/deeper/c.ome.tif"].slide_id == "c"
     assert by["sub/b.tif"].mpp_x is None  # 72 dpi is not µm/px
-    assert by["broken.svs"].error and "broken.svs" in by["broken.svs"].error and by["broken.svs"].width is None
+    broken = by["broken.svs"]  # the record names the file; its error is the reason alone (no absolute path)
+    assert broken.error and broken.path.endswith("broken.svs") and str(root) not in broken.error
+    assert broken.error_type == "UnsupportedFormatError" and broken.width is None
     assert by["case.mrxs"].error
     assert a.as_dict()["path"] == str(root / "a.svs")
     quick = find_slides(root, metadata=False)

@@ -9,7 +9,6 @@ import pytest
 import wsi_lab
 from wsi_lab.data.table import REQUIRED_COLUMNS, default_patient_id, empty_table, read_table, write_table
 from wsi_lab.errors import DataError
-from tests.conftest import CMU
 
 
 def _table(n=5):
@@ -83,9 +82,9 @@ def test_default_patient_id():
     assert default_patient_id("TCGA-AB") == "TCGA-AB"
 
 
-def test_planned_table_roundtrip(tmp_path):
-    t = wsi_lab.plan_tiles(CMU, mpp=0.5, mask="otsu")
+def test_planned_table_roundtrip(tmp_path, cmu_path):
+    t = wsi_lab.plan_tiles(cmu_path, mpp=0.5, mask="otsu")
     back = read_table(write_table(t, tmp_path / "cmu.parquet"))
-    assert back.attrs["wsi_lab"]["slide_path"] == str(CMU)
+    assert back.attrs["wsi_lab"]["slide_path"] == str(cmu_path)
     assert back.attrs["wsi_lab"]["mask"]["method"] == "otsu"
     assert back[["x", "y"]].equals(t[["x", "y"]])

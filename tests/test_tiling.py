@@ -12,7 +12,6 @@ from wsi_lab.errors import InvalidParameterError, MissingMPPError
 from wsi_lab.data.tile_reader import read_tile
 from wsi_lab.tiling import TilingParams, TwoStage, apply_fine_pass, compare_tile_sets, plan_tiles
 from wsi_lab.tissue import TissueMask
-from tests.conftest import CMU, NDPI
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,8 @@ def nompp(tmp_path_factory):
     return make_slide(tmp_path_factory.mktemp("nompp") / "nompp.svs", 4096, 3072, mpp=None, tissue_fraction=0.5)
 
 
-def test_grid_on_real_slide_by_mpp():
-    t = plan_tiles(CMU, tile_size=256, mpp=0.5)
+def test_grid_on_real_slide_by_mpp(cmu_path):
+    t = plan_tiles(cmu_path, tile_size=256, mpp=0.5)
     W, H = 2220, 2967
     assert list(t.columns) == ["slide_id", "patient_id", "x", "y", "level", "read_size", "tile_size", "mpp",
                                "tissue_fraction"]
@@ -94,10 +93,10 @@ def test_mask_filter(pyramid):
 @pytest.mark.parametrize("kw", [dict(tile_size=0), dict(tile_size=-5), dict(tile_size=16385), dict(tile_size=2.5),
                                 dict(tile_size=4096, mpp=0.5), dict(overlap=256), dict(overlap=-1),
                                 dict(min_tissue=1.5), dict(mpp=-1.0), dict(level=9), dict(mpp=50.0, tile_size=4096)])
-def test_impossible_parameters(kw):
+def test_impossible_parameters(kw, cmu_path):
     kw = {"mpp": 0.5, **kw} if "level" not in kw else kw
     with pytest.raises(InvalidParameterError):
-        plan_tiles(CMU, **kw)
+        plan_tiles(cmu_path, **kw)
 
 
 def test_missing_mpp(nompp):
@@ -117,9 +116,9 @@ def _variance_fraction(tile, fine=64, threshold=120.0):
     return (b.var(axis=2) > threshold).mean()
 
 
-def test_two_stage_fine_pass_matches_direct_computation():
+def test_two_stage_fine_pass_matches_direct_computation(cmu_path):
     ts = TwoStage(256, 64)
-    with wsi_lab.open_slide(CMU) as s:
+    with wsi_lab.open_slide(cmu_path) as s:
         cand = plan_tiles(s, 256, mpp=0.5, two_stage=ts, min_tissue=0.5)
         assert cand.attrs["wsi_lab"]["stage"] == "coarse" and len(cand)
         kept = apply_fine_pass(s, cand)
@@ -140,8 +139,8 @@ def test_two_stage_fine_pass_matches_direct_computation():
         assert c["n_a"] == len(kept) and c["only_a"] + c["both"] == len(kept)
 
 
-def test_two_stage_pixels_coarse_and_fluorescence():
-    with wsi_lab.open_slide(NDPI) as s:
+def test_two_stage_pixels_coarse_and_fluorescence(ndpi_path):
+    with wsi_lab.open_slide(ndpi_path) as s:
         ts = TwoStage(256, 64, coarse_source="pixels", coarse_method="brightness", fine_method="brightness")
         cand = plan_tiles(s, 256, mpp=1.0, two_stage=ts)
         assert len(cand) == cand.attrs["wsi_lab"]["grid_tiles"]  # coarse on pixels: every grid tile is a candidate

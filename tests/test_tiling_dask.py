@@ -16,7 +16,7 @@ import pytest
 import wsi_lab
 from wsi_lab.data.table import read_table
 from wsi_lab.tiling import TilingParams, TwoStage, apply_fine_pass, plan_tiles
-from tests.conftest import CMU, NDPI, OME, REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +46,14 @@ def _events():
     return events, events.append
 
 
-def test_batch_with_corrupt_slide_in_the_middle(client, tmp_path):
+def test_batch_with_corrupt_slide_in_the_middle(client, tmp_path, cmu_path, ndpi_path, ome_path):
     from wsi_lab.testing import make_corrupt_copies
 
-    bad = make_corrupt_copies(CMU, tmp_path / "bad")
+    bad = make_corrupt_copies(cmu_path, tmp_path / "bad")
     params = TilingParams(tile_size=256, mpp=0.5, method="otsu", min_tissue=0.5)
     events, cb = _events()
     out = tmp_path / "out"
-    res = wsi_lab.run_tiling([CMU, bad["corrupt"], NDPI, bad["text"], OME], params, client=client, out=out,
+    res = wsi_lab.run_tiling([cmu_path, bad["corrupt"], ndpi_path, bad["text"], ome_path], params, client=client, out=out,
                              progress=cb)
     assert set(res.tables) == {"CMU-1-Small-Region", "test3-DAPI-2-387", "OS-1-detail"}
     assert set(res.failed) == {"corrupt", "notes"}
@@ -62,7 +62,7 @@ def test_batch_with_corrupt_slide_in_the_middle(client, tmp_path):
     # each written table is exactly the in-process plan
     for sid, path in res.tables.items():
         t = read_table(path)
-        src = {"CMU-1-Small-Region": CMU, "test3-DAPI-2-387": NDPI, "OS-1-detail": OME}[sid]
+        src = {"CMU-1-Small-Region": cmu_path, "test3-DAPI-2-387": ndpi_path, "OS-1-detail": ome_path}[sid]
         ref = plan_tiles(src, 256, mpp=0.5, mask="otsu", min_tissue=0.5)
         assert t[["x", "y"]].reset_index(drop=True).equals(ref[["x", "y"]].reset_index(drop=True))
         assert t.attrs["wsi_lab"]["tiling_params"]["mpp"] == 0.5
@@ -77,27 +77,27 @@ def test_batch_with_corrupt_slide_in_the_middle(client, tmp_path):
 
     # re-run: complete slides are skipped without touching them; the failed ones are tried again
     mtime = (out / "CMU-1-Small-Region" / "tiles.parquet").stat().st_mtime_ns
-    res2 = wsi_lab.run_tiling([CMU, bad["corrupt"], NDPI, OME], params, client=client, out=out)
+    res2 = wsi_lab.run_tiling([cmu_path, bad["corrupt"], ndpi_path, ome_path], params, client=client, out=out)
     assert sorted(res2.skipped) == sorted(res.tables) and set(res2.failed) == {"corrupt"}
     assert (out / "CMU-1-Small-Region" / "tiles.parquet").stat().st_mtime_ns == mtime
     assert res2.table().shape[0] == res.total_tiles
     # a damaged table or changed parameters make the slide run again
     (out / "OS-1-detail" / "tiles.parquet").write_bytes(b"garbage")
-    res3 = wsi_lab.run_tiling([CMU, OME], params, client=client, out=out)
+    res3 = wsi_lab.run_tiling([cmu_path, ome_path], params, client=client, out=out)
     assert res3.skipped == ["CMU-1-Small-Region"] and "OS-1-detail" in res3.tables
     assert len(read_table(out / "OS-1-detail" / "tiles.parquet")) == res.n_tiles["OS-1-detail"]
-    res4 = wsi_lab.run_tiling([CMU], TilingParams(tile_size=128, mpp=0.5), client=client, out=out)
+    res4 = wsi_lab.run_tiling([cmu_path], TilingParams(tile_size=128, mpp=0.5), client=client, out=out)
     assert res4.skipped == [] and (read_table(res4.tables["CMU-1-Small-Region"]).tile_size == 128).all()
 
 
-def test_two_stage_jpeg_and_overrides(client, tmp_path):
+def test_two_stage_jpeg_and_overrides(client, tmp_path, cmu_path, ome_path):
     params = TilingParams(tile_size=256, mpp=0.5, two_stage=TwoStage(256, 64), min_tissue=0.5)
     overrides = {"OS-1-detail": TilingParams(tile_size=128, mpp=0.5, method="variance", min_tissue=0.5)}
-    res = wsi_lab.run_tiling([CMU, OME], params, client=client, out=tmp_path, materialize="jpeg",
+    res = wsi_lab.run_tiling([cmu_path, ome_path], params, client=client, out=tmp_path, materialize="jpeg",
                              overrides=overrides, chunk_tiles=8)
     assert res.ok, res.summary()
     t = read_table(res.tables["CMU-1-Small-Region"])
-    with wsi_lab.open_slide(CMU) as s:
+    with wsi_lab.open_slide(cmu_path) as s:
         ref = apply_fine_pass(s, plan_tiles(s, 256, mpp=0.5, two_stage=params.two_stage, min_tissue=0.5))
     assert t[["x", "y"]].equals(ref[["x", "y"]]) and np.allclose(t.tissue_fraction, ref.tissue_fraction)
     jpgs = sorted(p.name for p in (tmp_path / "CMU-1-Small-Region" / "tiles").glob("*.jpg"))
@@ -138,7 +138,7 @@ def test_killed_worker_neither_loses_nor_duplicates_tiles(client, synthetic, tmp
     client.wait_for_workers(2, timeout=60)
 
 
-def test_cancel_keeps_finished_slides(client, synthetic, tmp_path):
+def test_cancel_keeps_finished_slides(client, synthetic, tmp_path, cmu_path):
     copies = []
     for i in range(3):
         p = tmp_path / f"copy-{i}.svs"
@@ -151,7 +151,7 @@ def test_cancel_keeps_finished_slides(client, synthetic, tmp_path):
         if ev.tiles > 0:
             cancel.set()
 
-    res = wsi_lab.run_tiling([CMU, *copies], params, client=client, out=tmp_path / "out", materialize="jpeg",
+    res = wsi_lab.run_tiling([cmu_path, *copies], params, client=client, out=tmp_path / "out", materialize="jpeg",
                              progress=cb, cancel=cancel, chunk_tiles=4)
     assert res.cancelled and not res.ok
     assert len(res.tables) < 4
@@ -160,8 +160,8 @@ def test_cancel_keeps_finished_slides(client, synthetic, tmp_path):
         assert complete == (sid in res.tables)
 
 
-def test_tfrecord_materialize(client, tmp_path):
-    res = wsi_lab.run_tiling([OME], TilingParams(tile_size=128, mpp=0.5), client=client, out=tmp_path,
+def test_tfrecord_materialize(client, tmp_path, ome_path):
+    res = wsi_lab.run_tiling([ome_path], TilingParams(tile_size=128, mpp=0.5), client=client, out=tmp_path,
                              materialize="tfrecord")
     assert res.ok, res.summary()
     assert list((tmp_path / "OS-1-detail" / "tfrecords").rglob("*.tfrecord"))
@@ -169,40 +169,40 @@ def test_tfrecord_materialize(client, tmp_path):
     assert m["materialize"] == "tfrecord"
 
 
-def test_bad_arguments_write_nothing(client, tmp_path):
+def test_bad_arguments_write_nothing(client, tmp_path, cmu_path):
     from wsi_lab.errors import InvalidParameterError
 
     with pytest.raises(InvalidParameterError):
-        wsi_lab.run_tiling([CMU], TilingParams(tile_size=0), client=client, out=tmp_path / "o")
+        wsi_lab.run_tiling([cmu_path], TilingParams(tile_size=0), client=client, out=tmp_path / "o")
     with pytest.raises(InvalidParameterError):
-        wsi_lab.run_tiling([CMU], TilingParams(), client=client, out=tmp_path / "o", materialize="png")
+        wsi_lab.run_tiling([cmu_path], TilingParams(), client=client, out=tmp_path / "o", materialize="png")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
-    res = wsi_lab.run_tiling([tmp_path / "missing.svs", CMU], TilingParams(tile_size=99999 // 10, mpp=0.5),
+    res = wsi_lab.run_tiling([tmp_path / "missing.svs", cmu_path], TilingParams(tile_size=99999 // 10, mpp=0.5),
                              client=client, out=tmp_path / "o2")
     assert set(res.failed) == {"missing", "CMU-1-Small-Region"}
     assert "larger" in res.failed["CMU-1-Small-Region"] or "only" in res.failed["CMU-1-Small-Region"]
 
 
-def test_cli_tile_and_tissue(client, tmp_path):
+def test_cli_tile_and_tissue(client, tmp_path, cmu_path, ndpi_path, ome_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     addr = client.scheduler.address
-    proc = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(CMU), str(OME), "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(cmu_path), str(ome_path), "--out", str(tmp_path),
                            "--mpp", "0.5", "--two-stage", "256:64", "--scheduler", addr, "--materialize", "jpeg"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "2 slide(s) tiled" in proc.stdout
     assert "tiles/s" in proc.stderr and "3/3" not in proc.stderr and "2/2 slides" in proc.stderr
     assert (tmp_path / "CMU-1-Small-Region" / "manifest.json").exists()
-    proc = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(CMU), "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(cmu_path), "--out", str(tmp_path),
                            "--tile-size", "0", "--scheduler", addr], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "tile_size" in proc.stderr and "Traceback" not in proc.stderr
     from wsi_lab.cli import main
 
-    assert main(["tissue", str(NDPI), "-o", str(tmp_path / "m.png"), "--method", "variance", "--threshold", "80",
+    assert main(["tissue", str(ndpi_path), "-o", str(tmp_path / "m.png"), "--method", "variance", "--threshold", "80",
                  "--overlay", str(tmp_path / "o.png")]) == 0
     m = wsi_lab.TissueMask.load(tmp_path / "m.png")
     assert m.params["threshold"] == 80 and (tmp_path / "o.png").exists()
-    assert main(["tissue", str(CMU), "-o", str(tmp_path / "n.png"), "--method", "variance",
+    assert main(["tissue", str(cmu_path), "-o", str(tmp_path / "n.png"), "--method", "variance",
                  "--threshold", "60000"]) == 2
 
 

@@ -9,12 +9,10 @@ import wsi_lab
 from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 from wsi_lab.tissue import TissueMask, detect_tissue, otsu_threshold
 
-from tests.conftest import CMU, NDPI, OME
-
 
 @pytest.fixture(scope="module")
-def cmu():
-    with wsi_lab.open_slide(CMU) as s:
+def cmu(cmu_path):
+    with wsi_lab.open_slide(cmu_path) as s:
         yield s
 
 
@@ -31,14 +29,14 @@ def test_methods_find_tissue_on_every_real_slide(slide_path, method):
         assert m.method == method and m.params["modality"] in ("brightfield", "fluorescence")
 
 
-def test_modality_autodetect_and_override():
-    with wsi_lab.open_slide(NDPI) as s:
+def test_modality_autodetect_and_override(cmu_path, ndpi_path):
+    with wsi_lab.open_slide(ndpi_path) as s:
         assert detect_tissue(s, "otsu").params["modality"] == "fluorescence"
         forced = detect_tissue(s, "background", modality="brightfield")
         assert forced.params["modality"] == "brightfield"
         # in brightfield terms a black background is "not white", so nearly everything is "tissue"
         assert forced.fraction > detect_tissue(s, "background").fraction
-    with wsi_lab.open_slide(CMU) as s:
+    with wsi_lab.open_slide(cmu_path) as s:
         assert detect_tissue(s, "otsu").params["modality"] == "brightfield"
 
 
@@ -120,7 +118,7 @@ def test_blank_slide_raises_no_tissue(tmp_path):
             detect_tissue(p, method)
 
 
-def test_cleanup_min_object_and_holes(cmu):
+def test_cleanup_min_object_and_holes(cmu, ome_path):
     base = detect_tissue(cmu, "otsu")
     cleaned = detect_tissue(cmu, "otsu", min_object_um2=50_000, min_hole_um2=50_000)
     from scipy import ndimage
@@ -131,7 +129,7 @@ def test_cleanup_min_object_and_holes(cmu):
     assert (sizes * cell_um2 >= 50_000 * 0.99).all()
     closed = detect_tissue(cmu, "otsu", closing=2)
     assert closed.mask.sum() >= base.mask.sum()
-    with wsi_lab.open_slide(OME) as s:
+    with wsi_lab.open_slide(ome_path) as s:
         assert detect_tissue(s, "otsu").fraction > 0.9  # an all-tissue crop stays whole
 
 
@@ -164,3 +162,39 @@ def test_min_size_um2_without_mpp_raises(tmp_path):
         assert detect_tissue(s, "otsu").fraction > 0
         with pytest.raises(MissingMPPError):
             detect_tissue(s, "otsu", min_object_um2=100)
+
+
+def test_method_table_is_the_one_source_of_names_and_defaults():
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.tiling import TilingParams, TwoStage
+    from wsi_lab.tiling.twostage import default_threshold
+    from wsi_lab.tissue import DEFAULTS, METHODS, TISSUE_METHODS, default_background_threshold, threshold_params
+
+    assert METHODS == tuple(TISSUE_METHODS) == ("otsu", "variance", "background")
+    for name, spec in TISSUE_METHODS.items():
+        assert DEFAULTS[name][spec.threshold_param] == spec.default_threshold
+        assert threshold_params(name, 7.0) == {spec.threshold_param: 7.0}
+        TilingParams(method=name).validate()
+        TwoStage(coarse=256, fine=64, coarse_method=name).validate()
+    assert threshold_params("otsu", None) == {} and threshold_params(None, 3.0) == {}
+    with pytest.raises(InvalidParameterError, match="choose one of otsu, variance, background"):
+        threshold_params("nope", 1.0)
+    with pytest.raises(InvalidParameterError):
+        TilingParams(method="nope").validate()
+    for modality in ("brightfield", "fluorescence"):
+        assert default_threshold("background", modality) == default_background_threshold(modality)
+    pytest.importorskip("ipywidgets")
+    from wsi_lab.ui.tuner import THRESHOLDS
+
+    assert THRESHOLDS == {name: spec.slider() for name, spec in TISSUE_METHODS.items()}
+
+
+def test_threshold_ranges_come_from_the_table(tmp_path):
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.testing import make_slide
+    from wsi_lab.tissue import TISSUE_METHODS
+
+    slide = make_slide(tmp_path / "s.svs", 1024, 1024, source="procedural")
+    for name, spec in TISSUE_METHODS.items():
+        with pytest.raises(InvalidParameterError, match=spec.threshold_param):
+            detect_tissue(slide, name, **{spec.threshold_param: spec.valid_max + 1})

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,23 +12,18 @@ from wsi_lab.slide import SlideInfo
 from wsi_lab.ui.browser import SlideBrowser, mpp_flags, slide_table, thumbnail_bytes
 from wsi_lab.ui.common import ErrorBox, composite, encode_image
 
-SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
-CMU, NDPI, OME = (SHARED_SLIDES / n for n in ("CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi", "OS-1-detail.ome.tif"))
-
-pytestmark = pytest.mark.skipif(not CMU.exists(), reason="shared slides missing")
-
 
 @pytest.fixture(scope="module")
-def browser():
-    b = SlideBrowser(SHARED_SLIDES)
+def browser(shared_slides):
+    b = SlideBrowser(shared_slides)
     assert b.wait_thumbnails(60)
     return b
 
 
-def test_lists_real_slides_with_metadata(browser):
+def test_lists_real_slides_with_metadata(browser, cmu_path, ndpi_path, ome_path):
     names = set(browser.table["name"])
-    assert {CMU.name, NDPI.name, OME.name} <= names
-    row = browser.table.set_index("name").loc[CMU.name]
+    assert {cmu_path.name, ndpi_path.name, ome_path.name} <= names
+    row = browser.table.set_index("name").loc[cmu_path.name]
     assert (row["width"], row["height"], row["levels"]) == (2220, 2967, 1)
     assert row["mpp"] == pytest.approx(0.499)
     assert row["magnification"] == 20
@@ -39,8 +32,8 @@ def test_lists_real_slides_with_metadata(browser):
     assert "CMU-1-Small-Region.svs" in browser.table_html.value
 
 
-def test_thumbnails_are_real_jpegs_of_the_slide(browser):
-    img = browser._images[str(CMU)]
+def test_thumbnails_are_real_jpegs_of_the_slide(browser, cmu_path):
+    img = browser._images[str(cmu_path)]
     assert img.format == "jpeg" and img.value[:2] == b"\xff\xd8"
     from io import BytesIO
 
@@ -50,37 +43,37 @@ def test_thumbnails_are_real_jpegs_of_the_slide(browser):
     # CMU is H&E: mostly white background with pink tissue, not a blank placeholder
     assert arr.std() > 10
     # cached: a second call returns the same object
-    assert thumbnail_bytes(CMU, browser.thumb_size) is thumbnail_bytes(CMU, browser.thumb_size)
+    assert thumbnail_bytes(cmu_path, browser.thumb_size) is thumbnail_bytes(cmu_path, browser.thumb_size)
 
 
-def test_filter_sort_and_select(browser):
+def test_filter_sort_and_select(browser, cmu_path, ndpi_path, ome_path):
     seen = []
     browser.on_select(seen.append)
     browser.filter_text.value = "NDPI"
-    assert list(browser.visible["name"]) == [NDPI.name]
+    assert list(browser.visible["name"]) == [ndpi_path.name]
     assert len(browser.grid.children) == 1
     browser.filter_text.value = "hamamatsu"  # vendor matches too
-    assert list(browser.visible["name"]) == [NDPI.name]
+    assert list(browser.visible["name"]) == [ndpi_path.name]
     browser.filter_text.value = ""
     browser.sort_by.value = "size (px)"
     browser.descending.value = True
-    assert list(browser.visible["name"])[0] == NDPI.name  # 3968x4864 is the largest
+    assert list(browser.visible["name"])[0] == ndpi_path.name  # 3968x4864 is the largest
     browser.descending.value = False
-    assert list(browser.visible["name"])[0] == OME.name
+    assert list(browser.visible["name"])[0] == ome_path.name
     # select by clicking a card's toggle, then programmatically
-    browser._toggles[str(CMU)].value = True
-    assert browser.selected == [str(CMU)] and seen[-1] == [str(CMU)]
-    browser.select([str(CMU), str(NDPI)])
-    assert browser._toggles[str(NDPI)].value and "<b>2</b> selected" in browser.summary.value
+    browser._toggles[str(cmu_path)].value = True
+    assert browser.selected == [str(cmu_path)] and seen[-1] == [str(cmu_path)]
+    browser.select([str(cmu_path), str(ndpi_path)])
+    assert browser._toggles[str(ndpi_path)].value and "<b>2</b> selected" in browser.summary.value
     browser.select_all.click()
     assert len(browser.selected) == len(browser.visible)
     browser.clear_all.click()
-    assert browser.selected == [] and not browser._toggles[str(CMU)].value
+    assert browser.selected == [] and not browser._toggles[str(cmu_path)].value
 
 
-def test_label_filter_and_unknown_selection(tmp_path):
-    shutil.copy(CMU, tmp_path / "a.svs")
-    shutil.copy(OME, tmp_path / "b.ome.tif")
+def test_label_filter_and_unknown_selection(tmp_path, cmu_path, ome_path):
+    shutil.copy(cmu_path, tmp_path / "a.svs")
+    shutil.copy(ome_path, tmp_path / "b.ome.tif")
     b = SlideBrowser(tmp_path, labels={"a": "tumor", "b": "normal"})
     b.filter_text.value = "tumor"
     assert list(b.visible["name"]) == ["a.svs"]

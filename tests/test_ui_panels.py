@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -16,17 +15,13 @@ from wsi_lab.ui.lab import Lab, register_panel, registered_panels, unregister_pa
 from wsi_lab.ui.tiling_panel import TilingPanel
 from wsi_lab.ui.tuner import ThresholdTuner, tuned_thumbnail
 
-SHARED = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
-CMU, NDPI, OME = (SHARED / n for n in ("CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi", "OS-1-detail.ome.tif"))
-pytestmark = pytest.mark.skipif(not CMU.exists(), reason="shared slides missing")
-
 
 @pytest.fixture(scope="module")
-def tuner():
-    return ThresholdTuner(CMU)
+def tuner(cmu_path):
+    return ThresholdTuner(cmu_path)
 
 
-def test_tuner_mask_and_count_follow_the_controls(tuner):
+def test_tuner_mask_and_count_follow_the_controls(tuner, cmu_path):
     assert tuner.errors.text == "" and tuner.mask is not None
     assert tuner.n_tiles == len(tuner.planned) > 0
     # the picture is the thumbnail with a green mask overlay where the mask says tissue
@@ -42,8 +37,8 @@ def test_tuner_mask_and_count_follow_the_controls(tuner):
     # the count matches what the core plans with the same parameters
     p = tuner.params
     assert p.method == "variance" and p.method_params["threshold"] == 1500
-    mask = wsi_lab.detect_tissue(CMU, "variance", threshold=1500)
-    assert len(wsi_lab.plan_tiles(CMU, 256, mask=mask, min_tissue=0.5)) == tuner.n_tiles
+    mask = wsi_lab.detect_tissue(cmu_path, "variance", threshold=1500)
+    assert len(wsi_lab.plan_tiles(cmu_path, 256, mask=mask, min_tissue=0.5)) == tuner.n_tiles
     # bigger tiles -> fewer tiles; min_tissue 0 keeps every tile that touches tissue
     tuner.threshold.value = 120
     n256 = tuner.n_tiles
@@ -92,12 +87,12 @@ def test_tuner_bad_values_show_messages_not_crashes(tuner):
     assert "Traceback" not in tuner.errors.value
 
 
-def test_tuner_saves_per_slide_overrides(tmp_path):
-    t1 = ThresholdTuner(CMU)
+def test_tuner_saves_per_slide_overrides(tmp_path, cmu_path, ndpi_path):
+    t1 = ThresholdTuner(cmu_path)
     t1.method.value = "variance"
     t1.threshold.value = 300
     out = t1.save_overrides(tmp_path / "ov.json")
-    t2 = ThresholdTuner(NDPI, tile_size=128)
+    t2 = ThresholdTuner(ndpi_path, tile_size=128)
     t2.save_overrides(out)
     data = json.loads(out.read_text())
     assert set(data) == {"CMU-1-Small-Region", "test3-DAPI-2-387"}
@@ -108,21 +103,21 @@ def test_tuner_saves_per_slide_overrides(tmp_path):
         t1.save_overrides(tmp_path / "bad.json")
 
 
-def test_tuner_fluorescence_slide():
-    t = ThresholdTuner(NDPI)
+def test_tuner_fluorescence_slide(ndpi_path):
+    t = ThresholdTuner(ndpi_path)
     assert t.mask.params["modality"] == "fluorescence" and t.n_tiles > 0
 
 
 @pytest.mark.slow
-def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path):
+def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path, cmu_path, ndpi_path):
     ov = {"test3-DAPI-2-387": TilingParams(tile_size=512, method="variance")}
-    panel = TilingPanel([CMU, NDPI, tmp_path / "missing.svs"], TilingParams(tile_size=256), out=tmp_path / "t",
+    panel = TilingPanel([cmu_path, ndpi_path, tmp_path / "missing.svs"], TilingParams(tile_size=256), out=tmp_path / "t",
                         overrides=ov, n_workers=1)
     assert panel.start() is True
     assert panel.start() is False and "already going" in panel.errors.text  # one run at a time
     result = panel.wait(180)
     assert result is not None and not panel.running
-    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(CMU, 256, mask="otsu"))
+    assert result.n_tiles["CMU-1-Small-Region"] == len(wsi_lab.plan_tiles(cmu_path, 256, mask="otsu"))
     assert set(panel.table.loc[panel.table.slide_id == "test3-DAPI-2-387", "tile_size"]) == {512}  # override used
     assert panel.progress.value == 1.0 and panel.events[-1].finished
     assert "127.0.0.1" in panel.dashboard.value
@@ -133,19 +128,19 @@ def test_tiling_panel_runs_on_a_real_local_cluster(tmp_path):
     assert not panel.start_button.disabled and panel.cancel_button.disabled
 
 
-def test_tiling_panel_input_errors(tmp_path):
+def test_tiling_panel_input_errors(tmp_path, cmu_path):
     panel = TilingPanel([], out=tmp_path)
     assert panel.start() is False and "no slides to tile" in panel.errors.text
-    panel = TilingPanel([CMU], params=lambda: {"tile_size": -3}, out=tmp_path)
+    panel = TilingPanel([cmu_path], params=lambda: {"tile_size": -3}, out=tmp_path)
     assert panel.start() is False and "tile_size" in panel.errors.text
-    panel = TilingPanel([CMU], out=tmp_path)
+    panel = TilingPanel([cmu_path], out=tmp_path)
     panel.cluster.value = "address"
     assert panel.n_workers.layout.display == "none" and panel.address.layout.display is None
     panel.address.value = "   "
     assert panel.start() is False and "scheduler address" in panel.errors.text
 
 
-def test_lab_tabs_shared_selection_and_registry():
+def test_lab_tabs_shared_selection_and_registry(ndpi_path, shared_slides):
     calls = []
 
     def review(lab):
@@ -159,7 +154,7 @@ def test_lab_tabs_shared_selection_and_registry():
     register_panel("Broken", broken, order=70)
     try:
         assert [s.name for s in registered_panels()][:4] == ["Slides", "Viewer", "Tune", "Tiling"]
-        lab = wsi_lab.Lab(SHARED)
+        lab = wsi_lab.Lab(shared_slides)
         assert lab.tabs.titles == ("Slides", "Viewer", "Tune", "Tiling", "Review", "Broken")
         assert calls == [lab]
         assert "column 'label' missing" in lab.panels["Broken"].children[0].text  # message, no crash
@@ -172,9 +167,9 @@ def test_lab_tabs_shared_selection_and_registry():
     assert viewer.viewer is not None and [e["name"] for e in viewer.viewer.layers] == ["tissue", "tiles"]
     assert st.mask is tune.tuner.mask and len(st.planned) == tune.tuner.n_tiles
     # the selection made in the browser drives tuner and viewer
-    browser.select([str(NDPI)])
-    assert st.current == str(NDPI) and Path(tune.tuner.slide.path) == NDPI
-    assert Path(viewer.viewer.slide.path) == NDPI
+    browser.select([str(ndpi_path)])
+    assert st.current == str(ndpi_path) and Path(tune.tuner.slide.path) == ndpi_path
+    assert Path(viewer.viewer.slide.path) == ndpi_path
     # tuner changes reach the viewer layers and the tiling parameters
     tune.tuner.method.value = "variance"
     assert st.params.method == "variance"
@@ -193,23 +188,23 @@ def test_lab_missing_folder_is_a_message(tmp_path):
     assert lab.state.current is None
 
 
-def test_lab_releases_slides_and_cancels_runs_when_closed(tmp_path):
+def test_lab_releases_slides_and_cancels_runs_when_closed(tmp_path, cmu_path, ndpi_path, shared_slides):
     """Regression: switching slides left the previous viewer (and its open slide) behind; closing the
     Lab or a Tiling panel left tuner slides open and a running Dask cluster going."""
-    lab = wsi_lab.Lab(SHARED, select=str(CMU))
+    lab = wsi_lab.Lab(shared_slides, select=str(cmu_path))
     viewer_panel, tune = lab.panels["Viewer"], lab.panels["Tune"]
     first_viewer, first_tuner = viewer_panel.viewer, tune.tuner
-    lab.panels["Slides"].select([str(NDPI)])
+    lab.panels["Slides"].select([str(ndpi_path)])
     assert viewer_panel.viewer is not first_viewer and first_viewer.comm is None  # closed
     assert first_tuner.comm is None
     current_viewer, current_tuner = viewer_panel.viewer, tune.tuner
     lab.close()
     assert current_viewer.comm is None and current_tuner.comm is None
     assert viewer_panel.viewer is None and tune.tuner is None
-    lab.state.current = str(CMU)  # closed panels no longer follow the state
+    lab.state.current = str(cmu_path)  # closed panels no longer follow the state
     assert viewer_panel.viewer is None and tune.tuner is None
 
-    panel = TilingPanel([CMU], TilingParams(tile_size=256), out=tmp_path / "t", n_workers=1)
+    panel = TilingPanel([cmu_path], TilingParams(tile_size=256), out=tmp_path / "t", n_workers=1)
     assert panel.start() is True
     panel.close()
     result = panel.wait(120)

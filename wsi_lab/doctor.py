@@ -4,8 +4,8 @@ each missing one. Imports are attempted in a way that never raises."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import importlib.metadata as md
+import importlib.util
 import shutil
 from dataclasses import asdict, dataclass
 
@@ -42,7 +42,7 @@ def _import(module: str, deep: bool = False) -> tuple[bool, str]:
             return (spec is not None), ("" if spec else f"No module named {module!r}")
         importlib.import_module(module)
         return True, ""
-    except Exception as exc:  # any import failure (missing lib, ABI mismatch) is reported, not raised
+    except Exception as exc:  # noqa: BLE001 - any import failure (missing lib, ABI mismatch) is reported
         return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
 
 
@@ -52,7 +52,7 @@ def _module_check(name: str, module: str, dist: str, hint: str, detail_fn=None, 
     if ok and detail_fn is not None:
         try:
             detail = detail_fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe that fails is part of the report
             detail = f"imported, but {type(exc).__name__}: {exc}"
     version = (_version(dist) or _version(dist.replace("-cpu", ""))) if ok else None
     return Check(name, ok, version, detail, "" if ok else hint)

@@ -26,6 +26,12 @@ Hierarchy::
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TypeVar
+
+_E = TypeVar("_E", bound="WSILabError")
+
 __all__ = [
     "WSILabError",
     "SlideError",
@@ -48,7 +54,34 @@ __all__ = [
 
 
 class WSILabError(Exception):
-    """Base class of every error WSI Lab raises on purpose."""
+    """Base class of every error WSI Lab raises on purpose.
+
+    Errors about one file carry it as context: ``file`` (its path; not ``path``, which ``ImportError``
+    already uses for a module's path) and ``reason`` (the message without the file name), so a server can name the file relative to its root (:meth:`message_for`) and a
+    record can keep the reason on its own, with no string surgery. Build them with :meth:`at`."""
+
+    file: Path | None = None
+    reason: str | None = None
+
+    @classmethod
+    def at(cls: type[_E], path: str | os.PathLike, reason: str) -> _E:
+        """``cls("<path>: <reason>")`` with ``file`` (the path) and ``reason`` kept as attributes."""
+        err = cls(f"{os.fspath(path)}: {reason}")
+        err.file, err.reason = Path(path), reason
+        return err
+
+    def message_for(self, root: str | os.PathLike) -> str:
+        """The message naming the file relative to ``root`` (its bare name when outside it); never an
+        absolute path of ``root``."""
+        root_path = Path(root)
+        if self.file is not None and self.reason is not None:
+            try:
+                name = self.file.relative_to(root_path).as_posix()
+            except ValueError:
+                name = self.file.name
+            return f"{name}: {self.reason}"
+        text = str(self)  # an error without context: at least never reveal the root
+        return text.replace(f"{root_path}/", "").replace(str(root_path), ".")
 
 
 class SlideError(WSILabError):

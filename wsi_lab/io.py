@@ -87,6 +87,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 K = TypeVar("K")
 V = TypeVar("V")
+_NOTHING = object()
 
 
 class LRUCache(Generic[K, V]):
@@ -150,7 +151,7 @@ class LRUCache(Generic[K, V]):
             else:
                 self._data[key] = (value, size)
                 self._bytes += size
-                dropped.extend(self._evict_locked())
+                dropped.extend(self._evict_locked(keep=key))
         self._notify(dropped)
 
     def pop(self, key: K, default: V | None = None) -> V | None:
@@ -193,10 +194,9 @@ class LRUCache(Generic[K, V]):
                 self.hits += 1
                 return item[0]
             self.misses += 1
-            event = self._pending.get(key)
-            owner = event is None
-            if owner:
-                event = self._pending[key] = threading.Event()
+            pending = self._pending.get(key)
+            owner = pending is None
+            event = self._pending[key] = threading.Event() if pending is None else pending
         if not owner:
             event.wait()
             with self._lock:
@@ -215,13 +215,15 @@ class LRUCache(Generic[K, V]):
         return ((self.max_items is not None and len(self._data) > self.max_items)
                 or (self.max_bytes is not None and self._bytes > self.max_bytes))
 
-    def _evict_locked(self) -> list[tuple[K, V]]:
+    def _evict_locked(self, keep: object = _NOTHING) -> list[tuple[K, V]]:
+        """Drop least-recently-used entries until within bounds, skipping vetoed ones and ``keep`` (the
+        entry just stored: a put never evicts its own value)."""
         dropped: list[tuple[K, V]] = []
         if not self._over():
             return dropped
         for key in list(self._data):
             value, size = self._data[key]
-            if self._can_evict is not None and not self._can_evict(key, value):
+            if key == keep or (self._can_evict is not None and not self._can_evict(key, value)):
                 continue
             del self._data[key]
             self._bytes -= size

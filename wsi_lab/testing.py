@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -33,16 +34,13 @@ _HEADER = "Aperio Image Library v10.0.0"
 
 
 def default_source_slide() -> Path | None:
-    """The real slide ``make_slide`` cuts its tile pool from by default (CMU-1-Small-Region.svs), or None."""
-    name = "CMU-1-Small-Region.svs"
-    here = Path(__file__).resolve().parents[1]
-    candidates = []
-    if os.environ.get("WSI_LAB_SHARED_SLIDES"):
-        candidates.append(Path(os.environ["WSI_LAB_SHARED_SLIDES"]) / name)
-    candidates += [Path.cwd().parent / "shared" / "data" / "slides" / name,
-                   here.parent / "shared" / "data" / "slides" / name,
-                   Path.cwd() / "shared" / "data" / "slides" / name]
-    return next((c for c in candidates if c.is_file()), None)
+    """The real slide ``make_slide`` cuts its tile pool from by default (CMU-1-Small-Region.svs in
+    :func:`wsi_lab.locations.shared_slides_dir`), or None."""
+    from wsi_lab.locations import shared_slides_dir
+
+    folder = shared_slides_dir()
+    candidate = folder / "CMU-1-Small-Region.svs" if folder is not None else None
+    return candidate if candidate is not None and candidate.is_file() else None
 
 
 # -- tile pool ------------------------------------------------------------------------------------
@@ -291,7 +289,7 @@ def make_slide(path: str | os.PathLike, width: int, height: int, tile: int = 256
         for k in grid.ravel().tolist():
             yield enc[k]
 
-    common = dict(dtype=np.uint8, compression="jpeg", photometric="rgb", metadata=None)
+    common: dict[str, Any] = dict(dtype=np.uint8, compression="jpeg", photometric="rgb", metadata=None)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw_:
         for k, (grid, (w, h)) in enumerate(zip(grids, sizes)):
             desc = _description(width, height, tile, quality, mpp, magnification, None if k == 0 else (w, h))
@@ -335,7 +333,7 @@ def _garble_tiles(src: Path, data: bytes) -> bytes:
     rng = np.random.default_rng(0)
     with tifffile.TiffFile(src) as tf:
         for page in tf.pages:
-            if not page.is_tiled:
+            if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
                 continue
             offsets, counts = page.dataoffsets, page.databytecounts
             for i in range(len(offsets) // 2, len(offsets)):
@@ -354,7 +352,7 @@ def _truncate_tiles(src: Path, data: bytes) -> bytes | None:
 
     with tifffile.TiffFile(src) as tf:
         page = tf.pages[0]
-        if not page.is_tiled:
+        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
             return None
         start = min(o for o in page.dataoffsets if o)
         end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))

@@ -6,11 +6,12 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from wsi_lab.errors import require
-from wsi_lab.overlays import slide_rows
 from wsi_lab.napari._layers import layer_data, resolve_overlays
 from wsi_lab.napari._pyramid import slide_pyramid, slide_scale
+from wsi_lab.overlays import slide_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def open_in_napari(slide_or_path, overlays: Sequence = (), table=None, mask=None
         ldata, lkw, ltype = layer_data(layer, slide.dimensions, scale, units)
         getattr(viewer, f"add_{ltype}")(ldata, **lkw)
     if units == "um":
-        viewer.scale_bar.visible = True
+        scale_bar(viewer).visible = True
     viewer.reset_view()
     return viewer
 
@@ -81,3 +82,11 @@ def run_or_screenshot(viewer, screenshot: str | os.PathLike | None = None) -> in
     save_image(img, screenshot)
     viewer.close()
     return 0
+
+
+def scale_bar(viewer: Any) -> Any:
+    """The viewer's scale-bar overlay (``viewer.canvas.overlays.scale_bar`` since napari 0.9, where
+    ``viewer.scale_bar`` is deprecated; the old attribute on older napari)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    bar = getattr(overlays, "scale_bar", None) if overlays is not None else None
+    return bar if bar is not None else viewer.scale_bar

@@ -1,9 +1,12 @@
 """Tornado handlers of the ``wsi_lab.server`` extension: thin wrappers over :class:`SlideRegistry`.
 
 Every route sits under ``{base_url}wsi-lab/api/`` and requires an authenticated user who may *read*
-``contents`` (the slides are files under the server root). Errors answer JSON ``{"message": ...}``:
-400 bad parameters/coordinates, 403 paths escaping the root, 404 unknown slides/layers/tiles,
-422 files no reader can open; never a 500 for bad input.
+``contents`` (the slides are files under the server root). Errors answer JSON ``{"message": ...}``
+naming files relative to the root: 400 bad parameters/coordinates (numbers of more than
+:data:`MAX_DIGITS` digits, layer JSON nested too deep, opacity outside [0, 1]), 403 paths escaping the
+root, 404 unknown slides/layers/tiles, 413 layers too large to keep, 422 files no reader can open (or
+that time out opening); never a 500 for bad input. All blocking work (slide I/O, JSON parsing, layer
+decoding) runs on the extension's worker threads, never on the server's event loop.
 """
 
 from __future__ import annotations
@@ -19,14 +22,25 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from wsi_lab.errors import (InvalidParameterError, PathSecurityError, SlideNotFoundError, SlideOpenError,
-                            SlideReadError, UnsupportedFormatError, WSILabError)
+from wsi_lab.errors import (
+    InvalidParameterError,
+    PathSecurityError,
+    RegionTooLargeError,
+    SlideNotFoundError,
+    SlideOpenError,
+    SlideReadError,
+    UnsupportedFormatError,
+    WSILabError,
+)
 from wsi_lab.server.registry import SlideRegistry
 from wsi_lab.viewing import MAX_LAYER_BYTES
 
 log = logging.getLogger(__name__)
 
 AUTH_RESOURCE = "contents"
+#: longest number accepted in a tile address (Python refuses int() of 4,301+ digits; no level or tile
+#: index of a real pyramid needs more than a few)
+MAX_DIGITS = 9
 
 
 def _status(exc: Exception) -> int:
@@ -34,6 +48,8 @@ def _status(exc: Exception) -> int:
         return 403
     if isinstance(exc, (SlideNotFoundError, FileNotFoundError)):
         return 404
+    if isinstance(exc, RegionTooLargeError):
+        return 413
     if isinstance(exc, InvalidParameterError):
         return 400
     if isinstance(exc, (UnsupportedFormatError, SlideOpenError, SlideReadError)):
@@ -56,8 +72,11 @@ class BaseHandler(APIHandler):
             code = _status(exc)
             if code == 500:
                 log.exception("wsi-lab request failed")
-            # messages name files by absolute path; the browser only learns root-relative ones
-            message = str(exc).replace(f"{self.registry.root}/", "").replace(str(self.registry.root), ".")
+            # errors carry their file (WSILabError.file); the browser only learns root-relative names
+            if isinstance(exc, WSILabError):
+                message = exc.message_for(self.registry.root)
+            else:
+                message = str(exc).replace(f"{self.registry.root}/", "").replace(str(self.registry.root), ".")
             raise web.HTTPError(code, message) from exc
 
     def send_bytes(self, data: bytes, content_type: str) -> None:
@@ -68,7 +87,10 @@ class BaseHandler(APIHandler):
 
 
 def _int(text: str) -> int:
-    return int(text)  # the routes only match digits
+    """A tile address number (the routes only match digits); too many digits answer 400."""
+    if len(text) > MAX_DIGITS:
+        raise web.HTTPError(400, f"tile address number {text[:12]}... has {len(text)} digits; at most {MAX_DIGITS}")
+    return int(text)
 
 
 class SlidesHandler(BaseHandler):
@@ -85,9 +107,9 @@ class SlideInfoHandler(BaseHandler):
     async def get(self, key: str, ext: str | None = None) -> None:
         """``slides/{id}`` (JSON info) or ``slides/{id}.dzi`` (DZI XML)."""
         if ext == ".dzi":
-            dz = await self.call(self.registry.deepzoom, key)
+            xml = await self.call(self.registry.dzi_xml, key)
             self.set_header("Content-Type", "application/xml")
-            self.finish(dz.dzi_xml())
+            self.finish(xml)
             return
         self.finish(json.dumps(await self.call(self.registry.describe, key)))
 
@@ -106,8 +128,7 @@ class TileHandler(BaseHandler):
     @web.authenticated
     @authorized(action="read", resource=AUTH_RESOURCE)
     async def get(self, key: str, level: str, col: str, row: str) -> None:
-        dz = await self.call(self.registry.deepzoom, key)
-        data = await self.call(dz.get_tile_bytes, _int(level), _int(col), _int(row))
+        data = await self.call(self.registry.tile_bytes, key, _int(level), _int(col), _int(row))
         self.send_bytes(data, "image/jpeg")
 
 
@@ -115,9 +136,7 @@ class OverlayTileHandler(BaseHandler):
     @web.authenticated
     @authorized(action="read", resource=AUTH_RESOURCE)
     async def get(self, key: str, layer_key: str, level: str, col: str, row: str) -> None:
-        dz = await self.call(self.registry.deepzoom, key)
-        layer = await self.call(self.registry.layer, layer_key)
-        data = await self.call(dz.get_overlay_bytes, layer, _int(level), _int(col), _int(row), layer_key, False)
+        data = await self.call(self.registry.overlay_bytes, key, layer_key, _int(level), _int(col), _int(row))
         self.send_bytes(data, "image/png")
 
 
@@ -125,14 +144,11 @@ class LayersHandler(BaseHandler):
     @web.authenticated
     @authorized(action="read", resource=AUTH_RESOURCE)
     async def post(self) -> None:
-        """Register an overlay layer (see :mod:`wsi_lab.server.registry`); answers ``{"key": ...}``."""
+        """Register an overlay layer (see :mod:`wsi_lab.server.layers`); answers ``{"key": ...}``. The body
+        is parsed and decoded on a worker thread (a large snapshot takes a while to decode)."""
         if len(self.request.body) > MAX_LAYER_BYTES:
             raise web.HTTPError(413, f"layer payload larger than {MAX_LAYER_BYTES} bytes")
-        try:
-            payload = json.loads(self.request.body or b"null")
-        except ValueError as exc:
-            raise web.HTTPError(400, f"layer payload is not JSON: {exc}") from exc
-        key = await self.call(self.registry.add_layer, payload)
+        key = await self.call(self.registry.add_layer_json, self.request.body)
         self.finish(json.dumps({"key": key}))
 
 

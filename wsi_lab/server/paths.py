@@ -41,6 +41,8 @@ def resolve_slide_path(root: str | os.PathLike, relpath: str, allow_hidden: bool
         raise PathSecurityError(f"slide path {relpath!r} is not readable by the server; not served") from exc
     except OSError as exc:  # a name too long, a symlink loop, ...: the client's path names no servable file
         raise SlideNotFoundError(f"slide path {relpath[:200]!r}: {exc.strerror or 'not a usable path'}") from exc
+    except RuntimeError as exc:  # Python < 3.13 reports a symlink loop in resolve() this way
+        raise SlideNotFoundError(f"slide path {relpath[:200]!r}: a symlink loop; not served") from exc
     if not is_file:
         raise SlideNotFoundError(f"slide path {relpath!r}: no such file under the server root")
     return target

@@ -1,8 +1,9 @@
 """Slides: the :class:`Slide` facade, :func:`open_slide`, backends and :func:`find_slides`."""
 
 from wsi_lab.slide.backend import available_backends, register_backend
-from wsi_lab.slide.discovery import SlideInfo, find_slides
+from wsi_lab.slide.discovery import find_slides
 from wsi_lab.slide.slide import Slide, open_slide, slide_id
+from wsi_lab.slide.summary import SlideInfo, describe_slide
 
 
 def _tifffile():
@@ -27,4 +28,5 @@ register_backend("cucim", _cucim)
 register_backend("openslide", _openslide)
 register_backend("tifffile", _tifffile)
 
-__all__ = ["Slide", "open_slide", "slide_id", "find_slides", "SlideInfo", "available_backends", "register_backend"]
+__all__ = ["Slide", "open_slide", "slide_id", "find_slides", "SlideInfo", "describe_slide", "available_backends",
+           "register_backend"]

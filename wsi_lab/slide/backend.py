@@ -18,7 +18,8 @@ from wsi_lab.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SlideReader", "Backend", "register_backend", "available_backends", "backend_candidates"]
+__all__ = ["SlideReader", "Backend", "register_backend", "unregister_backend", "available_backends",
+           "backend_candidates"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ _LOADED: dict[str, type | None] = {}
 def register_backend(name: str, loader: Callable[[], type]) -> None:
     """Register a backend under ``name``; ``loader`` imports and returns the backend class."""
     _REGISTRY[name] = loader
+    _LOADED.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove backend ``name`` from the registry (no error when it is not registered)."""
+    _REGISTRY.pop(name, None)
     _LOADED.pop(name, None)
 
 

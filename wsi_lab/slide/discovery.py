@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wsi_lab.errors import SlideNotFoundError, WSILabError
+from wsi_lab.errors import SlideNotFoundError
 from wsi_lab.slide.backend import slide_suffix
-from wsi_lab.slide.slide import slide_id
+from wsi_lab.slide.summary import SlideInfo, describe_slide
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +21,6 @@ SLIDE_EXTENSIONS = frozenset({
 MPP_XY_TOLERANCE = 0.01      # mpp_x and mpp_y may differ by 1 %
 MPP_MAG_TOLERANCE = 2.0      # µm/px may be 2x off 10/magnification before it is flagged
 _SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", ".git", "node_modules"}
-
-
-@dataclass
-class SlideInfo:
-    """A slide found on disk and its basic metadata (``None`` when unknown or unreadable)."""
-
-    path: str
-    name: str
-    slide_id: str
-    size_bytes: int
-    vendor: str | None = None
-    backend: str | None = None
-    width: int | None = None
-    height: int | None = None
-    level_count: int | None = None
-    mpp_x: float | None = None
-    mpp_y: float | None = None
-    magnification: float | None = None
-    error: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -60,49 +37,39 @@ def _walk(root: Path) -> list[Path]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                # MIRAX keeps its tiles in a sibling folder named like the .mrxs file: not slides
-                if entry.name in _SKIP_DIRS or entry.name in mrxs_stems:
-                    continue
-                stack.append(Path(entry.path))
-            elif entry.is_file() and slide_suffix(Path(entry.name)) in SLIDE_EXTENSIONS:
-                found.append(Path(entry.path))
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    # MIRAX keeps its tiles in a sibling folder named like the .mrxs file: not slides
+                    if entry.name in _SKIP_DIRS or entry.name in mrxs_stems:
+                        continue
+                    stack.append(Path(entry.path))
+                elif slide_suffix(Path(entry.name)) in SLIDE_EXTENSIONS and entry.is_file():
+                    entry.stat()  # follows symlinks: a loop or a dangling link fails here, not later
+                    found.append(Path(entry.path))
+            except OSError as exc:  # a symlink loop (ELOOP), a file gone meanwhile, no permission
+                log.warning("skipping %s: %s", entry.path, exc.strerror or exc)
     return sorted(found)
 
 
-def _describe(path: Path) -> SlideInfo:
-    from wsi_lab.slide.slide import open_slide
-
-    info = SlideInfo(path=str(path), name=path.name, slide_id=slide_id(path), size_bytes=path.stat().st_size)
-    try:
-        with open_slide(path) as s:
-            info.vendor, info.backend = s.vendor, s.backend
-            info.width, info.height = s.dimensions
-            info.level_count = s.level_count
-            if s.mpp:
-                info.mpp_x, info.mpp_y = s.mpp
-            info.magnification = s.magnification
-    except WSILabError as exc:
-        info.error = str(exc)
-    return info
-
-
-def find_slides(root: str | os.PathLike, metadata: bool = True, workers: int = 8) -> list[SlideInfo]:
-    """Find slide files under ``root`` (recursively, by extension; hidden files and MRXS data folders
-    are skipped) and return them sorted by path. With ``metadata=True`` each is opened (in ``workers``
-    threads) for its size, levels, µm/px, magnification and vendor; a file that fails to open is still
-    listed, with the reason in ``error``."""
+def find_slides(root: str | os.PathLike, metadata: bool = True, workers: int = 8,
+                timeout: float | None = None) -> list[SlideInfo]:
+    """Find slide files under ``root`` (recursively, by extension; hidden files, MRXS data folders and
+    unusable entries such as symlink loops are skipped, with a warning for the latter) and return them
+    sorted by path. With ``metadata=True`` each is opened (in ``workers`` threads, each open bounded by
+    ``timeout`` seconds, default :func:`~wsi_lab.slide.bounded.default_open_timeout`) for its size,
+    levels, µm/px, magnification and vendor; a file that fails to open (or times out) is still listed,
+    with the reason in ``error``."""
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise SlideNotFoundError(f"{root_path}: not a directory; give the folder that holds your slides")
     paths = _walk(root_path)
     if not metadata:
-        infos = []
-        for p in paths:
-            infos.append(SlideInfo(str(p), p.name, slide_id(p), p.stat().st_size))
-        return infos
+        return [SlideInfo.of_path(p) for p in paths]
+    from wsi_lab.slide.bounded import default_open_timeout
+
+    limit = default_open_timeout() if timeout is None else timeout
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(_describe, paths))
+        return list(pool.map(lambda p: describe_slide(p, timeout=limit), paths))
 
 
 def mpp_flags(info: SlideInfo) -> list[str]:

@@ -26,9 +26,12 @@ from wsi_lab.errors import (
     SlideNotFoundError,
     SlideOpenError,
     UnsupportedFormatError,
+    WSILabError,
 )
+from wsi_lab.slide._logs import route_library_logs
 from wsi_lab.slide.backend import SlideReader, backend_candidates, get_backend, slide_suffix
 from wsi_lab.slide.metadata import plausible_mpp, to_float
+from wsi_lab.slide.tiff_check import check_tiff_structure
 
 log = logging.getLogger(__name__)
 
@@ -285,23 +288,45 @@ def _check_path(path: Path) -> None:
             return
         raise SlideNotFoundError(f"{path}: is a directory, not a slide file; use find_slides() to list the slides inside")
     if path.stat().st_size == 0:
-        raise SlideOpenError(f"{path}: the file is empty (0 bytes); re-copy it from its source")
+        raise SlideOpenError.at(path, "the file is empty (0 bytes); re-copy it from its source")
+    check_tiff_structure(path)  # loops and short tile tables make some backends hang or crash: refuse first
 
 
 def open_slide(path: str | os.PathLike, backend: str = "auto",
-               mpp: float | tuple[float, float] | None = None, mpp_only_if_missing: bool = False) -> Slide:
+               mpp: float | tuple[float, float] | None = None, mpp_only_if_missing: bool = False,
+               timeout: float | None = None) -> Slide:
     """Open a whole-slide image. ``backend="auto"`` tries the installed backends in priority order for
     the file's extension and returns the first that reads it; a name (``tifffile``, ``openslide``,
     ``cucim``) forces one. ``mpp`` (µm/px, one value or (x, y)) overrides missing or wrong metadata;
     with ``mpp_only_if_missing=True`` it is used only when the metadata has no µm/px (the file is
-    opened once either way)."""
+    opened once either way). TIFF files are checked for a sound structure (IFD chain, tile tables)
+    before any backend sees them. With ``timeout`` (seconds) the open runs in a worker that is
+    abandoned after that long (:class:`SlideOpenError` "timed out after N s"; see
+    :mod:`wsi_lab.slide.bounded`). Errors carry ``file`` and ``reason`` (:meth:`WSILabError.at`)."""
+    if timeout is not None:
+        from wsi_lab.slide.bounded import open_bounded
+
+        return open_bounded(path, timeout, backend=backend, mpp=mpp, mpp_only_if_missing=mpp_only_if_missing)
     p = Path(path).expanduser()
-    _check_path(p)
-    override = _mpp_pair(mpp, p) if mpp is not None else None
-    slide = _open(p, backend, override)
+    route_library_logs()
+    try:
+        _check_path(p)
+        override = _mpp_pair(mpp, p) if mpp is not None else None
+        slide = _open(p, backend, override)
+    except WSILabError as exc:  # the one place errors of opening get their file as context
+        if exc.file is None:
+            exc.file, exc.reason = p, _without_path(str(exc), p)
+        raise
     if mpp_only_if_missing and override is not None and slide.mpp_from_metadata is not None:
         slide._mpp_override = None
     return slide
+
+
+def _without_path(message: str, path: Path) -> str:
+    """``message`` with the leading ``"<path>: "`` of the house style removed and other mentions of the
+    path shortened to its name (backends write their messages that way)."""
+    text = message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message
+    return text.replace(f"{path}: ", "").replace(str(path), path.name)
 
 
 def _open(p: Path, backend: str, override: tuple[float, float] | None) -> Slide:

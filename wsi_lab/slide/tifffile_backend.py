@@ -25,8 +25,8 @@ import numpy as np
 from wsi_lab.errors import SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.io import LRUCache
 from wsi_lab.slide.backend import ReaderMetadata
-from wsi_lab.slide.pixels import is_tiff, to_rgb, ycbcr_to_rgb
 from wsi_lab.slide.metadata import first_present, plausible_mpp, stringify, to_float
+from wsi_lab.slide.pixels import is_tiff, to_rgb, ycbcr_to_rgb
 from wsi_lab.slide.tiff_meta import associated_series, ome_mpp, undecodable
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError, MissingMPPError
 from wsi_lab.tiling.params import MAX_TILE_SIZE, TwoStage
+from wsi_lab.tissue import threshold_params
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,7 @@ def plan_tiles(slide, tile_size: int = 256, mpp: float | None = None, level: int
         if two_stage.coarse_source == "mask":
             if not hasattr(mask, "tissue_fraction"):
                 cp = dict(two_stage.coarse_params)
-                if two_stage.coarse_threshold is not None:
-                    cp["threshold" if two_stage.coarse_method != "background" else "background_threshold"] = two_stage.coarse_threshold
+                cp.update(threshold_params(two_stage.coarse_method, two_stage.coarse_threshold))
                 mask = two_stage.coarse_method
                 method_params = cp
             min_keep, strict = two_stage.coarse_min, True

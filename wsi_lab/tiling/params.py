@@ -12,6 +12,7 @@ from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.runs.spec import Spec
+from wsi_lab.tissue import METHODS as TISSUE_METHODS
 
 __all__ = ["TilingParams", "TwoStage", "MAX_TILE_SIZE", "save_override", "load_overrides"]
 
@@ -68,7 +69,7 @@ class TwoStage(Spec):
             raise InvalidParameterError(f"coarse_source must be 'mask' or 'pixels', got {self.coarse_source!r}")
         for name in ("coarse_method", "fine_method"):
             v = getattr(self, name)
-            ok = ("otsu", "variance", "background") if (name == "coarse_method" and self.coarse_source == "mask") else FINE_METHODS
+            ok = TISSUE_METHODS if (name == "coarse_method" and self.coarse_source == "mask") else FINE_METHODS
             if v not in ok:
                 raise InvalidParameterError(f"two-stage {name}={v!r}; choose one of {', '.join(ok)}")
         for name in ("coarse_min", "min_fine_fraction"):
@@ -120,8 +121,8 @@ class TilingParams(Spec):
             raise InvalidParameterError(f"min_tissue must be in [0, 1], got {self.min_tissue!r}")
         if not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100):
             raise InvalidParameterError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
-        if self.method is not None and self.method not in ("otsu", "variance", "background"):
-            raise InvalidParameterError(f"tissue method {self.method!r}; choose otsu, variance, background or None")
+        if self.method is not None and self.method not in TISSUE_METHODS:
+            raise InvalidParameterError(f"tissue method {self.method!r}; choose {', '.join(TISSUE_METHODS)} or None")
         if self.two_stage is not None:
             self.two_stage.validate()
             if self.two_stage.coarse != ts:

@@ -16,6 +16,7 @@ import pandas as pd
 from wsi_lab.data.tile_reader import read_tile
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.tiling.params import TwoStage
+from wsi_lab.tissue import default_background_threshold
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ _DEFAULTS = {"variance": 120.0, "saturation": 25.0, "brightness": 40.0}
 def default_threshold(method: str, modality: str) -> float:
     """Default cut of a fine/coarse pixel statistic (intensity 0..255, variance in intensity²)."""
     if method == "background":
-        return 25.0 if modality == "fluorescence" else 220.0
+        return default_background_threshold(modality)
     return _DEFAULTS[method]
 
 
@@ -72,9 +73,9 @@ def resolve_modality(slide, table: pd.DataFrame, ts: TwoStage) -> str:
     m = ((table.attrs.get("wsi_lab") or {}).get("mask") or {}).get("params", {}).get("modality")
     if m in ("brightfield", "fluorescence"):
         return m
-    from wsi_lab.tissue import _features, default_mask_downsample
+    from wsi_lab.tissue import cell_features, default_mask_downsample
 
-    return "fluorescence" if _features(slide, default_mask_downsample(slide)).border_gray < 100 else "brightfield"
+    return "fluorescence" if cell_features(slide, default_mask_downsample(slide)).border_gray < 100 else "brightfield"
 
 
 def apply_fine_pass(slide, table: pd.DataFrame, two_stage: TwoStage | None = None, min_tissue: float | None = None,

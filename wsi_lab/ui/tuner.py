@@ -22,19 +22,13 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
+from wsi_lab.tissue import TISSUE_METHODS
 from wsi_lab.ui.common import ErrorBox, composite, set_image
 
 log = logging.getLogger(__name__)
 
 #: slider range and default of the main threshold of each method (None default = automatic)
-THRESHOLDS: dict[str, dict[str, Any]] = {
-    "otsu": dict(param="threshold", min=0.0, max=255.0, step=1.0, default=None,
-                 help="saturation (brightfield) or brightness (fluorescence) cut"),
-    "variance": dict(param="threshold", min=0.0, max=2000.0, step=5.0, default=120.0,
-                     help="per-cell intensity variance cut"),
-    "background": dict(param="background_threshold", min=0.0, max=255.0, step=1.0, default=None,
-                       help="near-white (brightfield) / near-black (fluorescence) intensity cut"),
-}
+THRESHOLDS: dict[str, dict[str, Any]] = {m: spec.slider() for m, spec in TISSUE_METHODS.items()}
 DISPLAY_SIZE = 512
 
 

@@ -13,10 +13,11 @@ from wsi_lab.viewing.wire import (
     is_slide_key,
     layer_from_payload,
     layer_payload_key,
+    loads_json,
     relative_candidates,
     slide_key,
 )
 
 __all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "RenderableLayer", "TILE_SIZE", "OVERLAP",
            "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "slide_key", "is_slide_key", "relative_candidates",
-           "layer_payload_key", "layer_from_payload", "check_json_depth"]
+           "layer_payload_key", "layer_from_payload", "check_json_depth", "loads_json"]

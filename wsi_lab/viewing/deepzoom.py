@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "RenderableLayer"]
 
+#: largest snapshot raster accepted (pixels): 64 MP = 256 MiB of RGBA
+MAX_SNAPSHOT_PIXELS = 64 * 2**20
+
 
 class RenderableLayer(Protocol):
     """What the deep-zoom code needs from an overlay layer."""
@@ -288,7 +291,7 @@ class LayerSnapshot:
         if not (self.downsample > 0 and math.isfinite(self.downsample)):
             raise InvalidParameterError(f"layer downsample must be a positive number, got {self.downsample!r}")
         if not self.key:
-            h = hashlib.sha256(self.rgba.tobytes())
+            h = hashlib.sha256(self.rgba.data)  # C-contiguous: hashed in place, no copy
             h.update(repr((self.rgba.shape, float(self.downsample))).encode())
             self.key = h.hexdigest()[:20]
 
@@ -316,12 +319,15 @@ class LayerSnapshot:
         """Decode a PNG made by :meth:`to_png` (any PNG is converted to RGBA)."""
         try:
             img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_SNAPSHOT_PIXELS:  # checked from the header, before decoding
+                raise InvalidParameterError(f"layer raster {img.width}x{img.height} is too large (max 64 MP)")
             img.load()
+        except InvalidParameterError:
+            raise
         except Exception as exc:  # PIL raises many types for bad data
             raise InvalidParameterError(f"layer raster is not a readable PNG: {exc}") from exc
-        if img.width * img.height > 64 * 2**20:
-            raise InvalidParameterError(f"layer raster {img.width}x{img.height} is too large (max 64 MP)")
-        return cls(np.asarray(img.convert("RGBA")), downsample, **kw)
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        return cls(np.asarray(rgba), downsample, **kw)
 
 
 def snapshot_layer(layer: Any, dimensions: tuple[int, int], max_side: int = 4096) -> LayerSnapshot:

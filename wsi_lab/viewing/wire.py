@@ -6,8 +6,9 @@
   (:func:`slide_key`), stable across restarts and machines, never revealing absolute paths; the kernel
   does not know the server's root, so it lists the ids its slide could have (:func:`relative_candidates`);
 - overlay layer payloads: ``{"layer": Layer.to_json()}`` or ``{"snapshot": {...}}``, their content key
-  (:func:`layer_payload_key`), their limits (:data:`MAX_LAYER_BYTES`, :data:`MAX_JSON_DEPTH`) and how
-  the server rebuilds them (:func:`layer_from_payload`, bad input → :class:`InvalidParameterError`).
+  (:func:`layer_payload_key`), their limits (:data:`MAX_LAYER_BYTES`, :data:`MAX_JSON_DEPTH`,
+  :func:`loads_json`) and how the server rebuilds them (:func:`layer_from_payload`; bad input raises
+  :class:`InvalidParameterError`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from wsi_lab.errors import InvalidParameterError
 
 __all__ = ["TILE_SIZE", "OVERLAP", "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "slide_key", "is_slide_key",
-           "relative_candidates", "layer_payload_key", "layer_from_payload", "check_json_depth"]
+           "relative_candidates", "layer_payload_key", "layer_from_payload", "check_json_depth", "loads_json"]
 
 #: deep-zoom geometry served (the widget's comm path uses the same, so pixels match)
 TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
@@ -59,30 +60,35 @@ def layer_payload_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
 
 
-def check_json_depth(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Refuse JSON text nested deeper than ``max_depth`` before it is parsed (a deep document would
-    otherwise raise ``RecursionError`` in the parser or in whatever walks it). Scans brackets outside
-    strings; linear time, no recursion."""
-    data = text.encode() if isinstance(text, str) else bytes(text)
-    depth = 0
-    in_str = escaped = False
-    for byte in data:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_str = False
-        elif byte == 0x22:
-            in_str = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > max_depth:
-                raise InvalidParameterError(f"layer JSON is nested more than {max_depth} levels deep; "
-                                            "send a flat Layer.to_json() payload")
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
+def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a parsed JSON value (dicts/lists) nested deeper than ``max_depth`` with
+    :class:`InvalidParameterError`: code that walks it recursively would raise ``RecursionError``.
+    Iterative, stops at the first branch that is too deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        children = item.values() if isinstance(item, dict) else item
+        if depth > max_depth:
+            raise InvalidParameterError(f"layer JSON is nested more than {max_depth} levels deep; "
+                                        "send a flat Layer.to_json() payload")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads(text)`` for untrusted input: malformed or too deeply nested JSON raises
+    :class:`InvalidParameterError` (never ``RecursionError``). Text with few brackets skips the walk."""
+    try:
+        value = json.loads(text or b"null")
+    except RecursionError as exc:
+        raise InvalidParameterError(f"layer JSON is nested more than {max_depth} levels deep") from exc
+    except ValueError as exc:
+        raise InvalidParameterError(f"layer payload is not JSON: {exc}") from exc
+    raw = text.encode() if isinstance(text, str) else bytes(text or b"")
+    if raw.count(b"[") + raw.count(b"{") > max_depth:
+        check_json_depth(value, max_depth)
+    return value
 
 
 def _opacity(value: Any) -> float:
@@ -107,8 +113,9 @@ def layer_from_payload(payload: Any) -> Any:
 
         spec = payload["layer"]
         if isinstance(spec, (str, bytes)):
-            check_json_depth(spec)
-        elif isinstance(spec, dict) and "opacity" in spec:
+            spec = loads_json(spec)
+        check_json_depth(spec)
+        if isinstance(spec, dict) and "opacity" in spec:
             _opacity(spec["opacity"])
         try:
             return Layer.from_json(spec)
