@@ -10,10 +10,10 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "predict": "wsi_lab.infer.predict", "predict_slides": "wsi_lab.infer.predict",
-    "PredictResult": "wsi_lab.infer.predict", "write_predictions": "wsi_lab.infer.predict",
-    "read_predictions": "wsi_lab.infer.predict",
-    "aggregate": "wsi_lab.infer.aggregate", "prob_columns": "wsi_lab.infer.aggregate",
+    "predict": "wsi_lab.infer.run", "predict_slides": "wsi_lab.infer.run",
+    "PredictResult": "wsi_lab.infer.run", "write_predictions": "wsi_lab.infer.run",
+    "read_predictions": "wsi_lab.infer.run",
+    "aggregate": "wsi_lab.infer.scores", "prob_columns": "wsi_lab.infer.scores",
     "classification_metrics": "wsi_lab.infer.metrics", "evaluate": "wsi_lab.infer.metrics",
     "tiles_to_geojson": "wsi_lab.infer.geojson", "write_geojson": "wsi_lab.infer.geojson",
     "read_geojson": "wsi_lab.infer.geojson", "mask_contours": "wsi_lab.infer.geojson",
