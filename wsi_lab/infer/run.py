@@ -40,6 +40,7 @@ class PredictResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     checkpoint_hash: str = ""
+    exceptions: list[BaseException] = field(default_factory=list, repr=False)  # in-process runs: the errors
 
     @property
     def failed(self) -> dict[str, str]:
@@ -67,8 +68,10 @@ _MODELS: dict[str, Any] = {}  # per worker process: checkpoint path -> LoadedMod
 
 
 def _worker_model(model_ref: Any, device: Any):
-    from wsi_lab.infer._engine import load_model
+    from wsi_lab.infer._engine import LoadedModel, load_model
 
+    if isinstance(model_ref, LoadedModel):  # in-process: already loaded (and moved to the device)
+        return model_ref
     if isinstance(model_ref, (str, os.PathLike)):
         key = f"{model_ref}|{device}"
         if key not in _MODELS:
@@ -117,7 +120,10 @@ def _slide_task(model_ref: Any, rows: pd.DataFrame, slide_path: str, folder: str
         return {"status": "done", "columns": cols, "info": info}
     except Exception as exc:  # noqa: BLE001 - reported per slide; the other slides go on
         log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
-        return {"status": "failed", "error_type": type(exc).__name__, "message": str(exc)}
+        res = {"status": "failed", "error_type": type(exc).__name__, "message": str(exc)}
+        if opts.get("keep_exception"):  # in-process only: Dask results stay plain values
+            res["exception"] = exc
+        return res
 
 
 def _slide_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -145,6 +151,9 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
     dev, prec = resolve_device(device, precision)  # refuses fp16 on the CPU before anything runs
     lm = load_model(model_or_checkpoint, "cpu" if client is not None else dev)
     check_table(lm, table, source, label_column)
+    if lm.kind == "mil" and features is None:
+        raise InvalidParameterError(f"{lm.source}: an attention-MIL model predicts from tile features: pass "
+                                    "features=<folder of the features job's .npz files>")
     paths = slide_paths_of(table, slide_paths)
     groups = _slide_groups(table)
     opts = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "precision": prec if client is None
@@ -161,8 +170,8 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
                        item=sid, status=status)
 
     if client is None:
-        model_ref = lm.model
-        _MODELS.clear()
+        model_ref: Any = lm
+        opts["keep_exception"] = True
         for sid, rows in groups:
             tracker.update(f"{sid} running", item=sid, status=ItemStatus.RUNNING, current=sid)
             before = tracker.done
@@ -196,11 +205,13 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
 
 
 def _assemble(table: pd.DataFrame, groups, results, lm, tracker: ProgressTracker) -> PredictResult:
-    failures, done, skipped, parts = [], [], [], []
+    failures, done, skipped, parts, first_exc = [], [], [], [], []
     for sid, rows in groups:
         res = results[sid]
         if res["status"] == "failed":
             failures.append(Failure(sid, res["error_type"], res["message"]))
+            if "exception" in res:
+                first_exc.append(res["exception"])
             continue
         (done if res["status"] == "done" else skipped).append(sid)
         parts.append(rows.join(res["columns"]))
@@ -214,7 +225,9 @@ def _assemble(table: pd.DataFrame, groups, results, lm, tracker: ProgressTracker
                        "classes": lm.classes, "failed": {f.item: f"{f.error_type}: {f.message}" for f in failures}}
     out.attrs = {"wsi_lab": meta}
     tracker.update(f"{len(done)} predicted, {len(skipped)} skipped, {len(failures)} failed", finished=True)
-    return PredictResult(out, failures, done, skipped, lm.checkpoint_hash)
+    result = PredictResult(out, failures, done, skipped, lm.checkpoint_hash)
+    result.exceptions = first_exc
+    return result
 
 
 def predict(model_or_checkpoint: Any, table: pd.DataFrame, **options: Any) -> pd.DataFrame:
@@ -225,6 +238,8 @@ def predict(model_or_checkpoint: Any, table: pd.DataFrame, **options: Any) -> pd
     result = predict_slides(model_or_checkpoint, table, **options)
     if result.failures and not result.done and not result.skipped:
         f = result.failures[0]
+        if result.exceptions and len(result.failures) == 1:
+            raise result.exceptions[0]
         raise DataError(f"prediction failed for every slide ({len(result.failures)}); {f.item}: {f.error_type}: "
                         f"{f.message}")
     return result.table
