@@ -11,8 +11,8 @@ from PIL import Image
 
 pytest.importorskip("sklearn")
 
-from wsi_lab.errors import DataError, InvalidParameterError  # noqa: E402
-from wsi_lab.infer import aggregate, classification_metrics, evaluate  # noqa: E402
+from wsi_lab.errors import DataError, InvalidParameterError
+from wsi_lab.infer import aggregate, classification_metrics, evaluate
 
 
 def _table() -> pd.DataFrame:

@@ -68,6 +68,7 @@ def _cmd_overlay_predictions(args: argparse.Namespace) -> int:
 
 
 def _cmd_geojson(args: argparse.Namespace) -> int:
+    from wsi_lab.errors import InvalidParameterError
     from wsi_lab.infer.geojson import write_geojson
     from wsi_lab.infer.run import read_predictions
 
@@ -82,6 +83,8 @@ def _cmd_geojson(args: argparse.Namespace) -> int:
         meta = table.attrs.get("wsi_lab") or {}
         sid = args.slide or str(table["slide_id"].iloc[0])
         path = ((meta.get("slides") or {}).get(sid) or {}).get("path") or meta.get("slide_path")
+        if not path:
+            raise InvalidParameterError(f"{args.predictions}: no slide path recorded for {sid!r}: cannot detect tissue")
         mask = detect_tissue(open_slide(path), args.tissue)
     column = None if args.column in ("", "none") else args.column
     print(write_geojson(args.output, table, column=column, measurements=args.measurement or None,

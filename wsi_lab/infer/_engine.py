@@ -127,7 +127,7 @@ def _batches(rows: pd.DataFrame, slide_path: str, batch_size: int, num_workers: 
 
     sid = str(rows["slide_id"].iloc[0])
     ds = TileDataset(rows, slide_paths={sid: slide_path}, label_column="__none__", backend=backend)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
     try:
         for images, _ in loader:
             yield images
@@ -156,7 +156,7 @@ def run_rows(lm: LoadedModel, rows: pd.DataFrame, slide_path: str, *, batch_size
              on_batch: Callable[[int], None] | None = None) -> pd.DataFrame:
     """The new columns for one slide's ``rows`` (same index): ``prob_<class>`` + ``pred`` (classifier),
     ``z_..`` + ``recon_error`` (VAE), ``attention`` + the slide's ``prob_<class>``/``pred`` (MIL)."""
-    model = lm.model
+    model: Any = lm.model
     if lm.kind == "mil":
         if features is None:
             raise InvalidParameterError("an attention-MIL model predicts from tile features: pass features=<folder "
@@ -178,8 +178,8 @@ def run_rows(lm: LoadedModel, rows: pd.DataFrame, slide_path: str, *, batch_size
         x = images.to(device, non_blocking=pin)
         with autocast(device, precision):
             if lm.kind == "classifier":
-                probs = torch.softmax(model(x).float(), 1)
-                chunks.append({"probs": probs.cpu().numpy()})
+                p = torch.softmax(model(x).float(), 1)
+                chunks.append({"probs": p.cpu().numpy()})
             else:
                 mu, _ = model.encode_distribution(x)
                 recon = model.decode(mu).float()

@@ -75,7 +75,8 @@ def mask_contours(mask: Any, downsample: float | None = None) -> list[list[list[
             cur = nxt
         ring = [pt for i, pt in enumerate(ring) if not _collinear(ring[i - 1], pt, ring[(i + 1) % len(ring)])]
         rings.append(ring)
-    exteriors, holes = [], []
+    exteriors: list[tuple[float, list]] = []
+    holes: list[tuple[float, list]] = []
     for ring in rings:
         area = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:] + ring[:1])) / 2
         (exteriors if area > 0 else holes).append((abs(area), ring))

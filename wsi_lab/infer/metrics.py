@@ -114,7 +114,8 @@ def reconstruction_gallery(vae_or_checkpoint: Any, table: pd.DataFrame, path: st
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     ds.close()
     with torch.no_grad():
-        recon = lm.model.decode(lm.model.encode(x))
+        vae: Any = lm.model
+        recon = vae.decode(vae.encode(x))
     to8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
     return gallery_png(to8(x), to8(recon), path)
 

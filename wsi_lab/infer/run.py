@@ -120,7 +120,7 @@ def _slide_task(model_ref: Any, rows: pd.DataFrame, slide_path: str, folder: str
         return {"status": "done", "columns": cols, "info": info}
     except Exception as exc:  # noqa: BLE001 - reported per slide; the other slides go on
         log.warning("slide %s failed: %s: %s", sid, type(exc).__name__, exc)
-        res = {"status": "failed", "error_type": type(exc).__name__, "message": str(exc)}
+        res: dict[str, Any] = {"status": "failed", "error_type": type(exc).__name__, "message": str(exc)}
         if opts.get("keep_exception"):  # in-process only: Dask results stay plain values
             res["exception"] = exc
         return res
@@ -205,7 +205,11 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
 
 
 def _assemble(table: pd.DataFrame, groups, results, lm, tracker: ProgressTracker) -> PredictResult:
-    failures, done, skipped, parts, first_exc = [], [], [], [], []
+    failures: list[Failure] = []
+    done: list[str] = []
+    skipped: list[str] = []
+    parts: list[pd.DataFrame] = []
+    first_exc: list[BaseException] = []
     for sid, rows in groups:
         res = results[sid]
         if res["status"] == "failed":

@@ -26,6 +26,10 @@ def class_names(table: pd.DataFrame) -> list[str]:
     return [c[len("prob_"):] for c in prob_columns(table)]
 
 
+def _single_value(s: pd.Series) -> object:
+    return s.iloc[0] if s.nunique(dropna=True) == 1 else None
+
+
 def aggregate(table: pd.DataFrame, how: str = "mean", by: str = "slide", label_column: str = "label") -> pd.DataFrame:
     """One row per slide (``by="slide"``) or patient (``by="patient"``): ``prob_<class>`` (scores that
     sum to 1), ``pred``, ``n_tiles``, and ``label`` when every tile of the group has the same one.
@@ -82,7 +86,7 @@ def aggregate(table: pd.DataFrame, how: str = "mean", by: str = "slide", label_c
         from wsi_lab.data.tile_reader import label_key
 
         lab = table[label_column].map(lambda v: None if pd.isna(v) else label_key(v))
-        per = lab.groupby(groups.to_numpy()).agg(lambda s: s.iloc[0] if s.nunique(dropna=True) == 1 else None)
+        per = lab.groupby(groups.to_numpy()).agg(_single_value)
         out["label"] = per.reindex(names).to_numpy()
     out.attrs = {"wsi_lab": {**(table.attrs.get("wsi_lab") or {}), "aggregate": {"how": how, "by": by}}}
     return out
