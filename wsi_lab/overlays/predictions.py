@@ -87,8 +87,8 @@ def project_latents(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.nda
     centred = x - x.mean(0)
     if len(x) < 2:
         return np.zeros((len(x), 3))
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    comps = centred @ vt[:3].T
+    evals, evecs = np.linalg.eigh(centred.T @ centred)  # D x D: cheap for 200k tiles
+    comps = centred @ evecs[:, ::-1][:, :3]
     comps *= np.where(comps.sum(0) < 0, -1.0, 1.0)  # a sign convention: stable colours between runs
     return np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
 
@@ -119,12 +119,13 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = [x[rng.integers(len(x))]]
     for _ in range(1, k):
-        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        d2 = np.clip(np.min([((x - c) ** 2).sum(1) for c in centres], axis=0), 0, None)
         centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
     c = np.array(centres)
     labels = np.zeros(len(x), np.int64)
+    sq = (x ** 2).sum(1)
     for _ in range(iters):
-        new = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+        new = (sq[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]).argmin(1)
         if (new == labels).all() and _ > 0:
             break
         labels = new
