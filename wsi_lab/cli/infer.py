@@ -1,5 +1,6 @@
 """Inference commands: ``predict``, ``evaluate``, ``overlay-predictions`` (a PNG from saved predictions,
-no slide read; ``overlay`` draws table columns over the slide itself) and ``geojson`` (QuPath)."""
+no slide read; ``overlay`` draws table columns over the slide itself), ``geojson`` (QuPath) and
+``serve-model`` (an HTTP endpoint with SageMaker's contract)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,16 @@ def _cmd_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve_model(args: argparse.Namespace) -> int:
+    from wsi_lab.infer.serve import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print_warning(f"serving on {args.host}: reachable from other machines; the endpoint has no authentication")
+    serve(args.checkpoint, args.host, args.port, max_body=int(args.max_body_mb * (1 << 20)), resize=args.resize,
+          device=args.device)
+    return 0
+
+
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("predict", help="run a checkpoint over a TileTable (tiles read from the slides)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -136,6 +147,15 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--slide", help="only this slide id")
     p.add_argument("--tissue", metavar="METHOD", help="add tissue contours (detected with METHOD) as annotations")
     p.set_defaults(func=_cmd_geojson)
+
+    p = sub.add_parser("serve-model", help="HTTP endpoint for a checkpoint (SageMaker contract: /ping, /invocations)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-body-mb", type=float, default=6.0, help="larger request bodies answer 413 (default 6)")
+    p.add_argument("--resize", action="store_true", help="resize tiles of another size instead of refusing them")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_serve_model)
 
 
 if __name__ == "__main__":  # pragma: no cover

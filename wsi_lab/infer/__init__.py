@@ -16,7 +16,7 @@ _NAMES = {
     "aggregate": "wsi_lab.infer.scores", "prob_columns": "wsi_lab.infer.scores",
     "classification_metrics": "wsi_lab.infer.metrics", "evaluate": "wsi_lab.infer.metrics",
     "tiles_to_geojson": "wsi_lab.infer.geojson", "write_geojson": "wsi_lab.infer.geojson",
-    "read_geojson": "wsi_lab.infer.geojson", "mask_contours": "wsi_lab.infer.geojson",
+    "read_geojson": "wsi_lab.infer.geojson", "mask_contours": "wsi_lab.infer.geojson", "ModelServer": "wsi_lab.infer.serve",
 }
 
 __all__ = sorted(_NAMES)
