@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -59,6 +58,7 @@ class ModelServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}"
 
     def start(self) -> ModelServer:
@@ -165,7 +165,7 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "wsi-lab-model"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
@@ -176,14 +176,14 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self.path.split("?")[0] == "/ping":
                 self._send(200, {"status": "ok", "kind": server.lm.kind, "classes": server.lm.classes,
                                  "checkpoint_hash": server.lm.checkpoint_hash})
             else:
                 self._send(404, {"error": f"no such path {self.path!r}; use GET /ping or POST /invocations"})
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             if self.path.split("?")[0] != "/invocations":
                 self._send(404, {"error": f"no such path {self.path!r}; use POST /invocations"})
                 return
@@ -203,7 +203,7 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, {"predictions": server.predict(batch)})
             except BadRequest as exc:
                 self._send(exc.status, {"error": str(exc)})
-            except Exception as exc:  # noqa: BLE001 - the endpoint answers 500 and keeps serving
+            except Exception as exc:
                 log.exception("invocation failed")
                 self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
 
