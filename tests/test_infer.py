@@ -123,6 +123,8 @@ def test_vae_latents_and_reconstruction_error(tmp_path_factory):
     assert set(z + ["recon_error"]) <= set(out.columns) and "pred" not in out.columns
     np.testing.assert_allclose(out[z].to_numpy(), latent_table(vae, table)[z].to_numpy(), atol=1e-5)
     assert (out["recon_error"] > 0).all() and (out["recon_error"] < 1).all()
+    lean = predict(vae, table, recon_error=False)
+    assert "recon_error" not in lean.columns and np.allclose(lean[z], out[z], atol=1e-5)
 
 
 def test_mil_attention_from_feature_files(tmp_path, cohort):

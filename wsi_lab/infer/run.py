@@ -60,8 +60,9 @@ def _inputs_hash(rows: pd.DataFrame, slide_path: str) -> str:
     return h.hexdigest()
 
 
-def _params_hash(checkpoint_hash: str, features: str | os.PathLike | None) -> str:
-    return hashlib.sha256(json.dumps([checkpoint_hash, None if features is None else str(features)]).encode()).hexdigest()
+def _params_hash(checkpoint_hash: str, features: str | os.PathLike | None, recon: bool = True) -> str:
+    return hashlib.sha256(json.dumps([checkpoint_hash, None if features is None else str(features), recon]).encode()
+                          ).hexdigest()
 
 
 _MODELS: dict[str, Any] = {}  # per worker process: checkpoint path -> LoadedModel
@@ -97,7 +98,8 @@ def _slide_task(model_ref: Any, rows: pd.DataFrame, slide_path: str, folder: str
 
         device, precision = resolve_device(opts.get("device"), opts.get("precision", "auto"))
         lm = _worker_model(model_ref, device)
-        inputs, params = _inputs_hash(rows, slide_path), _params_hash(lm.checkpoint_hash, opts.get("features"))
+        inputs, params = _inputs_hash(rows, slide_path), _params_hash(lm.checkpoint_hash, opts.get("features"),
+                                                                     bool(opts.get("recon_error", True)))
         info = {"checkpoint": lm.source, "checkpoint_hash": lm.checkpoint_hash, "kind": lm.kind, "classes": lm.classes}
         if folder is not None:
             done = mf.check_manifest(folder, KIND, inputs_hash=inputs, params_hash=params)
@@ -108,7 +110,8 @@ def _slide_task(model_ref: Any, rows: pd.DataFrame, slide_path: str, folder: str
                     return {"status": "skipped", "columns": saved[new].set_axis(rows.index), "info": info}
         cols = run_rows(lm, rows, slide_path, batch_size=int(opts.get("batch_size", 64)),
                         num_workers=int(opts.get("num_workers", 0)), device=device, precision=precision,
-                        backend=opts.get("backend", "auto"), features=opts.get("features"), on_batch=on_batch)
+                        backend=opts.get("backend", "auto"), features=opts.get("features"), on_batch=on_batch,
+                        recon_error=bool(opts.get("recon_error", True)))
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
             mf.invalidate(folder)
@@ -134,13 +137,13 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
                    batch_size: int = 64, num_workers: int = 0, device: str | None = None, precision: str = "auto",
                    features: str | os.PathLike | None = None, client: Any = None, n_workers: int | None = None,
                    backend: str = "auto", slide_paths: dict[str, str] | None = None, label_column: str = "label",
-                   progress: ProgressCallback | None = None) -> PredictResult:
+                   recon_error: bool = True, progress: ProgressCallback | None = None) -> PredictResult:
     """Run the model over every slide of ``table`` (see the module docstring); a :class:`PredictResult`.
 
     ``client``: None runs the slides here one after the other; ``"local"`` starts a LocalCluster of
     ``n_workers`` processes; a scheduler address or a ``distributed.Client`` uses that cluster.
     ``device`` None picks CUDA when present; ``precision`` ``auto`` is bf16/fp16 autocast on a GPU, fp32
-    on the CPU. Raises before any work for an empty table, a tile size or class names the model does
+    on the CPU. ``recon_error=False`` skips a VAE's decoder (latents only). Raises before any work for an empty table, a tile size or class names the model does
     not match, or an unknown slide path."""
     from wsi_lab.data.tile_reader import slide_paths_of
     from wsi_lab.infer._engine import check_table, load_model, resolve_device
@@ -157,7 +160,8 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
     paths = slide_paths_of(table, slide_paths)
     groups = _slide_groups(table)
     opts = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "precision": prec if client is None
-            else precision, "features": None if features is None else str(features), "backend": backend}
+            else precision, "features": None if features is None else str(features), "backend": backend,
+            "recon_error": recon_error}
     folder_of = (lambda sid: str(Path(out) / sid)) if out is not None else (lambda sid: None)
     tracker = ProgressTracker(len(table), progress, unit="tiles", items=[s for s, _ in groups], rates=("tiles",))
     results: dict[str, dict[str, Any]] = {}
