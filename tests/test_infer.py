@@ -123,6 +123,15 @@ def test_vae_latents_and_reconstruction_error(tmp_path_factory):
     assert set(z + ["recon_error"]) <= set(out.columns) and "pred" not in out.columns
     np.testing.assert_allclose(out[z].to_numpy(), latent_table(vae, table)[z].to_numpy(), atol=1e-5)
     assert (out["recon_error"] > 0).all() and (out["recon_error"] < 1).all()
+    from wsi_lab.infer import evaluate
+
+    folder = tmp_path_factory.mktemp("vae-eval")
+    summary = evaluate(out, folder, checkpoint=vae)["vae"]
+    assert summary["tiles"] == len(table) and summary["recon_error"]["mean"] > 0
+    from PIL import Image
+
+    with Image.open(folder / "reconstructions.png") as im:
+        assert im.size[1] == 2 * 64 + 12 and im.size[0] == 8 * (64 + 4) + 4  # inputs above reconstructions
     lean = predict(vae, table, recon_error=False)
     assert "recon_error" not in lean.columns and np.allclose(lean[z], out[z], atol=1e-5)
 

@@ -36,7 +36,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from wsi_lab.infer.metrics import evaluate
 
-    m = evaluate(args.predictions, args.out, label_column=args.label_column, how=args.how)
+    m = evaluate(args.predictions, args.out, label_column=args.label_column, how=args.how, checkpoint=args.checkpoint)
+    if "vae" in m:
+        print(f"vae: {m['vae']}")
+        print(Path(args.out) / "metrics.json")
+        return 0
     for level in ("tile", "slide"):
         r = m[level]
         if r.get("accuracy") is None:
@@ -124,6 +128,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--label-column", default="label")
     p.add_argument("--how", default="mean", choices=("mean", "vote", "attention", "max"), help="slide aggregation")
+    p.add_argument("--checkpoint", help="the VAE checkpoint, for a reconstruction gallery of a VAE's predictions")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("overlay-predictions",

@@ -120,17 +120,37 @@ def reconstruction_gallery(vae_or_checkpoint: Any, table: pd.DataFrame, path: st
     return gallery_png(to8(x), to8(recon), path)
 
 
+def _vae_summary(table: pd.DataFrame, checkpoint: Any, folder: Path, plots: bool) -> dict[str, Any]:
+    err = table["recon_error"].to_numpy(np.float64) if "recon_error" in table.columns else np.array([])
+    summary: dict[str, Any] = {"tiles": int(len(table))}
+    if len(err):
+        summary["recon_error"] = {"mean": float(err.mean()), "median": float(np.median(err)),
+                                  "p95": float(np.percentile(err, 95))}
+    if plots and checkpoint is not None:
+        reconstruction_gallery(checkpoint, table, folder / "reconstructions.png")
+        summary["gallery"] = "reconstructions.png"
+    return summary
+
+
 def evaluate(predictions: pd.DataFrame | str | os.PathLike, out: str | os.PathLike, label_column: str = "label",
-             how: str = "mean", plots: bool = True) -> dict[str, Any]:
+             how: str = "mean", plots: bool = True, checkpoint: Any = None) -> dict[str, Any]:
     """Write ``out/metrics.json`` (keys ``tile`` and ``slide``, each with ``accuracy``,
     ``balanced_accuracy``, ``auc``, ``confusion_matrix``, ``classes``, per-class recall/precision) and,
     with ``plots``, ``confusion_tile.png``, ``confusion_slide.png``, ``roc_tile.png``, ``roc_slide.png``.
-    Slide scores aggregate tiles with ``how``. Returns the metrics dict."""
+    Slide scores aggregate tiles with ``how``. A VAE's predictions (``z_..`` columns, no ``prob_``)
+    give ``{"vae": {"recon_error": ...}}`` instead, and with its ``checkpoint`` a reconstruction gallery
+    ``reconstructions.png`` (inputs above reconstructions). Returns the metrics dict."""
     from wsi_lab.infer.run import read_predictions
     from wsi_lab.io import atomic_write_bytes
 
     source = str(predictions) if not isinstance(predictions, pd.DataFrame) else "predictions"
     table = read_predictions(predictions) if not isinstance(predictions, pd.DataFrame) else predictions
+    folder = Path(out)
+    if not prob_columns(table) and any(str(c).startswith("z_") for c in table.columns):
+        folder.mkdir(parents=True, exist_ok=True)
+        result_vae = {"vae": _vae_summary(table, checkpoint, folder, plots)}
+        atomic_write_bytes(folder / "metrics.json", json.dumps(result_vae, indent=1).encode())
+        return result_vae
     if not prob_columns(table):
         raise DataError(f"{source}: no prob_<class> columns; evaluate needs a classifier's predictions")
     if label_column not in table.columns:
@@ -148,7 +168,6 @@ def evaluate(predictions: pd.DataFrame | str | os.PathLike, out: str | os.PathLi
     result["slide"]["aggregate"] = how
     result["predict"] = {k: v for k, v in ((table.attrs.get("wsi_lab") or {}).get("predict") or {}).items()
                          if k in ("checkpoint", "checkpoint_hash", "kind", "classes")}
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if plots:
         from wsi_lab.infer.plots import confusion_png, roc_png
