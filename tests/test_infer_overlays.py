@@ -84,3 +84,23 @@ def test_missing_columns_are_refused_by_name():
         po.probability_layer(_preds(), "stroma")
     with pytest.raises(InvalidParameterError, match="z_NN"):
         po.latent_layer(_preds()[["x", "y", "read_size"]])
+
+
+def test_prediction_layers_compose_over_a_slide_like_any_layer(tmp_path):
+    from wsi_lab.overlays import render_overview
+    from wsi_lab.slide import open_slide
+    from wsi_lab.testing import make_slide
+
+    path = make_slide(tmp_path / "s.svs", 2000, 1000, tile=256, seed=1, source="procedural", associated=False)
+    t = _preds()
+    with open_slide(path) as slide:
+        plain = render_overview(slide, [], max_size=400)
+        over = render_overview(slide, [po.prediction_layer(t), po.latent_layer(t)], max_size=400)
+    assert over.shape == plain.shape and not np.array_equal(over, plain)
+    x, y = int(t.x.iloc[0]), int(t.y.iloc[0])  # a tile's box changes; a pixel outside every tile does not
+    r, c = int((y + 50) * over.shape[0] / 1000), int((x + 50) * over.shape[1] / 2000)
+    assert not np.array_equal(over[r, c], plain[r, c])
+    taken = {(int(a) // 100, int(b) // 100) for a, b in zip(t.x, t.y)}
+    free = next((cx, cy) for cy in range(10) for cx in range(20) if (cx, cy) not in taken)
+    r, c = int((free[1] * 100 + 50) * over.shape[0] / 1000), int((free[0] * 100 + 50) * over.shape[1] / 2000)
+    assert np.array_equal(over[r, c], plain[r, c])
