@@ -200,7 +200,10 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
             tracker.dashboard = getattr(c, "dashboard_link", None)
             futures = {}
             for sid, rows in groups:
-                key = "predict-" + hashlib.sha256(f"{paths[sid]}|{lm.checkpoint_hash}|{out}".encode()).hexdigest()[:24]
+                # the key names the work (slide file + rows, checkpoint, output): a shared cluster never
+                # hands back another call's result for other rows
+                work = f"{_inputs_hash(rows, paths[sid])}|{lm.checkpoint_hash}|{out}|{sorted(opts.items())}"
+                key = "predict-" + hashlib.sha256(work.encode()).hexdigest()[:24]
                 futures[c.submit(_slide_task, model_ref, rows, paths[sid], folder_of(sid), opts, key=key,
                                  pure=False)] = (sid, len(rows))
             for fut in as_completed(futures):
