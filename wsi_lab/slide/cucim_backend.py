@@ -63,7 +63,7 @@ class CuCIMReader:
     backend_name = "cucim"
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
-        from cucim import CuImage
+        from cucim.clara import CuImage
 
         self.path = path
         self.device = device
@@ -130,7 +130,7 @@ class CuCIMBackend:
 
     @classmethod
     def available(cls) -> bool:
-        from cucim import CuImage  # noqa: F401
+        from cucim.clara import CuImage  # noqa: F401
 
         return True
 

@@ -39,9 +39,10 @@ def ome_mpp(ome_xml: str | None, image_index: int = 0) -> tuple[float, float] | 
             log.info("ignoring OME PhysicalSize%s=%r %r (unknown unit or value)", axis, value, unit)
             v = None
         out.append(v)
-    if out[0] is None and out[1] is None:
+    x, y = out[0] or out[1], out[1] or out[0]
+    if x is None or y is None:
         return None
-    return (out[0] or out[1], out[1] or out[0])
+    return (x, y)
 
 
 def _guess_name(series: Any, index: int) -> str:
