@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from wsi_lab.data.table import _table_meta as _meta
+from wsi_lab.data.table import table_meta
 from wsi_lab.errors import DataError
 from wsi_lab.io import LRUCache
 
@@ -39,7 +39,7 @@ def require_columns(table: pd.DataFrame, columns, what: str) -> None:
 def slide_paths_of(table: pd.DataFrame, slide_paths: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
     """``{slide_id: path}`` for every slide in ``table``: from ``table.attrs["wsi_lab"]["slides"]``,
     overridden by the explicit ``slide_paths``. Raises :class:`DataError` listing slides without a path."""
-    paths = _recorded_paths(_meta(table))
+    paths = _recorded_paths(table_meta(table))
     for sid, p in (slide_paths or {}).items():
         paths[str(sid)] = str(p)
     needed = sorted(map(str, pd.unique(table["slide_id"]))) if "slide_id" in table.columns else []
@@ -133,7 +133,7 @@ def label_key(value) -> str:
 def label_index_of(table: pd.DataFrame, label_column: str = "label") -> dict[str, int]:
     """The ``{class name: index}`` mapping of a labelled table: ``attrs["wsi_lab"]["label_index"]`` when
     recorded (by :func:`~wsi_lab.data.labels.attach_labels`), else built from the sorted labels."""
-    recorded = _meta(table).get("label_index")
+    recorded = table_meta(table).get("label_index")
     if isinstance(recorded, dict) and recorded and label_column == "label":
         return {str(k): int(v) for k, v in recorded.items()}
     if label_column not in table.columns:
