@@ -94,7 +94,7 @@ def _load(name: str) -> type[Backend] | None:
             _LOADED[name] = cls if cls.available() else None
             if _LOADED[name] is None:
                 log.info("slide backend %r is not available on this machine; skipping it", name)
-        except Exception as exc:  # an optional backend that fails to import must not break the others
+        except Exception as exc:  # noqa: BLE001 - an optional backend that fails to import must not break the others
             log.info("slide backend %r failed to import (%s: %s); skipping it", name, type(exc).__name__, exc)
             _LOADED[name] = None
     return _LOADED[name]

@@ -162,7 +162,7 @@ class TifffileReader:
                 and page.tilelength * page.tilewidth <= 4096 * 4096
             )
             return page if ok else None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means the general path, logged
             log.debug("%s level %d: direct tile path unavailable (%s)", self.path, level, exc)
             return None
 

@@ -192,7 +192,7 @@ class TilingPanel(widgets.VBox):
             key = (r.path, r.params.hash())
             try:
                 self._counts[key] = expected_tiles(r.path, r.params)
-            except Exception as exc:  # shown in the plan's cell; the run reports it as that slide's failure
+            except Exception as exc:  # noqa: BLE001 - shown in the plan's cell; the run reports it as that slide's failure
                 log.info("counting tiles of %s failed: %s", r.slide_id, exc)
                 self._counts[key] = f"cannot plan: {type(exc).__name__}"
             self._render_plan(rows)
