@@ -37,10 +37,8 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -55,32 +53,10 @@ ARGS = ap.parse_args()
 REPO = Path(ARGS.repo).resolve()
 sys.path.insert(0, str(REPO))
 
-from tests.jupyter_env import free_port, start_jupyter  # noqa: E402
+from benchmarks.openslide_peer import openslide_peer  # noqa: E402
+from tests.jupyter_env import start_jupyter  # noqa: E402
 from wsi_lab.testing import make_slide  # noqa: E402
 
-BASELINE = textwrap.dedent('''
-    import io, re, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    import openslide
-    from openslide.deepzoom import DeepZoomGenerator
-    root, port = sys.argv[1], int(sys.argv[2])
-    names = sys.argv[3:]
-    gens = {n: DeepZoomGenerator(openslide.OpenSlide(f"{root}/{n}"), 254, 1, limit_bounds=False) for n in names}
-    pat = re.compile(r"^/tiles/([^/]+)/(\\d+)/(\\d+)_(\\d+)\\.jpeg$")
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def log_message(self, *a): pass
-        def do_GET(self):
-            m = pat.match(self.path)
-            try:
-                tile = gens[m.group(1)].get_tile(int(m.group(2)), (int(m.group(3)), int(m.group(4))))
-                buf = io.BytesIO(); tile.save(buf, "jpeg", quality=80); body = buf.getvalue(); code = 200
-            except Exception as exc:
-                body, code = str(exc).encode(), 404
-            self.send_response(code); self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-''')
 W, H, LEVEL_MAX = 4096, 3072, 12  # deep-zoom levels 0..12 for 4096 px
 
 
@@ -273,30 +249,18 @@ def main() -> None:
         finally:
             srv.stop()
 
-        port = free_port()  # the peer, phase 1 only
         peer_root = tmp / "peer"
         peer_root.mkdir()
         for r in four:
             shutil.copy(root / r, peer_root / Path(r).name)
         names = [Path(r).name for r in four]
-        proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(peer_root), str(port), *names])
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with openslide_peer(peer_root, names) as (port, proc):  # the peer, phase 1 only
             seqs = [[f"/tiles/{Path(r).name}/{lv}/{c}_{rw}.jpeg" for r, lv, c, rw in random_tiles(rng, four, n_tiles)]
                     for _ in range(8)]
             before = rss_mb(proc.pid)
             lat, codes, wall = fetch_all(port, seqs, {})
             peer = ("peer: OpenSlide DeepZoom + http.server, 4 slides", lat, codes, wall, before, rss_mb(proc.pid))
             rows.append(peer)
-        finally:
-            proc.terminate()
-            proc.wait(10)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

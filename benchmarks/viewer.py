@@ -20,10 +20,8 @@ import http.client
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -33,36 +31,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.jupyter_env import free_port, start_jupyter  # noqa: E402
+from benchmarks.openslide_peer import openslide_peer  # noqa: E402
+from tests.jupyter_env import start_jupyter  # noqa: E402
 from wsi_lab.viewing import slide_key  # noqa: E402
 
 SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
 NAMES = ["CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi"]
-
-BASELINE = textwrap.dedent('''
-    import io, re, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    import openslide
-    from openslide.deepzoom import DeepZoomGenerator
-    root, port = sys.argv[1], int(sys.argv[2])
-    names = sys.argv[3:]
-    gens = {n: DeepZoomGenerator(openslide.OpenSlide(f"{root}/{n}"), 254, 1, limit_bounds=False) for n in names}
-    pat = re.compile(r"^/tiles/([^/]+)/(\\d+)/(\\d+)_(\\d+)\\.jpeg$")
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def log_message(self, *a): pass
-        def do_GET(self):
-            m = pat.match(self.path)
-            try:
-                tile = gens[m.group(1)].get_tile(int(m.group(2)), (int(m.group(3)), int(m.group(4))))
-                buf = io.BytesIO(); tile.save(buf, "jpeg", quality=80); body = buf.getvalue(); code = 200
-            except Exception as exc:
-                body, code = str(exc).encode(), 404
-            self.send_response(code); self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-''')
-
 
 def tile_addresses() -> list[tuple[str, int, int, int]]:
     """Every (slide name, level, col, row) of the two slides' deep-zoom pyramids (levels with ≥ 1 full tile)."""
@@ -112,17 +86,6 @@ def run_viewers(port: int, paths: list[list[str]], headers: dict) -> tuple[np.nd
     return np.concatenate([np.asarray(x) for x in lat]), sum(errors), time.perf_counter() - t0
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="150 tiles per viewer (< 60 s)")
@@ -153,15 +116,9 @@ def main() -> None:
                 srv.stop()
 
         # 2. baseline: OpenSlide DeepZoomGenerator behind a threading http.server, no cache
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(root), str(port), *NAMES])
-        try:
-            wait_port(port)
+        with openslide_peer(root, NAMES) as (port, _):
             theirs = [[f"/tiles/{n}/{lv}/{c}_{r}.jpeg" for n, lv, c, r in seq] for seq in seqs]
             rows.append(("OpenSlide DeepZoomGenerator + http.server",) + run_viewers(port, theirs, {}))
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
         # 3. the comm path's Python handler, in-process and sequential (no transport)
         from wsi_lab.ui.viewer import SlideViewer

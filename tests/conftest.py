@@ -68,3 +68,16 @@ def ndpi_path() -> Path:
 def ome_path() -> Path:
     """OS-1-detail.ome.tif (OME-TIFF)."""
     return real_slide(OME)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real Dask LocalCluster on 127.0.0.1 (two one-thread worker processes), one per test module."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0")
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()

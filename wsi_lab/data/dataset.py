@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,10 @@ from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, 
                                       require_columns, slide_paths_of)
 from wsi_lab.errors import InvalidParameterError, require
 
-torch = require("torch", "torch", "TileDataset")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = require("torch", "torch", "TileDataset")  # an optional dependency: a clear error when missing
 
 log = logging.getLogger(__name__)
 

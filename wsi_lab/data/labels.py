@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wsi_lab.data.table import default_patient_id
 from wsi_lab.data.tile_reader import label_key, require_columns
 from wsi_lab.errors import DataError, InvalidParameterError
 
@@ -187,10 +188,10 @@ def attach_labels(table: pd.DataFrame, labels: pd.DataFrame | str | os.PathLike,
         if "patient_id" in out.columns:
             out["patient_id"] = given.where(given.notna(), out["patient_id"]).to_numpy()
         else:
-            fallback = sids.map(_default_patient_id)
+            fallback = sids.map(default_patient_id)
             out["patient_id"] = given.where(given.notna(), fallback).to_numpy()
     elif "patient_id" not in out.columns:
-        out["patient_id"] = sids.map(_default_patient_id).to_numpy()
+        out["patient_id"] = sids.map(default_patient_id).to_numpy()
     if all(isinstance(v, int) for v in out["label"].tolist()):
         out["label"] = out["label"].astype("int64")
     meta = dict(out.attrs.get("wsi_lab") or {})
@@ -200,9 +201,3 @@ def attach_labels(table: pd.DataFrame, labels: pd.DataFrame | str | os.PathLike,
         meta["labels_source"] = source
     out.attrs["wsi_lab"] = meta
     return out
-
-
-def _default_patient_id(slide_id: str) -> str:
-    from wsi_lab.data.table import default_patient_id
-
-    return default_patient_id(slide_id)

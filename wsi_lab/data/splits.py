@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from wsi_lab.data.table import default_patient_id
 from wsi_lab.data.tile_reader import require_columns
 from wsi_lab.errors import DataError, InvalidParameterError, LeakageError
 
@@ -109,9 +110,7 @@ def split_by_patient(table: pd.DataFrame, fractions: Sequence[float] | str = (0.
     work = table.copy()
     work.attrs = copy.deepcopy(table.attrs)
     if "patient_id" not in work.columns:
-        from wsi_lab.data.labels import _default_patient_id
-
-        work["patient_id"] = work["slide_id"].astype(str).map(_default_patient_id)
+        work["patient_id"] = work["slide_id"].astype(str).map(default_patient_id)
     if work["patient_id"].isna().any():
         bad = sorted(work.loc[work["patient_id"].isna(), "slide_id"].astype(str).unique())
         raise DataError(f"split_by_patient: slide(s) {bad[:10]} have no patient_id; fill it in first")

@@ -22,7 +22,7 @@ from wsi_lab.errors import DataError
 from wsi_lab.io import atomic_path
 
 __all__ = ["concat_tables", "load_tables", "REQUIRED_COLUMNS", "COLUMN_DTYPES", "read_table", "write_table", "validate_table",
-           "empty_table", "default_patient_id"]
+           "empty_table", "default_patient_id", "table_meta"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id", "x", "y", "level", "read_size", "tile_size",
                                      "mpp", "tissue_fraction")
@@ -135,7 +135,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def _table_meta(table: pd.DataFrame) -> dict:
+def table_meta(table: pd.DataFrame) -> dict:
+    """The TileTable's provenance, ``table.attrs["wsi_lab"]`` (the dict itself, not a copy), or ``{}``
+    when it has none."""
     meta = table.attrs.get("wsi_lab")
     return meta if isinstance(meta, dict) else {}
 
@@ -147,13 +149,13 @@ def concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
         raise DataError("no TileTable to concatenate")
     slides: dict[str, dict] = {}
     for t in tables:
-        meta = _table_meta(t)
+        meta = table_meta(t)
         for sid, info in (meta.get("slides") or {}).items():
             slides[str(sid)] = dict(info) if isinstance(info, dict) else {"path": str(info)}
         if meta.get("slide_id") and meta.get("slide_path"):
             slides.setdefault(str(meta["slide_id"]), {})["path"] = str(meta["slide_path"])
     out = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].copy()
-    meta = {k: v for k, v in _table_meta(tables[0]).items() if len(tables) == 1 or k not in ("slide_id", "slide_path")}
+    meta = {k: v for k, v in table_meta(tables[0]).items() if len(tables) == 1 or k not in ("slide_id", "slide_path")}
     meta["slides"] = slides
     out.attrs = {"wsi_lab": meta}
     return out

@@ -7,15 +7,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from wsi_lab.data.table import _table_meta as _meta
+from wsi_lab.data.table import table_meta
 from wsi_lab.errors import DataError
+from wsi_lab.io import LRUCache
+
+if TYPE_CHECKING:
+    from wsi_lab.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def require_columns(table: pd.DataFrame, columns, what: str) -> None:
 def slide_paths_of(table: pd.DataFrame, slide_paths: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
     """``{slide_id: path}`` for every slide in ``table``: from ``table.attrs["wsi_lab"]["slides"]``,
     overridden by the explicit ``slide_paths``. Raises :class:`DataError` listing slides without a path."""
-    paths = _recorded_paths(_meta(table))
+    paths = _recorded_paths(table_meta(table))
     for sid, p in (slide_paths or {}).items():
         paths[str(sid)] = str(p)
     needed = sorted(map(str, pd.unique(table["slide_id"]))) if "slide_id" in table.columns else []
@@ -69,25 +72,25 @@ class SlideCache:
         self.maxsize = max(1, int(maxsize))
         self.backend = backend
         self._owner: tuple[int, int] | None = None
-        self._slides: OrderedDict = OrderedDict()
+        self._slides: LRUCache[str, Slide] = self._new_lru()
 
-    def get(self, path: str):
+    def _new_lru(self) -> LRUCache[str, Slide]:
+        """A fresh LRU (its own lock too: one inherited over a fork may be held by a thread that is gone)."""
+        return LRUCache(max_items=self.maxsize, sizeof=lambda _: 1, on_evict=lambda _, slide: slide.close())
+
+    def get(self, path: str) -> Slide:
         """The open :class:`~wsi_lab.slide.Slide` for ``path`` (opened on first use)."""
         from wsi_lab.slide import open_slide
 
         owner = (os.getpid(), threading.get_ident())
         if owner != self._owner:
-            self._slides = OrderedDict()  # inherited handles belong to the parent: never reuse them
+            self._slides = self._new_lru()  # inherited handles belong to the parent: never reuse them
             self._owner = owner
         slide = self._slides.get(path)
         if slide is not None:
-            self._slides.move_to_end(path)
             return slide
         slide = open_slide(path, backend=self.backend)
-        self._slides[path] = slide
-        while len(self._slides) > self.maxsize:
-            _, old = self._slides.popitem(last=False)
-            old.close()
+        self._slides.put(path, slide)
         return slide
 
     def __len__(self) -> int:
@@ -97,13 +100,15 @@ class SlideCache:
         if self._owner == (os.getpid(), threading.get_ident()):
             for slide in self._slides.values():
                 slide.close()
-        self._slides = OrderedDict()
+        self._slides = self._new_lru()
 
     def __getstate__(self) -> dict:
         return {"maxsize": self.maxsize, "backend": self.backend}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["maxsize"], state["backend"])
+        self.maxsize, self.backend = state["maxsize"], state["backend"]
+        self._owner = None
+        self._slides = self._new_lru()
 
 
 def read_tile(slide, x: int, y: int, level: int, read_size: int, tile_size: int) -> np.ndarray:
@@ -128,7 +133,7 @@ def label_key(value) -> str:
 def label_index_of(table: pd.DataFrame, label_column: str = "label") -> dict[str, int]:
     """The ``{class name: index}`` mapping of a labelled table: ``attrs["wsi_lab"]["label_index"]`` when
     recorded (by :func:`~wsi_lab.data.labels.attach_labels`), else built from the sorted labels."""
-    recorded = _meta(table).get("label_index")
+    recorded = table_meta(table).get("label_index")
     if isinstance(recorded, dict) and recorded and label_column == "label":
         return {str(k): int(v) for k, v in recorded.items()}
     if label_column not in table.columns:

@@ -35,7 +35,8 @@ class _LevelReader:
         return {"slide": self.slide, "level": self.level}
 
     def __setstate__(self, state):
-        self.__init__(state["slide"], state["level"])
+        self.slide, self.level = state["slide"], state["level"]
+        self.lock = threading.Lock()
 
 
 def _chunks(n: int, size: int) -> tuple[int, ...]:

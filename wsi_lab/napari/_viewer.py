@@ -83,6 +83,7 @@ def run_or_screenshot(viewer, screenshot: str | os.PathLike | None = None) -> in
         img = viewer.screenshot(canvas_only=True, flash=False)
         if img[..., :3].max() > 0:
             break
+    assert img is not None  # the loop above runs at least once
     save_image(img, screenshot)
     viewer.close()
     return 0

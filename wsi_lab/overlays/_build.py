@@ -96,12 +96,9 @@ def category_layer(table, column: str, colors: Mapping[Any, Color] | Sequence[Co
             cats = sorted(uniq.tolist(), key=str)
     if isinstance(colors, Mapping):
         auto = iter(category_colors(len(cats) + len(colors)))
-        chosen = {c: _rgb(colors[c]) if c in colors else None for c in cats}
-        used = {_hex(v) for v in chosen.values() if v}
-        for c in cats:
-            if chosen[c] is None:
-                chosen[c] = _rgb(next(h for h in auto if h not in used))
-        cmap = [chosen[c] for c in cats]
+        chosen = {c: _rgb(colors[c]) for c in cats if c in colors}
+        used = {_hex(v) for v in chosen.values()}
+        cmap = [chosen[c] if c in chosen else _rgb(next(h for h in auto if h not in used)) for c in cats]
     elif colors is not None:
         if len(colors) < len(cats):
             raise InvalidParameterError(f"column {column!r} has {len(cats)} categories but {len(colors)} colours were given")

@@ -68,6 +68,10 @@ class Layer:
     def _state(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def _from_state(cls, d: dict) -> Layer:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def to_json(self) -> str:
         """JSON text that :meth:`Layer.from_json` turns back into an equal layer (in any process)."""
         return json.dumps({"class": type(self).__name__, "name": self.name, "opacity": self.opacity,
@@ -77,7 +81,8 @@ class Layer:
     def from_json(data: str | bytes | Mapping) -> "Layer":
         """Rebuild a layer from :meth:`to_json` output (text or the parsed dict)."""
         d = json.loads(data) if isinstance(data, (str, bytes)) else dict(data)
-        cls = {"MaskLayer": MaskLayer, "TileLayer": TileLayer, "GridLayer": GridLayer}.get(d.get("class"))
+        classes: dict[str, type[Layer]] = {"MaskLayer": MaskLayer, "TileLayer": TileLayer, "GridLayer": GridLayer}
+        cls = classes.get(str(d.get("class")))
         if cls is None:
             raise InvalidParameterError(f"not a serialised wsi_lab layer (class={d.get('class')!r})")
         return cls._from_state(d)
@@ -98,7 +103,7 @@ class MaskLayer(Layer):
         if m.ndim != 2 or m.size == 0:
             raise InvalidParameterError(f"mask must be a non-empty 2-D (H, W) array, got shape {m.shape}")
         self.mask = m.astype(bool)
-        dx, dy = (downsample, downsample) if np.isscalar(downsample) else downsample
+        dx, dy = (downsample, downsample) if isinstance(downsample, (int, float, np.number)) else downsample
         if not (float(dx) > 0 and float(dy) > 0):
             raise InvalidParameterError(f"mask downsample must be positive, got {downsample!r}")
         self.downsample = (float(dx), float(dy))

@@ -85,7 +85,7 @@ class Job(Generic[T]):
         self.last_event: ProgressEvent | None = None
         self.cancel_event = threading.Event()
         self._callbacks: list[ProgressCallback] = ([] if progress is None else
-                                                   list(progress) if isinstance(progress, (list, tuple)) else [progress])
+                                                   [progress] if callable(progress) else list(progress))
         self._status = JobStatus.QUEUED
         self._result: Any = None
         self._error: BaseException | None = None

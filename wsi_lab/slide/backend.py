@@ -53,6 +53,8 @@ class SlideReader(Protocol):
 
 
 class Backend(Protocol):
+    """A reader backend: the class itself is registered; its classmethods pick and open files."""
+
     name: ClassVar[str]
     #: extension (lower case, with dot; ``.ome.tif`` style double extensions allowed) -> priority
     extensions: ClassVar[dict[str, int]]
@@ -69,11 +71,11 @@ class Backend(Protocol):
     def open(cls, path: Path) -> SlideReader: ...
 
 
-_REGISTRY: dict[str, Callable[[], type]] = {}
-_LOADED: dict[str, type | None] = {}
+_REGISTRY: dict[str, Callable[[], type[Backend]]] = {}
+_LOADED: dict[str, type[Backend] | None] = {}
 
 
-def register_backend(name: str, loader: Callable[[], type]) -> None:
+def register_backend(name: str, loader: Callable[[], type[Backend]]) -> None:
     """Register a backend under ``name``; ``loader`` imports and returns the backend class."""
     _REGISTRY[name] = loader
     _LOADED.pop(name, None)
@@ -85,20 +87,20 @@ def unregister_backend(name: str) -> None:
     _LOADED.pop(name, None)
 
 
-def _load(name: str) -> type | None:
+def _load(name: str) -> type[Backend] | None:
     if name not in _LOADED:
         try:
             cls = _REGISTRY[name]()
             _LOADED[name] = cls if cls.available() else None
             if _LOADED[name] is None:
                 log.info("slide backend %r is not available on this machine; skipping it", name)
-        except Exception as exc:  # an optional backend that fails to import must not break the others
+        except Exception as exc:  # noqa: BLE001 - an optional backend that fails to import must not break the others
             log.info("slide backend %r failed to import (%s: %s); skipping it", name, type(exc).__name__, exc)
             _LOADED[name] = None
     return _LOADED[name]
 
 
-def get_backend(name: str) -> type:
+def get_backend(name: str) -> type[Backend]:
     """Return the backend class ``name`` or raise :class:`BackendUnavailableError`."""
     if name not in _REGISTRY:
         raise BackendUnavailableError(
@@ -128,7 +130,7 @@ def slide_suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def backend_candidates(path: Path) -> list[type]:
+def backend_candidates(path: Path) -> list[type[Backend]]:
     """Available backends ordered by their priority for this file's extension (highest first)."""
     suffix = slide_suffix(path)
     ranked = []

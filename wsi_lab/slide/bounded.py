@@ -81,7 +81,7 @@ def open_bounded(path: str | os.PathLike, timeout: float, **kw: Any) -> Any:
     def work() -> None:
         try:
             slide = open_slide(p, **kw)
-        except BaseException as exc:  # handed to the caller (or dropped, with a log line, if it gave up)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller (or dropped, with a log line, if it gave up)
             slide, result["error"] = None, exc
         with lock:
             abandoned = state["abandoned"]

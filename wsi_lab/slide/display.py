@@ -10,14 +10,13 @@ percentiles of a low-resolution view) and a gamma. Analysis never sees this: ``r
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from wsi_lab.errors import InvalidParameterError
+from wsi_lab.io import LRUCache
 
 __all__ = ["DisplaySettings", "auto_display", "apply_display", "resolve_display", "is_dark_background",
            "settings_from_pixels",
@@ -109,8 +108,7 @@ def settings_from_pixels(pixels: np.ndarray, percentiles: tuple[float, float] = 
                            {"percentiles": list(percentiles), "view": list(arr.shape[:2])})
 
 
-_AUTO: OrderedDict[tuple, DisplaySettings] = OrderedDict()
-_AUTO_LOCK = threading.Lock()
+_AUTO: LRUCache[tuple, DisplaySettings] = LRUCache(max_items=64)
 
 
 def auto_display(slide, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, gamma: float = 1.0,
@@ -123,16 +121,12 @@ def auto_display(slide, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, 
     except (OSError, TypeError, AttributeError):
         key = None
     if key is not None:
-        with _AUTO_LOCK:
-            hit = _AUTO.get(key)
+        hit = _AUTO.get(key)
         if hit is not None:
             return hit if gamma == hit.gamma else hit.with_gamma(gamma)
     s = settings_from_pixels(slide.get_thumbnail(view_size), percentiles, 1.0)
     if key is not None:
-        with _AUTO_LOCK:
-            _AUTO[key] = s
-            while len(_AUTO) > 64:
-                _AUTO.popitem(last=False)
+        _AUTO.put(key, s)
     return s if gamma == 1.0 else s.with_gamma(gamma)
 
 

@@ -31,10 +31,12 @@ def to_float(value: Any) -> float | None:
 def plausible_mpp(mpp_x: Any, mpp_y: Any, source: str = "") -> tuple[float, float] | None:
     """Return ``(mpp_x, mpp_y)`` when both parse and are plausible, else ``None`` (with a log line)."""
     x, y = to_float(mpp_x), to_float(mpp_y)
-    if x is None and y is None:
-        return None
-    if x is None or y is None:  # one axis only: assume square pixels, as vendors do
-        x = y = x or y
+    if x is None:  # one axis only: assume square pixels, as vendors do
+        if y is None:
+            return None
+        x = y
+    elif y is None:
+        y = x
     lo, hi = MPP_RANGE
     if not (lo <= x <= hi and lo <= y <= hi):
         log.info("ignoring implausible µm/px (%s, %s) from %s; treat the slide as having no µm/px",

@@ -82,7 +82,7 @@ class OpenSlideBackend:
 
         try:
             return openslide.OpenSlide.detect_format(str(path)) is not None
-        except Exception:
+        except Exception:  # noqa: BLE001 - a file OpenSlide cannot probe is not one it reads
             return False
 
     @classmethod

@@ -391,6 +391,6 @@ def _probe(reader: SlideReader) -> SlideError | None:
                                           "instead of (H, W, 3) uint8")
     except SlideError as exc:
         return exc
-    except Exception as exc:  # a backend bug or a codec it lacks: try another backend
+    except Exception as exc:  # noqa: BLE001 - a backend bug or a codec it lacks: try another backend
         return UnsupportedFormatError(f"{reader.backend_name}: {type(exc).__name__}: {exc}")
     return None

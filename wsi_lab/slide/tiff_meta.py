@@ -39,16 +39,17 @@ def ome_mpp(ome_xml: str | None, image_index: int = 0) -> tuple[float, float] | 
             log.info("ignoring OME PhysicalSize%s=%r %r (unknown unit or value)", axis, value, unit)
             v = None
         out.append(v)
-    if out[0] is None and out[1] is None:
+    x, y = out[0] or out[1], out[1] or out[0]
+    if x is None or y is None:
         return None
-    return (out[0] or out[1], out[1] or out[0])
+    return (x, y)
 
 
 def _guess_name(series: Any, index: int) -> str:
     text = ""
     try:
         text = (series.pages[0].description or "").lower()
-    except Exception as exc:  # a page without a readable description
+    except Exception as exc:  # noqa: BLE001 - a page without a readable description
         log.debug("series %d: no description (%s)", index, exc)
     for word in ("label", "macro", "thumbnail", "overview", "barcode"):
         if word in text:
@@ -65,7 +66,7 @@ def associated_series(tf: Any, main_index: int) -> dict[str, Any]:
     for i, s in enumerate(tf.series[main_index + 1:], start=1):
         try:
             shape = tuple(int(v) for v in s.shape)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a series without a shape is skipped, logged
             log.debug("series %d: no shape (%s)", i, exc)
             continue
         if len(shape) < 2 or shape[0] * shape[1] > MAX_ASSOCIATED_PIXELS:
@@ -82,12 +83,12 @@ def undecodable(page: Any) -> str | None:
     """Why tifffile cannot decode ``page`` here (e.g. a codec imagecodecs lacks), or None when it can."""
     try:
         decode = page.decode
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the error is the reason returned
         return f"{type(exc).__name__}: {exc}"
     if getattr(decode, "__name__", "").startswith("decode_raise"):
         try:
             decode(b"", 0)
-        except Exception as exc:  # the reason tifffile would give at the first read
+        except Exception as exc:  # noqa: BLE001 - the reason tifffile would give at the first read
             return f"{type(exc).__name__}: {exc}"
         return "unsupported"
     return None

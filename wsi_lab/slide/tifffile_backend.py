@@ -18,7 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from wsi_lab.slide.backend import ReaderMetadata
 from wsi_lab.slide.metadata import first_present, plausible_mpp, stringify, to_float
 from wsi_lab.slide.pixels import is_tiff, to_rgb, ycbcr_to_rgb
 from wsi_lab.slide.tiff_meta import associated_series, ome_mpp, undecodable
+
+if TYPE_CHECKING:
+    from tifffile import TiffPage
 
 log = logging.getLogger(__name__)
 
@@ -126,25 +129,30 @@ class TifffileReader:
         self._cache: LRUCache[tuple[int, int], np.ndarray] = LRUCache(max_bytes=64 * 2**20)  # decoded tiles
         vendor = props.get("tiffslide.vendor") or ("ome" if self._tf.is_ome else "generic-tiff")
         mag = to_float(first_present(props, "tiffslide.objective-power"))
+        ome: tuple[float | None, float | None] | None = (
+            ome_mpp(self._tf.ome_metadata, series_index) if self._tf.is_ome else None)
         self.metadata = ReaderMetadata(
             level_dimensions=dims,
             level_downsamples=downs,
             mpp=plausible_mpp(props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y"), str(path))
-            or plausible_mpp(*((self._tf.is_ome and ome_mpp(self._tf.ome_metadata, series_index)) or (None, None)),
-                             str(path)),
+            or plausible_mpp(*(ome or (None, None)), str(path)),
             magnification=mag,
             vendor=str(vendor),
             properties=stringify(props),
             associated_names=assoc,
         )
 
-    def _fast_page(self, level: int):
+    def _fast_page(self, level: int) -> TiffPage | None:
         """The TiffPage of ``level`` when the direct tile path applies to it, else ``None``."""
+        from tifffile import TiffPage
+
         try:
             lvl = self._series.levels[level]
             if len(lvl.pages) != 1:
                 return None
             page = lvl.pages[0]
+            if not isinstance(page, TiffPage):  # a TiffFrame (or nothing) has no tile layout of its own
+                return None
             ok = (
                 page.is_tiled
                 and page.dtype == np.uint8
@@ -154,7 +162,7 @@ class TifffileReader:
                 and page.tilelength * page.tilewidth <= 4096 * 4096
             )
             return page if ok else None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means the general path, logged
             log.debug("%s level %d: direct tile path unavailable (%s)", self.path, level, exc)
             return None
 

@@ -143,7 +143,7 @@ def _resolve_mask(slide, mask: Any, mask_downsample: float | None, method_params
     from wsi_lab.tissue import TissueMask, detect_tissue
 
     if mask is None or isinstance(mask, TissueMask):
-        if isinstance(mask, TissueMask) and tuple(mask.slide_dimensions) != tuple(slide.dimensions):
+        if isinstance(mask, TissueMask) and mask.slide_dimensions != tuple(slide.dimensions):
             raise InvalidParameterError(f"{slide.path}: the mask was made for a {mask.slide_dimensions} slide, "
                                         f"this slide is {slide.dimensions}; detect tissue on this slide")
         return mask

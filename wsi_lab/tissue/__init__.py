@@ -28,7 +28,6 @@ and can be forced. Optional clean-up for every method: ``closing``/``opening`` (
 from __future__ import annotations
 
 from wsi_lab.tissue.detect import GRAY_MAX_SATURATION, OTSU_MAX_SATURATION, detect_tissue, otsu_threshold
-from wsi_lab.tissue.features import _CACHE as _CACHE  # kept for code written before the split
 from wsi_lab.tissue.features import (
     MAX_MASK_SIDE,
     TARGET_MASK_MPP,
@@ -36,7 +35,6 @@ from wsi_lab.tissue.features import (
     clear_feature_cache,
     default_mask_downsample,
 )
-from wsi_lab.tissue.features import _features as _features  # use cell_features
 from wsi_lab.tissue.mask import TissueMask
 from wsi_lab.tissue.methods import (
     BACKGROUND_THRESHOLD,

@@ -11,7 +11,7 @@ import numpy as np
 from wsi_lab.errors import InvalidParameterError, MissingMPPError, NoTissueError
 from wsi_lab.slide.display import FLUORESCENCE_BORDER_GRAY
 from wsi_lab.tissue.density import auto_od_threshold, background_colour, density
-from wsi_lab.tissue.features import TARGET_MASK_MPP, _features, default_mask_downsample
+from wsi_lab.tissue.features import TARGET_MASK_MPP, cell_features, default_mask_downsample
 from wsi_lab.tissue.mask import TissueMask
 from wsi_lab.tissue.methods import DEFAULT_METHOD, METHODS, check_params, default_background_threshold
 
@@ -116,7 +116,7 @@ def detect_tissue(slide, method: str = DEFAULT_METHOD, *, downsample: float | No
     if not (ds > 0 and math.isfinite(ds)) or math.ceil(W / ds) * math.ceil(H / ds) > 2**26:
         raise InvalidParameterError(f"{slide.path}: mask downsample={downsample!r} is not usable; "
                                     f"give a positive value ≥ {math.sqrt(W * H / 2**26):.1f} (or None for automatic)")
-    f = _features(slide, ds)
+    f = cell_features(slide, ds)
     if p["modality"] == "auto":
         p["modality"] = "fluorescence" if f.border_gray < FLUORESCENCE_BORDER_GRAY else "brightfield"
     fluo = p["modality"] == "fluorescence"

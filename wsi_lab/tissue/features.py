@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+from wsi_lab.io import LRUCache
 
 __all__ = ["default_mask_downsample", "cell_features", "clear_feature_cache"]
 
@@ -33,9 +33,8 @@ class _Features:
     rgb: np.ndarray | None = None  # (H, W, C) mean of each channel (background colour and optical density)
 
 
-_CACHE: OrderedDict[tuple, _Features] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
+_CACHE: LRUCache[tuple, _Features] = LRUCache(max_items=_CACHE_SIZE)
 
 
 def default_mask_downsample(slide) -> float:
@@ -92,31 +91,19 @@ def _compute_features(slide, ds: float) -> _Features:
                      float(np.median(frame)), rgb)
 
 
-def _features(slide, ds: float) -> _Features:
+def cell_features(slide, ds: float) -> _Features:
+    """The feature grid of ``slide`` at mask downsample ``ds``, computed once per file version (an LRU of
+    the last few; the two-stage pass and benchmarks use it too)."""
     try:
         st = os.stat(slide.path)
         key = (str(slide.path), st.st_mtime_ns, st.st_size, slide.backend, round(ds, 6))
     except (OSError, TypeError, AttributeError):
         key = None
-    if key is not None:
-        with _CACHE_LOCK:
-            if key in _CACHE:
-                _CACHE.move_to_end(key)
-                return _CACHE[key]
-    f = _compute_features(slide, ds)
-    if key is not None:
-        with _CACHE_LOCK:
-            _CACHE[key] = f
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    return f
-
-
-#: public name of the cached feature lookup (the two-stage pass and benchmarks use it)
-cell_features = _features
+    if key is None:
+        return _compute_features(slide, ds)
+    return _CACHE.get_or_load(key, lambda: _compute_features(slide, ds))
 
 
 def clear_feature_cache() -> None:
     """Forget every cached feature grid (benchmarks measure cold runs with it)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()

@@ -18,11 +18,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import traitlets
 
 from wsi_lab.ui.common import ErrorBox, message_html
+
+if TYPE_CHECKING:
+    from wsi_lab.overlays import Layer
+    from wsi_lab.ui.tuner import ThresholdTuner
+    from wsi_lab.ui.viewer import SlideViewer
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +205,7 @@ def slide_picker(state: LabState) -> widgets.Dropdown:
 
     state.observe(from_state, ["current", "slides"])
     picker.observe(to_state, "value")
-    picker._wsi_unlink = lambda: state.unobserve(from_state, ["current", "slides"])  # type: ignore[attr-defined]
+    picker._wsi_unlink = lambda: state.unobserve(from_state, ["current", "slides"])
     return picker
 
 
@@ -217,17 +223,18 @@ class ViewerPanel(widgets.VBox):
                                                 style={"button_width": "70px"})
         self.mask_style.add_class("wsi-lab-mask-style")
         self.mask_style.observe(self._refresh, "value")
-        self.viewer = None
+        self.viewer: SlideViewer | None = None
         super().__init__([self.picker, self.title, self.errors])
         for name in ("current", "mask", "planned", "tiles"):
             state.observe(self._refresh, name)
         self._refresh()
 
-    def layers(self) -> list:
+    def layers(self) -> list[Layer]:
         """Overlay layers for the current slide (mask, tile grid, tissue_fraction heatmap)."""
         from wsi_lab import overlays
 
-        st, out = self.state, []
+        st = self.state
+        out: list[Layer] = []
         if st.mask is not None:
             out.append(overlays.mask_layer(st.mask, outline=self.mask_style.value == "outline"))
         tiles = self._table()
@@ -304,7 +311,7 @@ class TunerPanel(widgets.VBox):
     def __init__(self, state: LabState) -> None:
         self.state = state
         self.errors = ErrorBox()
-        self.tuner = None
+        self.tuner: ThresholdTuner | None = None
         self.override = widgets.Button(description="Use for this slide only", icon="thumb-tack",
                                        layout=widgets.Layout(width="220px"))
         self.override.on_click(self._save_override)
@@ -350,6 +357,7 @@ class TunerPanel(widgets.VBox):
 
     def _publish(self, _change=None) -> None:
         t = self.tuner
+        assert t is not None  # observed on the tuner, called once it is set
         with self.state.hold_trait_notifications():  # the tuner shows its own errors: not repeated here
             self.state.mask, self.state.planned = t.mask, t.planned
             self.state.params = t.valid_params

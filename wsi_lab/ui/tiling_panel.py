@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
@@ -25,6 +25,9 @@ import traitlets
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.runs.progress import ItemStatus, ProgressEvent
 from wsi_lab.ui.common import ErrorBox, message_html
+
+if TYPE_CHECKING:
+    from wsi_lab.tiling.dask_run import TilingJob
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class TilingPanel(widgets.VBox):
                  overrides: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
                  n_workers: int = 2, expected: Callable[[], Mapping[str, int]] | None = None, **kwargs) -> None:
         self._slides, self._params, self._overrides, self._expected = slides, params, overrides, expected
-        self.job = None
+        self.job: TilingJob | None = None
         self.events: list[ProgressEvent] = []
         self._status: dict[str, str] = {}
         self._counts: dict[tuple[str, str], int | str] = {}
@@ -189,7 +192,7 @@ class TilingPanel(widgets.VBox):
             key = (r.path, r.params.hash())
             try:
                 self._counts[key] = expected_tiles(r.path, r.params)
-            except Exception as exc:  # shown in the plan's cell; the run reports it as that slide's failure
+            except Exception as exc:  # noqa: BLE001 - shown in the plan's cell; the run reports it as that slide's failure
                 log.info("counting tiles of %s failed: %s", r.slide_id, exc)
                 self._counts[key] = f"cannot plan: {type(exc).__name__}"
             self._render_plan(rows)
@@ -263,6 +266,7 @@ class TilingPanel(widgets.VBox):
         ok = False
         try:
             with self.errors.guard("tiling"):
+                assert self.job is not None  # set before this thread starts
                 result = self.job.result()
                 self.result = result
                 self._show_result(result)

@@ -62,8 +62,8 @@ class SlideViewer(anywidget.AnyWidget):
     slide_info = traitlets.Dict().tag(sync=True)
     tile_source = traitlets.Unicode("auto").tag(sync=True)
     active_source = traitlets.Unicode("").tag(sync=True)
-    layers = traitlets.List().tag(sync=True)
-    viewport = traitlets.List().tag(sync=True)
+    layers: traitlets.List[dict] = traitlets.List().tag(sync=True)
+    viewport: traitlets.List[float] = traitlets.List().tag(sync=True)
     selected_tile = traitlets.Dict().tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Unicode("500px").tag(sync=True)
@@ -200,11 +200,14 @@ class SlideViewer(anywidget.AnyWidget):
         replies with ``ok: False`` and a message, never exceptions or silence."""
         kind, rid = msg.get("type"), msg.get("id")
         try:
-            level, col, row = msg.get("level"), msg.get("col"), msg.get("row")
+            # values from the front end, unchecked: DeepZoom raises typed errors for bad ones
+            level: Any = msg.get("level")
+            col: Any = msg.get("col")
+            row: Any = msg.get("row")
             if kind == "tile":
                 data = self.deepzoom.get_tile_bytes(level, col, row)
             elif kind == "overlay":
-                key = msg.get("layer")
+                key: Any = msg.get("layer")
                 layer = self._layer_objects.get(key)
                 if layer is None:
                     raise InvalidParameterError(f"no overlay layer {key!r} in this viewer")
