@@ -72,7 +72,12 @@ def _example(tile: np.ndarray | bytes, label: int, slide_id: str, x: int, y: int
              size: tuple[int, int] | None = None) -> bytes:
     """One serialized ``tf.train.Example``: ``tile`` is the pixels, or (``jpeg`` schema) ready JPEG bytes
     of ``size`` = (height, width)."""
-    h, w = size if isinstance(tile, (bytes, bytearray)) and size is not None else tile.shape[:2]
+    if isinstance(tile, (bytes, bytearray)):
+        if size is None:
+            raise ValueError("JPEG bytes need their size (height, width)")
+        h, w = size
+    else:
+        h, w = tile.shape[:2]
     common = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
     if variant == "raw":
         return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).data, "height": h, "width": w,
@@ -154,7 +159,7 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
     cols = {c: table[c].to_numpy() for c in TILE_COLUMNS}
     sid_str = table["slide_id"].astype(str).to_numpy()
 
-    def encode(i: int) -> bytes:
+    def encode(i: int) -> tuple[bytes, bytes, bytes, bytes]:
         cache = getattr(local, "cache", None)
         if cache is None:
             cache = local.cache = SlideCache(16, backend)

@@ -88,9 +88,10 @@ class TileCoder:
         from wsi_lab.slide.raw_tiles import aligned_tile
 
         found = aligned_tile(slide, x, y, level, read_size, tile_size) if aligned is False else aligned
-        if found is not None and found[0].decode is not None:
+        if found is not None:
             rl, index = found
-            return rl.decode(index)
+            if rl.decode is not None:
+                return rl.decode(index)
         return read_tile(slide, x, y, level, read_size, tile_size)
 
     def jpeg(self, slide: Any, x: int, y: int, level: int, read_size: int, tile_size: int,

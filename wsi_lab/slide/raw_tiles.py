@@ -247,7 +247,7 @@ def raw_level(slide: Any, level: int) -> RawTileLevel | None:
     access (not tifffile) or the level is not plain RGB/YCbCr JPEG tiles."""
     reader = getattr(slide, "_reader", None)
     get = getattr(reader, "raw_tiles", None)
-    if get is None:
+    if reader is None or get is None:
         return None
     cache = getattr(reader, "_wsi_raw_levels", None)
     if cache is None:

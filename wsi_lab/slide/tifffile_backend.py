@@ -235,6 +235,8 @@ class TifffileReader:
         from wsi_lab.slide.raw_tiles import RawTileLevel
 
         lv = self._levels[level]
+        if lv is None:  # a level tifffile cannot address by tiles
+            return None
         return RawTileLevel.from_reader_level(level, lv, self._fd, self._size, str(self.path),
                                               decode=lambda index: self._decode(level, lv, index))
 

@@ -130,7 +130,7 @@ def finish_slide(sdir: Path, table: pd.DataFrame, params: TilingParams, material
     """Write the manifest (last): it lists the table, the mask, every tile JPEG (with its size and
     SHA-256: from ``records`` {name: (bytes, sha256)} as the writer measured them, else read back) and
     TFRecord file; then remove what it does not list. Returns the manifest."""
-    files = [TABLE] + (["mask.png"] if (sdir / "mask.png").is_file() else [])
+    files: list[str | dict[str, Any]] = [TABLE, *(["mask.png"] if (sdir / "mask.png").is_file() else [])]
     if materialize == "jpeg":
         names = [f"tiles/{x}_{y}.jpg" for x, y in zip(table["x"], table["y"])]
         missing = [n for n in names if not (sdir / n).is_file()]

@@ -85,11 +85,11 @@ def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | 
     p = TilingParams.from_json(params_json)
     slide = open_for_tiling(path, p)
     coder = TileCoder(p.jpeg_quality, passthrough=None)  # env WSI_LAB_JPEG_PASSTHROUGH=0: always re-encode
-    written: dict[str, tuple[int, str]] = {}  # tiles/<name> -> (bytes, sha256) for the manifest
+    written: dict[str, tuple[int, str | None]] = {}  # tiles/<name> -> (bytes, sha256) for the manifest
 
     def put(x: int, y: int, level: int, read_size: int, tile_size: int, tile=None) -> None:
         name = f"{x}_{y}.jpg"
-        n, _passed, sha = coder.write_jpeg(os.path.join(jpeg_dir, name), slide, x, y, level, read_size, tile_size,
+        n, _passed, sha = coder.write_jpeg(os.path.join(str(jpeg_dir), name), slide, x, y, level, read_size, tile_size,
                                            pixels=tile, digest=True)
         written[f"tiles/{name}"] = (n, sha)
 
