@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsi_lab.data.export_jpeg import export_jpeg  # noqa: E402
-from wsi_lab.data.export_tfrecord import _example, export_tfrecord  # noqa: E402
-from wsi_lab.data.tfrecord import TFRecordWriter  # noqa: E402
+from wsi_lab.data.export_jpeg import export_jpeg
+from wsi_lab.data.export_tfrecord import _example, export_tfrecord
+from wsi_lab.data.table import concat_tables
+from wsi_lab.data.tfrecord import TFRecordWriter
 from wsi_lab.data.tile_reader import read_tile
-from wsi_lab.data.table import concat_tables  # noqa: E402
-from wsi_lab.slide import open_slide  # noqa: E402
+from wsi_lab.slide import open_slide
 
 SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import imagecodecs  # noqa: E402
+import imagecodecs
 
-from wsi_lab.data.export_jpeg import export_jpeg  # noqa: E402
-from wsi_lab.data.export_tfrecord import export_tfrecord  # noqa: E402
-from wsi_lab.slide import open_slide  # noqa: E402
-from wsi_lab.slide.raw_tiles import aligned_tile  # noqa: E402
-from wsi_lab.tiling import TilingParams, run_tiling  # noqa: E402
+from wsi_lab.data.export_jpeg import export_jpeg
+from wsi_lab.data.export_tfrecord import export_tfrecord
+from wsi_lab.slide import open_slide
+from wsi_lab.slide.raw_tiles import aligned_tile
+from wsi_lab.tiling import TilingParams, run_tiling
 
 THREADS = 2
 
@@ -124,8 +124,8 @@ def main() -> None:
             for tag, client in clients.items():
                 for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
                     out = tmp / f"tiling{rep}"
-                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, client=client, out=out,
-                                                                               materialize=mat, force=True)))
+                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, client=client, out=out,  # noqa: B023
+                                                                               materialize=mat, force=True)))  # noqa: B023
                     shutil.rmtree(out, ignore_errors=True)
                 add(f"tiling: jpeg, {tag}", n / max(walls[f"tiling: jpeg, {tag}"][-1]
                                                     - walls[f"tiling: table only ({tag})"][-1], 1e-3))
@@ -140,7 +140,7 @@ def main() -> None:
             }
             for name, fn in cases.items():
                 out = tmp / "export"
-                add(name, n / timed(lambda: fn(out)))
+                add(name, n / timed(lambda: fn(out)))  # noqa: B023
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         for c in clients.values():

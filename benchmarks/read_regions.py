@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsi_lab import open_slide  # noqa: E402
-from wsi_lab.slide import available_backends  # noqa: E402
-from wsi_lab.testing import default_source_slide, make_slide  # noqa: E402
+from wsi_lab import open_slide
+from wsi_lab.slide import available_backends
+from wsi_lab.testing import default_source_slide, make_slide
 
 SIZES = (256, 512)
 
@@ -105,7 +105,7 @@ def run_threads(reader, path, backend, positions, size, threads, min_time) -> fl
                 read(xy, size)
         else:
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda xy: read(xy, size), positions))
+                list(pool.map(lambda xy: read(xy, size), positions))  # noqa: B023
         total_t += time.perf_counter() - t0
         total_px += len(positions) * size * size
         handle.close()
@@ -221,14 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"wsi_lab[{backend}]" if reader == "wsi_lab" else f"plain {reader} loop"
                 try:
                     READERS[reader](path, backend)[0].close()
-                except Exception as exc:  # this reader can't open the file: say so in the table
+                except Exception as exc:  # this reader can't open the file: say so in the table  # noqa: BLE001
                     jobs.append(((path.name, size, len(positions), name, "-"), None))
                     print(f"# {name} cannot read {path.name}: {type(exc).__name__}", file=sys.stderr)
                     continue
                 for par in (("1T", "2T", "1P", "2P") if reader == "wsi_lab" else ("1T",)):
                     n = int(par[0])
                     if par.endswith("T"):
-                        fn = (lambda r=reader, p=path, b=backend, pos=positions, sz=size, n=n:
+                        fn = (lambda r=reader, p=path, b=backend, pos=positions, sz=size, n=n:  # noqa: E731
                               run_threads(r, p, b, pos, sz, n, min_time))
                     else:
                         fn = proc_job(pools[n], reader, path, backend, positions, size)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             if fn is not None:
                 best[key] = max(best.get(key, 0.0), fn())
     rows = []
-    for key, fn in jobs:
+    for key, fn in jobs:  # noqa: B007
         slide, size, n, name, par = key
         mps = best.get(key, float("nan"))
         lim = best.get((slide, size, n, "decode limit (imagecodecs)", f"{par[0]}T"), float("nan")) if par != "-" else 1

@@ -57,7 +57,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._sample())
             time.sleep(0.05)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._t.start()
         return self
 

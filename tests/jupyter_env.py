@@ -45,9 +45,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("WSI_LAB_CHROMIUM", "/usr/bin/chromium")

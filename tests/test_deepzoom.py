@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from wsi_lab import open_slide
-from wsi_lab.viewing import DeepZoom, LayerSnapshot, snapshot_layer
 from wsi_lab.errors import InvalidParameterError
+from wsi_lab.viewing import DeepZoom, LayerSnapshot, snapshot_layer
 
 SHARED_SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
 CMU, NDPI = SHARED_SLIDES / "CMU-1-Small-Region.svs", SHARED_SLIDES / "test3-DAPI-2-387.ndpi"
@@ -50,8 +50,9 @@ class BoxLayer:
 def _layer_for_one_tile(slide, box):
     """The real heatmap of a one-row TileTable when wsi_lab.overlays is there, else the stand-in."""
     try:
-        from wsi_lab import overlays
         import pandas as pd
+
+        from wsi_lab import overlays
     except ImportError:
         return BoxLayer(box)
     x, y, size, _ = box

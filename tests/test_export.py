@@ -153,9 +153,9 @@ def test_export_tfrecord_resume_and_bad_input_keep_files(tmp_path, table):
 
 
 def test_unreadable_slide_mid_export_keeps_previous_output(tmp_path, table):
+    from tests.conftest import CMU
     from wsi_lab.errors import SlideError
     from wsi_lab.testing import make_corrupt_copies
-    from tests.conftest import CMU
 
     corrupt = make_corrupt_copies(CMU, tmp_path / "bad")["corrupt"]
     out = tmp_path / "tf"

@@ -87,7 +87,7 @@ def test_thread_safe_under_mixed_use():
                     c.put(k, b"x" * int(rng.integers(1, 400)))
                 else:
                     c.get(k)
-        except Exception as exc:  # collected and asserted below
+        except Exception as exc:  # collected and asserted below  # noqa: BLE001
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]

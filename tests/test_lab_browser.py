@@ -17,8 +17,15 @@ from PIL import Image
 from tests.conftest import CMU
 
 OME = CMU.parent / "OS-1-detail.ome.tif"
-from tests.jupyter_env import REPO, browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
-    write_notebook
+from tests.jupyter_env import (  # noqa: E402
+    REPO,
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 

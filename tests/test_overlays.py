@@ -182,7 +182,7 @@ def test_categorical_colours_stable_across_tables_and_regions():
     assert [c["value"] for c in la["categories"]] == ["necrosis", "stroma", "tumor"]
     colour = {c["value"]: c["color"] for c in la["categories"]}
     img = a.render_region((37, 11, 600, 100), (6, 1))
-    hexes = ["#%02x%02x%02x" % tuple(p[:3]) for p in img[0]]
+    hexes = ["#{:02x}{:02x}{:02x}".format(*tuple(p[:3])) for p in img[0]]
     assert hexes[0] == hexes[3] == colour["tumor"] and hexes[1] == colour["stroma"]
     assert img[0, 2, 3] == 0  # missing label
     imgb = b.render_region((37, 11, 600, 100), (6, 1))
@@ -341,8 +341,8 @@ def test_grid_outlines_fall_only_on_tile_boundaries_at_every_zoom(tmp_path, tile
     deep-zoom tiles of a level, stitched, must equal one render of the whole level, and every outline pixel
     must sit on a tile boundary."""
     from wsi_lab import open_slide
-    from wsi_lab.viewing import DeepZoom
     from wsi_lab.testing import make_slide
+    from wsi_lab.viewing import DeepZoom
 
     path = make_slide(tmp_path / "s.svs", 3000, 2100, mpp=0.5, seed=3)
     size = 256

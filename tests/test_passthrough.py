@@ -23,8 +23,7 @@ from wsi_lab.data.extract import TileCoder, write_atomic
 from wsi_lab.data.table import read_table
 from wsi_lab.data.tfrecord import read_examples
 from wsi_lab.data.tile_reader import read_tile
-from wsi_lab.slide import open_slide
-from wsi_lab.slide import raw_tiles
+from wsi_lab.slide import open_slide, raw_tiles
 from wsi_lab.slide.raw_tiles import estimate_jpeg_quality, passthrough_jpeg, raw_level
 from wsi_lab.tiling import TilingParams
 

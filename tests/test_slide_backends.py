@@ -81,7 +81,7 @@ def test_metadata(any_slide, backend, record_property):
         assert s.dimensions == exp["size"] == s.level_dimensions[0]
         assert s.level_downsamples[0] == 1.0
         assert all(a < b for a, b in zip(s.level_downsamples, s.level_downsamples[1:]))
-        for (w, h), ds in zip(s.level_dimensions, s.level_downsamples):
+        for (w, _h), ds in zip(s.level_dimensions, s.level_downsamples):
             assert abs(exp["size"][0] / w - ds) / ds < 0.02
         assert s.mpp is not None and s.mpp == pytest.approx((exp["mpp"], exp["mpp"]), rel=1e-3)
         if exp["mag"] is None:

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests._slide_variants import Variant, all_variants, he_image
 from wsi_lab import open_slide
 from wsi_lab.errors import MissingMPPError, NoTissueError, SlideOpenError, SlideReadError, UnsupportedFormatError
 from wsi_lab.slide import available_backends
-from wsi_lab.slide.backend import ReaderMetadata, _LOADED, _REGISTRY, register_backend
+from wsi_lab.slide.backend import _LOADED, _REGISTRY, ReaderMetadata, register_backend
 from wsi_lab.tiling import plan_tiles
 from wsi_lab.tissue import detect_tissue
-
-from tests._slide_variants import Variant, all_variants, he_image
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = list(all_variants(Path("/nonexistent")))

@@ -7,8 +7,15 @@ import struct
 import numpy as np
 import pytest
 
-from wsi_lab.data.tfrecord import (TFRecordWriter, count_records, encode_example, iter_tfrecord, masked_crc32c,
-                                   parse_example, read_examples)
+from wsi_lab.data.tfrecord import (
+    TFRecordWriter,
+    count_records,
+    encode_example,
+    iter_tfrecord,
+    masked_crc32c,
+    parse_example,
+    read_examples,
+)
 from wsi_lab.errors import DataError, InvalidParameterError
 
 

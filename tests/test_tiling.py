@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import wsi_lab
-from wsi_lab.errors import InvalidParameterError, MissingMPPError
 from wsi_lab.data.tile_reader import read_tile
+from wsi_lab.errors import InvalidParameterError, MissingMPPError
 from wsi_lab.tiling import TilingParams, TwoStage, apply_fine_pass, compare_tile_sets, plan_tiles
 from wsi_lab.tissue import TissueMask
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import wsi_lab
+from tests.conftest import REPO
 from wsi_lab.data.table import read_table
 from wsi_lab.tiling import TilingParams, TwoStage, apply_fine_pass, plan_tiles
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 

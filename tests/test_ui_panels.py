@@ -233,9 +233,8 @@ def test_lab_with_an_unreadable_slide_keeps_the_readable_ones(tmp_path, cmu_path
     "Unknown format code 'd' for object of type 'float'"; a folder with only the fake one printed
     "Exception ignored in Widget.__del__ ... no attribute 'slide'" for the viewer and the tuner."""
     import gc
-    import sys
-
     import shutil
+    import sys
     shutil.copy(cmu_path, tmp_path / cmu_path.name)
     (tmp_path / "fake.svs").write_bytes(b"II*\x00not a slide..")
     lab = Lab(tmp_path)
@@ -293,7 +292,10 @@ def test_tuner_switching_slides_resets_the_automatic_threshold(cmu_path, ndpi_pa
 
 def test_ui_package_exports():
     import wsi_lab.ui as ui
-    from wsi_lab.ui import Lab as Lab2, SlideBrowser, SlideViewer, ThresholdTuner as T2, TilingPanel as TP
+    from wsi_lab.ui import Lab as Lab2
+    from wsi_lab.ui import SlideBrowser, SlideViewer
+    from wsi_lab.ui import ThresholdTuner as T2
+    from wsi_lab.ui import TilingPanel as TP
 
     assert Lab2 is Lab and T2 is ThresholdTuner and TP is TilingPanel
     assert {"Lab", "SlideViewer", "SlideBrowser", "ThresholdTuner", "TilingPanel", "register_panel"} <= set(ui.__all__)

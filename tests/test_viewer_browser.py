@@ -13,8 +13,15 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CMU
-from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
-    run_code, write_notebook
+from tests.jupyter_env import (
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    run_code,
+    write_notebook,
+)
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 

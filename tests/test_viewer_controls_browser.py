@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CMU
-from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, \
-    write_notebook
+from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
@@ -125,7 +124,6 @@ def test_viewer_controls_legend_probe_and_grid(tmp_path):
         _exec(page, 'v.set_layer("tissue", visible=False)')
         page.wait_for_function("() => document.querySelector('.wsi-viewer').dataset.visibleLayers === 'tiles'")
         assert not el.locator(".wsi-legend-entry[data-layer='tissue'] input[type=checkbox]").is_checked()
-        canvas = el.locator("canvas").first
         for box0 in ([600, 600, 600, 600], [300, 300, 1200, 1200]):
             _exec(page, f"v.go_to(*{box0})")
             el.scroll_into_view_if_needed()  # new cells scroll the viewer away; off-screen it does not animate

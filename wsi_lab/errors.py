@@ -57,8 +57,8 @@ class WSILabError(Exception):
     """Base class of every error WSI Lab raises on purpose.
 
     Errors about one file carry it as context: ``file`` (its path; not ``path``, which ``ImportError``
-    already uses for a module's path) and ``reason`` (the message without the file name), so a server can name the file relative to its root (:meth:`message_for`) and a
-    record can keep the reason on its own, with no string surgery. Build them with :meth:`at`."""
+    already uses for a module's path) and ``reason`` (the message without the file name), so a server can
+    name the file relative to its root (:meth:`message_for`) and a record can keep the reason on its own, with no string surgery. Build them with :meth:`at`."""
 
     file: Path | None = None
     reason: str | None = None

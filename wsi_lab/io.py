@@ -10,8 +10,9 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 

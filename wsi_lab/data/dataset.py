@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, read_tile,
-                                      require_columns, slide_paths_of)
+from wsi_lab.data.tile_reader import (
+    TILE_COLUMNS,
+    SlideCache,
+    label_index_of,
+    label_indices,
+    read_tile,
+    require_columns,
+    slide_paths_of,
+)
 from wsi_lab.errors import InvalidParameterError, require
 
 if TYPE_CHECKING:

@@ -12,16 +12,22 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from wsi_lab.data.extract import TileCoder
-from wsi_lab.data.tile_reader import (TILE_COLUMNS, SlideCache, label_index_of, label_key, require_columns,
-                                      slide_paths_of)
+from wsi_lab.data.tile_reader import (
+    TILE_COLUMNS,
+    SlideCache,
+    label_index_of,
+    label_key,
+    require_columns,
+    slide_paths_of,
+)
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.runs import manifest as mf
 from wsi_lab.runs.progress import ProgressCallback, ProgressTracker

@@ -29,17 +29,23 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from wsi_lab.data.extract import TileCoder, encode_jpeg
 from wsi_lab.data.tfrecord import TFRecordWriter, encode_example, frame_record
-from wsi_lab.data.tile_reader import (SlideCache, TILE_COLUMNS, label_index_of, label_indices, require_columns,
-                                      slide_paths_of)
+from wsi_lab.data.tile_reader import (
+    TILE_COLUMNS,
+    SlideCache,
+    label_index_of,
+    label_indices,
+    require_columns,
+    slide_paths_of,
+)
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.io import file_sha256
 from wsi_lab.runs import manifest as mf

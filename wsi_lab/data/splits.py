@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -40,7 +40,7 @@ __all__ = [
     "count_records",
 ]
 
-FeatureValue = Union[bytes, str, int, float, Sequence[bytes], Sequence[int], Sequence[float], np.ndarray]
+FeatureValue = bytes | str | int | float | Sequence[bytes] | Sequence[int] | Sequence[float] | np.ndarray
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -279,7 +279,7 @@ class TFRecordWriter:
                 if exc is not error:
                     raise
 
-    def __enter__(self) -> "TFRecordWriter":
+    def __enter__(self) -> TFRecordWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

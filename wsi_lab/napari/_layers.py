@@ -49,7 +49,7 @@ def layer_data(layer: Layer, dims: tuple[int, int], scale: tuple[float, float], 
         y0, x0 = layer.y - 0.5, layer.x - 0.5
         y1, x1 = y0 + layer.size, x0 + layer.size
         rects = np.stack([np.stack([y0, x0], 1), np.stack([y0, x1], 1), np.stack([y1, x1], 1), np.stack([y1, x0], 1)], 1)
-        color = "#%02x%02x%02x" % layer.color
+        color = "#{:02x}{:02x}{:02x}".format(*layer.color)
         kwargs = {"name": layer.name, "shape_type": "rectangle", "edge_color": color, "face_color": "transparent",
                   "edge_width": layer.line_width, "scale": scale, "units": units, "opacity": layer.opacity,
                   "metadata": meta}

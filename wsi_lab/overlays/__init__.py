@@ -20,8 +20,8 @@ from wsi_lab.overlays._build import (
     latent_rgb_layer,
     mask_layer,
 )
-from wsi_lab.overlays._compose import composite, render_overview, resolve_layers, slide_rows
 from wsi_lab.overlays._colors import COLORMAPS, PALETTE, category_colors, colormap_lut
+from wsi_lab.overlays._compose import composite, render_overview, resolve_layers, slide_rows
 from wsi_lab.overlays._layers import GridLayer, Layer, MaskLayer, TileLayer
 from wsi_lab.overlays._raster import tile_extent
 

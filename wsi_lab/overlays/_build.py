@@ -13,6 +13,7 @@ from wsi_lab.overlays._colors import Color, _hex, _rgb, category_colors, colorma
 from wsi_lab.overlays._layers import GridLayer, MaskLayer, TileLayer, _pyval
 from wsi_lab.overlays._raster import tile_extent
 
+
 # -- constructors -------------------------------------------------------------------------------
 def _column(table, column: str):
     if column not in table.columns:

@@ -47,7 +47,7 @@ def _rgb(color: Color) -> tuple[int, int, int]:
 
 
 def _hex(rgb: Sequence[int]) -> str:
-    return "#%02x%02x%02x" % tuple(int(v) for v in rgb[:3])
+    return "#{:02x}{:02x}{:02x}".format(*tuple(int(v) for v in rgb[:3]))
 
 
 def colormap_lut(cmap: str, n: int = 256) -> np.ndarray:

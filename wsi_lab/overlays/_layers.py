@@ -13,6 +13,7 @@ from wsi_lab.errors import InvalidParameterError
 from wsi_lab.overlays._colors import Color, _hex, _rgb
 from wsi_lab.overlays._raster import _centre_range, _check_box, _paint
 
+
 # -- array <-> JSON -----------------------------------------------------------------------------
 def _enc(a: np.ndarray) -> dict:
     a = np.ascontiguousarray(a)
@@ -78,7 +79,7 @@ class Layer:
                            "kind": self.kind, **self._state()})
 
     @staticmethod
-    def from_json(data: str | bytes | Mapping) -> "Layer":
+    def from_json(data: str | bytes | Mapping) -> Layer:
         """Rebuild a layer from :meth:`to_json` output (text or the parsed dict)."""
         d = json.loads(data) if isinstance(data, (str, bytes)) else dict(data)
         classes: dict[str, type[Layer]] = {"MaskLayer": MaskLayer, "TileLayer": TileLayer, "GridLayer": GridLayer}

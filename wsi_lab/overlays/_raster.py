@@ -8,6 +8,7 @@ import numpy as np
 
 from wsi_lab.errors import InvalidParameterError
 
+
 def tile_extent(table, slide_or_downsamples=None) -> np.ndarray:
     """Level-0 side length (pixels) of every tile of ``table``: the ``size0`` column when present, else
     ``read_size * level_downsample(level)``. ``slide_or_downsamples`` is a Slide (or anything with

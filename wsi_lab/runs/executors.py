@@ -17,7 +17,8 @@ import os
 import re
 import socket
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
 

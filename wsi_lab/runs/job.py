@@ -22,8 +22,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from wsi_lab.runs.progress import ProgressCallback, ProgressEvent
 
@@ -37,7 +38,7 @@ T = TypeVar("T")
 METRIC_PREFIX = "WSI_LAB_METRIC "
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -65,7 +66,7 @@ class Failure:
     message: str
 
     @classmethod
-    def from_exception(cls, item: str, exc: BaseException) -> "Failure":
+    def from_exception(cls, item: str, exc: BaseException) -> Failure:
         return cls(str(item), type(exc).__name__, str(exc) or repr(exc))
 
     def __str__(self) -> str:
@@ -199,7 +200,7 @@ class ThreadJob(Job[T]):
     ``job.emit``/``job.log``/``job.record_metrics``/``job.add_failure``, and returns the result. The
     status is ``cancelled`` when the job was cancelled, ``failed`` when the target raised."""
 
-    def __init__(self, target: Callable[["ThreadJob[T]"], T], name: str = "job",
+    def __init__(self, target: Callable[[ThreadJob[T]], T], name: str = "job",
                  progress: ProgressCallback | Sequence[ProgressCallback] | None = None, start: bool = True) -> None:
         super().__init__(name, progress)
         self._target = target
@@ -207,7 +208,7 @@ class ThreadJob(Job[T]):
         if start:
             self.start()
 
-    def start(self) -> "ThreadJob[T]":
+    def start(self) -> ThreadJob[T]:
         self._set_running()
         self._thread.start()
         return self

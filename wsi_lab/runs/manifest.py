@@ -22,8 +22,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
 

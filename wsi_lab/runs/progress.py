@@ -17,15 +17,16 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Mapping, TextIO
+from typing import TextIO
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ItemStatus", "ProgressEvent", "ProgressCallback", "ProgressTracker", "TextProgressBar", "null_progress"]
 
 
-class ItemStatus(str, enum.Enum):
+class ItemStatus(enum.StrEnum):
     """Status of one item of a run (a slide, a shard, an epoch)."""
 
     QUEUED = "queued"

@@ -28,10 +28,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from wsi_lab.errors import SlideNotFoundError, SlideOpenError
 from wsi_lab.io import LRUCache

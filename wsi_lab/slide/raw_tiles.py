@@ -21,8 +21,9 @@ import math
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class RawTileLevel:
 
     @classmethod
     def from_reader_level(cls, level: int, lv: Any, fd: int, file_size: int, path: str,
-                          decode: Callable[[int], np.ndarray] | None = None) -> "RawTileLevel | None":
+                          decode: Callable[[int], np.ndarray] | None = None) -> RawTileLevel | None:
         """From the tifffile backend's per-level record (``_Level``); None unless the level is plain 8-bit
         JPEG of 3 samples (RGB or YCbCr) decoded to RGB, the case a stand-alone JPEG can reproduce.
         ``decode(index)`` is the reader's own decode of one whole tile (exactly what ``read_region``
@@ -236,7 +237,7 @@ def _decodes_alike(jpeg: bytes, expected: np.ndarray) -> bool:
         a = np.asarray(imagecodecs.jpeg_decode(jpeg))
         with Image.open(io.BytesIO(jpeg)) as im:
             b = np.asarray(im.convert("RGB")) if im.mode != "RGB" else np.asarray(im)
-    except Exception as exc:  # a decoder refuses the merged stream: never pass it through
+    except Exception as exc:  # noqa: BLE001 - a decoder refuses the merged stream: never pass it through
         log.debug("stand-alone JPEG check failed: %s", exc)
         return False
     return a.shape == expected.shape and np.array_equal(a, expected) and np.array_equal(b, expected)
@@ -295,5 +296,7 @@ def passthrough_jpeg(slide: Any, x: int, y: int, level: int, read_size: int, til
     if made is None:
         return None
     jpeg, key = made
-    reference = lambda: slide.read_region((int(x), int(y)), int(level), (int(read_size), int(read_size)))
+    def reference() -> np.ndarray:
+        return slide.read_region((int(x), int(y)), int(level), (int(read_size), int(read_size)))
+
     return jpeg if rl.verified(key, index, jpeg, reference) else None

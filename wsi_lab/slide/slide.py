@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -136,7 +136,7 @@ class Slide:
         """Label, macro, thumbnail... as a lazy mapping of ``(H, W, 3) uint8`` arrays."""
         return AssociatedImages(self._reader)
 
-    def with_mpp_fallback(self, mpp: float | tuple[float, float] | None) -> "Slide":
+    def with_mpp_fallback(self, mpp: float | tuple[float, float] | None) -> Slide:
         """This slide with ``mpp`` (µm/px) used only when the metadata has none: ``self`` when ``mpp`` is
         ``None`` or the metadata has a µm/px, else a view sharing this slide's open reader (nothing is
         reopened, so nothing leaks; closing the view leaves the reader to this slide)."""
@@ -256,7 +256,7 @@ class Slide:
         if self._owns_reader:
             self._reader.close()
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc) -> None:

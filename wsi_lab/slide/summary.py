@@ -64,7 +64,7 @@ class SlideInfo:
         return d
 
     @classmethod
-    def of_path(cls, path: str | os.PathLike) -> "SlideInfo":
+    def of_path(cls, path: str | os.PathLike) -> SlideInfo:
         """The record of a file without opening it (name, id, size only)."""
         p = Path(path)
         try:
@@ -74,7 +74,7 @@ class SlideInfo:
         return cls(path=str(p), name=p.name, slide_id=slide_id(p), size_bytes=size)
 
     @classmethod
-    def of_slide(cls, slide: Slide) -> "SlideInfo":
+    def of_slide(cls, slide: Slide) -> SlideInfo:
         """The record of an open slide."""
         info = cls.of_path(slide.path)
         info.vendor, info.backend = slide.vendor, slide.backend
@@ -89,7 +89,7 @@ class SlideInfo:
         return info
 
     @classmethod
-    def of_error(cls, path: str | os.PathLike, error: WSILabError) -> "SlideInfo":
+    def of_error(cls, path: str | os.PathLike, error: WSILabError) -> SlideInfo:
         """The record of a file that failed to open with ``error``."""
         info = cls.of_path(path)
         info.error = error.reason or str(error)

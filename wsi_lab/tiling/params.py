@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
@@ -51,7 +51,7 @@ class TwoStage(Spec):
     _spec_name = "two-stage parameter"
 
     @classmethod
-    def parse(cls, spec: str, **kw: Any) -> "TwoStage":
+    def parse(cls, spec: str, **kw: Any) -> TwoStage:
         """``"256:64"`` -> ``TwoStage(coarse=256, fine=64)``."""
         try:
             c, f = (int(v) for v in str(spec).split(":"))
@@ -59,7 +59,7 @@ class TwoStage(Spec):
             raise InvalidParameterError(f"two-stage spec {spec!r} must look like COARSE:FINE, e.g. 256:64") from exc
         return cls(coarse=c, fine=f, **kw).validate()
 
-    def validate(self) -> "TwoStage":
+    def validate(self) -> TwoStage:
         for name in ("coarse", "fine"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TILE_SIZE:
@@ -106,7 +106,7 @@ class TilingParams(Spec):
 
     _spec_name = "tiling parameter"
 
-    def validate(self) -> "TilingParams":
+    def validate(self) -> TilingParams:
         ts = self.tile_size
         if isinstance(ts, bool) or not isinstance(ts, int) or not 1 <= ts <= MAX_TILE_SIZE:
             raise InvalidParameterError(f"tile_size must be an integer in 1..{MAX_TILE_SIZE}, got {ts!r}")
@@ -131,7 +131,7 @@ class TilingParams(Spec):
         return self
 
     @classmethod
-    def from_dict(cls, d: Any) -> "TilingParams":
+    def from_dict(cls, d: Any) -> TilingParams:
         """Build and validate from a dict (a ``two_stage`` dict becomes :class:`TwoStage`); unknown keys
         are refused, naming them."""
         return super().from_dict(d)

@@ -5,8 +5,9 @@ tissue mask and the grid, no tile pixels read). Widgets render these rows; they 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from wsi_lab.tiling.params import TilingParams
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -33,7 +34,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any) -> Any:
         try:
             return fn(*args)
-        except Exception as exc:  # returned to the client, reported as this slide's failure
+        except Exception as exc:  # noqa: BLE001 - returned to the client, reported as this slide's failure
             return TaskError(type(exc).__name__, str(exc) or repr(exc))
 
     run.__name__ = run.__qualname__ = fn.__name__

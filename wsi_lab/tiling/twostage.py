@@ -8,7 +8,7 @@ With ``coarse_source="pixels"`` the coarse statistic of the whole tile is comput
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

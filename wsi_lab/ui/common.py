@@ -71,7 +71,7 @@ class ErrorBox(widgets.HTML):
         self.clear()
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - shown to the user, traceback logged
+        except Exception as exc:
             # shown in the widget; the traceback goes to the log at debug level (never to the output area)
             log.info("%s failed: %s", what or "widget action", exc)
             log.debug("%s failed", what or "widget action", exc_info=True)

@@ -136,7 +136,7 @@ class Lab(widgets.VBox):
     def _build(self, spec: PanelSpec) -> widgets.Widget:
         try:
             w = spec.factory(self)
-        except Exception as exc:  # noqa: BLE001 - one broken panel must not take the Lab down
+        except Exception as exc:
             log.info("Lab panel %s failed to build: %s", spec.name, exc)
             log.debug("Lab panel %s failed to build", spec.name, exc_info=True)
             box = ErrorBox()

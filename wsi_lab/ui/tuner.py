@@ -22,8 +22,8 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
-from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.tiling.preview import min_object_params, preview_tiling
+from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.ui.common import ErrorBox, composite, set_image
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,8 @@ class ThresholdTuner(widgets.VBox):
                                           layout=widgets.Layout(width="auto"))
         sw = ("<span style='display:inline-block;width:12px;height:12px;margin:0 4px 0 10px;vertical-align:middle;"
               "background:{}'></span>")
-        legend = widgets.HBox([widgets.HTML(sw.format("rgb(%d,%d,%d)" % MASK_COLOR)), self.show_mask,
-                               widgets.HTML(sw.format("rgb(%d,%d,%d)" % GRID_COLOR)), self.show_grid])
+        legend = widgets.HBox([widgets.HTML(sw.format("rgb({},{},{})".format(*MASK_COLOR))), self.show_mask,
+                               widgets.HTML(sw.format("rgb({},{},{})".format(*GRID_COLOR))), self.show_grid])
         legend.add_class("wsi-lab-tuner-legend")
         self.count = widgets.HTML()
         self.count.add_class("wsi-lab-tile-count")

@@ -21,16 +21,25 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anywidget
 import numpy as np
 import traitlets
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
-from wsi_lab.viewing import (OVERLAP, QUALITY, TILE_SIZE, DeepZoom, layer_payload_key, relative_candidates,
-                             slide_key, snapshot_layer)
+from wsi_lab.viewing import (
+    OVERLAP,
+    QUALITY,
+    TILE_SIZE,
+    DeepZoom,
+    layer_payload_key,
+    relative_candidates,
+    slide_key,
+    snapshot_layer,
+)
 
 log = logging.getLogger(__name__)
 

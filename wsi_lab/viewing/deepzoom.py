@@ -333,7 +333,7 @@ class LayerSnapshot:
         return encode_image(self.rgba, "png")
 
     @classmethod
-    def from_png(cls, data: bytes, downsample: float, **kw: Any) -> "LayerSnapshot":
+    def from_png(cls, data: bytes, downsample: float, **kw: Any) -> LayerSnapshot:
         """Decode a PNG made by :meth:`to_png` (any PNG is converted to RGBA)."""
         try:
             img = Image.open(io.BytesIO(data))
