@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VPY=${VPY:-.venv/bin/python}
+[ -x "$VPY" ] && VPY=$(cd "$(dirname "$VPY")" && pwd)/$(basename "$VPY")  # absolute: the build runs in a temp folder
 VER=0.28.1
 say() { printf '\033[1m[horovod]\033[0m %s\n' "$*" >&2; }
 
