@@ -1,0 +1,189 @@
+"""GeoJSON that QuPath (0.4+) imports: a FeatureCollection of tile squares in level-0 pixels (origin
+top left) with QuPath's properties (``objectType``, ``classification: {"name", "color": [r, g, b]}``,
+``measurements``), plus tissue-mask contours as annotation polygons; and the reader back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wsi_lab.errors import DataError, InvalidParameterError
+
+__all__ = ["tiles_to_geojson", "mask_contours", "write_geojson", "read_geojson", "OBJECT_TYPES"]
+
+OBJECT_TYPES = ("tile", "detection", "annotation")
+
+
+def _rgb_list(color: str) -> list[int]:
+    c = color.lstrip("#")
+    return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
+
+
+def _class_colors(values: Sequence[str], colors: Mapping[str, Any] | None) -> dict[str, list[int]]:
+    from wsi_lab.overlays import category_colors
+
+    auto = category_colors(len(values))
+    out = {}
+    for v, a in zip(values, auto):
+        c = (colors or {}).get(v, a)
+        out[v] = _rgb_list(c) if isinstance(c, str) else [int(k) for k in c][:3]
+    return out
+
+
+def _ring(x: float, y: float, s: float) -> list[list[float]]:
+    return [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+
+
+def mask_contours(mask: Any, downsample: float | None = None) -> list[list[list[list[float]]]]:
+    """Polygons (GeoJSON coordinates: ``[exterior, *holes]``, level-0 px) tracing the pixel edges of a
+    boolean mask (a TissueMask or an array with ``downsample``): exact, closed, exteriors clockwise on
+    screen (y down) and holes the other way."""
+    arr = np.asarray(getattr(mask, "mask", mask), bool)
+    ds = float(downsample if downsample is not None else getattr(mask, "downsample", 1.0))
+    p = np.pad(arr, 1)
+    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    # directed boundary edges with the mask on the right (screen coordinates, y down)
+    h, w = p.shape
+    for r, c in zip(*np.nonzero(p[1:-1, 1:-1])):
+        r, c = r + 1, c + 1
+        x, y = c - 1, r - 1
+        if not p[r - 1, c]:
+            edges.setdefault((x, y), []).append((x + 1, y))
+        if not p[r, c + 1]:
+            edges.setdefault((x + 1, y), []).append((x + 1, y + 1))
+        if not p[r + 1, c]:
+            edges.setdefault((x + 1, y + 1), []).append((x, y + 1))
+        if not p[r, c - 1]:
+            edges.setdefault((x, y + 1), []).append((x, y))
+    rings = []
+    while edges:
+        start = next(iter(edges))
+        ring, cur = [start], start
+        while True:
+            nxt = edges[cur].pop()
+            if not edges[cur]:
+                del edges[cur]
+            if nxt == start:
+                break
+            ring.append(nxt)
+            cur = nxt
+        ring = [pt for i, pt in enumerate(ring) if not _collinear(ring[i - 1], pt, ring[(i + 1) % len(ring)])]
+        rings.append(ring)
+    exteriors: list[tuple[float, list]] = []
+    holes: list[tuple[float, list]] = []
+    for ring in rings:
+        area = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:] + ring[:1])) / 2
+        (exteriors if area > 0 else holes).append((abs(area), ring))
+    polys = [[ring] for _, ring in sorted(exteriors, key=lambda t: -t[0])]
+    for _, hole in holes:
+        hx, hy = hole[0][0] + 0.5, hole[0][1] + 0.5
+        for poly in sorted(polys, key=lambda pl: _area(pl[0])):
+            if _inside(poly[0], hx, hy) and _inside(poly[0], hole[0][0], hole[0][1] + 1e-3):
+                poly.append(hole)
+                break
+    return [[[[float(x * ds), float(y * ds)] for x, y in ring + ring[:1]] for ring in poly] for poly in polys]
+
+
+def _collinear(a, b, c) -> bool:
+    return (b[0] - a[0]) * (c[1] - b[1]) == (b[1] - a[1]) * (c[0] - b[0])
+
+
+def _area(ring) -> float:
+    return abs(sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:] + ring[:1])) / 2)
+
+
+def _inside(ring, x: float, y: float) -> bool:
+    inside = False
+    for (x1, y1), (x2, y2) in zip(ring, ring[1:] + ring[:1]):
+        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
+def tiles_to_geojson(table: pd.DataFrame, column: str | None = "pred", measurements: Sequence[str] | None = None,
+                     object_type: str = "tile", colors: Mapping[str, Any] | None = None, mask: Any = None,
+                     mask_name: str = "Tissue") -> dict[str, Any]:
+    """The FeatureCollection of ``table``'s tiles: one ``Polygon`` each (level-0 px), classified by
+    ``column`` (None: unclassified), ``measurements`` from numeric columns (default: every
+    ``prob_<class>``, ``attention``, ``recon_error``); ``mask`` adds its contours as annotations."""
+    from wsi_lab.overlays import tile_extent
+
+    if object_type not in ("tile", "detection"):
+        raise InvalidParameterError(f"object_type must be 'tile' or 'detection' for tiles, got {object_type!r}")
+    if column is not None and column not in table.columns:
+        raise InvalidParameterError(f"no column {column!r} to classify tiles by; columns are {list(table.columns)}")
+    if measurements is None:
+        measurements = [c for c in table.columns if str(c).startswith("prob_") or c in ("attention", "recon_error")]
+    bad = [c for c in measurements if c not in table.columns or not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise InvalidParameterError(f"measurement column(s) {bad} are missing or not numeric")
+    size = tile_extent(table)
+    feats: list[dict[str, Any]] = []
+    values = table[column].astype(str).to_numpy() if column is not None else None
+    palette = _class_colors(sorted(set(values)) if values is not None else [], colors)
+    meas = {c: table[c].to_numpy(np.float64) for c in measurements}
+    for i, (x, y, s) in enumerate(zip(table["x"].to_numpy(float), table["y"].to_numpy(float), size)):
+        props: dict[str, Any] = {"objectType": object_type}
+        if values is not None:
+            props["classification"] = {"name": values[i], "color": palette[values[i]]}
+        m = {c: float(v[i]) for c, v in meas.items() if np.isfinite(v[i])}
+        if m:
+            props["measurements"] = m
+        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [_ring(x, y, float(s))]},
+                      "properties": props})
+    if mask is not None:
+        color = _class_colors([mask_name], {mask_name: (colors or {}).get(mask_name, "#2ca02c")})[mask_name]
+        for poly in mask_contours(mask):
+            feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly},
+                          "properties": {"objectType": "annotation",
+                                         "classification": {"name": mask_name, "color": color}}})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def write_geojson(path: str | os.PathLike, table: pd.DataFrame, **options: Any) -> Path:
+    """Write :func:`tiles_to_geojson` of ``table`` to ``path`` atomically."""
+    from wsi_lab.io import atomic_write_bytes
+
+    data = tiles_to_geojson(table, **options)
+    atomic_write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
+    return Path(path)
+
+
+def read_geojson(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per feature of a GeoJSON FeatureCollection: ``object_type``, ``classification``,
+    ``color``, the bounding box (``x``, ``y``, ``width``, ``height``, level-0 px), ``geometry`` (the
+    GeoJSON geometry) and one column per measurement. Raises :class:`DataError` naming the file when it
+    is not JSON or not a FeatureCollection."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise DataError.at(p, "no such GeoJSON file") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError.at(p, f"not readable JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("type") != "FeatureCollection" or not isinstance(data.get("features"), list):
+        found = data.get("type") if isinstance(data, dict) else type(data).__name__
+        raise DataError.at(p, f"not a GeoJSON FeatureCollection (type is {found!r}); QuPath exports one with "
+                              "'Export objects as GeoJSON' (FeatureCollection option)")
+    rows = []
+    for n, f in enumerate(data["features"]):
+        geom = (f or {}).get("geometry") or {}
+        coords = geom.get("coordinates")
+        if geom.get("type") not in ("Polygon", "MultiPolygon") or not coords:
+            raise DataError.at(p, f"feature {n}: geometry {geom.get('type')!r} is not a Polygon or MultiPolygon")
+        pts = np.array([pt for ring in (coords if geom["type"] == "Polygon" else [r for pl in coords for r in pl])
+                        for pt in ring], float)
+        props = f.get("properties") or {}
+        cls = props.get("classification") or {}
+        x0, y0 = pts.min(0)
+        x1, y1 = pts.max(0)
+        rows.append({"object_type": props.get("objectType"), "classification": cls.get("name"),
+                     "color": cls.get("color"), "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
+                     "geometry": geom, **{str(k): v for k, v in (props.get("measurements") or {}).items()}})
+    return pd.DataFrame(rows)
