@@ -41,7 +41,7 @@ class MLSettings:
     latent_dim: int = 16
     clusters: int = 4
     classifier: bool = True
-    max_tiles_per_slide: int | None = 400
+    max_tiles_per_slide: int | None = 200
 
 
 def missing_training_deps() -> list[str]:

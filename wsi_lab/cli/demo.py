@@ -43,6 +43,6 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--no-train", action="store_true", help="stop after tiling (no VAE, latents, classifier)")
     p.add_argument("--no-classifier", action="store_true", help="train the VAE but not the slide classifier")
     p.add_argument("--epochs", type=int, default=3, help="epochs of each demo model (default 3)")
-    p.add_argument("--max-tiles", type=int, default=400, help="tiles per slide the models use (default 400)")
+    p.add_argument("--max-tiles", type=int, default=200, help="tiles per slide the models use (default 200)")
     p.add_argument("--workers", type=int, default=None, help="Dask worker processes (default: one per core)")
     p.set_defaults(func=_cmd_demo)
