@@ -58,6 +58,16 @@ def test_classifier_columns_match_the_model_run_directly(cohort, classifier):
     assert meta["kind"] == "classifier" and meta["classes"] == ["a", "b"] and len(meta["checkpoint_hash"]) == 64
 
 
+def test_any_index_is_kept_even_with_duplicates(cohort, classifier):
+    shuffled = cohort.sample(frac=1.0, random_state=0)
+    shuffled.index = [7] * len(shuffled)
+    out = predict(classifier, shuffled)
+    assert list(out.index) == [7] * len(shuffled)
+    assert (out[["x", "y", "slide_id"]].to_numpy() == shuffled[["x", "y", "slide_id"]].to_numpy()).all()
+    ref = predict(classifier, cohort).loc[cohort.sample(frac=1.0, random_state=0).index]
+    np.testing.assert_allclose(out["prob_a"].to_numpy(), ref["prob_a"].to_numpy(), atol=1e-6)
+
+
 def test_bf16_autocast_on_cpu_gives_the_same_predictions_within_tolerance(cohort, classifier):
     fp32 = predict(classifier, cohort, device="cpu", precision="fp32")
     bf16 = predict(classifier, cohort, device="cpu", precision="bf16")

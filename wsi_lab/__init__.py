@@ -26,6 +26,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
                          "latent_rgb_layer", "heatmap", "render_overview"),
     "wsi_lab.viewing": ("DeepZoom",),
     "wsi_lab.train": ("JobSpec", "launch"),
+    "wsi_lab.infer": ("predict", "aggregate", "evaluate"),
     "wsi_lab.ui.viewer": ("SlideViewer",),
     "wsi_lab.ui.lab": ("Lab", "register_panel"),
     "wsi_lab.ui.browser": ("SlideBrowser",),

@@ -24,7 +24,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     client = args.scheduler or ("local" if args.workers else None)
     result = predict_slides(args.checkpoint, table, out=work, batch_size=args.batch_size, device=args.device,
                             precision=args.precision, features=args.features, client=client, n_workers=args.workers,
-                            backend=args.backend, progress=None if args.quiet else TextProgressBar())
+                            backend=args.backend, progress=None if args.quiet else TextProgressBar(),
+                            source=str(args.table))
     for sid, why in result.failed.items():
         print_warning(f"slide {sid} failed: {why}")
     if len(result.table):

@@ -137,20 +137,22 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
                    batch_size: int = 64, num_workers: int = 0, device: str | None = None, precision: str = "auto",
                    features: str | os.PathLike | None = None, client: Any = None, n_workers: int | None = None,
                    backend: str = "auto", slide_paths: dict[str, str] | None = None, label_column: str = "label",
-                   recon_error: bool = True, progress: ProgressCallback | None = None) -> PredictResult:
+                   recon_error: bool = True, progress: ProgressCallback | None = None,
+                   source: str | None = None) -> PredictResult:
     """Run the model over every slide of ``table`` (see the module docstring); a :class:`PredictResult`.
 
     ``client``: None runs the slides here one after the other; ``"local"`` starts a LocalCluster of
     ``n_workers`` processes; a scheduler address or a ``distributed.Client`` uses that cluster.
     ``device`` None picks CUDA when present; ``precision`` ``auto`` is bf16/fp16 autocast on a GPU, fp32
-    on the CPU. ``recon_error=False`` skips a VAE's decoder (latents only). Raises before any work for an empty table, a tile size or class names the model does
-    not match, or an unknown slide path."""
+    on the CPU. ``recon_error=False`` skips a VAE's decoder (latents only). ``source`` names the table
+    in errors (e.g. its file). Raises before any work for an empty table, a tile size or class names
+    the model does not match, or an unknown slide path."""
     from wsi_lab.data.tile_reader import slide_paths_of
     from wsi_lab.infer._engine import check_table, load_model, resolve_device
 
     if batch_size < 1:
         raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size!r}")
-    source = str(table.attrs.get("wsi_lab", {}).get("source", "table")) if isinstance(table, pd.DataFrame) else "table"
+    source = source or "table"
     dev, prec = resolve_device(device, precision)  # refuses fp16 on the CPU before anything runs
     lm = load_model(model_or_checkpoint, "cpu" if client is not None else dev)
     check_table(lm, table, source, label_column)
@@ -158,6 +160,9 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
         raise InvalidParameterError(f"{lm.source}: an attention-MIL model predicts from tile features: pass "
                                     "features=<folder of the features job's .npz files>")
     paths = slide_paths_of(table, slide_paths)
+    original_index, attrs = table.index, dict(table.attrs)
+    table = table.reset_index(drop=True)  # positions: safe with any index (duplicates included)
+    table.attrs = attrs
     groups = _slide_groups(table)
     opts = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "precision": prec if client is None
             else precision, "features": None if features is None else str(features), "backend": backend,
@@ -195,7 +200,10 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
             tracker.dashboard = getattr(c, "dashboard_link", None)
             futures = {}
             for sid, rows in groups:
-                key = "predict-" + hashlib.sha256(f"{paths[sid]}|{lm.checkpoint_hash}|{out}".encode()).hexdigest()[:24]
+                # the key names the work (slide file + rows, checkpoint, output): a shared cluster never
+                # hands back another call's result for other rows
+                work = f"{_inputs_hash(rows, paths[sid])}|{lm.checkpoint_hash}|{out}|{sorted(opts.items())}"
+                key = "predict-" + hashlib.sha256(work.encode()).hexdigest()[:24]
                 futures[c.submit(_slide_task, model_ref, rows, paths[sid], folder_of(sid), opts, key=key,
                                  pure=False)] = (sid, len(rows))
             for fut in as_completed(futures):
@@ -205,7 +213,9 @@ def predict_slides(model_or_checkpoint: Any, table: pd.DataFrame, *, out: str | 
                 except Exception as exc:  # noqa: BLE001 - a worker lost for good: that slide fails, the rest go on
                     res = {"status": "failed", "error_type": type(exc).__name__, "message": str(exc)}
                 finish(sid, res, n, True)
-    return _assemble(table, groups, results, lm, tracker)
+    result = _assemble(table, groups, results, lm, tracker)
+    result.table.index = original_index[result.table.index.to_numpy()]
+    return result
 
 
 def _assemble(table: pd.DataFrame, groups, results, lm, tracker: ProgressTracker) -> PredictResult:
@@ -224,8 +234,7 @@ def _assemble(table: pd.DataFrame, groups, results, lm, tracker: ProgressTracker
         (done if res["status"] == "done" else skipped).append(sid)
         parts.append(rows.join(res["columns"]))
     if parts:
-        out = pd.concat(parts).loc[[i for p in parts for i in p.index]] if len(parts) > 1 else parts[0]
-        out = out.reindex([i for i in table.index if i in out.index])
+        out = pd.concat(parts).sort_index() if len(parts) > 1 else parts[0]
     else:
         out = table.iloc[:0].copy()
     meta = dict(table.attrs.get("wsi_lab") or {})
