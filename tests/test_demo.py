@@ -86,11 +86,18 @@ def test_second_run_skips_complete_steps(demo_run, slides):
     assert ckpt.stat().st_mtime_ns == before
     assert sum("is complete for this spec" in line for line in lines) == 2, lines
     assert not report.failed and report.geojson.keys() == first.geojson.keys()
-    # another spec (more epochs) trains again in the same folder: the skip is per spec hash
+    # other tiles (a smaller sample), another model: another spec hash, so the demo's folder trains afresh
     lines.clear()
-    run_demo(slides, out, workers=1, settings=MLSettings(**{**TINY, "epochs": 2, "classifier": False}),
-             say=lines.append)
+    report = run_demo(slides, out, workers=1, settings=MLSettings(**{**TINY, "epochs": 2, "classifier": False,
+                                                                       "max_tiles_per_slide": 12, "latent_dim": 4}),
+                      say=lines.append)
+    assert any("training it afresh" in line for line in lines), lines
     assert not any("is complete" in line for line in lines) and ckpt.stat().st_mtime_ns != before
+    assert not report.failed, report.failed
+    from wsi_lab.infer import read_predictions
+
+    preds = read_predictions(report.predictions["vae"])
+    assert len([c for c in preds.columns if c.startswith("z_")]) == 4 and len(preds) <= 24
 
 
 def test_without_torch_the_model_steps_are_skipped_with_the_install_command(slides, tmp_path):

@@ -66,12 +66,35 @@ def train_if_needed(spec, inputs: str, say: Callable[[str], None], progress=None
     ckpt = out / "checkpoints" / "last.pt"
     if check_manifest(out, MANIFEST_KIND, inputs_hash=inputs, params_hash=spec.hash(), verify_hashes=False):
         return ckpt, False
+    _clear_stale(out, spec, inputs, say)
     job = launch(spec, progress=progress)
     job.result()  # raises the worker's typed error
     write_manifest(out, MANIFEST_KIND, inputs_hash=inputs, params_hash=spec.hash(),
                    files=[str(ckpt.relative_to(out))], hash_limit=0, task=spec.task)
     say(f"  checkpoint {ckpt}")
     return ckpt, True
+
+
+def _clear_stale(out: Path, spec, inputs: str, say: Callable[[str], None]) -> None:
+    """Empty the demo's own training folder when it holds a run of other tiles or another model (the
+    demo's settings changed): a user's job refuses such a folder, the demo starts that model afresh."""
+    import shutil
+
+    from wsi_lab.runs.manifest import read_manifest
+    from wsi_lab.train import JobSpec
+
+    old_spec = out / "spec.json"
+    if not old_spec.is_file():
+        return
+    manifest = read_manifest(out)
+    stale = manifest is not None and manifest.get("inputs_hash") != inputs
+    try:
+        stale = stale or JobSpec.read(old_spec).identity() != spec.identity()
+    except WSILabError:
+        stale = True
+    if stale:
+        say(f"  {out} holds a run of other tiles or another model: training it afresh")
+        shutil.rmtree(out)
 
 
 def _subsample(table, n: int | None, seed: int = 0):
