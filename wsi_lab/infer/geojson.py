@@ -48,19 +48,19 @@ def mask_contours(mask: Any, downsample: float | None = None) -> list[list[list[
     ds = float(downsample if downsample is not None else getattr(mask, "downsample", 1.0))
     p = np.pad(arr, 1)
     edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    # directed boundary edges with the mask on the right (screen coordinates, y down)
-    h, w = p.shape
-    for r, c in zip(*np.nonzero(p[1:-1, 1:-1])):
-        r, c = r + 1, c + 1
-        x, y = c - 1, r - 1
-        if not p[r - 1, c]:
-            edges.setdefault((x, y), []).append((x + 1, y))
-        if not p[r, c + 1]:
-            edges.setdefault((x + 1, y), []).append((x + 1, y + 1))
-        if not p[r + 1, c]:
-            edges.setdefault((x + 1, y + 1), []).append((x, y + 1))
-        if not p[r, c - 1]:
-            edges.setdefault((x, y + 1), []).append((x, y))
+    # directed boundary edges with the mask on the right (screen coordinates, y down), found with array
+    # operations; only the boundary (not every mask pixel) is walked in Python
+    inner = p[1:-1, 1:-1]
+    sides = (  # (pixels whose neighbour on this side is empty, edge start offset, edge end offset)
+        (inner & ~p[:-2, 1:-1], (0, 0), (1, 0)),    # top
+        (inner & ~p[1:-1, 2:], (1, 0), (1, 1)),     # right
+        (inner & ~p[2:, 1:-1], (1, 1), (0, 1)),     # bottom
+        (inner & ~p[1:-1, :-2], (0, 1), (0, 0)),    # left
+    )
+    for hit, (sx, sy), (ex, ey) in sides:
+        ys, xs = np.nonzero(hit)
+        for x, y in zip(xs.tolist(), ys.tolist()):
+            edges.setdefault((x + sx, y + sy), []).append((x + ex, y + ey))
     rings = []
     while edges:
         start = next(iter(edges))
@@ -81,11 +81,16 @@ def mask_contours(mask: Any, downsample: float | None = None) -> list[list[list[
         area = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:] + ring[:1])) / 2
         (exteriors if area > 0 else holes).append((abs(area), ring))
     polys = [[ring] for _, ring in sorted(exteriors, key=lambda t: -t[0])]
+    # a hole belongs to the smallest exterior that holds it (bounding boxes first: few rings are tested)
+    boxes = [(min(x for x, _ in pl[0]), min(y for _, y in pl[0]), max(x for x, _ in pl[0]), max(y for _, y in pl[0]))
+             for pl in polys]
+    by_size = sorted(range(len(polys)), key=lambda i: _area(polys[i][0]))
     for _, hole in holes:
-        hx, hy = hole[0][0] + 0.5, hole[0][1] + 0.5
-        for poly in sorted(polys, key=lambda pl: _area(pl[0])):
-            if _inside(poly[0], hx, hy) and _inside(poly[0], hole[0][0], hole[0][1] + 1e-3):
-                poly.append(hole)
+        hx, hy = hole[0][0], hole[0][1] + 0.5  # a point just inside the hole's first (left) edge
+        for i in by_size:
+            x0, y0, x1, y1 = boxes[i]
+            if x0 <= hx <= x1 and y0 <= hy <= y1 and _inside(polys[i][0], hx, hy):
+                polys[i].append(hole)
                 break
     return [[[[float(x * ds), float(y * ds)] for x, y in ring + ring[:1]] for ring in poly] for poly in polys]
 
@@ -99,11 +104,13 @@ def _area(ring) -> float:
 
 
 def _inside(ring, x: float, y: float) -> bool:
-    inside = False
-    for (x1, y1), (x2, y2) in zip(ring, ring[1:] + ring[:1]):
-        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
-            inside = not inside
-    return inside
+    """Even-odd ray casting, vectorised over the ring's edges."""
+    a = np.asarray(ring, np.float64)
+    b = np.roll(a, -1, axis=0)
+    crosses = (a[:, 1] > y) != (b[:, 1] > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xs = a[:, 0] + (y - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
+    return bool(np.count_nonzero(crosses & (x < xs)) % 2)
 
 
 def tiles_to_geojson(table: pd.DataFrame, column: str | None = "pred", measurements: Sequence[str] | None = None,
