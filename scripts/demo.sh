@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the default data: set up, print slide metadata and a thumbnail montage, then open
+# The main job on the default data: set up, then `wsi-lab demo` (montage, tiling, a VAE, latents, overlays,
+# GeoJSON, a slide classifier and its metrics under demo-out/), then open
 # the WSI Lab app (JupyterLab on notebook 01). Usage: scripts/demo.sh [--no-lab] [--port N]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 4: models
     "models": 4,
     # 5: jobs built on models and tiles
-    "train": 5, "infer": 5, "demo": 5,
+    "train": 5, "infer": 5, "demo": 5, "demo_ml": 5,
     # 6: cloud jobs
     "cloud": 6,
     # 7: servers and viewers outside the notebook; the environment report

@@ -96,3 +96,23 @@ def test_notebook_02_tiling_and_the_exercise_check(tmp_path):
     assert "1 slide override(s) from" in text  # 02 loads what 01 saved in the shared workshop folder
     lab_cell = next(c for c in nb.cells if c.cell_type == "code" and "wsi_lab.Lab(" in c.source)
     assert "application/vnd.jupyter.widget-view+json" in str(lab_cell.outputs)  # the result in the Lab's viewer
+
+
+def test_notebook_03_trains_a_vae_and_reviews_its_latents(tmp_path):
+    pytest.importorskip("torch")
+    from wsi_lab.tiling import TilingParams, run_tiling
+
+    # the workshop folder notebook 02 leaves behind: 256² otsu tiles of a slide
+    run_tiling(SHARED / "CMU-1-Small-Region.svs", TilingParams(tile_size=256, method="otsu", min_tissue=0.5),
+               out=tmp_path / "tiles", n_workers=1)
+    nb = nbformat.read(NOTEBOOKS / "03_train_and_review.ipynb", as_version=4)
+    _client(nb, tmp_path).execute()
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "1 tile table(s)" in text and "16 latents each" in text
+    assert (tmp_path / "vae" / "checkpoints" / "last.pt").is_file()
+    viewer_cell = next(c for c in nb.cells if c.cell_type == "code" and "SlideViewer(" in c.source)
+    assert "latent (pca)" in _text(viewer_cell) and "clusters (k=4)" in _text(viewer_cell)
+    assert "application/vnd.jupyter.widget-view+json" in str(viewer_cell.outputs)
+    gj = json.loads((tmp_path / "geojson" / "CMU-1-Small-Region.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) > 10

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +98,7 @@ def thumbnail_montage(paths: Sequence[str | os.PathLike[str]], out: str | os.Pat
 
 @dataclass
 class DemoReport:
-    """What :func:`run_demo` wrote."""
+    """What :func:`run_demo` wrote (every artifact path), what it skipped and how long each step took."""
 
     out: Path
     montage: Path | None = None
@@ -106,47 +106,86 @@ class DemoReport:
     overlays: dict[str, Path] = field(default_factory=dict)
     tiles: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    predictions: dict[str, Path] = field(default_factory=dict)
+    geojson: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, Path] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"thumbnail montage: {self.montage}"] if self.montage else []
         if self.tables:
             lines.append(f"{len(self.tables)} slide(s) tiled, {self.tiles} tissue tiles; tables under {self.out / 'tiles'}")
-        lines += [f"overlay: {p}" for p in self.overlays.values()]
+        lines += [f"overlay ({name}): {p}" for name, p in self.overlays.items()]
+        lines += [f"checkpoint ({name}): {p}" for name, p in self.checkpoints.items()]
+        lines += [f"predictions ({name}): {p}" for name, p in self.predictions.items()]
+        lines += [f"GeoJSON ({sid}): {p}" for sid, p in self.geojson.items()]
+        for name, p in self.metrics.items():
+            from wsi_lab.demo_ml import read_metrics_line
+
+            lines.append(f"metrics ({name}): {p} ({read_metrics_line(p)})")
+        lines += [f"skipped: {msg}" for msg in self.skipped]
+        if self.timings:
+            lines.append("step times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
         lines += [f"FAILED {sid}: {msg}" for sid, msg in self.failed.items()]
         return "\n".join(lines)
 
 
 def run_demo(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike = "demo-out", tile: bool = True,
-             workers: int | None = None, progress=None) -> DemoReport:
+             workers: int | None = None, progress=None, train: bool = True, settings=None,
+             say: Callable[[str], None] | None = None) -> DemoReport:
     """The main job on ``paths``: a thumbnail montage, then (``tile=True``) Otsu tissue tiling of every
     slide on a local Dask cluster (256² tiles at 0.5 µm/px where the slide has µm/px, else at level 0)
-    and a ``tissue_fraction`` heatmap overview per slide. Outputs go under ``out``."""
+    and a ``tissue_fraction`` heatmap overview per slide; then (``train=True``) the model steps of
+    :mod:`wsi_lab.demo_ml` (VAE, latents, latent/cluster overlays, GeoJSON, a slide classifier), sized
+    by ``settings`` (:class:`wsi_lab.demo_ml.MLSettings`). ``progress`` (a ProgressCallback) gets every
+    step's events; ``say`` one line per step (default: the log). Outputs go under ``out``; re-running skips what is complete."""
+    import time
+
     from wsi_lab.io import save_image
 
+    say = say or log.info
     report = DemoReport(out=Path(out))
     if not paths:
         return report
+    t0 = time.perf_counter()
+    say(f"[montage] {len(paths)} slide(s) -> {report.out / 'montage.png'}")
     report.montage = thumbnail_montage(list(paths), report.out / "montage.png")
+    report.timings["montage"] = time.perf_counter() - t0
     if not tile:
         return report
     from wsi_lab.overlays import heatmap_layer, render_overview
+    from wsi_lab.runs.executors import dask_client
     from wsi_lab.slide import open_slide
     from wsi_lab.tiling import TilingParams, run_tiling
 
-    result = run_tiling(list(paths), TilingParams(mpp=0.5), out=report.out / "tiles", n_workers=workers,
-                        progress=progress, if_no_mpp="level0")  # slides without µm/px: level 0, not a failure
-    report.failed.update(result.failed)
-    for sid, table_path in result.tables.items():
-        from wsi_lab.data.table import read_table
+    def prog():
+        return progress
 
-        table = read_table(table_path)
-        report.tables[sid] = table_path
-        report.tiles += len(table)
-        slide_path = table.attrs.get("wsi_lab", {}).get("slide_path")
-        if not slide_path or table.empty:
-            continue
-        with open_slide(slide_path) as s:
-            image = render_overview(s, [heatmap_layer(table, "tissue_fraction", slide=s)], max_size=1024)
-        report.overlays[sid] = report.out / "overlays" / f"{sid}.png"
-        save_image(image, report.overlays[sid])
+    with dask_client(None, workers) as client:
+        t0 = time.perf_counter()
+        say(f"[tiling] 256² tissue tiles at 0.5 µm/px (level 0 without µm/px) -> {report.out / 'tiles'}")
+        result = run_tiling(list(paths), TilingParams(mpp=0.5), client=client, out=report.out / "tiles",
+                            progress=prog(), if_no_mpp="level0")  # slides without µm/px: level 0, not a failure
+        report.failed.update(result.failed)
+        for sid, table_path in result.tables.items():
+            from wsi_lab.data.table import read_table
+
+            table = read_table(table_path)
+            report.tables[sid] = table_path
+            report.tiles += len(table)
+            slide_path = table.attrs.get("wsi_lab", {}).get("slide_path")
+            if not slide_path or table.empty:
+                continue
+            with open_slide(slide_path) as s:
+                image = render_overview(s, [heatmap_layer(table, "tissue_fraction", slide=s)], max_size=1024)
+            report.overlays[sid] = report.out / "overlays" / f"{sid}.png"
+            save_image(image, report.overlays[sid])
+        report.timings["tiling"] = time.perf_counter() - t0
+        if train:
+            from wsi_lab.demo_ml import MLSettings, run_model_steps
+
+            run_model_steps(report, report.tables, [str(p) for p in paths], settings or MLSettings(), say,
+                            progress_factory=prog, client=client)
     return report
