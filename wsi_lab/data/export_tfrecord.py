@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from wsi_lab.data.extract import TileCoder, encode_jpeg
-from wsi_lab.data.tfrecord import TFRecordWriter, encode_example, frame_record
+from wsi_lab.data.tfrecord import FeatureValue, TFRecordWriter, encode_example, frame_record
 from wsi_lab.data.tile_reader import (
     TILE_COLUMNS,
     SlideCache,
@@ -84,7 +84,7 @@ def _example(tile: np.ndarray | bytes, label: int, slide_id: str, x: int, y: int
         h, w = size
     else:
         h, w = tile.shape[:2]
-    common = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
+    common: dict[str, FeatureValue] = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
     if variant == "raw":
         return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).data, "height": h, "width": w,
                                "depth": 3, **common})

@@ -161,12 +161,13 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise DataError("malformed protobuf varint")
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """Yield (field number, wire type, value) of a protobuf message; length-delimited values are bytes."""
     pos = 0
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _read_varint(buf, pos)
         elif wire == 2:
@@ -192,7 +193,7 @@ def _parse_feature(buf: bytes) -> list:
         values: list = []
         for _f, wire, v in _fields(body):  # type: ignore[arg-type]
             if kind == 1:
-                values.append(bytes(v))  # type: ignore[arg-type]
+                values.append(bytes(v))
             elif kind == 2:
                 values.extend(struct.unpack(f"<{len(v) // 4}f", v) if wire == 2 else struct.unpack("<f", v))  # type: ignore[arg-type]
             elif kind == 3:
@@ -220,7 +221,7 @@ def parse_example(data: bytes) -> dict[str, list]:
                 key, value = "", b""
                 for f3, _w3, v in _fields(entry):  # type: ignore[arg-type]
                     if f3 == 1:
-                        key = bytes(v).decode()  # type: ignore[arg-type]
+                        key = bytes(v).decode()
                     elif f3 == 2:
                         value = v  # type: ignore[assignment]
                 out[key] = _parse_feature(value)
