@@ -19,7 +19,7 @@ PACKAGE = Path(wsi_lab.__file__).resolve().parent
 #: the one table of layers (first name below ``wsi_lab`` -> layer); a module may import its layer and below
 LAYERS: dict[str, int] = {
     # 0: foundations
-    "_version": 0, "errors": 0, "io": 0, "locations": 0,
+    "_version": 0, "_lazy": 0, "errors": 0, "io": 0, "locations": 0,
     # 1: slides
     "slide": 1,
     # 2: what works on one slide, and the run layer

@@ -6,8 +6,7 @@ Importing this package is light; torch loads when a model is run, scikit-learn w
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsi_lab._lazy import lazy_exports
 
 _NAMES = {
     "predict": "wsi_lab.infer.run", "predict_slides": "wsi_lab.infer.run",
@@ -19,15 +18,4 @@ _NAMES = {
     "read_geojson": "wsi_lab.infer.geojson", "mask_contours": "wsi_lab.infer.geojson", "ModelServer": "wsi_lab.infer.serve",
 }
 
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_lab.infer' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("wsi_lab.infer", _NAMES)

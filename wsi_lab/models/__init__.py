@@ -6,8 +6,7 @@ Importing this package is light; torch loads when a model class or function is f
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsi_lab._lazy import lazy_exports
 
 _NAMES = {
     "VAE": "wsi_lab.models.vae", "vae_loss": "wsi_lab.models.vae",
@@ -20,15 +19,4 @@ _NAMES = {
     "load_weights": "wsi_lab.models.weights", "latent_table": "wsi_lab.models.latents",
 }
 
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_lab.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("wsi_lab.models", _NAMES)
