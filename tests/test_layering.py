@@ -25,13 +25,13 @@ LAYERS: dict[str, int] = {
     # 2: what works on one slide, and the run layer
     "tissue": 2, "runs": 2, "progress": 2, "testing": 2, "testing_stains": 2,
     # 3: tiles, tables, exports, overlays and the viewing module
-    "tiling": 3, "data": 3, "overlays": 3, "viewing": 3, "deepzoom": 3,
+    "tiling": 3, "data": 3, "overlays": 3, "viewing": 3, "deepzoom": 3, "annotations": 3,
     # 4: models
     "models": 4,
     # 5: jobs built on models and tiles
     "train": 5, "infer": 5, "demo": 5, "demo_ml": 5,
-    # 6: cloud jobs
-    "cloud": 6,
+    # 6: cloud jobs; review decisions and session bundles (over tables, specs and predictions)
+    "cloud": 6, "review": 6, "sessions": 6,
     # 7: servers and viewers outside the notebook; the environment report
     "server": 7, "napari": 7, "doctor": 7,
     # 8: widgets
