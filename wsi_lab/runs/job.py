@@ -249,21 +249,28 @@ class SubprocessJob(Job[int]):
     def pid(self) -> int:
         return self._proc.pid
 
+    def _unwrap(self, line: str) -> str:
+        """The report inside one output line (a launcher that prefixes its lines overrides this)."""
+        return line
+
+    def handle_line(self, line: str) -> None:
+        """Take one output line: a metrics record, a progress event, or a log line."""
+        line = self._unwrap(line)
+        try:
+            if line.startswith(METRIC_PREFIX):
+                self.record_metrics(json.loads(line[len(METRIC_PREFIX):]))
+                return
+            if line.startswith(self.PROGRESS_PREFIX):
+                self.emit(ProgressEvent(**json.loads(line[len(self.PROGRESS_PREFIX):])))
+                return
+        except (ValueError, TypeError) as exc:
+            line = f"(unparsed report line: {exc}) {line}"
+        self.log(line)
+
     def _pump(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            line = line.rstrip("\n")
-            try:
-                if line.startswith(METRIC_PREFIX):
-                    self.record_metrics(json.loads(line[len(METRIC_PREFIX):]))
-                    continue
-                if line.startswith(self.PROGRESS_PREFIX):
-                    self.emit(ProgressEvent(**json.loads(line[len(self.PROGRESS_PREFIX):])))
-                    continue
-            except (ValueError, TypeError) as exc:
-                self.log(f"(unparsed report line: {exc}) {line}")
-                continue
-            self.log(line)
+            self.handle_line(line.rstrip("\n"))
         rc = self._proc.wait()
         if self.cancel_event.is_set():
             self._finish(result=rc, status=JobStatus.CANCELLED)

@@ -27,8 +27,8 @@ from typing import Any
 
 from wsi_lab import errors
 from wsi_lab.errors import MissingDependencyError, TrainingError
-from wsi_lab.runs.job import METRIC_PREFIX, Failure, JobStatus, SubprocessJob
-from wsi_lab.runs.progress import ProgressCallback, ProgressEvent
+from wsi_lab.runs.job import Failure, JobStatus, SubprocessJob
+from wsi_lab.runs.progress import ProgressCallback
 from wsi_lab.train.run import ERROR_PREFIX, prepare_out
 from wsi_lab.train.spec import JobSpec
 
@@ -67,24 +67,10 @@ class TrainJob(SubprocessJob):
         self.spec = spec
         super().__init__(cmd, name=f"train-{spec.task}", env=env, progress=progress)
 
-    def log(self, line: str) -> None:
-        """Record an output line; lines horovodrun prefixed with ``[rank]<stdout>:`` are unprefixed and
-        parsed as metrics / progress reports like unprefixed ones."""
+    def _unwrap(self, line: str) -> str:
+        """Lines horovodrun prefixes with ``[rank]<stdout>:`` are read like unprefixed ones."""
         m = _RANK_PREFIX.match(line)
-        if m is None:
-            super().log(line)
-            return
-        line = line[m.end():]
-        try:
-            if line.startswith(METRIC_PREFIX):
-                self.record_metrics(json.loads(line[len(METRIC_PREFIX):]))
-                return
-            if line.startswith(self.PROGRESS_PREFIX):
-                self.emit(ProgressEvent(**json.loads(line[len(self.PROGRESS_PREFIX):])))
-                return
-        except (ValueError, TypeError) as exc:
-            line = f"(unparsed report line: {exc}) {line}"
-        super().log(line)
+        return line if m is None else line[m.end():]
 
     def _finish(self, result: Any = None, error: BaseException | None = None,
                 status: JobStatus | None = None) -> None:
