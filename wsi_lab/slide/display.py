@@ -237,7 +237,11 @@ def display_from_spec(slide, spec: dict[str, Any]) -> DisplaySettings:
     try:
         if pct is None:  # limits set by hand
             source = {k: v for k, v in (spec.get("source") or {}).items() if k != "percentiles"}
-            return DisplaySettings.from_dict({**spec, "source": source})
+            settings = DisplaySettings.from_dict({**spec, "source": source})
+            n = _view(slide, 1024).shape[2] if _view(slide, 1024).ndim == 3 else 1
+            if max(settings.channels) >= n:
+                raise InvalidParameterError(f"display channels {list(settings.channels)}: the slide has {n} channels")
+            return settings
         p = (float(pct[0]), float(pct[1]))
         if not (0.0 <= p[0] < p[1] <= 100.0):
             raise InvalidParameterError(f"display percentiles must satisfy 0 <= low < high <= 100, got {list(pct)}")
