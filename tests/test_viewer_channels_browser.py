@@ -10,7 +10,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook

@@ -75,7 +75,7 @@ def save_display_settings(slide, settings: DisplaySettings | None,
             slides.pop(sid, None)
         else:
             slides[sid] = {"path": spath, "dimensions": dims, "settings": settings.to_dict(),
-                           "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                           "saved": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
         out = {**data, "version": 1, "slides": slides}
         atomic_write_bytes(path, (json.dumps(out, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return path

@@ -71,7 +71,7 @@ def display_token(spec: dict | Any) -> str:
     automatic ones), or ``"raw"``. The front end builds the same (``widgets/src/display.ts``)."""
     if spec is None or spec == "raw":
         return "raw"
-    d = spec.to_dict() if callable(getattr(spec, "to_dict", None)) else dict(spec)
+    d: dict = dict(spec) if isinstance(spec, dict) else spec.to_dict()
     out = {k: d.get(k) for k in _DISPLAY_KEYS}
     if out["percentiles"]:
         out.pop("limits")
