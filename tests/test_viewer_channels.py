@@ -203,3 +203,23 @@ def test_deepzoom_tile_bytes_take_a_display(ome):
         assert dz.get_tile_bytes(lvl, 0, 0, dz.display) == own
         assert dz.display_for_token(None) is dz.display and dz.display_for_token("raw") is None
         assert dz.get_tile_bytes(lvl, 0, 0, None) != own
+
+
+def test_browser_thumbnails_and_tuner_background_follow_the_recorded_display(ome, tmp_path, monkeypatch):
+    from wsi_lab.ui.browser import thumbnail_bytes
+    from wsi_lab.ui.tuner import ThresholdTuner, tuned_thumbnail
+
+    monkeypatch.chdir(tmp_path)
+    auto = _jpeg(thumbnail_bytes(ome, 128))
+    assert auto[..., 2].max() > 200  # DAPI shown in its own colour (blue)
+    with open_slide(ome) as s:
+        save_display_settings(s, DisplaySettings((1,), ((0, 255, 0),), ((0.0, 60.0),), 1.0, "fluorescence"))
+    only_fitc = _jpeg(thumbnail_bytes(ome, 128))  # not the cached picture of the old settings
+    assert only_fitc[..., 2].max() < 30 and only_fitc[..., 0].max() < 30 and only_fitc[..., 1].max() > 200
+    tuner = ThresholdTuner(ome)
+    try:
+        tuner.show_mask.value = tuner.show_grid.value = False
+        pic = tuned_thumbnail(tuner).astype(np.int16)
+        assert pic[..., 0].max() < 40 and pic[..., 1].max() > 200  # raw pixels would put DAPI in red
+    finally:
+        tuner.close()

@@ -45,22 +45,11 @@ def read_slides(path) -> list[tuple]:
     slide's automatic ones; see :mod:`wsi_lab.slide.display`)."""
     from wsi_lab.napari._display import display_layers_data
     from wsi_lab.slide import open_slide
+    from wsi_lab.slide.display_file import recorded_display
 
     paths = path if isinstance(path, list) else [path]
     out: list[tuple] = []
     for p in paths:
         slide = open_slide(p)
-        out.extend(display_layers_data(slide, display=_recorded_display(slide)))
+        out.extend(display_layers_data(slide, display=recorded_display(slide)))
     return out
-
-
-def _recorded_display(slide):
-    """The display settings recorded for ``slide`` in ``./display.json``, else ``"auto"``."""
-    from wsi_lab.slide.display_file import load_display_settings
-
-    try:
-        saved = load_display_settings(slide)
-    except WSILabError as exc:
-        log.warning("display settings of %s not loaded: %s", slide.path, exc)
-        return "auto"
-    return saved if saved is not None else "auto"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -26,7 +27,9 @@ from wsi_lab.io import atomic_write_bytes
 from wsi_lab.slide.display import DisplaySettings
 
 __all__ = ["DISPLAY_FILENAME", "display_file", "save_display_settings", "load_display_settings",
-           "read_display_file"]
+           "read_display_file", "recorded_display", "display_file_version"]
+
+log = logging.getLogger(__name__)
 
 #: the file name inside the session folder
 DISPLAY_FILENAME = "display.json"
@@ -95,3 +98,23 @@ def load_display_settings(slide, folder: str | os.PathLike | None = None) -> Dis
     if not isinstance(spec, dict):
         raise InvalidParameterError(f"{display_file(folder)}: the entry of {sid!r} has no settings object")
     return display_from_spec(slide, spec)
+
+
+def recorded_display(slide, folder: str | os.PathLike | None = None) -> DisplaySettings | str:
+    """What a person should see of ``slide``: the settings recorded in ``folder``'s display file, else
+    ``"auto"`` (the slide's own statistics). A malformed file is logged and ignored here (displays go on)."""
+    try:
+        saved = load_display_settings(slide, folder)
+    except InvalidParameterError as exc:
+        log.warning("display settings of %s not used: %s", getattr(slide, "path", slide), exc)
+        return "auto"
+    return saved if saved is not None else "auto"
+
+
+def display_file_version(folder: str | os.PathLike | None = None) -> int:
+    """The display file's modification time in ns (0 when there is none): part of cache keys of displayed
+    pictures, so a thumbnail follows a change of the recorded settings."""
+    try:
+        return display_file(folder).stat().st_mtime_ns
+    except OSError:
+        return 0
