@@ -4,6 +4,7 @@ round trip, and the settings recorded in ``display.json`` and reloaded when the 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -91,8 +92,10 @@ def test_display_token_round_trip_and_bad_tokens(ome):
         manual = DisplaySettings((0, 2), ((0, 0, 255), (255, 0, 0)), ((0.0, 100.0), (3.0, 40.0)), 2.0, "fluorescence")
         assert display_from_spec(s, display_from_token(display_token(manual))) == manual
     assert display_from_token("raw") == "raw" and display_token(None) == "raw"
-    import base64
-
+    # the browser's JSON.stringify writes 1.0 as 1: the kernel's token is the same text
+    js = '{"channels":[0,2],"colors":[[0,0,255],[255,0,0]],"limits":[[0,100],[3,40.5]],"gamma":2}'
+    manual2 = DisplaySettings((0, 2), ((0, 0, 255), (255, 0, 0)), ((0.0, 100.0), (3.0, 40.5)), 2.0, "fluorescence")
+    assert display_token(manual2) == base64.urlsafe_b64encode(js.encode()).decode().rstrip("=")
     for bad in ("not base64!", "A" * 5000, base64.urlsafe_b64encode(b"[1, 2]").decode(),
                 base64.urlsafe_b64encode(b'{"evil": 1}').decode(), base64.urlsafe_b64encode(b"{nope").decode()):
         with pytest.raises(InvalidParameterError):

@@ -77,8 +77,20 @@ def display_token(spec: dict | Any) -> str:
         out.pop("limits")
     else:
         out.pop("percentiles")
-    raw = json.dumps(out, separators=(",", ":")).encode()
+    raw = json.dumps(_js_numbers(out), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _js_numbers(value: Any) -> Any:
+    """Integral floats as ints, as JavaScript's ``JSON.stringify`` writes them (the same settings give
+    the same token in the kernel and in the browser)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_js_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _js_numbers(v) for k, v in value.items()}
+    return value
 
 
 def display_from_token(token: str) -> dict | str:
