@@ -99,8 +99,11 @@ def test_reader_returns_lazy_scaled_layers(slide_path, tmp_path):
     assert reader is not None
     (data, kwargs, kind), = reader(str(slide_path))
     slide = open_slide(slide_path)
-    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
-    assert data[0].shape == (slide.dimensions[1], slide.dimensions[0], 3) and type(data[0]).__name__ == "Array"
+    assert kind == "image" and kwargs["multiscale"]
+    fluo = "DAPI" in slide_path.name  # fluorescence: one layer per channel (here one: the blue DAPI channel)
+    assert kwargs["rgb"] is not fluo
+    shape = (slide.dimensions[1], slide.dimensions[0]) + (() if fluo else (3,))
+    assert data[0].shape == shape and type(data[0]).__name__ == "Array"
     assert kwargs["scale"] == pytest.approx((slide.mpp[1], slide.mpp[0])) and kwargs["units"] == "um"
     # files it must decline
     (tmp_path / "notes.txt").write_text("x")
@@ -241,14 +244,15 @@ def test_napari_opens_slides_through_the_plugin(xdisplay, ndpi_path):
     viewer = napari.Viewer(show=True)
     try:
         layers = viewer.open(str(ndpi_path), plugin="wsi-lab")
-        assert len(layers) == 1
+        assert len(layers) == 1  # fluorescence with one channel carrying signal (DAPI, stored as blue)
         lay = layers[0]
         slide = open_slide(ndpi_path)
-        assert lay.multiscale and lay.rgb and lay.name == slide.slide_id
+        assert lay.multiscale and not lay.rgb and lay.name == f"{slide.slide_id} [ch 2]"
+        assert lay.contrast_limits[1] > lay.contrast_limits[0] and lay.blending == "additive"
         assert len(lay.data) >= slide.level_count - 1 and lay.data[0].shape[:2] == (4864, 3968)
         assert lay.scale[-1] == pytest.approx(slide.mpp[0])
         img = _settle(viewer)
-        assert img[..., 2].max() > 100  # blue DAPI nuclei are drawn
+        assert img[..., 2].max() > 100  # DAPI nuclei are drawn
     finally:
         viewer.close()
 

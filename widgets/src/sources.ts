@@ -96,14 +96,16 @@ export class CommClient {
   }
 }
 
-export function commTileSource(info: SlideInfo, comm: CommClient, layerKey: string | null): any {
+export function commTileSource(info: SlideInfo, comm: CommClient, layerKey: string | null, display = ""): any {
   const ts: any = new (OpenSeadragon as any).TileSource({
     width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
     minLevel: 0, maxLevel: info.level_count - 1,
   });
   const kind = layerKey ? "overlay" : "tile";
+  // the display token only names the URL (tiles of other settings are other tiles to OpenSeadragon's
+  // cache); the kernel already shows its viewer's current settings
   ts.getTileUrl = (level: number, x: number, y: number) =>
-    `comm:${kind}/${layerKey ?? "slide"}/${level}/${x}_${y}.${layerKey ? "png" : "jpeg"}`;
+    `comm:${kind}/${layerKey ?? "slide"}${display ? "~" + display : ""}/${level}/${x}_${y}.${layerKey ? "png" : "jpeg"}`;
   ts.downloadTileStart = (context: any) => {
     const m = /(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
     if (!m) { context.finish(null, null, `bad tile address ${context.src}`); return; }
@@ -127,14 +129,15 @@ export function commTileSource(info: SlideInfo, comm: CommClient, layerKey: stri
   return ts;
 }
 
-export function httpTileSource(info: SlideInfo, target: ServerTarget, layerKey: string | null): any {
+export function httpTileSource(info: SlideInfo, target: ServerTarget, layerKey: string | null, display = ""): any {
   const ts: any = new (OpenSeadragon as any).TileSource({
     width: info.width, height: info.height, tileSize: info.tile_size, tileOverlap: info.overlap,
     minLevel: 0, maxLevel: info.level_count - 1,
   });
   ts.getTileUrl = layerKey
     ? (l: number, x: number, y: number) => `${target.base}overlays/${target.id}/${layerKey}/${l}/${x}_${y}.png`
-    : (l: number, x: number, y: number) => `${target.base}tiles/${target.id}/${l}/${x}_${y}.jpeg`;
+    : (l: number, x: number, y: number) =>
+      `${target.base}tiles/${target.id}/${l}/${x}_${y}.jpeg${display ? `?display=${display}` : ""}`;
   return ts;
 }
 

@@ -4,11 +4,12 @@
  *
  * Model state (see wsi_lab/ui/viewer.py): slide_info, tile_source ("auto" | "server" | "comm"),
  * layers [{key, name, opacity, visible, legend, payload}], viewport [x, y, w, h] (level-0 px),
- * selected_tile, height; written here: active_source, status.
+ * selected_tile, height, display_state (channel picker: see display.ts); written here: active_source, status.
  * Comm protocol: {type: "tile"|"overlay", id, level, col, row[, layer]} -> reply {type, id, ok, error?}
  * + one binary buffer (JPEG / PNG); {type: "click", x, y} -> Python callbacks.
  */
 import OpenSeadragon from "openseadragon";
+import { displayPanel } from "./display";
 import { legendHtml, niceLength } from "./legend";
 import { type AnyModel, CommClient, type LayerState, type ServerTarget, type SlideInfo, commTileSource,
   httpTileSource, probeServer } from "./sources";
@@ -38,7 +39,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   const hintEl = document.createElement("div");
   hintEl.className = "wsi-hint";
   hintEl.textContent = "scroll to zoom · drag to pan · double-click to zoom in";
-  root.append(osdEl, legendEl, scaleEl, statusEl, toolbar, hintEl);
+  const displayEl = document.createElement("div"); // channel picker, contrast, gamma (fluorescence only)
+  root.append(osdEl, legendEl, scaleEl, statusEl, toolbar, hintEl, displayEl);
   el.append(root);
 
   const comm = new CommClient(model);
@@ -130,8 +132,11 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   /** With a token in PageConfig (no login cookie, e.g. some hubs), fetch tiles with an auth header. */
   const ajaxOptions = () =>
     target && target.headers["Authorization"] ? { loadTilesWithAjax: true, ajaxHeaders: target.headers } : {};
+  // the slide tiles' display settings (wsi_lab.viewing.display_token; "" = the server's automatic ones)
+  let displayToken: string = (model.get("display_state") || {}).token || "";
   const source = (layerKey: string | null) =>
-    target ? httpTileSource(info, target, layerKey) : commTileSource(info, comm, layerKey);
+    target ? httpTileSource(info, target, layerKey, layerKey ? "" : displayToken)
+      : commTileSource(info, comm, layerKey, layerKey ? "" : displayToken);
 
   // -- layers -----------------------------------------------------------------------------
   // by layer key: items are added asynchronously, so their order of arrival is not the layers' order
@@ -317,6 +322,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       tileSource: source(null), index: 0, ...ajaxOptions(),
       success: (e: any) => {
         slideItem = e.item;
+        watchLoaded(e.item);
+        root.dataset.displayToken = displayToken;
         root.dataset.ready = "1";
         if (Array.isArray(model.get("viewport")) && model.get("viewport").length === 4) applyViewport();
         refit();
@@ -326,6 +333,37 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       error: (e: any) => setStatus(`could not open the slide: ${e.message ?? e}`, "error"),
     });
   }
+  // -- display: a new token swaps the slide item for one with the new tiles (overlays stay) ------------
+  const updatePanel = displayPanel(model, displayEl);
+  let displayGen = 0;
+  const watchLoaded = (item: any) => {
+    root.dataset.slideLoaded = "0";
+    item.addHandler("fully-loaded-change", (e: any) => {
+      if (item === slideItem) root.dataset.slideLoaded = e.fullyLoaded ? "1" : "0";
+    });
+  };
+  function onDisplayChange() {
+    updatePanel();
+    const token = (model.get("display_state") || {}).token || "";
+    if (token === displayToken) return;
+    displayToken = token;
+    if (!slideItem) return;
+    const gen = ++displayGen;
+    viewer.addTiledImage({
+      tileSource: source(null), index: 0, ...ajaxOptions(),
+      success: (e: any) => {
+        if (gen !== displayGen || disposed) { viewer.world.removeItem(e.item); return; }
+        const old = slideItem;
+        slideItem = e.item;
+        watchLoaded(e.item);
+        if (old && old !== e.item) viewer.world.removeItem(old);
+        root.dataset.displayGen = String(gen);
+        root.dataset.displayToken = token;
+      },
+      error: (e: any) => setStatus(`could not show the display settings: ${e.message ?? e}`, "error"),
+    });
+  }
+  model.on("change:display_state", onDisplayChange);
   model.on("change:layers", onLayersChange);
   model.on("change:viewport", applyViewport);
   model.on("change:selected_tile", showSelected);
@@ -334,6 +372,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   return () => {
     disposed = true;
     resizeObs.disconnect();
+    model.off("change:display_state", onDisplayChange);
     model.off("change:layers", onLayersChange);
     model.off("change:viewport", applyViewport);
     model.off("change:selected_tile", showSelected);

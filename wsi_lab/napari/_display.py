@@ -22,7 +22,8 @@ def _colormap(color: tuple[int, int, int]) -> Any:
 
 def display_layers_data(slide, chunk: int = 1024, display: Any = "auto") -> list[tuple]:
     """napari ``(data, kwargs, "image")`` tuples for ``slide``: the RGB pyramid when the display is raw
-    or identity (brightfield), else one additive layer per displayed channel (same data, one channel)."""
+    or identity (brightfield), else one additive layer per displayed channel (same data, one channel), named
+    after the channel when the file names it (OME), with its colour map, contrast limits and gamma."""
     from wsi_lab.napari._viewer import slide_layer_data
     from wsi_lab.slide.display import resolve_display
 
@@ -30,10 +31,14 @@ def display_layers_data(slide, chunk: int = 1024, display: Any = "auto") -> list
     settings = resolve_display(slide, display)
     if settings is None or settings.identity:
         return [(data, kwargs, kind)]
+    from wsi_lab.slide.display import channel_metadata
+
+    names = [m["name"] for m in channel_metadata(slide)]
     out = []
     meta = {**kwargs["metadata"], "display": settings.to_dict()}
     for c, color, limits in zip(settings.channels, settings.colors, settings.limits):
-        kw = {**kwargs, "name": f"{kwargs['name']} [ch {c}]", "rgb": False, "contrast_limits": limits,
+        label = names[c] if c < len(names) else f"ch {c}"
+        kw = {**kwargs, "name": f"{kwargs['name']} [{label}]", "rgb": False, "contrast_limits": limits,
               "gamma": settings.gamma, "colormap": _colormap(color), "blending": "additive",
               "metadata": {**meta, "channel": c}}
         out.append(([lvl[..., c] for lvl in data], kw, "image"))

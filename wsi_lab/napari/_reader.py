@@ -1,4 +1,5 @@
-"""npe2 reader: ``napari slide.svs`` opens a slide as a lazy multiscale image through WSI Lab."""
+"""npe2 reader: ``napari slide.svs`` opens a slide as a lazy multiscale image through WSI Lab (fluorescence:
+one layer per channel)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,17 @@ def napari_get_reader(path):
 
 
 def read_slides(path) -> list[tuple]:
-    """napari layer data (one lazy multiscale RGB image per slide, scaled in µm when known)."""
-    from wsi_lab.napari._viewer import slide_layer_data
+    """napari layer data of each slide, scaled in µm when known: brightfield as one lazy multiscale RGB
+    image; fluorescence as one additive layer per channel with its name, colour map, contrast limits and
+    gamma (those recorded in the current directory's ``display.json`` when there are some, else the
+    slide's automatic ones; see :mod:`wsi_lab.slide.display`)."""
+    from wsi_lab.napari._display import display_layers_data
     from wsi_lab.slide import open_slide
+    from wsi_lab.slide.display_file import recorded_display
 
     paths = path if isinstance(path, list) else [path]
-    return [slide_layer_data(open_slide(p)) for p in paths]
+    out: list[tuple] = []
+    for p in paths:
+        slide = open_slide(p)
+        out.extend(display_layers_data(slide, display=recorded_display(slide)))
+    return out

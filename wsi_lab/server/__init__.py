@@ -7,7 +7,9 @@ authentication and ``contents:read`` authorization, only for slides inside the s
 - ``GET slides``: JSON list ``[{id, name, path, width, height, mpp, ...}]``
 - ``GET slides/{id}`` / ``slides/{id}.dzi``: deep-zoom info JSON / DZI XML
 - ``GET slide?path=<root-relative path>``: the same info, for a validated relative path
-- ``GET tiles/{id}/{level}/{col}_{row}.jpeg``: a slide tile
+- ``GET tiles/{id}/{level}/{col}_{row}.jpeg[?display=<token>]``: a slide tile, shown with the display
+  settings the token names (:func:`wsi_lab.viewing.display_token`; the viewer's channel picker), else the
+  slide's automatic ones
 - ``POST layers`` (``{"layer": Layer.to_json()}``) -> ``{"key"}``; ``GET overlays/{id}/{key}/{level}/{col}_{row}.png``
 
 Ids are hashes of root-relative paths (:func:`wsi_lab.viewing.slide_key`). This package only

@@ -139,7 +139,8 @@ class TileHandler(BaseHandler):
     @web.authenticated
     @authorized(action="read", resource=AUTH_RESOURCE)
     async def get(self, key: str, level: str, col: str, row: str) -> None:
-        data = await self.call(self.registry.tile_bytes, key, _int(level), _int(col), _int(row))
+        display = self.get_query_argument("display", None)  # the viewer's display settings (wire.display_token)
+        data = await self.call(self.registry.tile_bytes, key, _int(level), _int(col), _int(row), display)
         self.send_bytes(data, "image/jpeg")
 
 

@@ -253,10 +253,11 @@ class SlideRegistry:
             return sum(1 for e in self._open.values() if not e.closed)
 
     # -- what the handlers call (each holds the slide for exactly the work it does) -----------------
-    def tile_bytes(self, key: str, level: int, col: int, row: int) -> bytes:
-        """JPEG bytes of a deep-zoom tile of slide ``key``."""
+    def tile_bytes(self, key: str, level: int, col: int, row: int, display: str | None = None) -> bytes:
+        """JPEG bytes of a deep-zoom tile of slide ``key``, shown with the settings of the ``display`` token
+        (:func:`wsi_lab.viewing.display_token`; None: the slide's automatic display)."""
         with self.use(key) as dz:
-            return dz.get_tile_bytes(level, col, row)
+            return dz.get_tile_bytes(level, col, row, dz.display_for_token(display))
 
     def overlay_bytes(self, key: str, layer_key: str, level: int, col: int, row: int) -> bytes:
         """PNG bytes of an overlay tile of layer ``layer_key`` over slide ``key`` (opacity left to the viewer)."""

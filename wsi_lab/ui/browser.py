@@ -25,6 +25,7 @@ import traitlets
 
 from wsi_lab.slide import SlideInfo, find_slides, open_slide
 from wsi_lab.slide.discovery import mpp_flags
+from wsi_lab.slide.display_file import display_file_version, recorded_display
 from wsi_lab.ui.common import ErrorBox, encode_image
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,14 @@ def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192) -> bytes:
     """JPEG bytes of the slide's thumbnail (at most ``max_size`` pixels a side), cached per file version."""
     p = Path(path)
     st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, int(max_size))
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, int(max_size), display_file_version())
     with _THUMB_LOCK:
         hit = _THUMB_CACHE.get(key)
     if hit is not None:
         return hit
     with open_slide(p) as s:
-        data = encode_image(s.get_thumbnail(max_size, display="auto"), "jpeg", quality=85)  # fluorescence made visible
+        # fluorescence made visible: the settings recorded in ./display.json (the viewer's picker), else auto
+        data = encode_image(s.get_thumbnail(max_size, display=recorded_display(s)), "jpeg", quality=85)
     with _THUMB_LOCK:
         _THUMB_CACHE[key] = data
     return data

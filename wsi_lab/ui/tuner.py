@@ -22,6 +22,7 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
+from wsi_lab.slide.display_file import recorded_display
 from wsi_lab.tiling.preview import min_object_params, preview_tiling
 from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.ui.common import ErrorBox, composite, set_image
@@ -70,7 +71,7 @@ class ThresholdTuner(widgets.VBox):
 
     def _build(self, method, tile_size, mpp, min_tissue, display_size, settings, **kwargs) -> None:
         self.last_update_ms = float("nan")
-        self._thumb = self.slide.get_thumbnail(display_size)
+        self._thumb = self.slide.get_thumbnail(display_size, display=recorded_display(self.slide))  # shown, not analysed
         style = {"description_width": "110px"}
         def wide() -> widgets.Layout:  # one Layout per widget: hiding one must not hide the others
             return widgets.Layout(width="360px")

@@ -30,6 +30,7 @@ import numpy as np
 import traitlets
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
+from wsi_lab.ui.display_controls import attach_display, set_display
 from wsi_lab.viewing import (
     OVERLAP,
     QUALITY,
@@ -76,6 +77,7 @@ class SlideViewer(anywidget.AnyWidget):
     selected_tile = traitlets.Dict().tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Unicode("500px").tag(sync=True)
+    display_state = traitlets.Dict().tag(sync=True)  # channel picker, contrast, gamma: ui/display_controls.py
 
     def __init__(self, slide_or_path: Any, layers: Any = (), tile_source: str = "auto", table: Any = None,
                  height: str = "500px", **kwargs: Any) -> None:
@@ -109,6 +111,11 @@ class SlideViewer(anywidget.AnyWidget):
         for layer in layers:
             self.add_layer(layer)
         self.on_msg(self._on_msg)
+        attach_display(self)  # fluorescence: settings recorded in ./display.json, reloaded here
+
+    def set_display(self, **changes: Any) -> Any:
+        """Channels, colours, contrast limits or percentiles, gamma (see :func:`wsi_lab.ui.display_controls.set_display`)."""
+        return set_display(self, **changes)
 
     def close(self) -> None:
         """Close the widget (and the slide, when the viewer opened it from a path)."""

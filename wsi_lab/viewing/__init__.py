@@ -10,6 +10,8 @@ from wsi_lab.viewing.wire import (
     QUALITY,
     TILE_SIZE,
     check_json_depth,
+    display_from_token,
+    display_token,
     is_slide_key,
     layer_from_payload,
     layer_payload_key,
@@ -20,4 +22,5 @@ from wsi_lab.viewing.wire import (
 
 __all__ = ["DeepZoom", "TileSpec", "LayerSnapshot", "snapshot_layer", "RenderableLayer", "TILE_SIZE", "OVERLAP",
            "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "slide_key", "is_slide_key", "relative_candidates",
-           "layer_payload_key", "layer_from_payload", "check_json_depth", "loads_json"]
+           "layer_payload_key", "layer_from_payload", "check_json_depth", "loads_json", "display_token",
+           "display_from_token"]

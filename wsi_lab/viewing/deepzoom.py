@@ -86,6 +86,7 @@ class DeepZoom:
         self.overlap = int(overlap)
         self.quality = int(quality)
         self._cache: LRUCache[Any, bytes] = LRUCache(max_bytes=cache_bytes)
+        self._displays: LRUCache[str, tuple[str, Any]] = LRUCache(max_items=32)
         self.set_display(display)
         w, h = (int(v) for v in slide.dimensions)
         dims = [(w, h)]
@@ -244,16 +245,33 @@ class DeepZoom:
             self._cache.clear()
         self.display = new
 
-    def get_tile_bytes(self, level: int, col: int, row: int) -> bytes:
-        """JPEG bytes of one tile (cached)."""
-        key = (level, col, row)
+    def display_for_token(self, token: str | None) -> Any:
+        """The display settings a tile request names (:func:`~wsi_lab.viewing.wire.display_from_token`;
+        automatic limits resolved from this slide, cached per token); ``None``/empty: this pyramid's own."""
+        if not token:
+            return self.display
+        hit = self._displays.get(token)
+        if hit is None:
+            from wsi_lab.slide.display import resolve_display
+            from wsi_lab.viewing.wire import display_from_token
+
+            spec = display_from_token(token)
+            hit = ("raw", None) if spec == "raw" else ("settings", resolve_display(self.slide, spec))
+            self._displays.put(token, hit)
+        return hit[1]
+
+    def get_tile_bytes(self, level: int, col: int, row: int, display: Any = "default") -> bytes:
+        """JPEG bytes of one tile (cached), shown with this pyramid's display settings or with ``display``
+        (settings, or None for raw pixels)."""
+        shown = self.display if isinstance(display, str) and display == "default" else display
+        key = (level, col, row) if shown is self.display else (level, col, row, shown)
         data = self._cache.get(key)
         if data is None:
             tile = self.get_tile(level, col, row)
-            if self.display is not None:
+            if shown is not None:
                 from wsi_lab.slide.display import apply_display
 
-                tile = apply_display(tile, self.display)
+                tile = apply_display(tile, shown)
             data = encode_image(tile, "jpeg", self.quality)
             self._cache.put(key, data)
         return data

@@ -25,8 +25,9 @@ from typing import Any
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["TILE_SIZE", "OVERLAP", "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "slide_key", "is_slide_key",
-           "relative_candidates", "layer_payload_key", "layer_from_payload", "check_json_depth", "loads_json"]
+__all__ = ["TILE_SIZE", "OVERLAP", "QUALITY", "MAX_LAYER_BYTES", "MAX_JSON_DEPTH", "MAX_DISPLAY_TOKEN",
+           "slide_key", "is_slide_key", "relative_candidates", "layer_payload_key", "layer_from_payload",
+           "check_json_depth", "loads_json", "display_token", "display_from_token"]
 
 #: deep-zoom geometry served (the widget's comm path uses the same, so pixels match)
 TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
@@ -34,6 +35,10 @@ TILE_SIZE, OVERLAP, QUALITY = 254, 1, 80
 MAX_LAYER_BYTES = 64 * 2**20
 #: deepest nesting of lists/objects a layer payload may have (a real one is < 10 deep)
 MAX_JSON_DEPTH = 32
+#: longest display token accepted in a tile URL (characters)
+MAX_DISPLAY_TOKEN = 4096
+#: the keys of a display spec a tile URL carries (see :func:`display_token`)
+_DISPLAY_KEYS = ("channels", "colors", "limits", "percentiles", "gamma")
 
 _KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -58,6 +63,52 @@ def relative_candidates(path: str | os.PathLike, depth: int = 8) -> list[str]:
 def layer_payload_key(payload: dict) -> str:
     """Content key of a layer payload (same JSON -> same key, in the kernel and in the server)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
+
+
+def display_token(spec: dict | Any) -> str:
+    """The ``display`` query value of a tile URL: URL-safe base64 (no padding) of the compact JSON of a
+    display spec (``DisplaySettings.to_dict()`` form; ``limits`` left out when ``percentiles`` asks for
+    automatic ones), or ``"raw"``. The front end builds the same (``widgets/src/display.ts``)."""
+    if spec is None or spec == "raw":
+        return "raw"
+    d: dict = dict(spec) if isinstance(spec, dict) else spec.to_dict()
+    out = {k: d.get(k) for k in _DISPLAY_KEYS}
+    if out["percentiles"]:
+        out.pop("limits")
+    else:
+        out.pop("percentiles")
+    raw = json.dumps(_js_numbers(out), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _js_numbers(value: Any) -> Any:
+    """Integral floats as ints, as JavaScript's ``JSON.stringify`` writes them (the same settings give
+    the same token in the kernel and in the browser)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_js_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _js_numbers(v) for k, v in value.items()}
+    return value
+
+
+def display_from_token(token: str) -> dict | str:
+    """The display spec of a tile URL's ``display`` value (``"raw"`` stays ``"raw"``); anything malformed
+    (not base64 of a JSON object, too long, nested) raises :class:`InvalidParameterError`."""
+    if token == "raw":
+        return "raw"
+    if not isinstance(token, str) or len(token) > MAX_DISPLAY_TOKEN or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise InvalidParameterError(f"display token must be URL-safe base64 of at most {MAX_DISPLAY_TOKEN} "
+                                    f"characters, got {str(token)[:40]!r}")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidParameterError(f"display token is not base64: {exc}") from exc
+    spec = loads_json(raw, max_depth=4)
+    if not isinstance(spec, dict) or not set(spec) <= set(_DISPLAY_KEYS):
+        raise InvalidParameterError(f"display token must hold an object with keys among {_DISPLAY_KEYS}")
+    return {**spec, "modality": "fluorescence"}
 
 
 def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
