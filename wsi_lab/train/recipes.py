@@ -212,3 +212,7 @@ def run_features(spec, ctx) -> dict:
     from wsi_lab.train.features import extract_features
 
     return extract_features(spec, ctx)
+
+
+# -- segment (its own module; registered on import) ----------------------------------------------
+from wsi_lab.train import recipe_segment as _recipe_segment  # noqa: E402,F401
