@@ -13,8 +13,11 @@ Layout::
 
 Coordinates are level-0 pixels. CAMELYON16 groups ``_0`` and ``_1`` are tumour, ``_2`` marks
 non-tumour regions inside them (exclusions); CAMELYON17 uses ``metastases`` (and ``normal``). ASAP
-has no holes: :func:`write_asap` writes each hole as its own annotation in ``hole_group`` (``_2``
-by default, the exclusion convention), and :func:`read_asap` keeps them as regions of that group.
+has no holes: :func:`write_asap` joins each hole to its polygon's outline by a zero-width cut
+(``holes="bridge"``, the default: one ring that any even-odd or non-zero polygon fill, ASAP's
+included, draws as the polygon minus its holes, so a mask survives the round trip exactly), or
+writes each hole as its own annotation in ``hole_group`` (``holes="exclude"``: CAMELYON's ``_2``
+convention; a region nested inside a hole is then erased by the exclusion).
 Some CAMELYON16 files write decimal commas (``X="1234,5"``); they are read as points.
 """
 
@@ -25,10 +28,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 
-from wsi_lab.annotations.regions import AnnotationSet, Region
-from wsi_lab.errors import DataError
+import numpy as np
 
-__all__ = ["read_asap", "parse_asap", "asap_xml", "write_asap", "AREA_TYPES"]
+from wsi_lab.annotations.regions import AnnotationSet, Region
+from wsi_lab.errors import DataError, InvalidParameterError
+
+__all__ = ["read_asap", "parse_asap", "asap_xml", "write_asap", "bridge_holes", "AREA_TYPES"]
 
 AREA_TYPES = {"polygon": "polygon", "rectangle": "rectangle", "spline": "spline", "dot": "dot",
               "pointset": "pointset", "measurement": "pointset"}
@@ -96,13 +101,40 @@ def read_asap(path: str | os.PathLike) -> AnnotationSet:
     return parse_asap(data, p)
 
 
+def _signed_area(r: np.ndarray) -> float:
+    x, y = r[:, 0], r[:, 1]
+    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+
+
+def bridge_holes(exterior: np.ndarray, holes: tuple[np.ndarray, ...] | list[np.ndarray]) -> np.ndarray:
+    """One ring equal to ``exterior`` minus ``holes`` under even-odd and non-zero filling: each hole
+    (oriented against the exterior) is spliced in at its vertex nearest the ring so far, through a
+    zero-width cut that covers no pixel centre."""
+    ring = np.asarray(exterior, np.float64)
+    sign = np.sign(_signed_area(ring)) or 1.0
+    for hole in holes:
+        h = np.asarray(hole, np.float64)
+        if len(h) < 3:
+            continue
+        if np.sign(_signed_area(h)) == sign:
+            h = h[::-1]
+        d = ((ring[:, None, :] - h[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        loop = np.concatenate([h[j:], h[:j], h[j:j + 1]])
+        ring = np.concatenate([ring[:i + 1], loop, ring[i:]])
+    return ring
+
+
 def _fmt(v: float) -> str:
     return repr(round(float(v), 4))
 
 
-def asap_xml(annotations: AnnotationSet, colors: Mapping[str, str] | None = None, hole_group: str = "_2") -> str:
-    """The ASAP XML text of ``annotations``; ``colors`` per group (``#rrggbb``); holes become
-    annotations of ``hole_group`` (the CAMELYON exclusion group)."""
+def asap_xml(annotations: AnnotationSet, colors: Mapping[str, str] | None = None, holes: str = "bridge",
+             hole_group: str = "_2") -> str:
+    """The ASAP XML text of ``annotations``; ``colors`` per group (``#rrggbb``); ``holes``:
+    ``"bridge"`` (cut into the outline, exact) or ``"exclude"`` (annotations of ``hole_group``)."""
+    if holes not in ("bridge", "exclude"):
+        raise InvalidParameterError(f"holes must be 'bridge' or 'exclude', got {holes!r}")
     root = ET.Element("ASAP_Annotations")
     anns = ET.SubElement(root, "Annotations")
     used: dict[str, str] = {}
@@ -122,9 +154,11 @@ def asap_xml(annotations: AnnotationSet, colors: Mapping[str, str] | None = None
 
     n = 0
     for r in annotations.regions:
-        add(r.name or f"Annotation {n}", r.kind, r.label, r.exterior, r.color)
+        bridged = holes == "bridge" and bool(r.holes) and r.is_area
+        add(r.name or f"Annotation {n}", r.kind, r.label, bridge_holes(r.exterior, r.holes) if bridged else r.exterior,
+            r.color)
         n += 1
-        for j, hole in enumerate(r.holes):
+        for j, hole in enumerate(() if bridged else r.holes):
             add(f"{r.name or 'Annotation'} hole {j}", "polygon", hole_group, hole, None)
             n += 1
     grp = ET.SubElement(root, "AnnotationGroups")
@@ -139,10 +173,10 @@ def asap_xml(annotations: AnnotationSet, colors: Mapping[str, str] | None = None
 
 
 def write_asap(path: str | os.PathLike, annotations: AnnotationSet, colors: Mapping[str, str] | None = None,
-               hole_group: str = "_2") -> Path:
+               holes: str = "bridge", hole_group: str = "_2") -> Path:
     """Write ``annotations`` as ASAP XML to ``path`` atomically (see :func:`asap_xml`)."""
     from wsi_lab.io import atomic_write_bytes
 
     p = Path(path)
-    atomic_write_bytes(p, asap_xml(annotations, colors, hole_group).encode("utf-8"))
+    atomic_write_bytes(p, asap_xml(annotations, colors, holes, hole_group).encode("utf-8"))
     return p
