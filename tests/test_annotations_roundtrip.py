@@ -20,7 +20,7 @@ from wsi_lab.annotations import (
 )
 
 pytest.importorskip("torch")
-from wsi_lab.infer.segment import mask_to_annotations  # noqa: E402
+from wsi_lab.infer.segment import mask_to_annotations
 
 
 def _mask() -> np.ndarray:

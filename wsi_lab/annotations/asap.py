@@ -74,7 +74,7 @@ def parse_asap(text: str | bytes, source: str | os.PathLike = "<xml>") -> Annota
         coords = ann.find("Coordinates")
         if coords is None:
             raise DataError.at(source, f"{what}: no <Coordinates> element")
-        pts = []
+        pts: list[tuple[int, float, float]] = []
         for c in coords.iter("Coordinate"):
             order = c.get("Order")
             pts.append((int(_number(order, what, source)) if order is not None else len(pts),

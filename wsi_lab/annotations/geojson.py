@@ -65,6 +65,8 @@ def parse_geojson_annotations(data: Any, source: str | os.PathLike = "<geojson>"
         if not isinstance(geom, Mapping):
             raise DataError.at(source, f"{what}: no geometry")
         gtype, coords = geom.get("type"), geom.get("coordinates")
+        if not isinstance(coords, (list, tuple)):
+            raise DataError.at(source, f"{what}: geometry {gtype!r} without a coordinates list")
         try:
             if gtype == "Polygon":
                 polys = [coords]
@@ -122,6 +124,7 @@ def annotations_to_geojson(annotations: AnnotationSet, colors: Mapping[str, str]
         if r.label not in seen:
             given = (colors or {}).get(r.label) or (annotations.groups.get(r.label) or {}).get("color") or r.color
             seen[r.label] = _rgb(given, palette[len(seen) % len(palette)])
+        geom: dict[str, Any]
         if r.is_area:
             geom = {"type": "Polygon", "coordinates": [_closed(r.exterior), *(_closed(h) for h in r.holes)]}
         else:

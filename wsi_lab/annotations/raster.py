@@ -201,7 +201,8 @@ def _extent(rows: pd.DataFrame, downsamples: Any) -> np.ndarray:
     return tile_extent(rows, downsamples)
 
 
-def tile_class_fractions(table: pd.DataFrame, annotations: Mapping[str, AnnotationSet] | Callable[[str], AnnotationSet | None],
+def tile_class_fractions(table: pd.DataFrame,
+                         annotations: Mapping[str, AnnotationSet | None] | Callable[[str], AnnotationSet | None],
                          label_map: LabelMap | Mapping[str, Any] | str | None = None, resolution: int = 16,
                          downsamples: Mapping[str, Any] | None = None, positive: Iterable[str] | None = None,
                          max_side: int = 8192) -> pd.DataFrame:
@@ -216,7 +217,7 @@ def tile_class_fractions(table: pd.DataFrame, annotations: Mapping[str, Annotati
     from wsi_lab.data.tile_reader import require_columns
 
     require_columns(table, ("slide_id", "x", "y", "read_size"), "tile_class_fractions")
-    get = annotations if callable(annotations) else (lambda sid: annotations.get(sid))  # type: ignore[union-attr]
+    get = annotations if callable(annotations) else annotations.get
     found = {str(s): get(str(s)) for s in pd.unique(table["slide_id"])}
     labels = sorted({lab for a in found.values() if a is not None for lab in a.labels})
     lm = LabelMap.of(label_map, labels)

@@ -125,13 +125,14 @@ def segmentation_metrics(confusions: list[np.ndarray], classes: list[str]) -> di
     tp = np.diag(cm)
     fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
     res: dict[str, float | None] = {"accuracy": float(tp.sum() / cm.sum()) if cm.sum() else None}
-    ious, dices = [], []
+    ious: list[float] = []
+    dices: list[float] = []
     for c, name in enumerate(classes):
         denom = tp[c] + fp[c] + fn[c]
         iou = float(tp[c] / denom) if denom else None
         dice = float(2 * tp[c] / (2 * tp[c] + fp[c] + fn[c])) if denom else None
         res[f"iou_{name}"], res[f"dice_{name}"] = iou, dice
-        if iou is not None:
+        if iou is not None and dice is not None:
             ious.append(iou)
             if c > 0:
                 dices.append(dice)
