@@ -171,3 +171,29 @@ def test_slide_masks_are_stitched_in_place_and_regions_rasterise_back(tmp_path):
         assert np.array_equal(back, mask)
     with pytest.raises(CheckpointError, match="not a segmentation model"):
         segment_slides(build_model({"name": "small_cnn", "classes": ["a", "b"]}), table, tmp_path / "x")
+
+
+def test_balanced_training_rows_for_classify_and_segment(tmp_path):
+    from wsi_lab.data.table import read_table, write_table
+    from wsi_lab.train.run import run_spec
+    from wsi_lab.train.sampling import balanced_train_set
+
+    path = make_cohort(tmp_path / "c", slides=2, tile_size=32, read_size=128, width=512, height=256, val_fraction=0.25)
+    table = read_table(path)
+    table["tumor_ratio"] = np.where(np.arange(len(table)) % 4 == 0, 0.9, 0.0)
+    rows = np.flatnonzero(table["split"].to_numpy() == "train")
+    spec = JobSpec(task="classify", table=str(path), out=str(tmp_path / "o"), epochs=1, batch_size=4,
+                   sampler={"positive_fraction": 0.5, "threshold": 0.5})
+    view, on_epoch = balanced_train_set(spec, list(range(len(table))), rows, table)
+    first = [view[i] for i in range(len(view))]
+    assert len(view) == len(rows) and set(first) <= set(rows.tolist())
+    assert (table["tumor_ratio"].to_numpy()[first] > 0.5).sum() == round(len(rows) / 2)
+    on_epoch(2)
+    assert [view[i] for i in range(len(view))] != first
+    with pytest.raises(DataError, match="'stroma_ratio'"):
+        balanced_train_set(spec.replace(sampler={"column": "stroma_ratio"}), [], rows, table)
+    with pytest.raises(InvalidParameterError, match="'sampler'.*not 'vae'"):
+        JobSpec(task="vae", table="t", out="o", sampler={}).validate()
+    write_table(table, path)
+    run_spec(spec.validate())  # the classify recipe trains on the balanced rows
+    assert (tmp_path / "o" / "checkpoints" / "last.pt").is_file()

@@ -17,15 +17,15 @@ import torch
 from torch.nn import functional as F
 
 from wsi_lab.annotations import AnnotationSet, LabelMap, annotations_by_slide, rasterize, tile_class_fractions
-from wsi_lab.annotations.sampler import balanced_indices
 from wsi_lab.errors import DataError
 from wsi_lab.train.data import check_slides, job_data, model_input_size
 from wsi_lab.train.loop import Parts, fit
 from wsi_lab.train.recipes import _model_config, register_recipe
+from wsi_lab.train.sampling import balanced_train_set
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentationTiles", "BalancedView", "segmentation_metrics", "dice_ce_loss", "run_segment", "slide_geometry"]
+__all__ = ["SegmentationTiles", "segmentation_metrics", "dice_ce_loss", "run_segment", "slide_geometry"]
 
 
 def slide_geometry(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -75,27 +75,6 @@ class SegmentationTiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         image, _ = self.tiles[int(i)]
         return image, torch.from_numpy(self.mask(int(i)).astype(np.int64))
-
-
-class BalancedView(torch.utils.data.Dataset):
-    """The training rows ``rows`` of ``base``, redrawn each epoch (:meth:`set_epoch`) so that
-    ``positive_fraction`` of them have ``ratios > threshold`` (:func:`balanced_indices`)."""
-
-    def __init__(self, base: torch.utils.data.Dataset, rows: np.ndarray, ratios: np.ndarray, positive_fraction: float,
-                 threshold: float, seed: int) -> None:
-        self.base, self.rows, self.ratios = base, np.asarray(rows), np.asarray(ratios, np.float64)
-        self.positive_fraction, self.threshold, self.seed = positive_fraction, threshold, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        pick = balanced_indices(self.ratios, self.positive_fraction, self.threshold, seed=self.seed, epoch=epoch)
-        self.order = self.rows[pick]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.base[int(self.order[int(i)])]
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
@@ -181,13 +160,7 @@ def run_segment(spec, ctx) -> dict:
         if column not in table.columns:
             table = tile_class_fractions(table, annotations, label_map,
                                          downsamples={s: g["downsamples"] for s, g in geometry.items()})
-            if column not in table.columns:
-                raise DataError(f"{spec.table}: no {column!r} column for the sampler (computed: frac_<class>, "
-                                "tumor_ratio)")
-        view = BalancedView(base, data.train, table[column].to_numpy(np.float64)[data.train],
-                            float(spec.sampler.get("positive_fraction", 0.5)), float(spec.sampler.get("threshold", 0.0)),
-                            spec.seed)
-        train_set, on_epoch = view, view.set_epoch
+        train_set, on_epoch = balanced_train_set(spec, base, data.train, table)
     val_set = torch.utils.data.Subset(base, data.val.tolist())
     torch.manual_seed(spec.seed)
     opts = _model_config(spec, input_size=size, classes=list(label_map.classes))

@@ -101,6 +101,8 @@ class JobSpec(Spec):
         if self.label_map is not None and not isinstance(self.label_map, (str, Mapping)):
             raise bad("label_map", f"must be a mapping {{label: class}} or a string like '_0:1 _2:0', got {self.label_map!r}")
         if self.sampler is not None:
+            if self.task not in ("classify", "segment"):
+                raise bad("sampler", f"balanced tile sampling is for tasks classify and segment, not {self.task!r}")
             if not isinstance(self.sampler, Mapping):
                 raise bad("sampler", f"must be a mapping with keys {list(SAMPLER_KEYS)}, got {self.sampler!r}")
             unknown_s = sorted(set(self.sampler) - set(SAMPLER_KEYS))
