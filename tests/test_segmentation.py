@@ -117,6 +117,12 @@ def test_segment_recipe_trains_and_writes_miou_and_dice(tmp_path):
     assert {"regions.xml", "regions.geojson", "manifest.json"} <= {p.name for p in (tmp_path / "seg" / "s0").iterdir()}
     again = segment_slides(out / "checkpoints" / "last.pt", tiles, tmp_path / "seg", downsample=8)
     assert again.skipped == ["s0", "s1"] and np.allclose(again.table["pred_frac_tumor"], res.table["pred_frac_tumor"])
+    from wsi_lab.cli import main
+
+    assert main(["segment", str(out / "checkpoints" / "last.pt"), str(table), "-o", str(tmp_path / "cli"),
+                 "--formats", "geojson", "-q"]) == 0
+    assert read_annotations(tmp_path / "cli" / "s1" / "regions.geojson") is not None
+    assert not (tmp_path / "cli" / "s1" / "regions.xml").exists()
 
 
 def test_segment_job_refuses_unknown_labels_and_missing_annotations(tmp_path):
