@@ -220,6 +220,11 @@ def test_balanced_sampler_fixes_the_positive_share_per_batch_reproducibly():
     first = list(s)
     s.set_epoch(1)
     assert len(first) == len(s) == 100 and list(s) != first and (ratios[first] > 0.1).mean() == 0.5
+    hard = np.zeros(100)
+    hard[50] = 1.0  # hard-negative weights: every negative drawn is row 50
+    drawn = balanced_indices(ratios, 0.5, 0.1, n=20, hard_negatives=hard)
+    assert sorted(set(drawn[ratios[drawn] == 0].tolist())) == [50]
+    assert LabelMap.of(None, ["Background", "Tumor"]).mapping == {"Background": 0, "Tumor": 1}
     with pytest.raises(DataError, match="no positive tile"):
         balanced_indices(np.zeros(5), 0.5)
     with pytest.raises(InvalidParameterError, match="positive_fraction"):

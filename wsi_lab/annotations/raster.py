@@ -62,7 +62,7 @@ class LabelMap:
                 return CAMELYON16
             if labels and set(labels) <= {"metastases", "normal"}:
                 return CAMELYON17
-            spec = {lab: lab for lab in labels if lab.lower() != BACKGROUND}
+            spec = {lab: (0 if lab.lower() == BACKGROUND else lab) for lab in labels}
         names: list[str] = [str(c) for c in classes] if classes is not None else [BACKGROUND]
         mapping: dict[str, int] = {}
         for label, value in dict(spec).items():
