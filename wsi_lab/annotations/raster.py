@@ -237,19 +237,20 @@ def tile_class_fractions(table: pd.DataFrame,
         x, y = sub["x"].to_numpy(float), sub["y"].to_numpy(float)
         b = aset.bounds()
         assert b is not None
-        ox, oy = min(b[0], float(x.min())), min(b[1], float(y.min()))
-        ex, ey = max(b[2], float((x + ext).max())), max(b[3], float((y + ext).max()))
-        ds = max(float(ext.min()) / max(1, resolution), (ex - ox) / max_side, (ey - oy) / max_side, 1e-9)
-        w, h = max(1, math.ceil((ex - ox) / ds)), max(1, math.ceil((ey - oy) / ds))
+        ds = max(float(ext.min()) / max(1, resolution), (b[2] - b[0]) / max_side, (b[3] - b[1]) / max_side, 1e-9)
+        # the mask covers the annotations only (on the tiles' grid phase); tiles outside it count 0
+        gx, gy = float(x.min()), float(y.min())
+        ox, oy = gx + math.floor((b[0] - gx) / ds) * ds, gy + math.floor((b[1] - gy) / ds) * ds
+        w, h = max(1, math.ceil((b[2] - ox) / ds) + 1), max(1, math.ceil((b[3] - oy) / ds) + 1)
         mask = rasterize(aset, lm, size=(w, h), downsample=ds, origin=(ox, oy))
-        xa = np.clip(np.rint((x - ox) / ds).astype(np.int64), 0, w)
-        xb = np.clip(np.rint((x + ext - ox) / ds).astype(np.int64), 0, w)
-        ya = np.clip(np.rint((y - oy) / ds).astype(np.int64), 0, h)
-        yb = np.clip(np.rint((y + ext - oy) / ds).astype(np.int64), 0, h)
+        xa, xb = np.rint((x - ox) / ds).astype(np.int64), np.rint((x + ext - ox) / ds).astype(np.int64)
+        ya, yb = np.rint((y - oy) / ds).astype(np.int64), np.rint((y + ext - oy) / ds).astype(np.int64)
         area = np.maximum((xb - xa) * (yb - ya), 1)
+        xa, xb, ya, yb = np.clip(xa, 0, w), np.clip(xb, 0, w), np.clip(ya, 0, h), np.clip(yb, 0, h)
         for c in range(1, len(lm.classes)):
-            sat = np.zeros((h + 1, w + 1), np.int64)
-            sat[1:, 1:] = (mask == c).cumsum(0).cumsum(1)
+            sat = np.zeros((h + 1, w + 1), np.int64 if w * h >= 2**31 else np.int32)
+            np.cumsum(mask == c, axis=1, dtype=sat.dtype, out=sat[1:, 1:])
+            np.cumsum(sat[1:, 1:], axis=0, out=sat[1:, 1:])
             fracs[rows, c] = (sat[yb, xb] - sat[ya, xb] - sat[yb, xa] + sat[ya, xa]) / area
     out = table.copy()
     out.attrs = dict(table.attrs)
