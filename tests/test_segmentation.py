@@ -43,6 +43,26 @@ def test_models_give_per_pixel_logits_and_rebuild_from_their_checkpoint(tmp_path
         load(path, expect={"input_size": 64})
 
 
+def test_local_backbone_weights_load_and_wrong_files_are_refused(tmp_path):
+    import torchvision
+
+    from wsi_lab.models import load_segmentation_weights
+
+    imagenet = torchvision.models.mobilenet_v3_large(weights=None)  # stands in for a downloaded ImageNet file
+    torch.save(imagenet.state_dict(), tmp_path / "mnv3.pth")
+    model = build_model({"name": "deeplabv3", "classes": CLASSES})
+    dropped = load_segmentation_weights(model, str(tmp_path / "mnv3.pth"))
+    assert dropped and all(k.startswith("classifier.") for k in dropped)
+    assert torch.equal(model.backbone.state_dict()["0.0.weight"], imagenet.state_dict()["features.0.0.weight"])
+    unet = build_model({"name": "unet", "classes": CLASSES, "base": 4, "depth": 2})
+    with pytest.raises(CheckpointError, match=r"mnv3\.pth.*unet"):
+        load_segmentation_weights(unet, str(tmp_path / "mnv3.pth"))
+    torch.save(unet.net.state_dict(), tmp_path / "unet.pt")
+    other = build_model({"name": "unet", "classes": CLASSES, "base": 4, "depth": 2})
+    assert load_segmentation_weights(other, str(tmp_path / "unet.pt")) == []
+    assert torch.equal(other.net.head.weight, unet.net.head.weight)
+
+
 def test_unet_takes_any_size_and_refuses_bad_options():
     model = build_model({"name": "unet", "classes": ["bg", "a", "b"], "base": 4, "depth": 3})
     assert model(torch.rand(1, 3, 37, 45)).shape == (1, 3, 37, 45)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,9 @@ class Region:
         """Whether the region covers an area (polygons, rectangles, splines with ≥ 3 points)."""
         return self.kind not in ("dot", "pointset") and len(self.exterior) >= 3
 
-    @property
+    @cached_property
     def bounds(self) -> tuple[float, float, float, float]:
-        """``(x0, y0, x1, y1)`` in level-0 pixels."""
+        """``(x0, y0, x1, y1)`` in level-0 pixels (computed once)."""
         x0, y0 = self.exterior.min(0)
         x1, y1 = self.exterior.max(0)
         return float(x0), float(y0), float(x1), float(y1)

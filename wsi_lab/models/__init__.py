@@ -17,6 +17,7 @@ _NAMES = {
     "build_model": "wsi_lab.models.checkpoint", "save_checkpoint": "wsi_lab.models.checkpoint",
     "read_checkpoint": "wsi_lab.models.checkpoint", "load": "wsi_lab.models.checkpoint",
     "SegmentationModel": "wsi_lab.models.segmentation", "UNet": "wsi_lab.models.segmentation",
+    "load_segmentation_weights": "wsi_lab.models.segmentation",
     "load_weights": "wsi_lab.models.weights", "latent_table": "wsi_lab.models.latents",
 }
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from wsi_lab.errors import InvalidParameterError, MissingDependencyError
 
-__all__ = ["SegmentationModel", "UNet", "SEGMENTATION_PRESETS", "DEEPLAB_BACKBONES"]
+__all__ = ["SegmentationModel", "UNet", "SEGMENTATION_PRESETS", "DEEPLAB_BACKBONES", "load_segmentation_weights"]
 
 SEGMENTATION_PRESETS = ("deeplabv3", "unet")
 DEEPLAB_BACKBONES = ("mobilenet_v3_large", "resnet50")
@@ -123,3 +123,40 @@ class SegmentationModel(nn.Module):
             raise InvalidParameterError(f"{self.arch} expects (N, 3, H, W) input in [0, 1], got {tuple(x.shape)}")
         out = self.net((x - self.mean) / self.std)
         return out["out"] if isinstance(out, dict) else out
+
+
+def load_segmentation_weights(model: SegmentationModel, path: str, sha256: str | None = None) -> list[str]:
+    """Load a local weights file into ``model``: a whole segmentation model (torchvision DeepLabV3
+    keys ``backbone.*`` / ``classifier.*``, or a U-Net), or an ImageNet classifier of the backbone
+    (torchvision ResNet-50 / MobileNetV3 files: ``features.`` prefixes mapped, classification heads
+    ``fc.*`` / ``classifier.*`` dropped). Any other mismatch raises :class:`CheckpointError` naming the
+    file. Returns the dropped keys."""
+    from pathlib import Path
+
+    from wsi_lab.errors import CheckpointError
+    from wsi_lab.models.weights import read_state_file
+
+    p = Path(path)
+    raw = read_state_file(p, sha256)
+    inner = next((raw[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(raw.get(k), dict)), raw)
+    state = {k.removeprefix("module."): v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+    whole = model.net.state_dict()
+    if state and set(state) <= set(whole) and any(k.startswith("backbone.") for k in whole) == any(
+            k.startswith("backbone.") for k in state):
+        target, dropped = model.net, []
+    else:  # a classifier of the backbone architecture
+        target = model.backbone
+        own = target.state_dict()
+        dropped = sorted(k for k in state if k.startswith(("fc.", "classifier.")))
+        state = {k.removeprefix("features."): v for k, v in state.items() if k not in dropped}
+        unexpected = sorted(set(state) - set(own))
+        if unexpected:
+            raise CheckpointError(f"{p}: weights do not fit the {model.arch} backbone: unexpected {unexpected[:5]}")
+    own = target.state_dict()
+    missing = sorted(set(own) - set(state))
+    bad = [k for k in state if own[k].shape != state[k].shape]
+    if missing or bad:
+        raise CheckpointError(f"{p}: weights do not fit the {model.arch} model: missing {missing[:5]}, "
+                              f"shape differs for {bad[:5]}")
+    target.load_state_dict(state)
+    return dropped

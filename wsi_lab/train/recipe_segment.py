@@ -136,7 +136,7 @@ def _step(k: int, dice_weight: float):
                             "annotations; miou and dice per class in metrics.jsonl")
 def run_segment(spec, ctx) -> dict:
     from wsi_lab.models.checkpoint import build_model
-    from wsi_lab.models.weights import load_weights
+    from wsi_lab.models.segmentation import load_segmentation_weights
 
     data = job_data(spec, labelled=False)
     size = model_input_size(spec, data.tile_size)
@@ -169,7 +169,7 @@ def run_segment(spec, ctx) -> dict:
         raise DataError(f"job spec key 'model': dice_weight must be >= 0, got {dice_weight}")
     model = build_model(opts)
     if spec.model.get("weights"):
-        load_weights(getattr(model, "backbone"), spec.model["weights"], spec.model.get("sha256"))  # noqa: B009
+        load_segmentation_weights(model, spec.model["weights"], spec.model.get("sha256"))  # type: ignore[arg-type]
     classes = list(label_map.classes)
     return fit(spec, ctx, Parts(model, train_set, val_set, _step(len(classes), dice_weight),
                                 metrics=lambda outs: segmentation_metrics(outs, classes), classes=classes,
