@@ -144,6 +144,8 @@ def test_rasterize_paints_exclusions_last_and_refuses_bad_input(tmp_path):
     assert exc.value.args
     ok = rasterize(a, LabelMap.of({"_0": "tumor", "_2": 0}, unknown="ignore"), size=(50, 50), downsample=10)
     assert ok[44, 44] == 0 and ok[12, 12] == 1
+    named = rasterize(a, {"_0": "tumor", "_2": 0, "lymphocytes": None}, size=(50, 50), downsample=10)
+    assert np.array_equal(named, ok)
     with pytest.raises(DataError, match=r"s\.xml.*'Annotation 0'.*outside the 200x200 slide"):
         rasterize(a, None, dimensions=(200, 200), downsample=10)
     with pytest.raises(InvalidParameterError, match="label map"):

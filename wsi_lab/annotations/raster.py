@@ -27,11 +27,13 @@ class LabelMap:
     """How annotation labels become classes: ``classes`` (index 0 is the background) and ``mapping``
     (annotation label or group → class index). A label mapped to 0 is an exclusion: its regions are
     painted after all others (CAMELYON16's ``_2`` inside ``_0``/``_1``). ``unknown``: ``"error"``
-    (a label outside the map raises :class:`DataError` naming the file and region) or ``"ignore"``."""
+    (a label outside the map raises :class:`DataError` naming the file and region) or ``"ignore"``;
+    ``ignored``: labels that are known but never painted (``None`` in a mapping)."""
 
     classes: tuple[str, ...]
     mapping: Mapping[str, int]
     unknown: str = "error"
+    ignored: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
@@ -48,7 +50,8 @@ class LabelMap:
     def of(cls, spec: LabelMap | Mapping[str, Any] | str | None = None, labels: Iterable[str] = (),
            classes: Iterable[str] | None = None, unknown: str = "error") -> LabelMap:
         """A label map from ``spec``: a :class:`LabelMap`; a mapping ``{label: class name or index}``
-        (names are given indices in order of first appearance after ``background``); a string
+        (names are given indices in order of first appearance after ``background``; ``None``: the label
+        is ignored, e.g. QuPath's ``Unclassified``); a string
         ``"_0:1 _1:1 _2:0"`` (ASAP's label-map notation); or ``None``: CAMELYON16 when ``labels``
         are only ``_0``/``_1``/``_2``, CAMELYON17 for ``metastases``/``normal``, else every label is
         its own class. ``classes`` names the classes of integer maps (index 0 first)."""
@@ -65,7 +68,11 @@ class LabelMap:
             spec = {lab: (0 if lab.lower() == BACKGROUND else lab) for lab in labels}
         names: list[str] = [str(c) for c in classes] if classes is not None else [BACKGROUND]
         mapping: dict[str, int] = {}
+        ignored: set[str] = set()
         for label, value in dict(spec).items():
+            if value is None:
+                ignored.add(str(label))
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise InvalidParameterError(f"label map: {label!r} maps to {value!r}; give a class name or index")
             if isinstance(value, int):
@@ -78,7 +85,7 @@ class LabelMap:
                         raise InvalidParameterError(f"label map: class {value!r} is not one of {names}")
                     names.append(value)
                 mapping[str(label)] = names.index(value)
-        return cls(tuple(names), mapping, unknown)
+        return cls(tuple(names), mapping, unknown, frozenset(ignored))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (``classes``, ``mapping``) that :meth:`of` rebuilds with ``classes=``."""
@@ -90,12 +97,14 @@ class LabelMap:
         for label in annotations.label_chain(region.label):
             if label in self.mapping:
                 return int(self.mapping[label])
+            if label in self.ignored:
+                return None
         if self.unknown == "ignore":
             return None
         where = f"{annotations.source}: " if annotations.source is not None else ""
         raise DataError(f"{where}annotation {region.name or '?'!r} has label {region.label!r}, which the label map "
-                        f"does not know (it maps {sorted(self.mapping)}); add it to the label map or pass "
-                        "unknown='ignore'")
+                        f"does not know (it maps {sorted(self.mapping)}); add it to the label map (null to "
+                        "ignore it) or pass unknown='ignore'")
 
 
 def _parse_pairs(text: str) -> dict[str, Any]:
