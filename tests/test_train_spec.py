@@ -33,7 +33,7 @@ def test_round_trips_json_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("change,key", [
     ({"epochs": 0}, "epochs"), ({"epochs": "3"}, "epochs"), ({"batch_size": -1}, "batch_size"),
-    ({"lr": 0}, "lr"), ({"lr": float("nan")}, "lr"), ({"task": "dance"}, "task"), ({"task": "segment"}, "task"),
+    ({"lr": 0}, "lr"), ({"lr": float("nan")}, "lr"), ({"task": "dance"}, "task"), ({"task": "segment"}, "annotations"),
     ({"backend": "slurm"}, "backend"), ({"precision": "int8"}, "precision"), ({"nproc": 0}, "nproc"),
     ({"batch_size": 9}, "batch_size"), ({"model": "vae"}, "model"), ({"model": {"lr": 1}}, "model"),
     ({"num_workers": -2}, "num_workers"), ({"max_tiles": 0}, "max_tiles"), ({"device": "tpu"}, "device"),

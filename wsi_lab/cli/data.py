@@ -11,14 +11,17 @@ ORDER = 40
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from wsi_lab.data.labels import attach_labels
-    from wsi_lab.data.splits import split_by_patient, split_summary
+    from wsi_lab.data.splits import split_by_group, split_by_patient, split_summary
     from wsi_lab.data.table import load_tables, write_table
 
     table = load_tables(args.tables)
     if args.labels:
         table = attach_labels(table, args.labels, on_missing=args.on_missing)
     stratify = None if args.no_stratify or "label" not in table.columns else "label"
-    out = split_by_patient(table, args.fractions, stratify=stratify, seed=args.seed)
+    if args.by in ("patient", "patient_id"):
+        out = split_by_patient(table, args.fractions, stratify=stratify, seed=args.seed)
+    else:
+        out = split_by_group(table, args.by, args.fractions, stratify=stratify, seed=args.seed)
     write_table(out, args.output)
     print(split_summary(out).to_string(index=False))
     print(args.output)
@@ -34,6 +37,8 @@ def _add_split(sub: Subparsers) -> None:
     p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test fractions of patients")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-stratify", action="store_true", help="do not balance labels across splits")
+    p.add_argument("--by", default="patient", metavar="COLUMN",
+                   help="group kept in one split: patient (default) or a column such as centre")
     p.add_argument("-o", "--output", default="split.parquet", help="output TileTable (default split.parquet)")
     p.set_defaults(func=_cmd_split)
 

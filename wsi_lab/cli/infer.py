@@ -1,6 +1,6 @@
 """Inference commands: ``predict``, ``evaluate``, ``overlay-predictions`` (a PNG from saved predictions,
-no slide read; ``overlay`` draws table columns over the slide itself), ``geojson`` (QuPath) and
-``serve-model`` (an HTTP endpoint with SageMaker's contract)."""
+no slide read; ``overlay`` draws table columns over the slide itself), ``geojson`` (QuPath), ``segment``
+(slide masks + ASAP/GeoJSON regions of a segmentation model) and ``serve-model`` (an HTTP endpoint with SageMaker's contract)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,20 @@ def _cmd_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from wsi_lab.data.table import load_tables
+    from wsi_lab.infer.segment import segment_slides
+    from wsi_lab.runs.progress import TextProgressBar
+
+    formats = tuple(f for f in args.formats.split(",") if f)
+    result = segment_slides(args.checkpoint, load_tables([args.table]), args.output, downsample=args.downsample,
+                            batch_size=args.batch_size, device=args.device, precision=args.precision, formats=formats,
+                            min_area=args.min_area, progress=None if args.quiet else TextProgressBar())
+    for sid in sorted(result.masks):
+        print(result.masks[sid].parent)
+    return 0
+
+
 def _cmd_serve_model(args: argparse.Namespace) -> int:
     from wsi_lab.infer.serve import serve
 
@@ -153,6 +167,19 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--slide", help="only this slide id")
     p.add_argument("--tissue", metavar="METHOD", help="add tissue contours (detected with METHOD) as annotations")
     p.set_defaults(func=_cmd_geojson)
+
+    p = sub.add_parser("segment", help="slide-level masks of a segmentation checkpoint, regions as ASAP XML + GeoJSON")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("table", metavar="TABLE", help="TileTable .parquet or a tiling output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (one sub-folder per slide)")
+    p.add_argument("--downsample", type=float, default=None, help="level-0 px per mask pixel (default: coarse)")
+    p.add_argument("--formats", default="xml,geojson", help="region exports: xml (ASAP), geojson (QuPath)")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop regions under this area (level-0 px²)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("serve-model", help="HTTP endpoint for a checkpoint (SageMaker contract: /ping, /invocations)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")

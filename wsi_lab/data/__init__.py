@@ -15,10 +15,10 @@ __all__ = ["REQUIRED_COLUMNS", "read_table", "write_table", "validate_table", "e
 from wsi_lab.data.export_jpeg import export_jpeg
 from wsi_lab.data.export_tfrecord import export_tfrecord
 from wsi_lab.data.labels import attach_labels, labels_from_folders, read_labels
-from wsi_lab.data.splits import check_no_leakage, split_by_patient, split_summary
+from wsi_lab.data.splits import check_no_leakage, split_by_group, split_by_patient, split_summary
 from wsi_lab.data.tfrecord import TFRecordWriter, iter_tfrecord, parse_example, read_examples
 
-__all__ += ["read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "check_no_leakage",
+__all__ += ["read_labels", "labels_from_folders", "attach_labels", "split_by_patient", "split_by_group", "check_no_leakage",
             "split_summary", "export_jpeg", "export_tfrecord", "TFRecordWriter", "iter_tfrecord", "parse_example",
             "read_examples", "TileDataset"]
 

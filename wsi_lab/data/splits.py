@@ -1,7 +1,9 @@
-"""Patient-level train/val/test splits, stratified by label, and a leakage check.
+"""Patient-level (or centre-level) train/val/test splits, stratified by label, and a leakage check.
 
 Every tile of a patient lands in the same split (slides of one patient are correlated; splitting by
 tile or slide leaks). Stratification uses each patient's majority label (ties: the smallest class).
+:func:`split_by_group` applies the same rule to any grouping column, e.g. ``centre`` (CAMELYON17's
+five hospitals: no centre in two splits), with the same allocation code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from wsi_lab.errors import DataError, InvalidParameterError, LeakageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SPLIT_NAMES", "parse_fractions", "split_by_patient", "check_no_leakage", "split_summary"]
+__all__ = ["SPLIT_NAMES", "parse_fractions", "split_by_patient", "split_by_group", "check_no_leakage", "split_summary"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -51,13 +53,13 @@ def _largest_remainder(total: int, weights: Sequence[float]) -> np.ndarray:
     return counts
 
 
-def _global_targets(n: int, fractions: Sequence[float]) -> np.ndarray:
-    """Patients per split: proportional, and at least one in every split with a fraction > 0."""
+def _global_targets(n: int, fractions: Sequence[float], unit: str = "patient") -> np.ndarray:
+    """Patients (groups) per split: proportional, and at least one in every split with a fraction > 0."""
     wanted = [i for i, f in enumerate(fractions) if f > 0]
     if n < len(wanted):
         names = [SPLIT_NAMES[i] for i in wanted]
-        raise DataError(f"{n} patient(s) cannot fill the {len(wanted)} non-empty splits {names} asked for by "
-                        f"fractions {tuple(fractions)}; add patients or set a fraction to 0")
+        raise DataError(f"{n} {unit}(s) cannot fill the {len(wanted)} non-empty splits {names} asked for by "
+                        f"fractions {tuple(fractions)}; add {unit}s or set a fraction to 0")
     counts = _largest_remainder(n, fractions)
     for i in wanted:
         while counts[i] == 0:  # take one from the split that has the most
@@ -87,12 +89,12 @@ def _allocate(strata_sizes: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return alloc
 
 
-def _patient_labels(table: pd.DataFrame, stratify: str) -> pd.Series:
-    """Majority label of each patient (ties broken by the smallest label)."""
-    counts = table.groupby(["patient_id", stratify], observed=True).size().rename("n").reset_index()
+def _patient_labels(table: pd.DataFrame, stratify: str, group: str = "patient_id") -> pd.Series:
+    """Majority label of each patient (or ``group``; ties broken by the smallest label)."""
+    counts = table.groupby([group, stratify], observed=True).size().rename("n").reset_index()
     counts["key"] = counts[stratify].astype(str)
-    counts = counts.sort_values(["patient_id", "n", "key"], ascending=[True, False, True], kind="stable")
-    return counts.drop_duplicates("patient_id").set_index("patient_id")["key"]
+    counts = counts.sort_values([group, "n", "key"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates(group).set_index(group)["key"]
 
 
 def split_by_patient(table: pd.DataFrame, fractions: Sequence[float] | str = (0.7, 0.15, 0.15),
@@ -103,63 +105,86 @@ def split_by_patient(table: pd.DataFrame, fractions: Sequence[float] | str = (0.
     stratum of the patients' majority ``stratify`` label (``None``: no stratification). The same
     ``seed`` and table give the same split. A split whose fraction is > 0 always gets a patient; too
     few patients for that raises :class:`DataError`. Parameters are recorded in ``attrs``."""
-    fr = parse_fractions(fractions)
     require_columns(table, ("slide_id",), "split_by_patient")
-    if table.empty:
-        raise DataError("split_by_patient: the table has no rows")
     work = table.copy()
     work.attrs = copy.deepcopy(table.attrs)
     if "patient_id" not in work.columns:
         work["patient_id"] = work["slide_id"].astype(str).map(default_patient_id)
-    if work["patient_id"].isna().any():
-        bad = sorted(work.loc[work["patient_id"].isna(), "slide_id"].astype(str).unique())
-        raise DataError(f"split_by_patient: slide(s) {bad[:10]} have no patient_id; fill it in first")
+    return _split(work, "patient_id", fractions, stratify, seed, "split_by_patient")
+
+
+def split_by_group(table: pd.DataFrame, group: str = "centre", fractions: Sequence[float] | str = (0.7, 0.15, 0.15),
+                   stratify: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """A copy of ``table`` with a ``split`` column assigned per value of the ``group`` column (e.g.
+    ``centre``: the hospital a slide comes from), so no group is in two splits; group counts follow
+    ``fractions`` (within strata of each group's majority ``stratify`` label when given), exactly as
+    :func:`split_by_patient` does for patients. Rows without a group value raise :class:`DataError`."""
+    require_columns(table, ("slide_id", group), f"split_by_group({group!r})")
+    work = table.copy()
+    work.attrs = copy.deepcopy(table.attrs)
+    return _split(work, group, fractions, stratify, seed, f"split_by_group({group!r})")
+
+
+def _split(work: pd.DataFrame, group: str, fractions: Sequence[float] | str, stratify: str | None, seed: int,
+           what: str) -> pd.DataFrame:
+    """Assign ``work["split"]`` per value of ``group`` (in place on the copy ``work``; returned)."""
+    fr = parse_fractions(fractions)
+    unit = "patient" if group == "patient_id" else group
+    if work.empty:
+        raise DataError(f"{what}: the table has no rows")
+    if work[group].isna().any():
+        bad = sorted(work.loc[work[group].isna(), "slide_id"].astype(str).unique())
+        raise DataError(f"{what}: slide(s) {bad[:10]} have no {group}; fill it in first")
     if stratify is not None:
         if stratify not in work.columns:
-            raise DataError(f"split_by_patient: stratify={stratify!r} but the table has no such column; "
+            raise DataError(f"{what}: stratify={stratify!r} but the table has no such column; "
                             "attach labels first (attach_labels) or pass stratify=None")
         if work[stratify].isna().any():
             bad = sorted(work.loc[work[stratify].isna(), "slide_id"].astype(str).unique())
-            raise DataError(f"split_by_patient: slide(s) {bad[:10]} have no {stratify!r}; label them or drop them")
-        strata = _patient_labels(work, stratify)
+            raise DataError(f"{what}: slide(s) {bad[:10]} have no {stratify!r}; label them or drop them")
+        strata = _patient_labels(work.assign(**{group: work[group].astype(str)}), stratify, group)
     else:
-        strata = pd.Series("all", index=pd.Index(sorted(pd.unique(work["patient_id"].astype(str))), name="patient_id"))
+        strata = pd.Series("all", index=pd.Index(sorted(pd.unique(work[group].astype(str))), name=group))
     strata.index = strata.index.astype(str)
     strata = strata.sort_index()
     names = sorted(pd.unique(strata))
     groups = [strata.index[strata == s].tolist() for s in names]
-    targets = _global_targets(len(strata), fr)
+    targets = _global_targets(len(strata), fr, unit)
     alloc = _allocate(np.array([len(g) for g in groups]), targets)
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
-    for patients, row in zip(groups, alloc):
-        order = rng.permutation(len(patients))
+    for members, row in zip(groups, alloc):
+        order = rng.permutation(len(members))
         start = 0
         for split, k in zip(SPLIT_NAMES, row):
             for j in order[start:start + k]:
-                assignment[patients[j]] = split
+                assignment[members[j]] = split
             start += k
-    work["split"] = work["patient_id"].astype(str).map(assignment).to_numpy()
+    work["split"] = work[group].astype(str).map(assignment).to_numpy()
     meta = dict(work.attrs.get("wsi_lab") or {})
     meta["split"] = {"fractions": list(fr), "stratify": stratify, "seed": int(seed),
-                     "patients": {s: int(c) for s, c in zip(SPLIT_NAMES, targets)}}
+                     ("patients" if group == "patient_id" else "groups"): {s: int(c) for s, c in zip(SPLIT_NAMES, targets)}}
+    if group != "patient_id":
+        meta["split"]["group"] = group
     work.attrs["wsi_lab"] = meta
-    log.info("split %d patients into %s", len(strata), dict(zip(SPLIT_NAMES, targets.tolist())))
-    check_no_leakage(work)
+    log.info("split %d %ss into %s", len(strata), unit, dict(zip(SPLIT_NAMES, targets.tolist())))
+    check_no_leakage(work, group)
     return work
 
 
-def check_no_leakage(table: pd.DataFrame) -> None:
-    """Raise :class:`LeakageError` when a patient has tiles in more than one split, naming each such
-    patient and its splits. Rows without a split are ignored."""
-    require_columns(table, ("patient_id", "split"), "check_no_leakage")
+def check_no_leakage(table: pd.DataFrame, group: str = "patient_id") -> None:
+    """Raise :class:`LeakageError` when a patient (or another ``group``, e.g. ``centre``) has tiles in
+    more than one split, naming each such patient and its splits. Rows without a split are ignored."""
+    require_columns(table, (group, "split"), "check_no_leakage")
     t = table.dropna(subset=["split"])
-    per = t.groupby(t["patient_id"].astype(str))["split"].agg(lambda s: sorted(set(map(str, s))))
+    per = t.groupby(t[group].astype(str))["split"].agg(lambda s: sorted(set(map(str, s))))
     leaked = per[per.map(len) > 1]
     if len(leaked):
+        unit = "patient" if group == "patient_id" else group
         detail = "; ".join(f"{p} in {', '.join(s)}" for p, s in leaked.items())
-        raise LeakageError(f"patient leakage: {len(leaked)} patient(s) appear in more than one split: {detail}. "
-                           "Re-split with split_by_patient so every patient is in exactly one split")
+        fix = "split_by_patient" if group == "patient_id" else f"split_by_group(table, {group!r})"
+        raise LeakageError(f"{unit} leakage: {len(leaked)} {unit}(s) appear in more than one split: {detail}. "
+                           f"Re-split with {fix} so every {unit} is in exactly one split")
 
 
 def split_summary(table: pd.DataFrame, label_column: str = "label") -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Models over tiles and slides (PyTorch): the workshop ``VAE``, ``TileClassifier`` presets,
-``AttentionMIL``, the encoder registry, and checkpoints that rebuild themselves (:func:`load`).
+``AttentionMIL``, ``SegmentationModel`` (DeepLabV3 / U-Net), the encoder registry, and checkpoints that rebuild themselves (:func:`load`).
 
 Importing this package is light; torch loads when a model class or function is first used.
 """
@@ -16,6 +16,8 @@ _NAMES = {
     "encoder_info": "wsi_lab.models.encoders", "build_encoder": "wsi_lab.models.encoders",
     "build_model": "wsi_lab.models.checkpoint", "save_checkpoint": "wsi_lab.models.checkpoint",
     "read_checkpoint": "wsi_lab.models.checkpoint", "load": "wsi_lab.models.checkpoint",
+    "SegmentationModel": "wsi_lab.models.segmentation", "UNet": "wsi_lab.models.segmentation",
+    "load_segmentation_weights": "wsi_lab.models.segmentation",
     "load_weights": "wsi_lab.models.weights", "latent_table": "wsi_lab.models.latents",
 }
 

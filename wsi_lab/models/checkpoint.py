@@ -25,7 +25,7 @@ _IDENTITY_KEYS = ("name", "input_size", "latent_dim", "h_dim", "in_channels", "n
 
 def build_model(config: Mapping[str, Any] | str) -> nn.Module:
     """A fresh (random-init) model from a preset name or a config ``{"name": ..., options}``: ``vae``,
-    ``small_cnn``, ``resnet18``, ``resnet50``, ``timm:<name>``, ``abmil``."""
+    ``small_cnn``, ``resnet18``, ``resnet50``, ``timm:<name>``, ``abmil``, ``deeplabv3``, ``unet``."""
     cfg = {"name": config} if isinstance(config, str) else dict(config)
     name = str(cfg.pop("name", ""))
     try:
@@ -41,12 +41,14 @@ def build_model(config: Mapping[str, Any] | str) -> nn.Module:
             from wsi_lab.models.classifier import TileClassifier
 
             return TileClassifier(name, **cfg)
+        if name in ("deeplabv3", "unet"):
+            from wsi_lab.models.segmentation import SegmentationModel
+
+            return SegmentationModel(name, **cfg)
     except TypeError as exc:  # an unknown option
         raise InvalidParameterError(f"model {name!r}: {exc}") from exc
-    if name in ("deeplabv3", "unet"):
-        raise InvalidParameterError(f"model {name!r}: segmentation models are not implemented yet")
-    raise InvalidParameterError(f"unknown model {name!r}; choose vae, small_cnn, resnet18, resnet50, timm:<name> "
-                                "or abmil")
+    raise InvalidParameterError(f"unknown model {name!r}; choose vae, small_cnn, resnet18, resnet50, timm:<name>, "
+                                "abmil, deeplabv3 or unet")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:

@@ -106,12 +106,17 @@ def run_classify(spec, ctx) -> dict:
     data = job_data(spec, labelled=True)
     size = model_input_size(spec, data.tile_size)
     train_set, val_set = _tile_sets(data)
+    on_epoch = None
+    if spec.sampler is not None:  # balanced tiles on a ratio column such as tumor_ratio
+        from wsi_lab.train.sampling import balanced_train_set
+
+        train_set, on_epoch = balanced_train_set(spec, train_set.dataset, data.train, data.table)
     torch.manual_seed(spec.seed)
     model = build_model(_model_config(spec, input_size=size, classes=data.classes))
     if spec.model.get("weights"):
         load_weights(getattr(model, "backbone"), spec.model["weights"], spec.model.get("sha256"))  # noqa: B009
     return fit(spec, ctx, Parts(model, train_set, val_set, _classify_step, metrics=classification_metrics,
-                                classes=data.classes))
+                                classes=data.classes, on_epoch=on_epoch))
 
 
 # -- mil ---------------------------------------------------------------------------------------
@@ -212,3 +217,7 @@ def run_features(spec, ctx) -> dict:
     from wsi_lab.train.features import extract_features
 
     return extract_features(spec, ctx)
+
+
+# -- segment (its own module; registered on import) ----------------------------------------------
+from wsi_lab.train import recipe_segment as _recipe_segment  # noqa: E402,F401

@@ -23,7 +23,8 @@ MODEL_PRESETS = ("small_cnn", "resnet18", "resnet50", "timm:<name>", "vae", "abm
 # which model names each task accepts (features: an encoder of wsi_lab.models.encoders)
 TASK_MODELS = {"vae": ("vae",), "classify": ("small_cnn", "resnet18", "resnet50", "timm:"), "mil": ("abmil",),
                "segment": ("deeplabv3", "unet"), "features": ()}
-_DEFAULT_MODEL = {"vae": "vae", "classify": "small_cnn", "mil": "abmil"}
+_DEFAULT_MODEL = {"vae": "vae", "classify": "small_cnn", "mil": "abmil", "segment": "unet"}
+SAMPLER_KEYS = ("positive_fraction", "threshold", "column")
 # spec keys that may change between a run and its resumption (the rest must match the checkpoint's job)
 RESUMABLE_CHANGES = ("epochs", "backend", "nproc", "num_workers", "precision", "device")
 
@@ -40,7 +41,7 @@ class JobSpec(Spec):
     """A training / feature-extraction job (see the field comments; sizes in pixels, lr per step).
 
     ``model`` is a preset name or ``{"name": ..., options}``: ``small_cnn``, ``resnet18``, ``resnet50``,
-    ``timm:<name>`` (classify), ``vae``, ``abmil`` (mil), an encoder name such as ``h-optimus-0``
+    ``timm:<name>`` (classify), ``vae``, ``abmil`` (mil), ``unet``, ``deeplabv3`` (segment), an encoder name such as ``h-optimus-0``
     (features); options ``weights`` / ``sha256`` name a local weights file. ``batch_size`` is the global
     batch: each of ``nproc`` processes takes ``batch_size / nproc``."""
 
@@ -66,6 +67,9 @@ class JobSpec(Spec):
     split_column: str = "split"
     train_split: str = "train"
     val_split: str = "val"
+    annotations: str | None = None     # segment: folder of <slide_id>.xml/.geojson (ASAP, QuPath) or one file
+    label_map: Any = None              # segment: {label: class name or index} or "_0:1 _1:1 _2:0" (default: per labels)
+    sampler: Mapping[str, Any] | None = None  # {"positive_fraction", "threshold", "column"}: balanced tiles per epoch
     horovod: Mapping[str, Any] = field(default_factory=dict)   # {"fp16_compression": bool}
     sagemaker: Mapping[str, Any] | None = None                 # the SageMaker issue's; refused until then
 
@@ -92,8 +96,22 @@ class JobSpec(Spec):
 
         if self.task not in TASKS:
             raise bad("task", f"{self.task!r} is not one of {', '.join(TASKS)}")
-        if self.task == "segment":
-            raise bad("task", "'segment' (DeepLabV3 / U-Net) is not implemented yet")
+        if self.task == "segment" and not (isinstance(self.annotations, str) and self.annotations.strip()):
+            raise bad("annotations", "task 'segment' needs the annotation folder (<slide_id>.xml / .geojson) or file")
+        if self.label_map is not None and not isinstance(self.label_map, (str, Mapping)):
+            raise bad("label_map", f"must be a mapping {{label: class}} or a string like '_0:1 _2:0', got {self.label_map!r}")
+        if self.sampler is not None:
+            if self.task not in ("classify", "segment"):
+                raise bad("sampler", f"balanced tile sampling is for tasks classify and segment, not {self.task!r}")
+            if not isinstance(self.sampler, Mapping):
+                raise bad("sampler", f"must be a mapping with keys {list(SAMPLER_KEYS)}, got {self.sampler!r}")
+            unknown_s = sorted(set(self.sampler) - set(SAMPLER_KEYS))
+            if unknown_s:
+                raise bad("sampler", f"unknown option(s) {unknown_s}; known: {list(SAMPLER_KEYS)}")
+            pf, th = self.sampler.get("positive_fraction", 0.5), self.sampler.get("threshold", 0.0)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (pf, th)) or \
+                    not (0 <= pf <= 1 and 0 <= th < 1):
+                raise bad("sampler", f"positive_fraction must be in [0, 1] and threshold in [0, 1), got {pf!r}, {th!r}")
         for key in ("table", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise bad(key, f"must be a non-empty path, got {getattr(self, key)!r}")
