@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="run a training job spec (local, torchrun, horovod)",
                               description="Run a job spec: python -m wsi_lab.train under the chosen backend.")
     p.add_argument("--spec", required=True, help="job spec file (.json or .yaml)")
-    p.add_argument("--backend", choices=["local", "torchrun", "horovod"], help="override the spec's backend")
+    p.add_argument("--backend", choices=["local", "torchrun", "horovod", "sagemaker"],
+                   help="override the spec's backend (sagemaker: the spec's 'sagemaker' block)")
     p.add_argument("--nproc", type=int, help="processes (torchrun/horovod)")
     p.add_argument("--epochs", type=int, help="override the spec's epochs (e.g. to train longer on resume)")
     p.set_defaults(func=cmd_train)
