@@ -72,8 +72,10 @@ def framework_image(region: str, framework_version: str, py_version: str, gpu: b
 
 
 def job_name_for(spec: JobSpec, base: str | None = None) -> str:
-    """``<base or wsi-lab-<task>>-<UTC timestamp>``, at most 63 characters (SageMaker's limit)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    """``<base or wsi-lab-<task>>-<UTC timestamp>-<4 hex>``, at most 63 characters (SageMaker's limit)."""
+    import secrets
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
     head = (base or f"wsi-lab-{spec.task}").replace("_", "-")[: 63 - len(stamp) - 1]
     return f"{head}-{stamp}"
 
