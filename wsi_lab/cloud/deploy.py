@@ -124,7 +124,7 @@ class Endpoint:
                  EndpointConfigName=self.config_name)
 
 
-def deploy(model_name: str, instance_type: str = "ml.g5.xlarge", instance_count: int = 1,
+def deploy(model_name: str, instance_type: str = "ml.g4dn.xlarge", instance_count: int = 1,
            session: CloudSession | None = None, endpoint_name: str | None = None, **session_kw: Any) -> Endpoint:
     """Endpoint config (one ``AllTraffic`` variant) + endpoint for ``model_name``; returns its handle."""
     session = session or CloudSession.from_settings(None, **session_kw)
