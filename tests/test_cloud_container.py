@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -46,12 +45,6 @@ def session(moto_endpoint):  # noqa: F811
     s = CloudSession(region="us-east-1", endpoint_url=moto_endpoint)
     s.client("s3").create_bucket(Bucket=BUCKET)
     return s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +130,8 @@ def test_failure_file_for_a_bad_container_input(trained, tmp_path):
 
 
 def test_model_endpoint_serving_and_batch_transform(trained, session, tmp_path):
-    from wsi_lab.data.tile_reader import read_tile
+    from wsi_lab.data.tile_reader import read_tile, slide_paths_of
+    from wsi_lab.slide import open_slide
     from wsi_lab.data.table import read_table
     from wsi_lab.io import encode_image
 
@@ -154,26 +148,24 @@ def test_model_endpoint_serving_and_batch_transform(trained, session, tmp_path):
     body = session.client("s3").get_object(Bucket=art.bucket, Key=art.key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         tar.extractall(model_dir, filter="data")
-    port = _free_port()
-    env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "WSI_LAB_SERVE_HOST": "127.0.0.1", "PYTHONPATH": str(trained["ml"] / "code")}
-    srv = subprocess.Popen([sys.executable, "-m", "wsi_lab.cloud.entry", "serve"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    # the serve entry point's two steps, in this process (a subprocess would import torch once more)
+    from wsi_lab.cloud.entry import find_checkpoint
+    from wsi_lab.infer.serve import ModelServer
+
+    assert find_checkpoint(model_dir) == model_dir / "checkpoints" / "best.pt"
+    srv = ModelServer(find_checkpoint(model_dir), "127.0.0.1", 0).start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if urllib.request.urlopen(url + "/ping", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        url = srv.url
+        assert urllib.request.urlopen(url + "/ping", timeout=5).status == 200
         # Batch Transform: the job as created, then its container's work done against the local server
-        table = read_table(trained["table"]).head(6)
+        full = read_table(trained["table"])
+        table = full[full["slide_id"] == full["slide_id"].iloc[0]].head(6)
         tiles_in = f"s3://{BUCKET}/tiles-in/"
         s3 = session.client("s3")
+        slide = open_slide(slide_paths_of(table)[str(table["slide_id"].iloc[0])])
         for row in table.itertuples():
-            s3.put_object(Bucket=BUCKET, Key=f"tiles-in/{row.slide_id}/tiles/{row.x}_{row.y}.jpg",
-                          Body=encode_image(read_tile(table, row.Index), "jpeg"))
+            s3.put_object(Bucket=BUCKET, Key=f"tiles-in/{row.slide_id}/tiles/{row.x}_{row.y}.jpg", Body=encode_image(
+                read_tile(slide, row.x, row.y, row.level, row.read_size, row.tile_size), "jpeg"))
         job = batch_transform(model, tiles_in, f"s3://{BUCKET}/tiles-out/", session=session, max_concurrent_transforms=8,
                               max_payload_mb=2)
         t = session.client("sagemaker").describe_transform_job(TransformJobName=job.job_name)
@@ -190,8 +182,7 @@ def test_model_endpoint_serving_and_batch_transform(trained, session, tmp_path):
             sent[obj["Key"]] = json.loads(answer)["predictions"][0]
             s3.put_object(Bucket=BUCKET, Key="tiles-out/" + obj["Key"][len("tiles-in/"):] + ".out", Body=answer)
     finally:
-        srv.terminate()
-        srv.wait(10)
+        srv.close()
     pred = read_transform_outputs(f"s3://{BUCKET}/tiles-out/", table, ["a", "b"], session=session)
     first = table.iloc[0]
     assert pred["prob_a"].iloc[0] == pytest.approx(sent[f"tiles-in/{first.slide_id}/tiles/{first.x}_{first.y}.jpg"][0],
@@ -211,7 +202,7 @@ def test_the_processing_job_runs_wsi_lab_tile_over_its_shard(session, tmp_path):
     d = session.client("sagemaker").describe_processing_job(ProcessingJobName=job.job_name)
     inputs = {i["InputName"]: i["S3Input"] for i in d["ProcessingInputs"]}
     assert inputs["slides"]["S3DataDistributionType"] == "ShardedByS3Key"
-    assert d["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 4
+    assert job.request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 4  # moto's Describe drops it
     entry = d["AppSpecification"]["ContainerEntrypoint"]
     assert entry[:2] == ["wsi-lab", "tile"] and d["AppSpecification"]["ImageUri"] == IMAGE
     assert job.wait(timeout=10, poll_s=0.1).value == "done"
