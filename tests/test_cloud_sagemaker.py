@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,28 @@ def test_credentials_are_never_logged_or_written(session, cohort, tmp_path, capl
     for secret in (FAKE_ENV["AWS_SECRET_ACCESS_KEY"], FAKE_ENV["AWS_SESSION_TOKEN"], FAKE_ENV["AWS_ACCESS_KEY_ID"]):
         assert secret not in written and secret not in wsi_logs
     assert "testing" not in repr(session)
+
+
+def test_the_cli_starts_training_and_tiling_jobs(session, moto_endpoint, cohort, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    spec_path = _spec(cohort, tmp_path, instance_type="ml.m5.xlarge").write(tmp_path / "spec.json")
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_endpoint}
+    run = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "train", "--spec", str(spec_path), "--backend",
+                          "sagemaker"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    name = re.search(r"created training job (\S+)", run.stdout).group(1)
+    status = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "sagemaker", "status", name, "--wait"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and f"training job {name}: done" in status.stdout
+    stop = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "sagemaker", "stop", name], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 2 and "StopTrainingJob" in stop.stderr and stop.stderr.count("\n") == 1
+    slides = cohort.parent / "s0.svs"
+    tile = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(slides), "--out", str(tmp_path / "t"),
+                           "--sagemaker", "--bucket", BUCKET, "--role", ROLE, "--image-uri", "1.dkr.ecr/wsi-lab:1",
+                           "--instance-count", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert tile.returncode == 0, tile.stderr
+    assert "processing job: wsi-lab-tiling-" in tile.stdout and not (tmp_path / "t").exists()

@@ -61,7 +61,7 @@ def _follow(job, stream=None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wsi_lab.train.launcher import launch
+    from wsi_lab.train.launcher import TrainJob, launch
     from wsi_lab.train.spec import JobSpec
 
     try:
@@ -70,6 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except WSILabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(job, TrainJob):  # a remote job (SageMaker) runs on its own: `wsi-lab sagemaker status NAME`
+        print("\n".join(job.logs()), flush=True)
+        return 0
     try:
         return _follow(job)
     except KeyboardInterrupt:
