@@ -16,7 +16,6 @@ import sys
 import tarfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -130,10 +129,10 @@ def test_failure_file_for_a_bad_container_input(trained, tmp_path):
 
 
 def test_model_endpoint_serving_and_batch_transform(trained, session, tmp_path):
-    from wsi_lab.data.tile_reader import read_tile, slide_paths_of
-    from wsi_lab.slide import open_slide
     from wsi_lab.data.table import read_table
+    from wsi_lab.data.tile_reader import read_tile, slide_paths_of
     from wsi_lab.io import encode_image
+    from wsi_lab.slide import open_slide
 
     d = trained["describe"]
     model = create_model(d["ModelArtifacts"]["S3ModelArtifacts"], IMAGE, ROLE, BUCKET, session=session,

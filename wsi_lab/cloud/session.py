@@ -92,8 +92,13 @@ def aws_call(operation: str, fn: Callable[..., R], *args: Any, what: str = "", *
     """Call ``fn(*args, **kwargs)``; translate botocore errors into :class:`CloudError` naming ``what``
     (the resource), the AWS error code and the action from :data:`ACTIONS`. A call the endpoint does not
     implement (HTTP 500/501 ``InternalFailure``/``NotImplemented``) is :class:`UnsupportedOperationError`."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                     PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
 
     target = f" {what}" if what else ""
     try:
