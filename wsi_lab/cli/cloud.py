@@ -87,6 +87,7 @@ def register(sub: Subparsers) -> None:
 
     register_backend("sagemaker", _launch_sagemaker)
     p = sub.add_parser("sagemaker", help="SageMaker jobs: status (logs, wait), stop")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])  # replaced by the subcommand's own handler
     cmds = p.add_subparsers(dest="sagemaker_command", required=True)
     for name, func, text in (("status", _cmd_status, "status and log of a job"), ("stop", _cmd_stop, "stop a job")):
         c = cmds.add_parser(name, help=text)

@@ -57,7 +57,7 @@ class CloudSession:
     region: str | None = None
     profile: str | None = None
     endpoint_url: str | None = None
-    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.endpoint_url = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -69,7 +69,7 @@ class CloudSession:
     def from_settings(cls, settings: dict[str, Any] | None = None, **overrides: Any) -> CloudSession:
         """A session from a spec's ``sagemaker`` block (``region``) and keyword overrides
         (``region``, ``profile``, ``endpoint_url``; ``None`` values are ignored)."""
-        kw = {"region": (settings or {}).get("region")}
+        kw: dict[str, Any] = {"region": (settings or {}).get("region")}
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
