@@ -73,7 +73,8 @@ def trained(session, tmp_path_factory):
                SM_INPUT_DIR=str(ml / "input"), SM_HPS=json.dumps(hps), SM_HOSTS=json.dumps(["algo-1"]),
                SM_CURRENT_HOST="algo-1", SM_NUM_GPUS="0", SM_NUM_CPUS="2", SM_CHANNELS=json.dumps(
                    [c["ChannelName"] for c in d["InputDataConfig"]]), PYTHONPATH=str(code), PYTHONUNBUFFERED="1")
-    args = [f"--{k}" for k in hps if not k.startswith("sagemaker_")][:0]  # the toolkit passes hps as args too
+    # the training toolkit also passes the hyper-parameters as arguments; the entry point reads SM_HPS
+    args = [a for k, v in hps.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
     proc = subprocess.run([sys.executable, hps["sagemaker_program"], *args], cwd=code, env=env, capture_output=True,
                           text=True, timeout=300)
     return {"job": job, "describe": d, "ml": ml, "proc": proc, "table": table, "tmp": tmp}

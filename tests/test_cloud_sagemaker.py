@@ -194,3 +194,39 @@ def test_the_cli_starts_training_and_tiling_jobs(session, moto_endpoint, cohort,
                            "--instance-count", "2"], env=env, capture_output=True, text=True, timeout=120)
     assert tile.returncode == 0, tile.stderr
     assert "processing job: wsi-lab-tiling-" in tile.stdout and not (tmp_path / "t").exists()
+
+
+def test_a_job_that_fails_remotely_fails_the_handle_with_the_reason():
+    """moto never fails a job, so this one Describe answer is stubbed (botocore's Stubber): the only stub here."""
+    from botocore.stub import Stubber
+
+    from wsi_lab.cloud.errors import RemoteJobFailedError
+    from wsi_lab.cloud.job import SageMakerJob
+
+    s = CloudSession(region="us-east-1", endpoint_url="http://127.0.0.1:9")
+    sm = s.client("sagemaker")
+    with Stubber(sm) as stub:
+        stub.add_response("describe_training_job", {
+            "TrainingJobName": "j", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/j",
+            "TrainingJobStatus": "Failed", "SecondaryStatus": "Failed", "FailureReason": "DataError: no tiles",
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ResourceConfig": {
+                "InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 1}, "CreationTime": 0, "ModelArtifacts": {"S3ModelArtifacts": ""}},
+            {"TrainingJobName": "j"})
+        job = SageMakerJob(s, "training", "j")
+        assert job.wait(timeout=5, poll_s=0.1).value == "failed"
+    with pytest.raises(RemoteJobFailedError, match="DataError: no tiles") as exc:
+        job.result()
+    assert exc.value.code == "TrainingJobFailed" and job.failures[0].error_type == "RemoteJobFailedError"
+
+
+def test_train_launch_hands_sagemaker_specs_to_the_cloud_layer(session, moto_endpoint, cohort, tmp_path, monkeypatch):  # noqa: F811
+    import wsi_lab.cloud  # noqa: F401 - registers the backend
+    from wsi_lab.cloud.job import SageMakerJob
+    from wsi_lab.train.launcher import launch as train_launch
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    spec = _spec(cohort, tmp_path, instance_type="ml.m5.xlarge")
+    job = train_launch(spec)
+    assert isinstance(job, SageMakerJob) and job.status().value == "done"
+    assert not (tmp_path / "out").exists()  # nothing local is written for a remote job
