@@ -171,10 +171,13 @@ def test_credentials_are_never_logged_or_written(session, cohort, tmp_path, capl
     assert "testing" not in repr(session)
 
 
-def test_the_cli_starts_training_and_tiling_jobs(session, moto_endpoint, cohort, tmp_path):  # noqa: F811
+def test_the_cli_starts_training_and_tiling_jobs(session, moto_endpoint, cohort, tmp_path, capsys,  # noqa: F811
+                                                  monkeypatch):
     import os
     import subprocess
     import sys
+
+    from wsi_lab.cli import main
 
     spec_path = _spec(cohort, tmp_path, instance_type="ml.m5.xlarge").write(tmp_path / "spec.json")
     env = {**os.environ, "AWS_ENDPOINT_URL": moto_endpoint}
@@ -182,18 +185,16 @@ def test_the_cli_starts_training_and_tiling_jobs(session, moto_endpoint, cohort,
                           "sagemaker"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     name = re.search(r"created training job (\S+)", run.stdout).group(1)
-    status = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "sagemaker", "status", name, "--wait"], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and f"training job {name}: done" in status.stdout
-    stop = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "sagemaker", "stop", name], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert stop.returncode == 2 and "StopTrainingJob" in stop.stderr and stop.stderr.count("\n") == 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the rest in this process (same parser and handlers)
+    assert main(["sagemaker", "status", name, "--wait"]) == 0
+    assert f"training job {name}: done" in capsys.readouterr().out
+    assert main(["sagemaker", "stop", name]) == 2
+    err = capsys.readouterr().err
+    assert "StopTrainingJob" in err and err.count("\n") == 1
     slides = cohort.parent / "s0.svs"
-    tile = subprocess.run([sys.executable, "-m", "wsi_lab.cli", "tile", str(slides), "--out", str(tmp_path / "t"),
-                           "--sagemaker", "--bucket", BUCKET, "--role", ROLE, "--image-uri", "1.dkr.ecr/wsi-lab:1",
-                           "--instance-count", "2"], env=env, capture_output=True, text=True, timeout=120)
-    assert tile.returncode == 0, tile.stderr
-    assert "processing job: wsi-lab-tiling-" in tile.stdout and not (tmp_path / "t").exists()
+    assert main(["tile", str(slides), "--out", str(tmp_path / "t"), "--sagemaker", "--bucket", BUCKET, "--role", ROLE,
+                 "--image-uri", "1.dkr.ecr/wsi-lab:1", "--instance-count", "2"]) == 0
+    assert "processing job: wsi-lab-tiling-" in capsys.readouterr().out and not (tmp_path / "t").exists()
 
 
 def test_a_job_that_fails_remotely_fails_the_handle_with_the_reason():
