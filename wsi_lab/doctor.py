@@ -64,6 +64,18 @@ def _openslide_detail() -> str:
     return f"OpenSlide library {openslide.__library_version__}"
 
 
+def _sagemaker_detail() -> str:
+    """Where SageMaker requests would go (never the credentials themselves, only whether boto3 finds some)."""
+    import os
+
+    import boto3
+
+    session = boto3.session.Session()
+    found = session.get_credentials() is not None
+    where = os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    return f"region {session.region_name or 'not set'}, endpoint {where}, credentials {'found' if found else 'not found'}"
+
+
 def _codecs_detail() -> str:
     import imagecodecs
 
@@ -101,7 +113,7 @@ def check_environment(deep: bool = False) -> list[Check]:
         _module_check("TensorFlow", "tensorflow", "tensorflow-cpu", "pip install 'wsi-lab[tf]'", deep=deep),
         _module_check("Horovod", "horovod.torch", "horovod",
                       "pip install 'wsi-lab[horovod]' (needs the C++17 build patch; see README)", deep=deep),
-        _module_check("SageMaker SDK", "sagemaker", "sagemaker", "pip install 'wsi-lab[sagemaker]'", deep=deep),
+        _module_check("SageMaker (boto3)", "boto3", "boto3", "pip install 'wsi-lab[sagemaker]'", _sagemaker_detail),
         _module_check("napari", "napari", "napari", "pip install 'wsi-lab[napari]'", deep=deep),
         _module_check("JupyterLab", "jupyterlab", "jupyterlab", "pip install 'wsi-lab[ui]'"),
         _module_check("anywidget", "anywidget", "anywidget", "pip install 'wsi-lab[ui]'"),

@@ -29,6 +29,10 @@ def _cmd_tile(args: argparse.Namespace) -> int:
             tile_size=args.tile_size, mpp=args.mpp, level=args.level, overlap=args.overlap, method=method,
             method_params=threshold_params(method, args.threshold), min_tissue=args.min_tissue, two_stage=two,
             jpeg_quality=args.jpeg_quality, slide_mpp=args.slide_mpp).validate()
+    if args.sagemaker:
+        from wsi_lab.cli.cloud import tile_on_sagemaker
+
+        return tile_on_sagemaker(args, params)
     if not args.verbose:  # Dask logs cluster start/stop at INFO on its own handlers
         logging.getLogger("distributed").setLevel(logging.WARNING)
     result = run_tiling(args.slides, params, client=args.scheduler, out=args.out, materialize=args.materialize,
@@ -61,4 +65,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--params", help="TilingParams JSON file (overrides the tiling options above)")
     p.add_argument("--force", action="store_true", help="redo slides whose outputs are already complete")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from wsi_lab.cli.cloud import add_sagemaker_options
+
+    add_sagemaker_options(p)
     p.set_defaults(func=_cmd_tile)

@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="run a training job spec (local, torchrun, horovod)",
                               description="Run a job spec: python -m wsi_lab.train under the chosen backend.")
     p.add_argument("--spec", required=True, help="job spec file (.json or .yaml)")
-    p.add_argument("--backend", choices=["local", "torchrun", "horovod"], help="override the spec's backend")
+    p.add_argument("--backend", choices=["local", "torchrun", "horovod", "sagemaker"],
+                   help="override the spec's backend (sagemaker: the spec's 'sagemaker' block)")
     p.add_argument("--nproc", type=int, help="processes (torchrun/horovod)")
     p.add_argument("--epochs", type=int, help="override the spec's epochs (e.g. to train longer on resume)")
     p.set_defaults(func=cmd_train)
@@ -60,7 +61,7 @@ def _follow(job, stream=None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wsi_lab.train.launcher import launch
+    from wsi_lab.train.launcher import TrainJob, launch
     from wsi_lab.train.spec import JobSpec
 
     try:
@@ -69,6 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except WSILabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(job, TrainJob):  # a remote job (SageMaker) runs on its own: `wsi-lab sagemaker status NAME`
+        print("\n".join(job.logs()), flush=True)
+        return 0
     try:
         return _follow(job)
     except KeyboardInterrupt:

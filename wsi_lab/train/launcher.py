@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,16 @@ class TrainJob(SubprocessJob):
         return df[df["split"] == split].reset_index(drop=True) if split is not None and "split" in df else df
 
 
+#: launchers of remote backends, registered by the layer that provides them (wsi_lab.cloud registers
+#: "sagemaker" when imported): train sits below cloud and never imports it
+REMOTE_LAUNCHERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_backend(name: str, launcher: Callable[..., Any]) -> None:
+    """Let ``launch`` hand specs of backend ``name`` to ``launcher(spec, progress=...)``."""
+    REMOTE_LAUNCHERS[name] = launcher
+
+
 def launch(spec: JobSpec | dict | str | os.PathLike, progress: ProgressCallback | None = None,
            backend: str | None = None, nproc: int | None = None, env: dict[str, str] | None = None) -> TrainJob:
     """Start ``spec`` (a :class:`JobSpec`, its dict, or a spec file) and return its running Job.
@@ -111,6 +121,11 @@ def launch(spec: JobSpec | dict | str | os.PathLike, progress: ProgressCallback 
     elif isinstance(spec, dict):
         spec = JobSpec.from_dict(spec)
     spec = spec.with_changes(backend=backend, nproc=nproc)
+    if spec.backend in REMOTE_LAUNCHERS:
+        return REMOTE_LAUNCHERS[spec.backend](spec, progress=progress)
+    if spec.backend == "sagemaker":
+        raise MissingDependencyError("wsi_lab.cloud", "sagemaker", "backend 'sagemaker' (import wsi_lab.cloud, or "
+                                     "call wsi_lab.cloud.train(spec))")
     cmd = command_for(spec, Path(spec.out) / "spec.json")
     out = prepare_out(spec)
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -71,7 +71,7 @@ class JobSpec(Spec):
     label_map: Any = None              # segment: {label: class name or index} or "_0:1 _1:1 _2:0" (default: per labels)
     sampler: Mapping[str, Any] | None = None  # {"positive_fraction", "threshold", "column"}: balanced tiles per epoch
     horovod: Mapping[str, Any] = field(default_factory=dict)   # {"fp16_compression": bool}
-    sagemaker: Mapping[str, Any] | None = None                 # the SageMaker issue's; refused until then
+    sagemaker: Mapping[str, Any] | None = None                 # SageMaker settings (train/sagemaker_block.py)
 
     def __post_init__(self) -> None:
         model = self.model
@@ -132,10 +132,12 @@ class JobSpec(Spec):
                 raise bad(key, f"must be a finite number {'> 0' if key == 'lr' else '>= 0'}, got {v!r}")
         if self.backend not in BACKENDS:
             raise bad("backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.backend == "sagemaker" or self.sagemaker is not None:
-            raise bad("sagemaker" if self.sagemaker is not None else "backend",
-                      "SageMaker jobs are not supported yet (they come with the SageMaker issue); "
-                      "use backend local, torchrun or horovod")
+        if self.backend == "sagemaker" and self.sagemaker is None:
+            raise bad("sagemaker", "backend 'sagemaker' needs the block {'bucket', 'role', 'instance_type', ...}")
+        if self.sagemaker is not None:
+            from wsi_lab.train.sagemaker_block import check_sagemaker_block
+
+            check_sagemaker_block(self.sagemaker, self.batch_size)
         if self.backend == "local" and self.nproc != 1:
             raise bad("nproc", f"backend 'local' runs one process, got nproc={self.nproc}; use backend 'torchrun'")
         if self.batch_size % self.nproc:
