@@ -8,9 +8,9 @@ On a generated SVS-like slide (``wsi_lab.testing.make_slide``: 256² JPEG tiles,
 - **limit**: the table's source tiles, pre-read into memory, decoded (imagecodecs, the level's tables)
   and re-encoded at Q90 (imagecodecs) on 2 threads, nothing else; and decode alone (the limit of the
   raw TFRecord schema, which encodes nothing).
-- **tiling**: ``run_tiling`` on a LocalCluster of 2 single-threaded workers (one started with
-  ``WSI_LAB_JPEG_PASSTHROUGH=0``: decode → encode Q90; the other passes tiles through, the default),
-  writing only the table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
+- **tiling**: ``run_tiling`` on one LocalCluster of 2 single-threaded workers (``passthrough=False``:
+  decode → encode Q90; ``passthrough=True``, the default, passes tiles through), writing only the
+  table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
   wall with the table only), as the issue measures it (both walls on the same warm cluster).
 - **exports** of the same table: ``export_jpeg`` (passthrough and ``passthrough=False``), and
   ``export_tfrecord`` raw and jpeg (passthrough and not), 2 threads, 2 shards.
@@ -95,17 +95,17 @@ def main() -> None:
 
     clients, clusters = {}, []
     try:
-        # one cluster per mode, started once (a cluster's start is seconds of noise); workers read
-        # WSI_LAB_JPEG_PASSTHROUGH from the environment they are started with
-        for tag, env in (("passthrough", "1"), ("re-encode Q90", "0")):
-            os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = env
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0")
-            clusters.append(cluster)
-            clients[tag] = Client(cluster)
-        os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
-        for client in clients.values():  # warm: imports, the open slide and its tissue features
-            run_tiling(path, params, client=client, out=tmp / "warm", materialize="jpeg", force=True)
+        # one warm cluster (a cluster's start is seconds of noise); run_tiling(passthrough=) says per run
+        # whether source tiles pass through (its workers' environment no longer decides it)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0")
+        clusters.append(cluster)
+        client0 = Client(cluster)
+        clients = {"passthrough": client0, "re-encode Q90": client0}
+        modes = {"passthrough": True, "re-encode Q90": False}
+        for tag in clients:  # warm: imports, the open slide and its tissue features
+            run_tiling(path, params, client=client0, out=tmp / "warm", materialize="jpeg", force=True,
+                       passthrough=modes[tag])
             shutil.rmtree(tmp / "warm", ignore_errors=True)
         # the table (and the raw source bytes of its tiles, for the limit)
         res = run_tiling(path, params, client=clients["passthrough"], out=tmp / "t0")
@@ -124,8 +124,9 @@ def main() -> None:
             for tag, client in clients.items():
                 for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
                     out = tmp / f"tiling{rep}"
-                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, client=client, out=out,  # noqa: B023
-                                                                               materialize=mat, force=True)))  # noqa: B023
+                    walls.setdefault(name, []).append(timed(lambda: run_tiling(
+                        path, params, client=client, out=out, materialize=mat, force=True,  # noqa: B023
+                        passthrough=modes[tag])))  # noqa: B023
                     shutil.rmtree(out, ignore_errors=True)
                 add(f"tiling: jpeg, {tag}", n / max(walls[f"tiling: jpeg, {tag}"][-1]
                                                     - walls[f"tiling: table only ({tag})"][-1], 1e-3))
@@ -143,7 +144,7 @@ def main() -> None:
                 add(name, n / timed(lambda: fn(out)))  # noqa: B023
                 shutil.rmtree(out, ignore_errors=True)
     finally:
-        for c in clients.values():
+        for c in set(clients.values()):
             c.close()
         for cluster in clusters:
             cluster.close()
