@@ -288,11 +288,37 @@ class _Runner:
         self.close(st, ItemStatus.DONE, f"{st.sid}: {len(st.table)} tiles",
                    add_tiles=len(st.table) if not st.chunks else 0)
 
+    def release(self, timeout: float = 15.0) -> None:
+        """Cancel every task of the run, drop the client's references to them, and wait (up to ``timeout``
+        seconds) until neither the scheduler nor a worker holds one: a cluster closed right after a cancel
+        otherwise logs comm tracebacks ("Closed comm while trying to write") and lost-task warnings."""
+        futures = list(self.owner)
+        keys = [f.key for f in futures]
+        if futures:
+            self.client.cancel(futures)
+        self.owner.clear()
+        self.ac.clear()
+        for st in self.todo.values():
+            st.futures.clear()
+        del futures
+        deadline = time.monotonic() + timeout
+        while keys and time.monotonic() < deadline:
+            try:
+                held = self.client.run_on_scheduler(_held_by_scheduler, keys=keys)
+                held += sum(self.client.run(_held_by_worker, keys=keys).values())
+            except Exception as exc:  # noqa: BLE001 - a closing cluster: nothing more to wait for
+                log.debug("waiting for cancelled tasks: %s", exc)
+                return
+            if not held:
+                return
+            time.sleep(0.05)
+        log.info("%d cancelled task(s) still running after %.0f s", len(keys), timeout)
+
     def loop(self, cancel: threading.Event | None) -> None:
         while True:
             if cancel is not None and cancel.is_set():
                 self.result.cancelled = True
-                self.client.cancel(list(self.owner))
+                self.release()
                 for st in self.todo.values():
                     if not st.closed:
                         self.tracker.set_item(st.sid, ItemStatus.CANCELLED)
@@ -307,6 +333,16 @@ class _Runner:
             for fut in batch:
                 if fut in self.owner:
                     self.handle(fut)
+
+
+def _held_by_scheduler(keys: list[str], dask_scheduler: Any) -> int:
+    """How many of ``keys`` the scheduler still knows (run on it by ``client.run_on_scheduler``)."""
+    return sum(k in dask_scheduler.tasks for k in keys)
+
+
+def _held_by_worker(keys: list[str], dask_worker: Any) -> int:
+    """How many of ``keys`` a worker still holds or runs (run on each by ``client.run``)."""
+    return sum(k in dask_worker.state.tasks for k in keys)
 
 
 def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = None, out: str | os.PathLike = "tiles",
