@@ -107,29 +107,10 @@ def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192) -> bytes:
     if hit is not None:
         return hit
     with open_slide(p) as s:
-        data = encode_image(_display_thumbnail(s, int(max_size)), "jpeg", quality=85)
+        data = encode_image(s.get_thumbnail(max_size, display="auto"), "jpeg", quality=85)  # fluorescence made visible
     with _THUMB_LOCK:
         _THUMB_CACHE[key] = data
     return data
-
-
-def _display_thumbnail(slide, max_size: int, view_size: int = 1024) -> np.ndarray:
-    """``slide.get_thumbnail(max_size, display="auto")`` from one read: the raw ``view_size`` view that the
-    automatic display settings are computed from (:func:`wsi_lab.slide.display.auto_display`) is shrunk
-    to the card instead of reading the slide a second time (a one-level slide decodes all of it per read)."""
-    from PIL import Image
-
-    from wsi_lab.slide.display import DEFAULT_PERCENTILES, apply_display, settings_from_pixels
-
-    if max_size >= view_size:
-        return slide.get_thumbnail(max_size, display="auto")
-    view = slide.get_thumbnail(view_size)
-    settings = settings_from_pixels(view, DEFAULT_PERCENTILES, 1.0)
-    W, H = slide.dimensions  # the card's size as get_thumbnail computes it
-    scale = max(W / max_size, H / max_size, 1.0)
-    small = np.asarray(Image.fromarray(view).resize((max(1, round(W / scale)), max(1, round(H / scale))),
-                                                    Image.Resampling.BOX))
-    return apply_display(small, settings)
 
 
 def _placeholder(size: int, text_color=(200, 200, 200)) -> bytes:
