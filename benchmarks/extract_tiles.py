@@ -8,9 +8,9 @@ On a generated SVS-like slide (``wsi_lab.testing.make_slide``: 256² JPEG tiles,
 - **limit**: the table's source tiles, pre-read into memory, decoded (imagecodecs, the level's tables)
   and re-encoded at Q90 (imagecodecs) on 2 threads, nothing else; and decode alone (the limit of the
   raw TFRecord schema, which encodes nothing).
-- **tiling**: ``run_tiling`` on a LocalCluster of 2 single-threaded workers (one started with
-  ``WSI_LAB_JPEG_PASSTHROUGH=0``: decode → encode Q90; the other passes tiles through, the default),
-  writing only the table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
+- **tiling**: ``run_tiling`` on one LocalCluster of 2 single-threaded workers (``passthrough=False``:
+  decode → encode Q90; ``passthrough=True``, the default, passes tiles through), writing only the
+  table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
   wall with the table only), as the issue measures it (both walls on the same warm cluster).
 - **exports** of the same table: ``export_jpeg`` (passthrough and ``passthrough=False``), and
   ``export_tfrecord`` raw and jpeg (passthrough and not), 2 threads, 2 shards.
@@ -23,6 +23,7 @@ decode limit). The load average at start and end is printed: the machine's 2 cor
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import statistics
@@ -54,16 +55,44 @@ def codec_limit(raws: list[bytes], jpeg_args: dict, quality: int | None) -> floa
                 imagecodecs.jpeg8_encode(arr, level=quality)
 
     chunks = [raws[i::THREADS * 8] for i in range(THREADS * 8)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(work, chunks))
+    CPU_PER_TILE.setdefault(quality, []).append((time.process_time() - c0) / len(raws))
     return len(raws) / (time.perf_counter() - t0)
+
+
+#: CPU seconds per tile of the limits (by quality; None: decode only) and of the cases, per rep
+CPU_PER_TILE: dict = {}
 
 
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _worker_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_seconds(client=None) -> float:
+    """CPU seconds used so far by this process (client, scheduler, export threads) and, with ``client``,
+    by its workers: on a shared machine the CPU a case costs per tile is steadier than its wall time."""
+    t = time.process_time()
+    if client is not None:
+        t += sum(client.run(_worker_cpu).values())
+    return t
+
+
+def cpu_timed(fn, client=None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``fn()``."""
+    c0, t0 = cpu_seconds(client), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, cpu_seconds(client) - c0
 
 
 def main() -> None:
@@ -87,6 +116,7 @@ def main() -> None:
     os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
     rates: dict[str, list[float]] = {}
     walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
 
     def add(name: str, rate: float) -> None:
         rates.setdefault(name, []).append(rate)
@@ -95,17 +125,24 @@ def main() -> None:
 
     clients, clusters = {}, []
     try:
-        # one cluster per mode, started once (a cluster's start is seconds of noise); workers read
-        # WSI_LAB_JPEG_PASSTHROUGH from the environment they are started with
-        for tag, env in (("passthrough", "1"), ("re-encode Q90", "0")):
-            os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = env
+        # warm clusters (a cluster's start is seconds of noise): run_tiling(passthrough=) says per run whether
+        # source tiles pass through; older checkouts read WSI_LAB_JPEG_PASSTHROUGH on the workers, so they
+        # get one cluster per mode, started with it set
+        modes = {"passthrough": True, "re-encode Q90": False}
+        explicit = "passthrough" in inspect.signature(run_tiling).parameters
+        for tag in modes:
+            if explicit and clients:
+                clients[tag] = next(iter(clients.values()))
+                continue
+            os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = "1" if modes[tag] else "0"
             cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                    dashboard_address="127.0.0.1:0")
             clusters.append(cluster)
             clients[tag] = Client(cluster)
         os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
-        for client in clients.values():  # warm: imports, the open slide and its tissue features
-            run_tiling(path, params, client=client, out=tmp / "warm", materialize="jpeg", force=True)
+        kw = {tag: ({"passthrough": mode} if explicit else {}) for tag, mode in modes.items()}
+        for tag in clients:  # warm: imports, the open slide and its tissue features
+            run_tiling(path, params, client=clients[tag], out=tmp / "warm", materialize="jpeg", force=True, **kw[tag])
             shutil.rmtree(tmp / "warm", ignore_errors=True)
         # the table (and the raw source bytes of its tiles, for the limit)
         res = run_tiling(path, params, client=clients["passthrough"], out=tmp / "t0")
@@ -124,11 +161,16 @@ def main() -> None:
             for tag, client in clients.items():
                 for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
                     out = tmp / f"tiling{rep}"
-                    walls.setdefault(name, []).append(timed(lambda: run_tiling(path, params, client=client, out=out,  # noqa: B023
-                                                                               materialize=mat, force=True)))  # noqa: B023
+                    wall, cpu = cpu_timed(lambda: run_tiling(
+                        path, params, client=client, out=out, materialize=mat, force=True, **kw[tag]),  # noqa: B023
+                        client)
+                    walls.setdefault(name, []).append(wall)
+                    cpus.setdefault(name, []).append(cpu)
                     shutil.rmtree(out, ignore_errors=True)
                 add(f"tiling: jpeg, {tag}", n / max(walls[f"tiling: jpeg, {tag}"][-1]
                                                     - walls[f"tiling: table only ({tag})"][-1], 1e-3))
+                CPU_PER_TILE.setdefault(f"tiling: jpeg, {tag}", []).append(
+                    (cpus[f"tiling: jpeg, {tag}"][-1] - cpus[f"tiling: table only ({tag})"][-1]) / n)
             cases = {
                 "export jpeg, passthrough": lambda o: export_jpeg(table, o, workers=THREADS),
                 "export jpeg, re-encode Q90": lambda o: export_jpeg(table, o, workers=THREADS, passthrough=False),
@@ -140,10 +182,12 @@ def main() -> None:
             }
             for name, fn in cases.items():
                 out = tmp / "export"
-                add(name, n / timed(lambda: fn(out)))  # noqa: B023
+                wall, cpu = cpu_timed(lambda: fn(out))  # noqa: B023
+                add(name, n / wall)
+                CPU_PER_TILE.setdefault(name, []).append(cpu / n)
                 shutil.rmtree(out, ignore_errors=True)
     finally:
-        for c in clients.values():
+        for c in set(clients.values()):
             c.close()
         for cluster in clusters:
             cluster.close()
@@ -165,6 +209,18 @@ def main() -> None:
         print(f"{name:52} {med:>9.0f} {min(vals):>6.0f}–{max(vals):<6.0f} {med / limit:>8.2f} {per_rep:>8.2f} {extra}")
     print("× limit: median rate / median decode + encode limit; per rep: median of (rate / the limit measured "
           "just before it, in the same rep)")
+    lim_cpu = statistics.median(CPU_PER_TILE[90])
+    dec_cpu = statistics.median(CPU_PER_TILE[None])
+    print(f"\nCPU per tile (this process + the workers; steadier than walls when the cores are shared): "
+          f"decode + encode Q90 {lim_cpu * 1e3:.2f} ms, decode only {dec_cpu * 1e3:.2f} ms")
+    print(f"{'case':52} {'CPU ms/tile':>12} {'limit/case':>11}")
+    for name, vals in CPU_PER_TILE.items():
+        if name in (90, None):
+            continue
+        med = statistics.median(vals)
+        ref = dec_cpu if name.startswith("tfrecord raw") else lim_cpu
+        print(f"{name:52} {med * 1e3:>12.2f} {ref / med:>11.2f}")
+    print("limit/case: the codec's CPU per tile over the case's (decode only for raw TFRecords); 1 = no overhead")
 
 
 if __name__ == "__main__":

@@ -319,3 +319,30 @@ def test_cli_export_passes_through_unless_reencode(syn, tmp_path, capsys):
     assert "(0 of them" in capsys.readouterr().out
     f = sorted((tmp_path / "b").rglob("*.jpg"))[0]
     assert estimate_jpeg_quality(f.read_bytes()) == 90
+
+
+def test_toggling_passthrough_makes_a_jpeg_folder_incomplete(syn, tmp_path, monkeypatch):
+    """``WSI_LAB_JPEG_PASSTHROUGH`` is part of what a re-run compares: a folder written with passthrough is
+    tiled again (re-encoded) when it is switched off, and the other way round; an unchanged setting skips."""
+    from distributed import Client, LocalCluster
+
+    params = TilingParams(tile_size=256, level=0, method=None)
+    tile = tmp_path / "syn-p" / "tiles" / "256_256.jpg"
+
+    def run() -> tuple[list[str], int]:
+        res = wsi_lab.run_tiling(syn, params, client=client, out=tmp_path, materialize="jpeg")
+        assert res.ok, res.summary()
+        return res.skipped, estimate_jpeg_quality(tile.read_bytes())
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        monkeypatch.delenv("WSI_LAB_JPEG_PASSTHROUGH", raising=False)
+        assert run() == ([], 80)  # the source tiles' own bytes (Q80)
+        assert run() == (["syn-p"], 80)
+        monkeypatch.setenv("WSI_LAB_JPEG_PASSTHROUGH", "0")  # the workers were started with it on
+        assert run() == ([], 90)  # re-encoded at the run's quality, not taken for complete
+        assert run() == (["syn-p"], 90)
+        monkeypatch.delenv("WSI_LAB_JPEG_PASSTHROUGH")
+        assert run() == ([], 80)
+        res = wsi_lab.run_tiling(syn, params, client=client, out=tmp_path, materialize="jpeg", passthrough=False)
+        assert not res.skipped and estimate_jpeg_quality(tile.read_bytes()) == 90

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Mapping
@@ -143,32 +144,78 @@ def listed_paths(manifest: Mapping[str, Any] | None) -> set[str]:
     return {str(f["path"]) for f in (manifest or {}).get("files", []) if isinstance(f, Mapping) and "path" in f}
 
 
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex over relative POSIX paths with :meth:`pathlib.Path.glob`'s meaning of ``pattern``: ``*`` and
+    ``?`` stay within one path part (dot files included), ``**`` is zero or more whole parts."""
+    parts = [p for p in Path(pattern).as_posix().split("/") if p not in ("", ".")]
+    out = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out += "(?:[^/]+/)*" if not last else "(?:[^/]+/)*[^/]+"
+            continue
+        seg = "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
+        out += seg + ("" if last else "/")
+    return re.compile(out + r"\Z")
+
+
+def _walk(root: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every file (and symlink) under ``root`` as ``(relative POSIX path, full path)``, and every folder
+    (full paths), with one ``os.scandir`` per folder; symlinked folders are not entered."""
+    files: list[tuple[str, str]] = []
+    dirs: list[str] = []
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            log.warning("could not list %s: %s", folder, exc)
+            continue
+        for e in entries:
+            r = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                dirs.append(e.path)
+                stack.append((e.path, r + "/"))
+            elif e.is_symlink() or e.is_file():
+                files.append((r, e.path))
+    return files, dirs
+
+
 def clean_unlisted(folder: str | os.PathLike, manifest: Mapping[str, Any] | None,
                    owned: Iterable[str] = ("**/*",), keep: Iterable[str] = ()) -> list[Path]:
     """Remove files under ``folder`` matching the ``owned`` glob patterns that ``manifest`` does not
     list (and every ``.*.part`` temp file), then empty sub-folders; the manifest itself and ``keep``
     (relative paths) stay. Returns what was removed. ``owned`` bounds the clean-up to what the step
-    writes (an export into a user's folder passes e.g. ``("**/*.tfrecord",)``)."""
+    writes (an export into a user's folder passes e.g. ``("**/*.tfrecord",)``). One ``os.scandir`` walk
+    (a 7k-tile slide folder is cleaned in milliseconds; ``Path.glob`` stat'ed every file twice)."""
     root = Path(folder)
     if not root.is_dir():
         return []
     listed = listed_paths(manifest) | {MANIFEST} | {Path(k).as_posix() for k in keep}
+    patterns = [_glob_regex(p) for p in owned]
+    files, dirs = _walk(os.fspath(root))
     removed: list[Path] = []
-    candidates: set[Path] = set(root.rglob(".*.part"))
-    for pattern in owned:
-        candidates.update(p for p in root.glob(pattern) if p.is_file() or p.is_symlink())
-    for p in sorted(candidates):
-        rel = p.relative_to(root).as_posix()
+    for rel, full in sorted(files):
         if rel in listed:
             continue
+        name = rel.rsplit("/", 1)[-1]
+        if not (name.startswith(".") and name.endswith(".part")) and not any(p.match(rel) for p in patterns):
+            continue
         try:
-            p.unlink()
-            removed.append(p)
+            os.unlink(full)
+            removed.append(Path(full))
         except OSError as exc:
-            log.warning("could not remove %s: %s", p, exc)
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
+            log.warning("could not remove %s: %s", full, exc)
+    for d in sorted(dirs, key=lambda p: p.count(os.sep), reverse=True):
+        try:
+            with os.scandir(d) as it:
+                empty = next(it, None) is None
+            if empty:
+                os.rmdir(d)
+        except OSError as exc:
+            log.debug("%s kept: %s", d, exc)
     if removed:
         log.info("%s: removed %d file(s) no manifest lists", root, len(removed))
     return removed

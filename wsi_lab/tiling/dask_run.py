@@ -112,7 +112,8 @@ def _check_arguments(params: TilingParams, materialize: str | None, chunk_tiles:
 
 
 def _prepare(slides: Any, params: TilingParams, overrides: Mapping[str, TilingParams], out: Path,
-             materialize: str | None, if_no_mpp: str, force: bool, result: TilingResult) -> list[_Slide]:
+             materialize: str | None, if_no_mpp: str, force: bool, result: TilingResult,
+             passthrough: bool = True) -> list[_Slide]:
     """The slides to run; failures found before any work (missing file, duplicate id, a name that is not
     UTF-8) and complete slides (skipped, their folder cleaned of unlisted files) go into ``result``."""
     from wsi_lab.slide import slide_id
@@ -137,7 +138,7 @@ def _prepare(slides: Any, params: TilingParams, overrides: Mapping[str, TilingPa
         except OSError as exc:
             result.failures.append(Failure(sid, "SlideNotFoundError", f"{path}: {exc.strerror or exc}"))
             continue
-        phash, sdir = params_hash(p, materialize, if_no_mpp), out / sid
+        phash, sdir = params_hash(p, materialize, if_no_mpp, passthrough), out / sid
         done = None if force else mf.check_manifest(sdir, "tiling", inputs_hash=inputs, params_hash=phash)
         if done is not None:
             clean_slide_dir(sdir, done)
@@ -153,12 +154,18 @@ class _Runner:
     """Submits a run's tasks to a Dask client and turns their results into outputs and events."""
 
     def __init__(self, client: Any, todo: list[_Slide], result: TilingResult, tracker: ProgressTracker,
-                 materialize: str | None, chunk_tiles: int, if_no_mpp: str) -> None:
+                 materialize: str | None, chunk_tiles: int, if_no_mpp: str, passthrough: bool = True) -> None:
         from distributed import as_completed
 
         self.client, self.result, self.tracker = client, result, tracker
         self.todo = {st.sid: st for st in todo}
         self.materialize, self.chunk_tiles, self.if_no_mpp = materialize, chunk_tiles, if_no_mpp
+        self.passthrough = passthrough
+        try:
+            self.threads = max(1, sum(client.nthreads().values()))
+        except Exception as exc:  # noqa: BLE001 - only sizes the chunks; one thread assumed
+            log.debug("could not count the workers' threads: %s", exc)
+            self.threads = 1
         self.owner: dict[Any, tuple[_Slide, str]] = {}
         self.finished = len(result.skipped) + len(result.failures)
         self.run_id = uuid.uuid4().hex[:8]
@@ -237,11 +244,11 @@ class _Runner:
             jdir = str(st.sdir / "tiles")
         rows = table.copy()
         rows.attrs = {}
-        starts = range(0, len(rows), self.chunk_tiles)
-        st.chunks = len(starts)
-        for i in starts:
-            self.submit(st, "chunk", tasks.chunk_task, str(st.path), st.pjson, rows.iloc[i:i + self.chunk_tiles],
-                        st.modality, jdir)
+        bounds = tasks.chunk_bounds(len(rows), self.chunk_tiles, self.threads)
+        st.chunks = len(bounds) - 1
+        for i, j in zip(bounds[:-1], bounds[1:]):
+            self.submit(st, "chunk", tasks.chunk_task, str(st.path), st.pjson, rows.iloc[i:j], st.modality, jdir,
+                        self.passthrough)
         self.tracker.update(f"{st.sid}: {len(table)} candidate tiles, {st.chunks} chunks", current=st.sid,
                             fraction=self.fraction(), add={"tiles_expected": len(table)})
 
@@ -281,11 +288,37 @@ class _Runner:
         self.close(st, ItemStatus.DONE, f"{st.sid}: {len(st.table)} tiles",
                    add_tiles=len(st.table) if not st.chunks else 0)
 
+    def release(self, timeout: float = 15.0) -> None:
+        """Cancel every task of the run, drop the client's references to them, and wait (up to ``timeout``
+        seconds) until neither the scheduler nor a worker holds one: a cluster closed right after a cancel
+        otherwise logs comm tracebacks ("Closed comm while trying to write") and lost-task warnings."""
+        futures = list(self.owner)
+        keys = [f.key for f in futures]
+        if futures:
+            self.client.cancel(futures)
+        self.owner.clear()
+        self.ac.clear()
+        for st in self.todo.values():
+            st.futures.clear()
+        del futures
+        deadline = time.monotonic() + timeout
+        while keys and time.monotonic() < deadline:
+            try:
+                held = self.client.run_on_scheduler(_held_by_scheduler, keys=keys)
+                held += sum(self.client.run(_held_by_worker, keys=keys).values())
+            except Exception as exc:  # noqa: BLE001 - a closing cluster: nothing more to wait for
+                log.debug("waiting for cancelled tasks: %s", exc)
+                return
+            if not held:
+                return
+            time.sleep(0.05)
+        log.info("%d cancelled task(s) still running after %.0f s", len(keys), timeout)
+
     def loop(self, cancel: threading.Event | None) -> None:
         while True:
             if cancel is not None and cancel.is_set():
                 self.result.cancelled = True
-                self.client.cancel(list(self.owner))
+                self.release()
                 for st in self.todo.values():
                     if not st.closed:
                         self.tracker.set_item(st.sid, ItemStatus.CANCELLED)
@@ -302,10 +335,21 @@ class _Runner:
                     self.handle(fut)
 
 
+def _held_by_scheduler(keys: list[str], dask_scheduler: Any) -> int:
+    """How many of ``keys`` the scheduler still knows (run on it by ``client.run_on_scheduler``)."""
+    return sum(k in dask_scheduler.tasks for k in keys)
+
+
+def _held_by_worker(keys: list[str], dask_worker: Any) -> int:
+    """How many of ``keys`` a worker still holds or runs (run on each by ``client.run``)."""
+    return sum(k in dask_worker.state.tasks for k in keys)
+
+
 def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = None, out: str | os.PathLike = "tiles",
                materialize: str | None = None, progress: ProgressCallback | None = None, n_workers: int | None = None,
                *, cancel: threading.Event | None = None, overrides: Mapping[str, TilingParams] | None = None,
-               chunk_tiles: int = 256, force: bool = False, if_no_mpp: str = "fail") -> TilingResult:
+               chunk_tiles: int = 256, force: bool = False, if_no_mpp: str = "fail",
+               passthrough: bool | None = None) -> TilingResult:
     """Tile ``slides`` (paths, Slides, a folder, or a list of them) on Dask and write per-slide outputs
     under ``out`` (see the module docstring). ``client``: None (a LocalCluster of ``n_workers`` processes,
     closed at the end), a ``distributed.Client``, or a scheduler address (checked first: "cannot reach
@@ -314,8 +358,13 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     nothing. Slides that fail are reported in ``result.failures`` while the others finish.
     ``if_no_mpp="level0"`` tiles slides without µm/px at level 0 instead of failing them. ``progress``
     receives :class:`~wsi_lab.runs.ProgressEvent` (slides done; metrics ``tiles`` kept, ``tiles_per_s``,
-    ``tiles_done``/``tiles_expected`` candidate tiles read; per-slide statuses)."""
+    ``tiles_done``/``tiles_expected`` candidate tiles read; per-slide statuses). ``passthrough``: write a
+    JPEG folder's aligned tiles as the slide's own JPEG bytes (None: unless ``WSI_LAB_JPEG_PASSTHROUGH=0``
+    in this process); part of what a re-run compares, so toggling it tiles the slides again."""
+    from wsi_lab.data.extract import passthrough_default
+
     params = params or TilingParams()
+    passthrough = passthrough_default() if passthrough is None else bool(passthrough)
     _check_arguments(params, materialize, chunk_tiles, if_no_mpp)
     if isinstance(client, str):
         client = check_scheduler_reachable(client)  # before anything else: a wrong address is never "done"
@@ -324,7 +373,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
     out = Path(out)
     result = TilingResult(out=out)
     t0 = time.perf_counter()
-    todo = _prepare(slides, params, dict(overrides or {}), out, materialize, if_no_mpp, force, result)
+    todo = _prepare(slides, params, dict(overrides or {}), out, materialize, if_no_mpp, force, result, passthrough)
     items = [*result.skipped, *(f.item for f in result.failures), *(st.sid for st in todo)]
     tracker = ProgressTracker(len(items), progress, unit="slides", items=items, rates=("tiles",))
     for sid in result.skipped:
@@ -345,7 +394,7 @@ def run_tiling(slides: Any, params: TilingParams | None = None, client: Any = No
         with dask_client(client, n_workers) as c:
             result.dashboard_link = tracker.dashboard = getattr(c, "dashboard_link", None)
             log.info("Dask dashboard: %s", result.dashboard_link)
-            runner = _Runner(c, todo, result, tracker, materialize, chunk_tiles, if_no_mpp)
+            runner = _Runner(c, todo, result, tracker, materialize, chunk_tiles, if_no_mpp, passthrough)
             tracker.update(f"Dask dashboard: {result.dashboard_link}", done=runner.finished)
             out.mkdir(parents=True, exist_ok=True)
             runner.start()

@@ -44,11 +44,16 @@ def inputs_hash(slide_path: Path) -> str:
     return stable_hash({"slide": [display_name(str(slide_path.resolve())), st.st_size, st.st_mtime_ns]})[:16]
 
 
-def params_hash(params: TilingParams, materialize: str | None, if_no_mpp: str = "fail") -> str:
-    """Hash of everything that decides a slide's outputs besides the slide itself."""
+def params_hash(params: TilingParams, materialize: str | None, if_no_mpp: str = "fail",
+                passthrough: bool = True) -> str:
+    """Hash of everything that decides a slide's outputs besides the slide itself: the parameters, what
+    is materialised, the no-µm/px policy and, for JPEG folders, whether source tiles are passed through
+    (``WSI_LAB_JPEG_PASSTHROUGH``: a folder written one way is not complete for the other)."""
     d: dict[str, Any] = {"params": params.to_dict(), "materialize": materialize}
     if if_no_mpp != "fail":
         d["if_no_mpp"] = if_no_mpp
+    if materialize == "jpeg" and not passthrough:  # absent when on: earlier runs' hashes stay valid
+        d["jpeg_passthrough"] = False
     return stable_hash(d)[:16]
 
 
@@ -133,7 +138,11 @@ def finish_slide(sdir: Path, table: pd.DataFrame, params: TilingParams, material
     files: list[str | dict[str, Any]] = [TABLE, *(["mask.png"] if (sdir / "mask.png").is_file() else [])]
     if materialize == "jpeg":
         names = [f"tiles/{x}_{y}.jpg" for x, y in zip(table["x"], table["y"])]
-        missing = [n for n in names if not (sdir / n).is_file()]
+        present: set[str] = set()
+        if names:
+            with os.scandir(sdir / "tiles") as it:  # one listing, not a stat per tile
+                present = {f"tiles/{e.name}" for e in it if e.is_file()}
+        missing = [n for n in names if n not in present]
         if missing:
             raise OSError(f"{sdir}: {len(missing)} tile file(s) missing after the run, e.g. {missing[0]}")
         records = records or {}

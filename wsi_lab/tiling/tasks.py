@@ -19,7 +19,7 @@ import pandas as pd
 from wsi_lab.io import LRUCache
 from wsi_lab.tiling.params import TilingParams
 
-__all__ = ["TaskError", "plan_task", "chunk_task", "tfrecord_task", "open_for_tiling"]
+__all__ = ["TaskError", "plan_task", "chunk_task", "tfrecord_task", "open_for_tiling", "chunk_bounds"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,24 @@ def open_for_tiling(path: str, params: TilingParams):
                                                        mpp_only_if_missing=True))
 
 
+def chunk_bounds(n: int, chunk_tiles: int, threads: int = 1) -> list[int]:
+    """Row offsets ``[0, ..., n]`` cutting ``n`` rows into chunks of at most ``chunk_tiles`` rows, of equal
+    size (±1) and, where that keeps them at least a quarter of ``chunk_tiles``, as many as a multiple of
+    ``threads``: no worker thread is left with a lone last chunk while the others idle."""
+    if n <= 0:
+        return [0]
+    count = -(-n // chunk_tiles)
+    if threads > 1 and count % threads:
+        rounded = -(-count // threads) * threads
+        if n / rounded >= chunk_tiles / 4:
+            count = rounded
+    size, extra = divmod(n, count)
+    bounds = [0]
+    for k in range(count):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return bounds
+
+
 @_guard
 def plan_task(path: str, params_json: str):
     """Plan one slide: ``(table, TissueMask or None, fine-pass modality or None)``."""
@@ -75,17 +93,19 @@ def plan_task(path: str, params_json: str):
 
 
 @_guard
-def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | None, jpeg_dir: str | None):
+def chunk_task(path: str, params_json: str, rows: pd.DataFrame, modality: str | None, jpeg_dir: str | None,
+               passthrough: bool | None = None):
     """Read the tiles of one region chunk: fine pass (two-stage) and/or write JPEGs keyed by position
     (:class:`~wsi_lab.data.extract.TileCoder`: the slide's own JPEG tile passed through where a row is
-    exactly one source tile, else decoded, resized and encoded at ``jpeg_quality``).
+    exactly one source tile and ``passthrough`` (None: this worker's ``WSI_LAB_JPEG_PASSTHROUGH``), else
+    decoded, resized and encoded at ``jpeg_quality``).
     Returns ``(kept rows, tiles read, megapixels read, {"tiles/<x>_<y>.jpg": (bytes, sha256)})``."""
     from wsi_lab.data.extract import TileCoder
     from wsi_lab.tiling.twostage import apply_fine_pass
 
     p = TilingParams.from_json(params_json)
     slide = open_for_tiling(path, p)
-    coder = TileCoder(p.jpeg_quality, passthrough=None)  # env WSI_LAB_JPEG_PASSTHROUGH=0: always re-encode
+    coder = TileCoder(p.jpeg_quality, passthrough=passthrough)
     written: dict[str, tuple[int, str | None]] = {}  # tiles/<name> -> (bytes, sha256) for the manifest
 
     def put(x: int, y: int, level: int, read_size: int, tile_size: int, tile=None) -> None:

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import traitlets
 
-from wsi_lab.ui.common import ErrorBox, message_html
+from wsi_lab.ui.common import ErrorBox
+from wsi_lab.ui.lab_panels import TunerPanel, ViewerPanel, slide_picker
 
-if TYPE_CHECKING:
-    from wsi_lab.overlays import Layer
-    from wsi_lab.ui.tuner import ThresholdTuner
-    from wsi_lab.ui.viewer import SlideViewer
+__all__ = ["Lab", "LabState", "LazyPanels", "PanelSpec", "register_panel", "unregister_panel", "registered_panels",
+           "default_slide_root", "slide_picker", "ViewerPanel", "TunerPanel"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,8 @@ _REGISTRY: dict[str, PanelSpec] = {}
 
 def register_panel(name: str, factory: PanelFactory, order: int = 100) -> None:
     """Add (or replace) a Lab tab called ``name``; tabs are ordered by ``order`` then name.
-    ``factory(lab)`` returns the tab's widget; it is called once per :class:`Lab`."""
+    ``factory(lab)`` returns the tab's widget; it is called once per :class:`Lab`, when the tab is first
+    selected or ``lab.panels[name]`` first read (tabs are built lazily: a Lab opens fast)."""
     if not name or not callable(factory):
         raise ValueError(f"register_panel needs a name and a callable factory, got {name!r}, {factory!r}")
     _REGISTRY[name] = PanelSpec(name, factory, int(order))
@@ -99,29 +98,36 @@ class Lab(widgets.VBox):
                  **kwargs) -> None:
         self.state = LabState(root=str(Path(root).expanduser()) if root is not None else default_slide_root())
         self.errors = ErrorBox()
-        self.panels: dict[str, widgets.Widget] = {}
         self.tabs = widgets.Tab()
         self.header = widgets.HTML()
         self.header.add_class("wsi-lab-header")
         self.state.observe(self._update_header, ["current", "selected"])
         self._update_header()
-        browser = None
-        for spec in registered_panels():
-            self.panels[spec.name] = self._build(spec)
-            if spec.name == "Slides":
-                browser = self.panels["Slides"]
-                if hasattr(browser, "readable"):
-                    self.state.slides = list(browser.readable["path"])
-                    if select is None and self.state.slides and not self.state.current:
-                        self.state.selected = [self.state.slides[0]]  # the first slide, before the others build
-                        self.state.current = self.state.slides[0]
-            if select is not None and not self.state.current:
-                self.state.current = str(select)
-                self.state.selected = [str(select)]
-        self.tabs.children = list(self.panels.values())
+        specs = registered_panels()
+        self.panels = LazyPanels(self, specs)
+        self.tabs.children = list(self.panels.boxes.values())
         self.tabs.titles = tuple(self.panels)
+        if "Slides" in self.panels:  # the slide list and the first current slide come from it
+            browser = self.panels["Slides"]
+            if hasattr(browser, "readable"):
+                self.state.slides = list(browser.readable["path"])
+                if select is None and self.state.slides and not self.state.current:
+                    self.state.selected = [self.state.slides[0]]
+                    self.state.current = self.state.slides[0]
+        if select is not None and not self.state.current:
+            self.state.current = str(select)
+            self.state.selected = [str(select)]
+        self.tabs.observe(self._on_tab, "selected_index")
+        self._on_tab()
         super().__init__([self.header, self.errors, self.tabs], **kwargs)
         self.add_class("wsi-lab-lab")
+
+    def _on_tab(self, _change=None) -> None:
+        """Build the tab the user switched to (tabs are built on first selection, or first access)."""
+        i = self.tabs.selected_index
+        names = list(self.panels)
+        if i is not None and 0 <= i < len(names):
+            self.panels[names[i]]
 
     def _update_header(self, _change=None) -> None:
         import html
@@ -145,14 +151,56 @@ class Lab(widgets.VBox):
         return w
 
     def close(self) -> None:
-        """Close the Lab and every panel (open slides are released, a tiling run is cancelled)."""
-        for w in getattr(self, "panels", {}).values():
-            w.close()
+        """Close the Lab and every panel built (open slides are released, a tiling run is cancelled)."""
+        panels = getattr(self, "panels", None)
+        if panels is not None:
+            panels.close()
         super().close()
 
     def show_tab(self, name: str) -> None:
         """Switch to the tab called ``name``."""
         self.tabs.selected_index = list(self.panels).index(name)
+
+
+class LazyPanels(Mapping[str, widgets.Widget]):
+    """``lab.panels``: tab name -> the panel's widget, in tab order. A panel is built (its factory called,
+    once) when its tab is first selected or its entry first read; until then its tab holds an empty box.
+    :meth:`built` gives the panels built so far without building others."""
+
+    def __init__(self, lab: Lab, specs: list[PanelSpec]) -> None:
+        self._lab = lab
+        self._specs = {s.name: s for s in specs}
+        self._built: dict[str, widgets.Widget] = {}
+        self.boxes: dict[str, widgets.Box] = {}
+        for name in self._specs:
+            box = widgets.VBox()
+            box.add_class("wsi-lab-tab")
+            self.boxes[name] = box
+
+    def __getitem__(self, name: str) -> widgets.Widget:
+        w = self._built.get(name)
+        if w is None:
+            w = self._built[name] = self._lab._build(self._specs[name])  # KeyError for an unknown tab
+            self.boxes[name].children = [w]
+        return w
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def built(self) -> dict[str, widgets.Widget]:
+        """The panels built so far (name -> widget)."""
+        return dict(self._built)
+
+    def close(self) -> None:
+        """Close every panel built so far and the tab boxes; nothing is built any more."""
+        for w in self._built.values():
+            w.close()
+        for box in self.boxes.values():
+            box.close()
+        self._specs = {n: s for n, s in self._specs.items() if n in self._built}
 
 
 def default_slide_root() -> str:
@@ -178,196 +226,8 @@ def _slides_panel(lab: Lab) -> widgets.Widget:
     return browser
 
 
-def slide_picker(state: LabState) -> widgets.Dropdown:
-    """A drop-down of the Lab's readable slides, linked both ways to ``state.current``."""
-    def options() -> list[tuple[str, str]]:
-        paths = list(state.slides)
-        if state.current and state.current not in paths:
-            paths.append(state.current)
-        return [(Path(p).name, p) for p in paths]
-
-    picker = widgets.Dropdown(options=options(), value=state.current if state.current else None,
-                              description="Slide", layout=widgets.Layout(width="360px"))
-    picker.add_class("wsi-lab-slide-picker")
-    busy = [False]
-
-    def from_state(_change=None) -> None:
-        busy[0] = True
-        try:
-            picker.options = options()
-            picker.value = state.current if state.current else None
-        finally:
-            busy[0] = False
-
-    def to_state(change) -> None:
-        if not busy[0] and change["new"] and change["new"] != state.current:
-            state.current = change["new"]
-
-    state.observe(from_state, ["current", "slides"])
-    picker.observe(to_state, "value")
-    picker._wsi_unlink = lambda: state.unobserve(from_state, ["current", "slides"])
-    return picker
-
-
-class ViewerPanel(widgets.VBox):
-    """The deep-zoom viewer of the Lab's current slide with its layers: tissue mask, planned tile grid,
-    and the tissue-fraction heatmap once the slide is tiled."""
-
-    def __init__(self, state: LabState) -> None:
-        self.state = state
-        self.errors = ErrorBox()
-        self.title = widgets.HTML()
-        self.picker = slide_picker(state)
-        self.mask_style = widgets.ToggleButtons(options=["fill", "outline"], value="fill", description="Mask",
-                                                tooltip="draw the tissue mask filled (light) or as its outline",
-                                                style={"button_width": "70px"})
-        self.mask_style.add_class("wsi-lab-mask-style")
-        self.mask_style.observe(self._refresh, "value")
-        self.viewer: SlideViewer | None = None
-        super().__init__([self.picker, self.title, self.errors])
-        for name in ("current", "mask", "planned", "tiles"):
-            state.observe(self._refresh, name)
-        self._refresh()
-
-    def layers(self) -> list[Layer]:
-        """Overlay layers for the current slide (mask, tile grid, tissue_fraction heatmap)."""
-        from wsi_lab import overlays
-
-        st = self.state
-        out: list[Layer] = []
-        if st.mask is not None:
-            out.append(overlays.mask_layer(st.mask, outline=self.mask_style.value == "outline"))
-        tiles = self._table()
-        if tiles is not None and tiles is not st.planned and len(tiles):
-            out.append(overlays.heatmap_layer(tiles, "tissue_fraction"))
-            return out
-        if st.planned is not None and len(st.planned):
-            out.append(overlays.grid_layer(st.planned))
-        return out
-
-    def _refresh(self, _change=None) -> None:
-        st = self.state
-        with self.errors.guard("viewer"):
-            if not st.current:
-                self.title.value = message_html("Choose a slide above or click one in the Slides tab.", "info")
-                self.children = [self.picker, self.title, self.errors]
-                self._drop_viewer()
-                return
-            from wsi_lab.ui.viewer import SlideViewer
-
-            self.title.value = f"<b>{Path(st.current).name}</b>"
-            layers = self.layers()
-            if self.viewer is None or str(self.viewer.slide.path) != str(st.current):
-                self._drop_viewer()  # releases the previous slide
-                self.viewer = SlideViewer(st.current, layers=layers, table=self._table())
-                self.viewer.add_class("wsi-lab-lab-viewer")
-            else:
-                self.viewer.table = self._table()
-                self.viewer.layers = []
-                for layer in layers:
-                    self.viewer.add_layer(layer)
-            self.children = [widgets.HBox([self.picker, self.mask_style]), self.title, self.errors, self.viewer]
-
-    def close(self) -> None:
-        """Close the panel and its viewer (which releases the slide it opened). Safe to call twice."""
-        if not getattr(self, "_closed", False):
-            self._closed = True
-            for name in ("current", "mask", "planned", "tiles"):
-                self.state.unobserve(self._refresh, name)
-            self.picker._wsi_unlink()
-        self._drop_viewer()
-        super().close()
-
-    def _drop_viewer(self) -> None:
-        if self.viewer is not None:
-            old, self.viewer = self.viewer, None
-            old.close()
-
-    def _table(self):
-        """The tiles a click on the viewer reports: this slide's tiled rows, else the planned ones."""
-        st = self.state
-        if st.tiles is not None and len(st.tiles) and st.current:
-            mine = st.tiles[st.tiles["slide_id"] == _slide_id(st.current)]
-            if len(mine):
-                return mine.reset_index(drop=True)
-        return st.planned
-
-
-def _slide_id(path: str) -> str:
-    from wsi_lab.slide import slide_id
-
-    return slide_id(path)
-
-
 def _viewer_panel(lab: Lab) -> widgets.Widget:
     return ViewerPanel(lab.state)
-
-
-class TunerPanel(widgets.VBox):
-    """A :class:`~wsi_lab.ui.tuner.ThresholdTuner` on the Lab's current slide. Its mask, planned tiles and
-    parameters go to the shared state; the control values carry over when another slide is chosen, and
-    "Use for this slide only" records a per-slide override."""
-
-    def __init__(self, state: LabState) -> None:
-        self.state = state
-        self.errors = ErrorBox()
-        self.tuner: ThresholdTuner | None = None
-        self.override = widgets.Button(description="Use for this slide only", icon="thumb-tack",
-                                       layout=widgets.Layout(width="220px"))
-        self.override.on_click(self._save_override)
-        self.note = widgets.HTML()
-        self.picker = slide_picker(state)
-        super().__init__([self.picker, self.errors])
-        state.observe(self._load, "current")
-        self._load()
-
-    def _load(self, _change=None) -> None:
-        from wsi_lab.ui.tuner import ThresholdTuner
-
-        old = self.tuner
-        self.tuner = None
-        with self.errors.guard("tuner"):
-            if not self.state.current:
-                if old is not None:
-                    old.close()
-                self.children = [self.picker, widgets.HTML(message_html(
-                    "Choose a slide above or click one in the Slides tab.", "info"))]
-                return
-            tuner = ThresholdTuner(self.state.current,
-                                   settings=old.carried_settings() if old is not None else None)
-            self.tuner = tuner
-            for name in ("mask", "planned"):
-                tuner.observe(self._publish, name)
-            self._publish()
-        if old is not None:
-            old.close()
-        kids = [self.picker, self.errors] + ([self.tuner, widgets.HBox([self.override, self.note])] if self.tuner else [])
-        self.children = kids
-
-    def close(self) -> None:
-        """Close the panel and its tuner (which releases the slide it opened). Safe to call twice."""
-        if not getattr(self, "_closed", False):
-            self._closed = True
-            self.state.unobserve(self._load, "current")
-            self.picker._wsi_unlink()
-        if self.tuner is not None:
-            self.tuner.close()
-            self.tuner = None
-        super().close()
-
-    def _publish(self, _change=None) -> None:
-        t = self.tuner
-        assert t is not None  # observed on the tuner, called once it is set
-        with self.state.hold_trait_notifications():  # the tuner shows its own errors: not repeated here
-            self.state.mask, self.state.planned = t.mask, t.planned
-            self.state.params = t.valid_params
-
-    def _save_override(self, _button=None) -> None:
-        if self.tuner is None:
-            return
-        with self.errors.guard("override"):
-            self.state.overrides = {**self.state.overrides, self.tuner.slide.slide_id: self.tuner.params}
-            self.note.value = f"{len(self.state.overrides)} slide override(s): {', '.join(self.state.overrides)}"
 
 
 def _tune_panel(lab: Lab) -> widgets.Widget:
@@ -380,7 +240,7 @@ def _tiling_panel(lab: Lab) -> widgets.Widget:
     st = lab.state
 
     def params():
-        tune = lab.panels.get("Tune")
+        tune = lab.panels.built().get("Tune")  # never opened: no tuner values, the defaults apply
         tuner = getattr(tune, "tuner", None)
         if tuner is not None and tuner.valid_params is None:  # never tile with defaults behind the user's back
             from wsi_lab.errors import InvalidParameterError
