@@ -101,7 +101,18 @@ class DecisionStore:
     def __init__(self, folder: str | os.PathLike, reviewer: str | None = None) -> None:
         self.folder = Path(folder).expanduser()
         self.reviewer = reviewer or default_reviewer()
-        self.decisions = self._load()
+        self._decisions = self._load()
+        self._effective: pd.DataFrame | None = None
+
+    @property
+    def decisions(self) -> pd.DataFrame:
+        """Every decision made (undone ones too), in the order made."""
+        return self._decisions
+
+    @decisions.setter
+    def decisions(self, frame: pd.DataFrame) -> None:
+        self._decisions = frame
+        self._effective = None
 
     # -- persistence ---------------------------------------------------------------------------------
     @property
@@ -224,10 +235,12 @@ class DecisionStore:
     # -- views ---------------------------------------------------------------------------------------
     def effective(self, slide_id: str | None = None) -> pd.DataFrame:
         """The standing decision of each tile (the last one not undone), one row per ``(slide_id, x, y)``."""
-        d = self.decisions[~self.decisions["undone"].astype(bool)]
-        if slide_id is not None:
-            d = d[d["slide_id"] == str(slide_id)]
-        return d.sort_values("decision").drop_duplicates(_KEY, keep="last").reset_index(drop=True)
+        if self._effective is None:
+            d = self.decisions[~self.decisions["undone"].astype(bool)]
+            self._effective = d.sort_values("decision").drop_duplicates(_KEY, keep="last").reset_index(drop=True)
+        if slide_id is None:
+            return self._effective
+        return self._effective[self._effective["slide_id"] == str(slide_id)].reset_index(drop=True)
 
     def __len__(self) -> int:
         return len(self.effective())

@@ -6,8 +6,9 @@ galleries of the highest- and lowest-scoring tiles and of the nearest neighbours
 Decisions (accept, relabel, a drawn region, undo) go straight to a :class:`~wsi_lab.review.DecisionStore`
 (Parquet + QuPath GeoJSON, written as they are made).
 
-Shortcuts, while a gallery has focus: ``a`` accept, ``1``–``9`` relabel as the n-th class, ``u``/``z``
-undo, ``→``/``j`` next tile, ``←``/``k`` previous, ``n`` neighbours of the tile in hand.
+Shortcuts, while a gallery has focus: ``a`` accept, ``1``–``9`` relabel as the n-th class (both move on
+to the gallery's next tile), ``u``/``z`` undo, ``→``/``j`` next tile, ``←``/``k`` previous, ``n``
+neighbours of the tile in hand.
 """
 
 from __future__ import annotations
@@ -326,8 +327,24 @@ class ReviewPanel(widgets.VBox):
                     self.store.accept(rows)
                 else:
                     self.store.relabel(rows, str(self.label.value))
-                self.hold(self.current, zoom=False)
+                self._after_decision(name)
+                if not self._advance():
+                    self.hold(self.current, zoom=False)
+                return
             self._after_decision(name)
+
+    def _advance(self) -> bool:
+        """After a decision on a gallery's tile: hold that gallery's next tile (True), else False."""
+        g = {"top": self.top, "bottom": self.bottom, "near": self.near}[self.active]
+        rows = self._gallery_rows[self.active]
+        cur = self.current
+        if cur is None or not (0 <= g.index < len(rows) - 1):
+            return False
+        here = rows.iloc[g.index]
+        if (int(here["x"]), int(here["y"])) != (int(cur["x"]), int(cur["y"])):
+            return False
+        g.index += 1
+        return True
 
     def _after_decision(self, name: str) -> None:
         if name in ("accept", "relabel", "undo", "region"):
