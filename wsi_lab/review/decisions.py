@@ -129,7 +129,7 @@ class DecisionStore:
             return _empty()
         try:
             frame = pd.read_parquet(self.path)
-        except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file; never overwrite it
+        except Exception as exc:
             raise DataError.at(self.path, f"the review decisions cannot be read ({type(exc).__name__}: {exc}); "
                                           "move the file away to start afresh (nothing was changed)") from exc
         missing = [c for c in DECISION_COLUMNS if c not in frame.columns]
@@ -204,7 +204,7 @@ class DecisionStore:
         """Relabel (``label``) or, with ``label=None``, accept every tile of ``table`` (of ``slide_id``) whose
         centre is inside ``polygon`` (level-0 vertices); the polygon is kept and exported as an annotation."""
         if slide_id is None:
-            ids = table["slide_id"].astype(str).unique() if "slide_id" in table.columns else []
+            ids: list[str] = sorted(set(table["slide_id"].astype(str))) if "slide_id" in table.columns else []
             if len(ids) != 1:
                 raise InvalidParameterError(f"the table holds {len(ids)} slides: say which one the region is on (slide_id=)")
             slide_id = str(ids[0])
@@ -255,22 +255,22 @@ class DecisionStore:
         frame = pd.DataFrame({"x": eff["x"], "y": eff["y"], "size0": eff["size"].fillna(1.0), "label": eff["label"]})
         labels = sorted(set(eff["label"].astype(str)))
         gj = tiles_to_geojson(frame, column="label", measurements=[])
-        for feat, row in zip(gj["features"], eff.itertuples(index=False)):
-            feat["properties"].update(reviewer=row.reviewer, time=row.time.isoformat(), action=row.action,
-                                      previous=row.previous, source=row.source)
+        for feat, row in zip(gj["features"], eff.to_dict("records")):
+            feat["properties"].update(reviewer=row["reviewer"], time=pd.Timestamp(row["time"]).isoformat(),
+                                      action=row["action"], previous=row["previous"], source=row["source"])
         palette = {f["properties"]["classification"]["name"]: f["properties"]["classification"]["color"]
                    for f in gj["features"]}
         regions = self.decisions[(self.decisions["slide_id"] == str(slide_id)) & self.decisions["region"].notna()
                                  & ~self.decisions["undone"].astype(bool)].drop_duplicates("batch")
-        for row in regions.itertuples(index=False):
-            ring = json.loads(row.region)
+        for row in regions.to_dict("records"):
+            ring = json.loads(str(row["region"]))
             ring = ring + ring[:1] if ring[0] != ring[-1] else ring
-            name = str(row.label) if row.action == "relabel" else "Reviewed"
+            name = str(row["label"]) if row["action"] == "relabel" else "Reviewed"
             color = palette.get(name) or _region_color(name, labels)
             gj["features"].append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
                                    "properties": {"objectType": "annotation", "classification": {"name": name, "color": color},
-                                                  "reviewer": row.reviewer, "time": row.time.isoformat(),
-                                                  "action": row.action}})
+                                                  "reviewer": row["reviewer"], "time": pd.Timestamp(row["time"]).isoformat(),
+                                                  "action": row["action"]}})
         return gj
 
 

@@ -57,7 +57,7 @@ def points_in_region(table: pd.DataFrame, polygon: Sequence[Sequence[float]], sl
     (level-0 vertices); a rectangle ``(x, y, w, h)`` is taken as its four corners."""
     from wsi_lab.review.decisions import tiles_in_polygon
 
-    poly = list(polygon)
+    poly: list = list(polygon)
     if len(poly) == 4 and all(np.isscalar(v) for v in poly):
         x, y, w, h = (float(v) for v in poly)
         poly = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]

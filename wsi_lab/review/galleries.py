@@ -73,7 +73,7 @@ class NeighbourIndex:
         self._index: Any = None
         if backend in ("auto", "faiss"):
             try:
-                import faiss  # type: ignore[import-not-found]
+                import faiss
             except ImportError:
                 if backend == "faiss":
                     from wsi_lab.errors import MissingDependencyError
@@ -121,11 +121,11 @@ def tile_images(rows: pd.DataFrame, size: int = 96, slide_paths: dict[str, str] 
     cache = SlideCache(maxsize=4)
     try:
         out = []
-        for r in rows.itertuples(index=False):
-            slide = cache.get(paths[str(r.slide_id)])
-            level = int(getattr(r, "level", 0))
-            read = int(getattr(r, "read_size", getattr(r, "tile_size", size)))
-            out.append(read_tile(slide, int(r.x), int(r.y), level, read, size))
+        for r in rows.to_dict("records"):
+            slide = cache.get(paths[str(r["slide_id"])])
+            level = int(r.get("level", 0))
+            read = int(r.get("read_size", r.get("tile_size", size)))
+            out.append(read_tile(slide, int(r["x"]), int(r["y"]), level, read, size))
         return out
     finally:
         cache.close()

@@ -36,6 +36,6 @@ def highlight_layer(rows: pd.DataFrame, color: tuple[int, int, int] = (255, 230,
     rgba = np.zeros((n, 4), np.uint8)
     rgba[:] = (*color, 255)
     size = tile_extent(rows) if n else np.zeros(0)
-    legend = {"type": "color", "color": "#%02x%02x%02x" % color, "count": int(n)}
+    legend = {"type": "color", "color": "#{:02x}{:02x}{:02x}".format(*color), "count": int(n)}
     return TileLayer(rows["x"].to_numpy(float) if n else np.zeros(0), rows["y"].to_numpy(float) if n else np.zeros(0),
                      size, rgba, "categorical", HIGHLIGHT_NAME, opacity, legend)

@@ -160,7 +160,7 @@ class LatentExplorer(widgets.VBox):
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
         self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
-                               [f"{r.slide_id} {int(r.x)},{int(r.y)}" for r in shown.itertuples()])
+                               [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
         self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
         self._update_status()
 
