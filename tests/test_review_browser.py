@@ -98,8 +98,7 @@ def test_relabel_a_tile_restart_the_kernel_and_find_the_decision_reloaded(tmp_pa
         page.keyboard.press("1")  # relabel as the first class ("normal"); moves on to the next tile
         page.wait_for_function("() => document.querySelector('.wsi-review-count').innerText === '1'", timeout=20_000)
         page.wait_for_selector(".wsi-review-gallery-top .wsi-gallery-marked")  # the decided tile is framed
-        assert page.locator(".wsi-review-gallery-top .wsi-gallery-cell").nth(1).get_attribute("class").count(
-            "wsi-gallery-selected") == 1  # moved on
+        page.wait_for_selector(".wsi-review-gallery-top .wsi-gallery-cell[data-index='1'].wsi-gallery-selected")  # moved on
         assert page.locator(".wsi-review-layered .wsi-selected").count() == 1  # the tile marked on both views
         assert page.locator(".wsi-review-plain .wsi-selected").count() == 1
         shot(page, ".wsi-lab-review", "review_panel.png")

@@ -115,7 +115,9 @@ class ReviewPanel(widgets.VBox):
         self._index: Any = None
         super().__init__()
         self.add_class("wsi-lab-review")
-        self.queue.observe(lambda _ch: self.show_slide(self.queue.value), "value")
+        self._shown: str | None = None
+        self._queue_busy = False
+        self.queue.observe(self._on_queue, "value")
         self.layer_kind.observe(lambda _ch: self._refresh_layers(), "value")
         controls = widgets.HBox([self.layer_kind, self.label, *self.buttons.values()],
                                 layout=widgets.Layout(flex_flow="row wrap"))
@@ -141,11 +143,16 @@ class ReviewPanel(widgets.VBox):
                 "attention": "attention" in cols, "latent": any(c.startswith("z_") for c in cols),
                 "clusters": any(c.startswith("z_") for c in cols), "decisions": True, "none": True}[kind]
 
+    def _on_queue(self, change: dict) -> None:
+        if not self._queue_busy and change["new"] and change["new"] != self._shown:
+            self.show_slide(change["new"])
+
     def show_slide(self, slide_id: str | None) -> None:
         """Show ``slide_id``'s tiles: the viewer pair and the galleries."""
         with self.errors.guard("review"):
             if not slide_id:
                 return
+            self._shown = str(slide_id)
             from wsi_lab.data.tile_reader import slide_paths_of
 
             rows = self.table[self.table["slide_id"].astype(str) == str(slide_id)].reset_index(drop=True)
@@ -353,8 +360,12 @@ class ReviewPanel(widgets.VBox):
             if self.layer_kind.value == "decisions":
                 self._refresh_layers()
             value = self.queue.value
-            self.queue.options = self._queue_options()
-            self.queue.value = value
+            self._queue_busy = True  # new counts in the labels; the slide shown stays
+            try:
+                self.queue.options = self._queue_options()
+                self.queue.value = value
+            finally:
+                self._queue_busy = False
         self._update_status()
 
     def _update_status(self) -> None:
