@@ -22,7 +22,6 @@ from tests.jupyter_env import (
     open_notebook,
     run_all_cells,
     run_code,
-    run_command,
     wait_kernel_idle,
     write_notebook,
 )
@@ -103,8 +102,9 @@ def test_relabel_a_tile_restart_the_kernel_and_find_the_decision_reloaded(tmp_pa
         assert page.locator(".wsi-review-plain .wsi-selected").count() == 1
         shot(page, ".wsi-lab-review", "review_panel.png")
         # restart the kernel: the decision is on disk, in Parquet and GeoJSON
-        run_command(page, "notebook:restart-kernel")
-        page.wait_for_timeout(500)
+        # (not awaited: the command's promise settles only once its dialog is answered)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-kernel'); }")
+        page.wait_for_selector(".jp-Dialog .jp-mod-accept", timeout=20_000)
         accept_dialogs(page)
         wait_kernel_idle(page)
         out = run_code(page, AFTER_RESTART.strip())
