@@ -1,6 +1,6 @@
 """``LatentExplorer``: a 2-D embedding (PCA, UMAP when installed) of latents or features drawn with
 jupyter-scatter (WebGL, millions of points), brushed both ways with the slide: points selected in the
-scatter (shift-drag: lasso) light up as tiles on the slide and fill the gallery; a region drawn on the
+scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a region drawn on the
 slide (or the tiles in view) selects its points. Colour by any column. A thin view over
 :mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``).
 """
@@ -67,6 +67,7 @@ class LatentExplorer(widgets.VBox):
         self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=self.height,
                                         axes=False, size=2, opacity=0.6, legend=bool(color_by),
                                         **({"color_by": color_by} if color_by else {}))
+        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
         self.plot = self.scatter.widget
         self.plot.observe(self._on_selection, "selection")
         self.build_s = time.perf_counter() - t0
@@ -99,7 +100,7 @@ class LatentExplorer(widgets.VBox):
         self.brush_ms = float("nan")
         super().__init__()
         self.add_class("wsi-lab-explorer")
-        plot_box = widgets.Box([self.plot], layout=widgets.Layout(width="50%"))
+        plot_box = widgets.VBox([self.plot], layout=widgets.Layout(width="50%"))  # VBox: the plot takes its width
         self.children = [self.errors, widgets.HBox([self.color, self.slide, *self.buttons.values()],
                                                    layout=widgets.Layout(flex_flow="row wrap")),
                          self.status, widgets.HBox([plot_box, self.viewer_box]), self.gallery]
