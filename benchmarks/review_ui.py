@@ -3,13 +3,12 @@ and brush round trip, the review panel's next tile after a key press.
 
     python benchmarks/review_ui.py [--tiles 200000] [--quick]
 
-Prints one table. The table: ``--tiles`` 6-px tiles over CMU-1-Small-Region.svs (one slide, so every brushed
+Prints one table. The table: ``--tiles`` 5-px tiles over CMU-1-Small-Region.svs (one slide, so every brushed
 point lands on the slide shown) with 32 latents drawn around 6 centres, ``prob_*``/``pred`` columns.
 
 - PCA (2 and 3 components) and k-means (k=6) of the 200k × 32 latents: ``wsi_lab.overlays.predictions``
   (``project_latents``, ``kmeans``: the one implementation the overlays and the explorer call) against the
-  implementation before this change (float64 eigh of the centred data; Lloyd over all rows, np.add.at-free
-  but full-size distance matrices), measured in the same run: ``×`` is old time / new time.
+  implementation before this change (float64 eigh of the centred data; Lloyd over all rows in float64), measured in the same run: ``×`` is old time / new time.
 - Explorer first draw (kernel side): embed (PCA + k-means) + the jupyter-scatter widget + its state
   serialised for the browser (the points buffer) + the slide viewer; target < 1 s.
 - Brush round trip (kernel side): a selection of 10,000 points arriving from the browser → their tiles as
@@ -70,7 +69,7 @@ def old_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndar
     return labels
 
 
-def table(n: int, dims: int = 32, tile: int = 6) -> pd.DataFrame:
+def table(n: int, dims: int = 32, tile: int = 5) -> pd.DataFrame:
     from wsi_lab.slide import open_slide
 
     with open_slide(CMU) as s:

@@ -94,7 +94,7 @@ class LatentExplorer(widgets.VBox):
         self.gallery = TileGallery("selected tiles", 72)
         self.gallery.add_class("wsi-explorer-gallery")
         self.viewer: Any = None
-        self.viewer_box = widgets.Box(layout=widgets.Layout(width="50%"))
+        self.viewer_box = widgets.VBox(layout=widgets.Layout(width="50%"))
         self.region: list[tuple[float, float]] = []
         self.selected = np.zeros(0, np.int64)
         self.brush_ms = float("nan")

@@ -111,7 +111,7 @@ class ReviewPanel(widgets.VBox):
             g.add_class(f"wsi-review-gallery-{key}")
             g.on_key(self.key)
             g.observe(lambda ch, key=key: self._pick(key, ch["new"]), "index")
-        self.view_box = widgets.Box()
+        self.view_box = widgets.VBox()  # a VBox: the viewer pair takes the full width
         self._index: Any = None
         super().__init__()
         self.add_class("wsi-lab-review")

@@ -42,8 +42,9 @@ class SyncedViewers(widgets.HBox):
         self._expected: dict[int, list[float]] = {}
         self.layered.observe(self._follow, "viewport")
         self.plain.observe(self._follow, "viewport")
-        half = widgets.Layout(width="50%")
-        super().__init__([widgets.Box([self.layered], layout=half), widgets.Box([self.plain], layout=half)])
+        # a VBox each: the viewer takes the box's width (in a plain Box it shrank to nothing)
+        super().__init__([widgets.VBox([self.layered], layout=widgets.Layout(width="50%")),
+                          widgets.VBox([self.plain], layout=widgets.Layout(width="50%"))])
 
     def _follow(self, change: dict) -> None:
         src = change["owner"]
