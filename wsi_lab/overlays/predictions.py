@@ -123,7 +123,7 @@ def latent_layer(table, columns: Sequence[str] | None = None, method: str = "pca
     return layer
 
 
-KMEANS_FIT_ROWS = 20_000  # k-means fits on at most this many tiles (a seeded sample), then assigns all
+KMEANS_FIT_ROWS = 10_000  # k-means fits on at most this many tiles (a seeded sample), then assigns all
 
 
 def _cross(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple
     return centres, float(np.clip(dist.min(1), 0, None).sum())
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, n_init: int = 3,
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, n_init: int = 2,
            fit_rows: int = KMEANS_FIT_ROWS) -> np.ndarray:
     """Cluster labels (N,) of k-means (Lloyd's, k-means++ seeding, best of ``n_init`` starts) on float32,
     deterministic for ``seed``. Above ``fit_rows`` tiles the centres are fitted on a seeded sample of
