@@ -30,7 +30,7 @@ def decisions_layer(store: DecisionStore, slide_id: str, classes: Sequence[str] 
     return category_layer(frame, "label", opacity=opacity, name="decisions")
 
 
-def highlight_layer(rows: pd.DataFrame, color: tuple[int, int, int] = (255, 230, 0), opacity: float = 0.85) -> TileLayer:
+def highlight_layer(rows: pd.DataFrame, color: tuple[int, int, int] = (255, 230, 0), opacity: float = 0.55) -> TileLayer:
     """The tiles of ``rows`` filled with one colour (default yellow): what is selected, on the slide."""
     n = len(rows)
     rgba = np.zeros((n, 4), np.uint8)
