@@ -210,23 +210,3 @@ class LatentExplorer(widgets.VBox):
         self.gallery.close()
         super().close()
 
-
-def explorer_panel(lab: Any) -> widgets.Widget:
-    """The Lab's Explorer tab: the latents in ``$WSI_LAB_PREDICTIONS`` (or typed in)."""
-    import os
-
-    box = widgets.VBox()
-    path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description="Latents",
-                        placeholder="predictions.parquet (with z_NN columns)", layout=widgets.Layout(width="520px"))
-    load = widgets.Button(description="Explore", icon="search")
-    errors = ErrorBox()
-
-    def go(_b=None) -> None:
-        with errors.guard("explorer"):
-            if not path.value:
-                raise ValueError("type the path of a predictions Parquet file with latent (z_NN) columns")
-            box.children = [widgets.HBox([path, load]), errors, LatentExplorer(path.value)]
-
-    load.on_click(go)
-    box.children = [widgets.HBox([path, load]), errors]
-    return box

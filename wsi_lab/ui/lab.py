@@ -401,13 +401,13 @@ register_panel("Tiling", _tiling_panel, order=40)
 
 
 def _review_panel(lab: Lab) -> widgets.Widget:
-    from wsi_lab.ui.review import review_panel
+    from wsi_lab.ui.review_tabs import review_panel
 
     return review_panel(lab)
 
 
 def _explorer_panel(lab: Lab) -> widgets.Widget:
-    from wsi_lab.ui.explorer import explorer_panel
+    from wsi_lab.ui.review_tabs import explorer_panel
 
     return explorer_panel(lab)
 

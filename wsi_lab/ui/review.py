@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -387,26 +386,3 @@ class ReviewPanel(widgets.VBox):
             g.close()
         super().close()
 
-
-def review_panel(lab: Any) -> widgets.Widget:
-    """The Lab's Review tab: the predictions in ``$WSI_LAB_PREDICTIONS`` (or typed in) and their decisions
-    beside them (``<predictions folder>/review``)."""
-    box = widgets.VBox()
-    path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description="Predictions",
-                        placeholder="predictions.parquet", layout=widgets.Layout(width="520px"))
-    load = widgets.Button(description="Review", icon="check")
-    errors = ErrorBox()
-
-    def go(_b=None) -> None:
-        with errors.guard("review"):
-            if not path.value:
-                raise ValueError("type the path of a predictions Parquet file (from wsi_lab.infer.predict)")
-            p = Path(path.value).expanduser()
-            panel = ReviewPanel(p, p.parent / "review")
-            box.children = [widgets.HBox([path, load]), errors, panel]
-
-    load.on_click(go)
-    box.children = [widgets.HBox([path, load]), errors]
-    if path.value:
-        go()
-    return box
