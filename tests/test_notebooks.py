@@ -98,21 +98,68 @@ def test_notebook_02_tiling_and_the_exercise_check(tmp_path):
     assert "application/vnd.jupyter.widget-view+json" in str(lab_cell.outputs)  # the result in the Lab's viewer
 
 
-def test_notebook_03_trains_a_vae_and_reviews_its_latents(tmp_path):
-    pytest.importorskip("torch")
+def _workshop_tiles(tmp_path) -> None:
+    """The workshop folder notebook 02 leaves behind: 256² otsu tiles of a slide."""
     from wsi_lab.tiling import TilingParams, run_tiling
 
-    # the workshop folder notebook 02 leaves behind: 256² otsu tiles of a slide
     run_tiling(SHARED / "CMU-1-Small-Region.svs", TilingParams(tile_size=256, method="otsu", min_tissue=0.5),
                out=tmp_path / "tiles", n_workers=1)
-    nb = nbformat.read(NOTEBOOKS / "03_train_and_review.ipynb", as_version=4)
-    _client(nb, tmp_path).execute()
+
+
+def _run_with_solution(nb, tmp_path, solution: str) -> tuple[str, str]:
+    """Run ``nb`` top to bottom (but its clean-up cell), then the learner's ``solution`` in the task cell and
+    every cell after it again; returns the check cell's output before and after."""
+    client = _client(nb, tmp_path)
+    task, check = _tagged(nb, "task"), _tagged(nb, "check")
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells[:-1]):
+            client.execute_cell(cell, i)
+        starter = _text(nb.cells[check])
+        nb.cells[task].source = solution
+        for i in range(task, len(nb.cells)):
+            if nb.cells[i].cell_type == "code":
+                client.execute_cell(nb.cells[i], i)
+        solved = _text(nb.cells[check])
+    return starter, solved
+
+
+def test_notebook_03_trains_a_vae_and_explores_its_latents(tmp_path):
+    pytest.importorskip("torch")
+    _workshop_tiles(tmp_path)
+    nb = nbformat.read(NOTEBOOKS / "03_vae_latents.ipynb", as_version=4)
+    starter, solved = _run_with_solution(nb, tmp_path, 'ODD_CLUSTER = latents.groupby("cluster", observed=True)'
+                                                        '["recon_error"].mean().idxmax()')
     text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
     assert "Traceback" not in _streams(nb)
     assert "1 tile table(s)" in text and "16 latents each" in text
-    assert (tmp_path / "vae" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "vae" / "checkpoints" / "last.pt").is_file() and (tmp_path / "latents.parquet").is_file()
     viewer_cell = next(c for c in nb.cells if c.cell_type == "code" and "SlideViewer(" in c.source)
     assert "latent (pca)" in _text(viewer_cell) and "clusters (k=4)" in _text(viewer_cell)
     assert "application/vnd.jupyter.widget-view+json" in str(viewer_cell.outputs)
+    explorer_cell = next(c for c in nb.cells if c.cell_type == "code" and "LatentExplorer(" in c.source)
+    assert "application/vnd.jupyter.widget-view+json" in str(explorer_cell.outputs)
+    assert "selected" in _text(explorer_cell) and " 0 selected" not in _text(explorer_cell)
+    assert "❌ Not yet" in starter and "✅ Right" in solved, (starter, solved)
     gj = json.loads((tmp_path / "geojson" / "CMU-1-Small-Region.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) > 10
+
+
+def test_notebook_05_reviews_predictions_and_retrains_on_the_decisions(tmp_path):
+    pytest.importorskip("torch")
+    _workshop_tiles(tmp_path)
+    nb = nbformat.read(NOTEBOOKS / "05_review.ipynb", as_version=4)
+    starter, solved = _run_with_solution(
+        nb, tmp_path, "UNSURE = preds.iloc[np.argsort((preds[PROB] - 0.5).abs().to_numpy(), kind='stable')[:3]]")
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "tiles with weak labels from tissue density" in text and "tiles predicted" in text
+    panel_cell = next(c for c in nb.cells if c.cell_type == "code" and "ReviewPanel(" in c.source)
+    assert "application/vnd.jupyter.widget-view+json" in str(panel_cell.outputs)
+    assert "❌ Not yet" in starter and "✅ Right" in solved, (starter, solved)
+    assert "3 decision(s) reloaded" in text and "label(s) from the review" in text
+    gj = json.loads((tmp_path / "review" / "CMU-1-Small-Region.geojson").read_text())
+    assert len(gj["features"]) == 3 and all(f["properties"]["reviewer"] == "workshop" for f in gj["features"])
+    assert (tmp_path / "classify_v2" / "checkpoints" / "last.pt").is_file()
+    from wsi_lab.data.table import read_table
+    reviewed = read_table(tmp_path / "review_tiles_v2.parquet")
+    assert reviewed.attrs["wsi_lab"]["review"]["labels_from_review"] == 3

@@ -18,7 +18,8 @@ from wsi_lab.overlays._colors import Color, colormap_lut
 from wsi_lab.overlays._layers import TileLayer
 
 __all__ = ["PREDICTION_KINDS", "probability_layer", "prediction_layer", "latent_layer", "cluster_layer",
-           "attention_layer", "layer_for", "latent_columns_of", "project_latents", "kmeans", "render_png"]
+           "attention_layer", "layer_for", "latent_columns_of", "project_latents", "kmeans", "KMEANS_FIT_ROWS",
+           "render_png"]
 
 PREDICTION_KINDS = ("heatmap", "pred", "latent", "clusters", "attention")
 
@@ -70,10 +71,15 @@ def latent_columns_of(table, prefix: str = "z_") -> list[str]:
     return sorted(cols, key=lambda c: int(str(c)[len(prefix):]))
 
 
-def project_latents(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(N, 3) projection of (N, D) latents: the first three principal components, or UMAP (``umap``,
-    when ``umap-learn`` is installed). Fewer than three dimensions are padded with zeros."""
-    x = np.asarray(x, np.float64)
+def project_latents(x: np.ndarray, method: str = "pca", seed: int = 0, n_components: int = 3) -> np.ndarray:
+    """(N, n_components) float32 projection of (N, D) latents or features: the first principal
+    components, or UMAP (``umap``, when ``umap-learn`` is installed). Fewer dimensions than asked are
+    padded with zeros. PCA works on float32 with the D × D covariance (accumulated in float64, so 200k
+    tiles × 32 latents take milliseconds); each component's sign is fixed so colours and plots are
+    stable between runs. The overlays and the latent explorer both call this."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2:
+        raise InvalidParameterError(f"latents must be a 2-D (tiles, dimensions) array, got shape {x.shape}")
     if method == "umap":
         try:
             import umap
@@ -81,16 +87,22 @@ def project_latents(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.nda
             from wsi_lab.errors import MissingDependencyError
 
             raise MissingDependencyError("umap", "umap-learn", "UMAP latent colours (use method='pca')") from exc
-        return np.asarray(umap.UMAP(n_components=3, random_state=seed).fit_transform(x))
+        out = np.asarray(umap.UMAP(n_components=n_components, random_state=seed).fit_transform(x), np.float32)
+        return out
     if method != "pca":
         raise InvalidParameterError(f"method must be 'pca' or 'umap', got {method!r}")
-    centred = x - x.mean(0)
-    if len(x) < 2:
-        return np.zeros((len(x), 3))
-    evals, evecs = np.linalg.eigh(centred.T @ centred)  # D x D: cheap for 200k tiles
-    comps = centred @ evecs[:, ::-1][:, :3]
-    comps *= np.where(comps.sum(0) < 0, -1.0, 1.0)  # a sign convention: stable colours between runs
-    return np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
+    n, d = x.shape
+    if n < 2 or d == 0:
+        return np.zeros((n, n_components), np.float32)
+    mean = x.mean(0, dtype=np.float64)
+    cov = (x.T @ x).astype(np.float64) / n - np.outer(mean, mean)  # float32 matmul, float64 correction
+    _evals, evecs = np.linalg.eigh(cov)
+    k = min(n_components, d)
+    basis = evecs[:, ::-1][:, :k]
+    # a sign convention (the loading of largest magnitude is positive): stable colours between runs
+    basis = (basis * np.sign(basis[np.abs(basis).argmax(0), np.arange(k)] + 1e-300)).astype(np.float32)
+    comps = x @ basis - (mean @ basis.astype(np.float64)).astype(np.float32)
+    return np.pad(comps, ((0, 0), (0, n_components - k)))
 
 
 def latent_layer(table, columns: Sequence[str] | None = None, method: str = "pca", opacity: float = 0.8,
@@ -100,7 +112,7 @@ def latent_layer(table, columns: Sequence[str] | None = None, method: str = "pca
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise InvalidParameterError(f"tile table has no column(s) {missing}")
-    comps = project_latents(table[cols].to_numpy(np.float64), method, seed)
+    comps = project_latents(table[cols].to_numpy(np.float32), method, seed)
     frame = table[[c for c in ("x", "y", "level", "read_size", "size0") if c in table.columns]].copy()
     names = [f"{method}_{i + 1}" for i in range(3)]
     for i, n in enumerate(names):
@@ -111,35 +123,76 @@ def latent_layer(table, columns: Sequence[str] | None = None, method: str = "pca
     return layer
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
-    """Cluster labels (N,) of Lloyd's k-means with k-means++ seeding (deterministic for ``seed``)."""
-    x = np.asarray(x, np.float64)
+KMEANS_FIT_ROWS = 10_000  # k-means fits on at most this many tiles (a seeded sample), then assigns all
+
+
+def _cross(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N, k) dot products of rows and centres by ``einsum`` (no BLAS: a multi-threaded BLAS call on this
+    skinny shape spins its threads against each other on a loaded machine, 10× slower)."""
+    return np.einsum("ij,kj->ik", x, centres)
+
+
+def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple[np.ndarray, float]:
+    """Centres (k, D) of Lloyd's k-means with k-means++ seeding on float32 ``x``, and their inertia."""
+    sq = np.einsum("ij,ij->i", x, x)
+    centres = np.empty((k, x.shape[1]), np.float32)
+    centres[0] = x[rng.integers(len(x))]
+    d2 = np.clip(sq - 2 * _cross(x, centres[:1])[:, 0] + centres[0] @ centres[0], 0, None)
+    for j in range(1, k):
+        total = float(d2.sum())
+        centres[j] = x[rng.choice(len(x), p=d2 / total)] if total > 0 else x[rng.integers(len(x))]
+        d2 = np.minimum(d2, np.clip(sq - 2 * _cross(x, centres[j:j + 1])[:, 0] + centres[j] @ centres[j], 0, None))
+    labels = np.full(len(x), -1, np.int64)
+    for _ in range(iters):
+        dist = sq[:, None] - 2 * _cross(x, centres) + np.einsum("ij,ij->i", centres, centres)[None]
+        new = dist.argmin(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=k)
+        onehot = np.zeros((len(x), k), np.float32)
+        onehot[np.arange(len(x)), labels] = 1.0
+        sums = np.einsum("ik,ij->kj", onehot, x)  # per-cluster sums (np.add.at is 30× slower)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    dist = sq[:, None] - 2 * _cross(x, centres) + np.einsum("ij,ij->i", centres, centres)[None]
+    return centres, float(np.clip(dist.min(1), 0, None).sum())
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, n_init: int = 2,
+           fit_rows: int = KMEANS_FIT_ROWS) -> np.ndarray:
+    """Cluster labels (N,) of k-means (Lloyd's, k-means++ seeding, best of ``n_init`` starts) on float32,
+    deterministic for ``seed``. Above ``fit_rows`` tiles the centres are fitted on a seeded sample of
+    that many and every tile is then assigned to its nearest centre (200k tiles: well under a second).
+    Clusters are numbered by size, largest first, so colours stay put between runs."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2:
+        raise InvalidParameterError(f"k-means needs a 2-D (tiles, dimensions) array, got shape {x.shape}")
     if not 1 <= k <= len(x):
         raise InvalidParameterError(f"k must be between 1 and the number of tiles ({len(x)}), got {k}")
     rng = np.random.default_rng(seed)
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d2 = np.clip(np.min([((x - c) ** 2).sum(1) for c in centres], axis=0), 0, None)
-        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
-    c = np.array(centres)
-    labels = np.zeros(len(x), np.int64)
-    sq = (x ** 2).sum(1)
-    for _ in range(iters):
-        new = (sq[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]).argmin(1)
-        if (new == labels).all() and _ > 0:
-            break
-        labels = new
-        for j in range(k):
-            if (labels == j).any():
-                c[j] = x[labels == j].mean(0)
-    return labels
+    fit = x if len(x) <= fit_rows else x[np.sort(rng.choice(len(x), fit_rows, replace=False))]
+    best: tuple[np.ndarray, float] | None = None
+    for _ in range(max(1, n_init)):
+        centres, inertia = _lloyd(fit, k, rng, iters)
+        if best is None or inertia < best[1]:
+            best = (centres, inertia)
+    assert best is not None
+    centres = best[0]
+    labels = np.empty(len(x), np.int64)
+    csq = np.einsum("ij,ij->i", centres, centres)
+    for start in range(0, len(x), 65536):  # bounded memory for millions of tiles
+        part = x[start:start + 65536]
+        labels[start:start + len(part)] = (csq[None] - 2 * _cross(part, centres)).argmin(1)
+    order = np.argsort(-np.bincount(labels, minlength=k), kind="stable")
+    return np.argsort(order)[labels]
 
 
 def cluster_layer(table, k: int = 6, columns: Sequence[str] | None = None, seed: int = 0,
                   opacity: float = 0.6) -> TileLayer:
     """Category map of k-means clusters of the latent (or feature) columns."""
     cols = list(columns) if columns else latent_columns_of(table)
-    labels = kmeans(table[cols].to_numpy(np.float64), k, seed)
+    labels = kmeans(table[cols].to_numpy(np.float32), k, seed)
     frame = table[[c for c in ("x", "y", "level", "read_size", "size0") if c in table.columns]].copy()
     frame["cluster"] = labels
     frame.attrs = table.attrs

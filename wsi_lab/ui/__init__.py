@@ -1,6 +1,7 @@
 """Notebook views: ipywidgets/anywidget panels and the Lab dashboard that composes them.
 
-``from wsi_lab.ui import Lab, SlideViewer, SlideBrowser, ThresholdTuner, TilingPanel, register_panel``.
+``from wsi_lab.ui import Lab, SlideViewer, SlideBrowser, ThresholdTuner, TilingPanel, ReviewPanel, LatentExplorer,
+register_panel``.
 Importing this package needs the ``ui`` extra (ipywidgets, anywidget); names load on first use, so
 ``import wsi_lab.ui`` stays cheap, and the core never imports it.
 """
@@ -15,6 +16,7 @@ _NAMES = {
     "unregister_panel": "wsi_lab.ui.lab", "registered_panels": "wsi_lab.ui.lab",
     "SlideViewer": "wsi_lab.ui.viewer", "SlideBrowser": "wsi_lab.ui.browser",
     "ThresholdTuner": "wsi_lab.ui.tuner", "TilingPanel": "wsi_lab.ui.tiling_panel",
+    "ReviewPanel": "wsi_lab.ui.review", "LatentExplorer": "wsi_lab.ui.explorer", "TileGallery": "wsi_lab.ui.gallery",
 }
 
 __all__ = sorted(_NAMES)

@@ -258,3 +258,19 @@ register_panel("Slides", _slides_panel, order=10)
 register_panel("Viewer", _viewer_panel, order=20)
 register_panel("Tune", _tune_panel, order=30)
 register_panel("Tiling", _tiling_panel, order=40)
+
+
+def _review_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.review_tabs import review_panel
+
+    return review_panel(lab)
+
+
+def _explorer_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.review_tabs import explorer_panel
+
+    return explorer_panel(lab)
+
+
+register_panel("Review", _review_panel, order=60)
+register_panel("Explorer", _explorer_panel, order=70)

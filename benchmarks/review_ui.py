@@ -1,0 +1,188 @@
+"""Review and latent-explorer benchmark: PCA and k-means of 200k tiles' latents, the explorer's first draw
+and brush round trip, the review panel's next tile after a key press.
+
+    python benchmarks/review_ui.py [--tiles 200000] [--quick]
+
+Prints one table. The table: ``--tiles`` 5-px tiles over CMU-1-Small-Region.svs (one slide, so every brushed
+point lands on the slide shown) with 32 latents drawn around 6 centres, ``prob_*``/``pred`` columns.
+
+- PCA (2 and 3 components) and k-means (k=6) of the 200k × 32 latents: ``wsi_lab.overlays.predictions``
+  (``project_latents``, ``kmeans``: the one implementation the overlays and the explorer call) against the
+  implementation before this change (float64 eigh of the centred data; Lloyd over all rows in float64), measured in the same run: ``×`` is old time / new time.
+- Explorer first draw (kernel side): embed (PCA + k-means) + the jupyter-scatter widget + its state
+  serialised for the browser (the points buffer) + the slide viewer; target < 1 s.
+- Brush round trip (kernel side): a selection of 10,000 points arriving from the browser → their tiles as
+  the viewer's highlight layer (state ready to sync) ; gallery pictures counted separately; target < 100 ms.
+- Review: next tile after a key press (``→``: the gallery's next tile in hand, both viewers told); a
+  decision key (``1``: relabel, saved to Parquet + GeoJSON, then the next tile); target < 100 ms.
+Browser-side drawing (WebGL) is not in these numbers; the browser tests check it happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
+CMU = SLIDES / "CMU-1-Small-Region.svs"
+
+
+def old_project_latents(x: np.ndarray) -> np.ndarray:
+    """The PCA before this change (kept here only to measure against)."""
+    x = np.asarray(x, np.float64)
+    centred = x - x.mean(0)
+    evals, evecs = np.linalg.eigh(centred.T @ centred)
+    comps = centred @ evecs[:, ::-1][:, :3]
+    comps *= np.where(comps.sum(0) < 0, -1.0, 1.0)
+    return comps
+
+
+def old_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
+    """The k-means before this change (kept here only to measure against)."""
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d2 = np.clip(np.min([((x - c) ** 2).sum(1) for c in centres], axis=0), 0, None)
+        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
+    c = np.array(centres)
+    labels = np.zeros(len(x), np.int64)
+    sq = (x ** 2).sum(1)
+    for it in range(iters):
+        new = (sq[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]).argmin(1)
+        if (new == labels).all() and it > 0:
+            break
+        labels = new
+        for j in range(k):
+            if (labels == j).any():
+                c[j] = x[labels == j].mean(0)
+    return labels
+
+
+def table(n: int, dims: int = 32, tile: int = 5) -> pd.DataFrame:
+    from wsi_lab.slide import open_slide
+
+    with open_slide(CMU) as s:
+        w, h = s.dimensions
+    ys, xs = np.mgrid[0:h - tile + 1:tile, 0:w - tile + 1:tile]
+    xs, ys = xs.ravel()[:n], ys.ravel()[:n]
+    if len(xs) < n:
+        raise SystemExit(f"{CMU.name} holds only {len(xs)} tiles of {tile} px; ask for fewer --tiles")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, dims)) * 3
+    z = (centres[rng.integers(6, size=n)] + rng.normal(size=(n, dims))).astype(np.float32)
+    t = pd.DataFrame({"slide_id": "cmu", "x": xs, "y": ys, "level": 0, "read_size": tile, "tile_size": tile})
+    for i in range(dims):
+        t[f"z_{i:02d}"] = z[:, i]
+    p = 1 / (1 + np.exp(-z[:, 0]))
+    t["prob_normal"], t["prob_tumour"] = (1 - p).astype(np.float32), p.astype(np.float32)
+    t["pred"] = np.where(p > 0.5, "tumour", "normal")
+    t.attrs["wsi_lab"] = {"slides": {"cmu": {"path": str(CMU)}}, "predict": {"classes": ["normal", "tumour"]}}
+    return t
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiles", type=int, default=200_000)
+    ap.add_argument("--quick", action="store_true", help="one repeat; the old k-means once")
+    args = ap.parse_args()
+    repeat = 1 if args.quick else 3
+    from wsi_lab.overlays.predictions import kmeans, project_latents
+
+    t = table(args.tiles)
+    x = t[[c for c in t.columns if c.startswith("z_")]].to_numpy(np.float32)
+    rows: list[tuple[str, float, str, str, str]] = []
+
+    def add(name: str, value: float, unit: str, target: str = "", vs: str = "") -> None:
+        rows.append((name, value, unit, target, vs))
+
+    project_latents(x[:1000])
+    new_pca = best(lambda: project_latents(x, n_components=2), repeat)
+    new_pca3 = best(lambda: project_latents(x), repeat)
+    old_pca = best(lambda: old_project_latents(x), repeat)
+    add(f"PCA 2-D, {len(x):,} × {x.shape[1]}", new_pca, "s", "< 1 s", f"old {old_pca:.3f} s: {old_pca / new_pca:.1f}×")
+    add(f"PCA 3-D (latent colours), {len(x):,}", new_pca3, "s", "< 1 s", f"old {old_pca:.3f} s: {old_pca / new_pca3:.1f}×")
+    new_km = best(lambda: kmeans(x, 6), repeat)
+    old_km = best(lambda: old_kmeans(x, 6), 1)
+    add(f"k-means k=6, {len(x):,} × {x.shape[1]}", new_km, "s", "< 1 s", f"old {old_km:.2f} s: {old_km / new_km:.1f}×")
+    def inertia(labels: np.ndarray) -> float:
+        """Mean squared distance of a tile to its cluster's mean (lower is a better clustering)."""
+        return float(sum(((x[labels == j] - x[labels == j].mean(0)) ** 2).sum() for j in np.unique(labels)) / len(x))
+
+    new_i, old_i = inertia(kmeans(x, 6)), inertia(old_kmeans(x, 6))
+    add("k-means inertia per tile (lower: better)", new_i, "", "≤ old", f"old {old_i:.2f}: {old_i / new_i:.2f}×")
+
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    def first_draw() -> LatentExplorer:
+        ex = LatentExplorer(t, tile_source="server")
+        ex.plot.get_state()  # what goes to the browser: the points buffer and the encodings
+        return ex
+
+    first_draw().close()  # warm-up (imports)
+    times, ex = [], None
+    for _ in range(repeat):
+        if ex is not None:
+            ex.close()
+        t0 = time.perf_counter()
+        ex = first_draw()
+        times.append(time.perf_counter() - t0)
+    assert ex is not None
+    add(f"explorer first draw (kernel), {len(t):,} points", min(times), "s", "< 1 s", "")
+    rng = np.random.default_rng(1)
+    brush, total = [], []
+    for _ in range(5):
+        sel = np.sort(rng.choice(len(t), 10_000, replace=False)).astype(np.uint32)
+        t0 = time.perf_counter()
+        ex.plot.selection = sel  # as the browser's lasso sets it
+        total.append(time.perf_counter() - t0)
+        brush.append(ex.brush_ms / 1000)
+    add("brush → tiles on the slide (10k points)", statistics.median(brush) * 1000, "ms", "< 100 ms", "")
+    add("brush → + gallery of 12 tiles read", statistics.median(total) * 1000, "ms", "", "")
+    ex.close()
+
+    from wsi_lab.ui.review import ReviewPanel
+
+    review_rows = t.iloc[:2000].copy()
+    review_rows["read_size"] = review_rows["tile_size"] = 64
+    review_rows.attrs = t.attrs
+    with tempfile.TemporaryDirectory() as tmp:
+        panel = ReviewPanel(review_rows, Path(tmp) / "review", reviewer="bench", n=12, tile_source="server")
+        panel.top.index = 0
+        nxt, dec = [], []
+        for i in range(10):
+            panel.top.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
+            nxt.append(panel.last_key_ms)
+        for _ in range(8):
+            panel.top.press("1")
+            dec.append(panel.last_key_ms)
+        panel.close()
+    add("review: next tile after a key press", statistics.median(nxt), "ms", "< 100 ms", "")
+    add("review: relabel key (saved) + next tile", statistics.median(dec), "ms", "< 100 ms", "")
+
+    print(f"\n{'measure':<44} {'value':>10} {'unit':<4} {'target':<10} vs (same run)")
+    for name, value, unit, target, vs in rows:
+        print(f"{name:<44} {value:>10.3f} {unit:<4} {target:<10} {vs}")
+
+
+if __name__ == "__main__":
+    main()

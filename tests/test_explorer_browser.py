@@ -1,0 +1,84 @@
+"""The LatentExplorer in a REAL JupyterLab + Chromium: lasso points in the jupyter-scatter plot and see their
+tiles highlighted on the slide and in the gallery; then the other way: the tiles in view select their points.
+Screenshots go to ``out/test-artifacts/``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import CMU
+from tests.jupyter_env import (
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    run_code,
+    write_notebook,
+)
+from tests.test_review_browser import cmu_predictions, copy_slide, shot
+
+pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
+
+EXPLORER = """
+from wsi_lab.ui.explorer import LatentExplorer
+ex = LatentExplorer("preds.parquet", height=320, color_by="pred")
+ex
+"""
+REPORT = """
+import json
+print("REPORT" + json.dumps({"sel": len(ex.selected), "layers": [l["name"] for l in ex.viewer.layers],
+                             "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms}))
+"""
+
+
+def _report(page) -> dict:
+    out = run_code(page, REPORT.strip())
+    return json.loads(out[out.index("REPORT") + 6:].strip().splitlines()[0])
+
+
+def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_path):
+    root = copy_slide(tmp_path)
+    cmu_predictions(root)
+    write_notebook(root / "explore.ipynb", [EXPLORER])
+    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1100)) as page:
+        open_notebook(page, srv, "explore.ipynb")
+        run_all_cells(page)
+        page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
+        canvas = page.locator(".wsi-lab-explorer canvas").first
+        canvas.wait_for()
+        page.wait_for_timeout(1500)  # the scatter draws its points
+        box = canvas.bounding_box()
+        assert box and box["width"] > 200, box
+        # a lasso (drag) around most of the plot
+        cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) * 0.42
+        page.mouse.move(cx + r, cy)
+        page.mouse.down()
+        for k in range(1, 41):
+            a = 2 * math.pi * k / 40
+            page.mouse.move(cx + r * math.cos(a), cy + r * math.sin(a), steps=2)
+        page.mouse.up()
+        try:
+            page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-count').innerText) > 0",
+                                   timeout=20_000)
+        except Exception:
+            shot(page, ".wsi-lab-explorer", "explorer_lasso_failed.png")
+            raise
+        page.wait_for_selector(".wsi-explorer-viewer .wsi-legend-entry[data-layer='selected tiles']", timeout=20_000)
+        page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-gallery .wsi-gallery').dataset.count) > 0",
+                               timeout=20_000)
+        report = _report(page)
+        assert 0 < report["sel"] <= report["n"] and report["layers"] == ["selected tiles"], report
+        assert report["gallery"] == min(12, report["sel"]), report
+        page.wait_for_timeout(1000)
+        shot(page, ".wsi-lab-explorer", "explorer_lasso.png")
+        # the other way: the whole slide is in view, so "Select tiles in view" selects every point
+        page.locator(".wsi-explorer-view").click()
+        page.wait_for_function(f"() => Number(document.querySelector('.wsi-explorer-count').innerText) === {report['n']}",
+                               timeout=20_000)
+        again = _report(page)
+        assert again["sel"] == report["n"] and again["layers"] == ["selected tiles"], again
+    assert not [e for e in page.console_errors if "wsi" in e.lower()], page.console_errors

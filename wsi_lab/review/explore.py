@@ -1,0 +1,66 @@
+"""The latent explorer's core: a 2-D embedding of latents or features (PCA, or UMAP when installed; the
+same :func:`~wsi_lab.overlays.predictions.project_latents` the latent overlays use) and the two
+directions of brushing: points → the tiles of one slide, a slide region → the points."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from wsi_lab.errors import InvalidParameterError
+
+__all__ = ["embed", "rows_of_points", "points_in_region", "EMBED_X", "EMBED_Y", "CLUSTER"]
+
+EMBED_X, EMBED_Y, CLUSTER = "embed_x", "embed_y", "cluster"
+
+
+def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str = "pca", seed: int = 0,
+          clusters: int | None = 6) -> pd.DataFrame:
+    """``table`` (positional index 0..N-1) with ``embed_x``/``embed_y``, the 2-D embedding of its latent or
+    feature ``columns`` (default: :func:`~wsi_lab.review.feature_columns`), and, unless ``clusters`` is
+    None, ``cluster``: k-means labels (as strings, for colouring) of the same columns."""
+    from wsi_lab.overlays.predictions import kmeans, project_latents
+    from wsi_lab.review.galleries import feature_columns
+
+    cols = list(columns) if columns else feature_columns(table)
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise InvalidParameterError(f"no column(s) {missing} to embed; columns are {list(table.columns)}")
+    if not len(table):
+        raise InvalidParameterError("nothing to embed: the table is empty")
+    x = table[cols].to_numpy(np.float32)
+    xy = project_latents(x, method, seed, n_components=2)
+    out = table.reset_index(drop=True).copy()
+    out.attrs = table.attrs
+    out[EMBED_X], out[EMBED_Y] = xy[:, 0], xy[:, 1]
+    if clusters:
+        k = min(int(clusters), len(out))
+        out[CLUSTER] = pd.Categorical([f"c{c}" for c in kmeans(x, k, seed)], categories=[f"c{i}" for i in range(k)])
+    return out
+
+
+def rows_of_points(table: pd.DataFrame, points: Sequence[int] | np.ndarray, slide_id: str | None = None) -> pd.DataFrame:
+    """The rows at positions ``points`` of ``table`` (only those of ``slide_id`` when given)."""
+    idx = np.asarray(points, np.int64).ravel()
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(table)):
+        raise InvalidParameterError(f"point positions must be in 0..{len(table) - 1}")
+    rows = table.iloc[idx]
+    if slide_id is not None:
+        rows = rows[rows["slide_id"].astype(str).to_numpy() == str(slide_id)]
+    return rows
+
+
+def points_in_region(table: pd.DataFrame, polygon: Sequence[Sequence[float]], slide_id: str) -> np.ndarray:
+    """Positions (0-based rows of ``table``) of the tiles of ``slide_id`` whose centre is inside ``polygon``
+    (level-0 vertices); a rectangle ``(x, y, w, h)`` is taken as its four corners."""
+    from wsi_lab.review.decisions import tiles_in_polygon
+
+    poly: list = list(polygon)
+    if len(poly) == 4 and all(np.isscalar(v) for v in poly):
+        x, y, w, h = (float(v) for v in poly)
+        poly = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    positional = table.reset_index(drop=True)
+    positional.attrs = table.attrs
+    return tiles_in_polygon(positional, poly, slide_id).index.to_numpy(np.int64)

@@ -1,0 +1,212 @@
+"""``LatentExplorer``: a 2-D embedding (PCA, UMAP when installed) of latents or features drawn with
+jupyter-scatter (WebGL, millions of points), brushed both ways with the slide: points selected in the
+scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a region drawn on the
+slide (or the tiles in view) selects its points. Colour by any column. A thin view over
+:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from wsi_lab.ui.common import ErrorBox
+from wsi_lab.ui.gallery import TileGallery
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LatentExplorer", "colour_columns"]
+
+_SKIP = {"x", "y", "level", "read_size", "tile_size", "size0", "embed_x", "embed_y", "mpp", "patient_id"}
+
+
+def colour_columns(table: pd.DataFrame) -> list[str]:
+    """The columns a scatter can be coloured by: categories (cluster, pred, label, slide_id, split) first,
+    then numbers (probabilities, attention, recon_error); not coordinates or latents."""
+    cats, nums = [], []
+    for c in table.columns:
+        name = str(c)
+        if name in _SKIP or (name.startswith(("z_", "feat_", "f_")) and name.split("_")[-1].isdigit()):
+            continue
+        if pd.api.types.is_numeric_dtype(table[c]) and not isinstance(table[c].dtype, pd.CategoricalDtype):
+            nums.append(name)
+        elif table[c].nunique(dropna=True) <= 64:
+            cats.append(name)
+    first = [c for c in ("cluster", "pred", "label", "slide_id", "split") if c in cats]
+    return first + [c for c in cats if c not in first] + nums
+
+
+class LatentExplorer(widgets.VBox):
+    """Explore ``predictions`` (a table with ``z_NN``/feature columns, or its Parquet path) in 2-D.
+    ``method``: ``pca`` | ``umap``; ``color_by``: a column (default ``cluster``); ``n``: gallery size."""
+
+    def __init__(self, predictions: Any, columns: Any = None, method: str = "pca", color_by: str | None = None,
+                 clusters: int = 6, n: int = 12, tile_source: str = "auto", height: int = 420) -> None:
+        import jscatter
+
+        from wsi_lab.review import embed
+        from wsi_lab.ui.review import _load_predictions
+
+        self.errors = ErrorBox()
+        t0 = time.perf_counter()
+        self.table = embed(_load_predictions(predictions), columns, method, clusters=clusters)
+        self.n = int(n)
+        self.tile_source, self.height = tile_source, int(height)
+        options = colour_columns(self.table)
+        color_by = color_by if color_by in options else (options[0] if options else None)
+        data = self.table[["embed_x", "embed_y", *options]].copy()
+        for c in options:  # strings as categories: jupyter-scatter colours them by code
+            if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype):
+                data[c] = data[c].astype(str).astype("category")
+        self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=self.height,
+                                        axes=False, size=2, opacity=0.6, legend=bool(color_by),
+                                        **({"color_by": color_by} if color_by else {}))
+        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
+        self.plot = self.scatter.widget
+        self.plot.observe(self._on_selection, "selection")
+        self.build_s = time.perf_counter() - t0
+        self.color = widgets.Dropdown(options=options, value=color_by, description="Colour by",
+                                      layout=widgets.Layout(width="260px"))
+        self.color.add_class("wsi-explorer-color")
+        self.color.observe(lambda ch: self.color_by(ch["new"]), "value")
+        slides = sorted(map(str, self.table["slide_id"].unique()))
+        self.slide = widgets.Dropdown(options=slides, value=slides[0] if slides else None, description="Slide",
+                                      layout=widgets.Layout(width="300px"))
+        self.slide.add_class("wsi-explorer-slide")
+        self.slide.observe(lambda ch: self.show_slide(ch["new"]), "value")
+        self.buttons = {name: widgets.Button(description=text, tooltip=tip, layout=widgets.Layout(width="auto"))
+                        for name, text, tip in (
+                            ("draw", "Draw region", "click the slide to add corners of a region"),
+                            ("region", "Select region", "select the points of the tiles inside the drawn region"),
+                            ("view", "Select tiles in view", "select the points of the tiles shown on the slide"),
+                            ("clear", "Clear", "clear the selection and the drawn corners"))}
+        for name, b in self.buttons.items():
+            b.add_class(f"wsi-explorer-{name}")
+            b.on_click(lambda _b, name=name: self.action(name))
+        self.status = widgets.HTML()
+        self.status.add_class("wsi-explorer-status")
+        self.gallery = TileGallery("selected tiles", 72)
+        self.gallery.add_class("wsi-explorer-gallery")
+        self.viewer: Any = None
+        self.viewer_box = widgets.VBox(layout=widgets.Layout(width="50%"))
+        self.region: list[tuple[float, float]] = []
+        self.selected = np.zeros(0, np.int64)
+        self.brush_ms = float("nan")
+        super().__init__()
+        self.add_class("wsi-lab-explorer")
+        plot_box = widgets.VBox([self.plot], layout=widgets.Layout(width="50%"))  # VBox: the plot takes its width
+        self.children = [self.errors, widgets.HBox([self.color, self.slide, *self.buttons.values()],
+                                                   layout=widgets.Layout(flex_flow="row wrap")),
+                         self.status, widgets.HBox([plot_box, self.viewer_box]), self.gallery]
+        if slides:
+            self.show_slide(slides[0])
+        self._update_status()
+
+    # -- the slide -----------------------------------------------------------------------------------
+    def show_slide(self, slide_id: str | None) -> None:
+        """Show ``slide_id`` beside the scatter, with the selection's tiles on it."""
+        with self.errors.guard("explorer"):
+            if not slide_id:
+                return
+            from wsi_lab.data.tile_reader import slide_paths_of
+            from wsi_lab.ui.viewer import SlideViewer
+
+            rows = self.table[self.table["slide_id"].astype(str) == str(slide_id)]
+            if self.viewer is not None:
+                self.viewer.close()
+            self.viewer = SlideViewer(slide_paths_of(rows)[str(slide_id)], table=rows, tile_source=self.tile_source,
+                                      height=f"{self.height}px")
+            self.viewer.add_class("wsi-explorer-viewer")
+            self.viewer.on_tile_click(self._on_click)
+            self.viewer_box.children = [self.viewer]
+            self._show_selection()
+
+    def _on_click(self, x: int, y: int, row: Any) -> None:
+        with self.errors.guard("click"):
+            if self.buttons["draw"].button_style == "warning":
+                self.region.append((float(x), float(y)))
+            elif row is not None:
+                self.select([int(row.name)])
+            self._update_status()
+
+    # -- brushing ------------------------------------------------------------------------------------
+    def _on_selection(self, change: dict) -> None:
+        new = change["new"]
+        self.selected = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+        with self.errors.guard("selection"):
+            self._show_selection()
+
+    def select(self, points: Any) -> None:
+        """Select ``points`` (0-based rows of :attr:`table`) in the scatter; the slide and gallery follow."""
+        self.scatter.selection(np.asarray(points, np.int64))
+
+    def _show_selection(self) -> None:
+        """Selected points → their tiles highlighted on the slide shown, and the gallery."""
+        from wsi_lab.review import rows_of_points, tile_images
+        from wsi_lab.review.layers import HIGHLIGHT_NAME, highlight_layer
+
+        t0 = time.perf_counter()
+        if self.viewer is None:
+            return
+        rows = rows_of_points(self.table, self.selected, str(self.slide.value))
+        self.viewer.layers = [e for e in self.viewer.layers if e["name"] != HIGHLIGHT_NAME]
+        if len(rows):
+            self.viewer.add_layer(highlight_layer(rows))
+        self.brush_ms = (time.perf_counter() - t0) * 1000
+        shown = rows.iloc[:self.n]
+        self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
+                               [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
+        self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
+        self._update_status()
+
+    def color_by(self, column: str) -> None:
+        """Colour the points by ``column``."""
+        with self.errors.guard("colour"):
+            self.scatter.color(by=column)
+            if self.color.value != column:
+                self.color.value = column
+
+    def action(self, name: str) -> None:
+        """A button's action: ``draw``, ``region``, ``view``, ``clear``."""
+        from wsi_lab.review import points_in_region
+
+        with self.errors.guard(name):
+            if name == "draw":
+                drawing = self.buttons["draw"].button_style != "warning"
+                self.buttons["draw"].button_style = "warning" if drawing else ""
+                if drawing:
+                    self.region = []
+            elif name == "region":
+                if len(self.region) < 3:
+                    raise ValueError("draw a region first: press 'Draw region' and click at least three corners")
+                self.select(points_in_region(self.table, self.region, str(self.slide.value)))
+                self.buttons["draw"].button_style = ""
+            elif name == "view":
+                if self.viewer is None or len(self.viewer.viewport or []) != 4:
+                    raise ValueError("the slide has not been shown yet")
+                self.select(points_in_region(self.table, list(self.viewer.viewport), str(self.slide.value)))
+            elif name == "clear":
+                self.region = []
+                self.scatter.selection(None)
+            self._update_status()
+
+    def _update_status(self) -> None:
+        drawing = f" · drawing: {len(self.region)} corner(s)" if self.buttons["draw"].button_style else ""
+        self.status.value = (f"<span class='wsi-explorer-count'>{len(self.selected)}</span> of {len(self.table)} "
+                             f"points selected · slide <code>{html.escape(str(self.slide.value))}</code>{drawing}")
+
+    def close(self) -> None:
+        """Close the explorer, its scatter and its viewer (which releases the slide)."""
+        if self.viewer is not None:
+            self.viewer.close()
+            self.viewer = None
+        self.plot.close()
+        self.gallery.close()
+        super().close()
+
