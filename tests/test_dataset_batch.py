@@ -73,7 +73,7 @@ def test_tile_loader_two_workers_covers_every_row_once(mixed):
     ds = TileDataset(mixed[mixed.slide_id == "cmu"].reset_index(drop=True), dtype="uint8")
     loader = tile_loader(ds, batch_size=4, shuffle=True, seed=1, num_workers=2)
     seen_images, seen = [], []
-    for images, labels in loader:
+    for images, _labels in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
         seen_images.append(images)
     order = list(loader.sampler)
