@@ -165,24 +165,27 @@ def steps_per_s(model, x, y, loss_fn, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def torchrun_rates(folder: Path, quick: bool) -> tuple[float, float]:
-    """Training tiles/s (last epoch) of one small_cnn job launched with 1 process and with 2 (torchrun)."""
+def torchrun_rates(folder: Path, quick: bool) -> list[tuple[str, float]]:
+    """Training tiles/s (last epoch) of one small_cnn job: 1 process with 2 and with 1 intra-op threads, and
+    2 processes under torchrun (which sets ``OMP_NUM_THREADS=1`` per process)."""
     from tests._traindata import make_cohort
     from wsi_lab.train import JobSpec, launch
 
     table = make_cohort(folder / "cohort", slides=2, tile_size=32, read_size=64, width=1024, height=1024)
-    rates = []
-    for backend, nproc in (("local", 1), ("torchrun", 2)):
-        spec = JobSpec(task="classify", table=str(table), out=str(folder / f"run-{nproc}"), model="small_cnn",
+    cases = [("1 process, 2 threads (local)", "local", 1, "2"), ("1 process, 1 thread (local)", "local", 1, "1"),
+             ("2 processes × 1 thread (torchrun)", "torchrun", 2, "1")]
+    out = []
+    for i, (name, backend, nproc, threads) in enumerate(cases):
+        spec = JobSpec(task="classify", table=str(table), out=str(folder / f"run-{i}"), model="small_cnn",
                        epochs=2 if quick else 3, batch_size=64, backend=backend, nproc=nproc, seed=0)
-        job = launch(spec)
-        job.wait(timeout=600)
+        job = launch(spec, env={"OMP_NUM_THREADS": threads})
+        job.wait(timeout=900)
         m = job.metrics()
-        train = m[m["split"] == "train"]
+        train = m[m["split"] == "train"] if len(m) else m
         if job.status().value != "done" or train.empty:
-            raise SystemExit(f"torchrun benchmark job failed ({backend}, {nproc}): {job.logs(tail=20)}")
-        rates.append(float(train["tiles_per_s"].iloc[-1]))
-    return rates[0], rates[1]
+            raise SystemExit(f"torchrun benchmark job failed ({name}): {job.logs(tail=20)}")
+        out.append((f"small_cnn 32² job, {name}", float(train["tiles_per_s"].iloc[-1])))
+    return out
 
 
 def main() -> None:
@@ -191,6 +194,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--copies", type=int, default=8, help="separate copies of CMU per epoch (64² tiles)")
     ap.add_argument("--no-torchrun", action="store_true")
+    ap.add_argument("--no-loaders", action="store_true")
+    ap.add_argument("--no-models", action="store_true")
     args = ap.parse_args()
     if not CMU.exists():
         sys.exit(f"{CMU} not found (set WSI_LAB_SHARED_SLIDES)")
@@ -207,7 +212,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         copies = slide_copies(tmp, max(args.copies, 1) * (1 if args.quick else 2))
-        for tile in (64, 224):
+        for tile in () if args.no_loaders else (64, 224):
             paths = copies[: args.copies] if tile == 64 else copies
             table = grid_table(tile, paths)
             limit = f"raw JPEG decode limit {tile}² (1 core)"
@@ -229,15 +234,21 @@ def main() -> None:
                 "tiles/s", ours)
             add(limit, decode_limit(tile), "tiles/s")
         if not args.no_torchrun:
-            one, two = torchrun_rates(tmp, args.quick)
-            add("small_cnn 32² job, 1 process (local)", one, "tiles/s")
-            add("small_cnn 32² job, 2 processes (torchrun)", two, "tiles/s", "small_cnn 32² job, 1 process (local)")
+            runs = torchrun_rates(tmp, args.quick)
+            for name, rate in runs:
+                add(name, rate, "tiles/s", "" if name == runs[1][0] else runs[1][0])
 
+    if not args.no_models:
+        model_rows(add, 3 if args.quick else 10)
+    print_table(rows)
+
+
+def model_rows(add, steps: int) -> None:
+    """Training steps/s of the VAE and the classifiers on random batches."""
     from torch.nn import functional as F
 
     from wsi_lab.models import VAE, TileClassifier, vae_loss
 
-    steps = 3 if args.quick else 10
     x64 = torch.rand(64, 3, 64, 64)
 
     def vloss(m, x, _y):
@@ -254,11 +265,14 @@ def main() -> None:
                                                torch.rand(16, 3, 224, 224), torch.randint(0, 3, (16,)), closs,
                                                max(2, steps // 3)), "steps/s")
 
+
+def print_table(rows: list[tuple[str, float, str, str]]) -> None:
     by_name = {r[0]: r[1] for r in rows}
-    print(f"\n{'case':<44} {'value':>12}  {'unit':<8} {'×':>6}  vs")
+    width = max(len(r[0]) for r in rows) if rows else 4
+    print(f"\n{'case':<{width}} {'value':>10}  {'unit':<8} {'×':>6}  vs")
     for case, value, unit, vs in rows:
         ratio = f"{value / by_name[vs]:.2f}" if vs else ""
-        print(f"{case:<44} {value:>12,.1f}  {unit:<8} {ratio:>6}  {vs}")
+        print(f"{case:<{width}} {value:>10,.1f}  {unit:<8} {ratio:>6}  {vs}")
 
 
 if __name__ == "__main__":
