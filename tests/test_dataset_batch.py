@@ -117,3 +117,25 @@ def test_source_groups_follow_the_slide_tile_grid(cmu_path):
     assert sorted(sampler) == list(range(len(sub)))
     with pytest.raises(InvalidParameterError, match="TileDataset"):
         locality_sampler(torch.utils.data.TensorDataset(torch.zeros(3)))
+
+
+def test_a_job_with_the_locality_sampler_trains_and_is_reproducible(tmp_path):
+    import json
+
+    from tests._traindata import make_cohort
+    from wsi_lab.train import JobSpec
+    from wsi_lab.train.run import run_spec
+
+    table = make_cohort(tmp_path / "c", slides=2, tile_size=32, read_size=64, width=512, height=256)
+    losses = []
+    for name in ("a", "b"):
+        spec = JobSpec(task="classify", table=str(table), out=str(tmp_path / name), model="small_cnn", epochs=1,
+                       batch_size=16, data={"sampler": "locality"}).validate()
+        run_spec(spec)
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert recs[0]["split"] == "train" and recs[0]["tiles"] + recs[1]["tiles"] == 64  # every tile once
+        losses.append([r["loss"] for r in recs])
+    assert losses[0] == losses[1]
+    with pytest.raises(InvalidParameterError, match="sampler 'locality'"):
+        JobSpec(task="classify", table=str(tmp_path), out=str(tmp_path / "x"),
+                data={"sampler": "locality", "format": "folder"}).validate()
