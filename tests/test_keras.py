@@ -94,8 +94,8 @@ def test_keras_path_refusals(exports, tmp_path, monkeypatch):
         run_spec(JobSpec(table=str(tmp_path), out=str(tmp_path / "o0"), **base))
     with pytest.raises(InvalidParameterError, match="trains small_cnn"):
         run_spec(JobSpec(table=str(folders["jpeg"]), model="resnet18", out=str(tmp_path / "o1"), **base))
-    with pytest.raises(InvalidParameterError, match="torchrun"):
-        JobSpec(table=str(folders["raw"]), backend="torchrun", nproc=2, out=str(tmp_path / "o"), **base).validate()
+    with pytest.raises(InvalidParameterError, match="Keras 3"):
+        JobSpec(table=str(folders["raw"]), backend="horovod", nproc=2, out=str(tmp_path / "o"), **base).validate()
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
     with pytest.raises(MissingDependencyError, match="tf"):
         run_spec(JobSpec(table=str(folders["raw"]), out=str(tmp_path / "o2"), **base))

@@ -7,10 +7,12 @@ export folder (its ``manifest.json`` gives the schema, ``raw`` or ``jpeg``, the 
 shards of each split). The model is ``small_cnn`` (the Keras CIFAR-10 example net, the twin of
 :class:`wsi_lab.models.classifier.SmallCNN`). Input: ``tf.data`` over the split's shards (records
 interleaved from the shards, shuffled with a seeded buffer, decoded in parallel: ``decode_raw`` or
-``decode_jpeg``, scaled to [0, 1], batched, prefetched). Under ``backend: "horovod"`` each rank reads its
-own shards (or every N-th record) with ``hvd.DistributedOptimizer`` and Horovod's broadcast and
-metric-average callbacks. Checkpoints are Keras files, ``checkpoints/last.keras`` and ``best.keras``
-(atomic; rank 0), with ``checkpoints/keras_state.json`` (epoch, best loss) so a restarted job resumes
+``decode_jpeg``, scaled to [0, 1], batched, prefetched; ``shard=`` gives each of N processes its own
+shards). The job runs in one process (``backend: "local"``): Horovod 0.28.1, the last release, does not
+work with Keras 3 (its Keras callbacks call ``Variable.ref()``, which Keras 3 variables lack: the
+2-process run fails at the first batch), so ``horovod``/``torchrun`` are refused for this path until a
+custom allreduce loop replaces them. Checkpoints are Keras files, ``checkpoints/last.keras`` and ``best.keras``
+(atomic), with ``checkpoints/keras_state.json`` (epoch, best loss) so a restarted job resumes
 after its last epoch. Without TensorFlow the job is refused with the install command.
 """
 
@@ -130,18 +132,6 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data).encode())
 
 
-def _horovod(ctx):
-    if getattr(ctx, "framework", "none") != "horovod":
-        return None
-    try:
-        import horovod.tensorflow.keras as hvd
-    except ImportError as exc:
-        raise MissingDependencyError("horovod", "horovod", "the Keras path under horovodrun (horovod built with "
-                                                           "TensorFlow)") from exc
-    hvd.init()
-    return hvd
-
-
 def run_keras_classify(spec, ctx) -> dict[str, Any]:
     """Train the Keras ``small_cnn`` on a TFRecord export (module docstring); returns the loop's summary."""
     from wsi_lab.train.loop import _report, classification_metrics, emit_progress
@@ -150,9 +140,10 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
     if spec.model_name != "small_cnn":
         raise InvalidParameterError(f"job spec key 'model': the Keras/TFRecord path trains small_cnn, not "
                                     f"{spec.model_name!r}")
-    if spec.backend == "torchrun":
-        raise InvalidParameterError("job spec key 'backend': the Keras/TFRecord path runs locally or under horovod, "
-                                    "not torchrun")
+    if spec.backend != "local":
+        raise InvalidParameterError(f"job spec key 'backend': the Keras/TFRecord path runs in one process (backend "
+                                    f"'local'), not {spec.backend!r} (Horovod 0.28.1's Keras callbacks do not work "
+                                    "with Keras 3)")
     folder = Path(spec.table)
     manifest = read_export(folder)
     variant = manifest["variant"]
@@ -170,8 +161,6 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
     if given is not None and int(given) != size:
         raise InvalidParameterError(f"job spec key 'model': input_size {given} differs from the records' {size} px")
 
-    hvd = _horovod(ctx)
-    rank, world = (hvd.rank(), hvd.size()) if hvd is not None else (0, 1)
     tf.keras.utils.set_random_seed(spec.seed)
     out = Path(spec.out)
     ckpt = out / "checkpoints"
@@ -181,26 +170,19 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
         state = json.loads(state_path.read_text())
         model = tf.keras.models.load_model(last)
         start, best = int(state["epoch"]) + 1, float(state.get("best", best))
-        if rank == 0:
-            print(f"resuming from {last} after epoch {start - 1}", flush=True)
+        print(f"resuming from {last} after epoch {start - 1}", flush=True)
     else:
         opts = {k: float(v) for k, v in spec.model_options.items() if k in ("dropout", "dense_dropout")}
         model = keras_small_cnn(len(classes), size, **opts)
     opt = tf.keras.optimizers.Adam(learning_rate=spec.lr, weight_decay=spec.weight_decay or None)
-    callbacks = []
-    if hvd is not None:
-        opt = hvd.DistributedOptimizer(opt)
-        callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
-    if start == 1 or hvd is not None:
+    if start == 1:
         model.compile(optimizer=opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    per_rank = spec.batch_size // world
-    train_ds = tfrecord_dataset(train_files, variant, size, per_rank, shuffle=True, seed=spec.seed,
-                                shard=(world, rank) if world > 1 else None)
-    val_ds = tfrecord_dataset(val_files, variant, size, per_rank) if n_val else None
+    train_ds = tfrecord_dataset(train_files, variant, size, spec.batch_size, shuffle=True, seed=spec.seed)
+    val_ds = tfrecord_dataset(val_files, variant, size, spec.batch_size) if n_val else None
     epochs_run = 0
     for epoch in range(start, spec.epochs + 1):
         t0 = time.perf_counter()
-        hist = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, verbose=0, callbacks=callbacks)
+        hist = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
         dt = time.perf_counter() - t0
         loss = float(hist.history["loss"][-1])
         if not np.isfinite(loss):
@@ -208,7 +190,7 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
                                 "the inputs; no checkpoint was written for this epoch")
         records: list[dict[str, Any]] = [{"epoch": epoch, "split": "train", "loss": loss, "tiles": n_train,
                                           "tiles_per_s": n_train / dt if dt > 0 else 0.0}]
-        if val_ds is not None and rank == 0:
+        if val_ds is not None:
             t1 = time.perf_counter()
             probs, labels = _predict(tf, model, val_ds)
             vdt = time.perf_counter() - t1
@@ -218,17 +200,16 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
             rec.update(classification_metrics([(probs, labels)]))
             records.append(rec)
         score = float(records[-1]["loss"])
-        if rank == 0:
-            ckpt.mkdir(parents=True, exist_ok=True)
-            _report(records, out / "metrics.jsonl")
-            _save_atomic(model, last)
-            if score < best:
-                _save_atomic(model, best_path)
-            best = min(best, score)
-            _write_json_atomic(state_path, {"epoch": epoch, "best": best, "classes": classes, "variant": variant,
-                                            "input_size": size, "framework": "keras"})
-            emit_progress(epoch, spec.epochs, "epochs", f"epoch {epoch}/{spec.epochs} done",
-                          {k: v for k, v in records[-1].items() if isinstance(v, (int, float))})
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _report(records, out / "metrics.jsonl")
+        _save_atomic(model, last)
+        if score < best:
+            _save_atomic(model, best_path)
+        best = min(best, score)
+        _write_json_atomic(state_path, {"epoch": epoch, "best": best, "classes": classes, "variant": variant,
+                                        "input_size": size, "framework": "keras"})
+        emit_progress(epoch, spec.epochs, "epochs", f"epoch {epoch}/{spec.epochs} done",
+                      {k: v for k, v in records[-1].items() if isinstance(v, (int, float))})
         epochs_run += 1
     return {"epochs_run": epochs_run, "last_epoch": spec.epochs, "best": best, "checkpoint": str(last),
             "framework": "keras"}
