@@ -136,7 +136,7 @@ def loader_rate(ds, workers: int, epochs: int, batch: int = 128, fast: bool = Fa
     for epoch in range(epochs):
         if fast:
             loader = tile_loader(ds, batch_size=batch, shuffle=True, seed=seed, num_workers=workers)
-            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
         else:
             loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False)
         c0, t0 = _cpu_s(), time.perf_counter()

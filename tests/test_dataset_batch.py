@@ -76,7 +76,7 @@ def test_tile_loader_two_workers_covers_every_row_once(mixed):
     for images, _labels in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
         seen_images.append(images)
-    order = list(loader.sampler)
+    order = [i for b in loader.batch_sampler for i in b]  # the delivered order
     images = torch.cat(seen_images)
     assert sorted(order) == list(range(len(ds)))
     for k, i in enumerate(order):
@@ -93,6 +93,11 @@ def test_locality_sampler_shuffles_groups_and_shards_like_distributed_sampler():
     assert list(s) != a and sorted(s) == list(range(140))
     for w in range(0, 140, 14):  # each run of two groups' worth of rows comes from two groups
         assert len(set(groups[a[w:w + 14]])) == 2
+    from wsi_lab.data.fast_loader import WorkerBatches
+
+    batches = list(WorkerBatches(LocalitySampler(groups, seed=3, window=2), 10, num_workers=2))
+    assert [len(b) for b in batches] == [10] * 14 and sum(batches, []) != a and sorted(sum(batches, [])) == sorted(a)
+    assert batches[0::2] + batches[1::2] == [a[i:i + 10] for i in range(0, 140, 10)]  # one stretch per worker
     plain = LocalitySampler(groups, shuffle=False)
     assert [groups[i] for i in plain] == sorted(groups.tolist())
     parts = [list(LocalitySampler(groups[:137], seed=3, num_replicas=2, rank=r)) for r in (0, 1)]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.fast_loader import BatchReader, LocalitySampler, source_groups
+from wsi_lab.data.fast_loader import BatchReader, LocalitySampler, WorkerBatches, source_groups
 from wsi_lab.data.tile_reader import (
     TILE_COLUMNS,
     SlideCache,
@@ -187,9 +187,11 @@ def locality_sampler(dataset, shuffle: bool = True, seed: int = 0, num_replicas:
 def tile_loader(dataset, batch_size: int = 128, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False, **kwargs) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over a :class:`TileDataset` (or a Subset of one) that reads batches with each source
-    tile decoded once per epoch: the locality sampler (shuffled by ``seed`` and ``sampler.set_epoch``)
-    and batch reads. ``kwargs`` go to ``DataLoader`` (``pin_memory``, ``persistent_workers``, ...)."""
+    tile decoded about once per epoch: the locality sampler (shuffled by ``seed``; call
+    ``loader.batch_sampler.set_epoch(e)`` each epoch), batches laid out so that each worker reads its own
+    stretch of the epoch (:class:`~wsi_lab.data.fast_loader.WorkerBatches`), batch reads and
+    :func:`collate_tiles`. ``kwargs`` go to ``DataLoader`` (``pin_memory``, ``persistent_workers``, ...)."""
     sampler = locality_sampler(dataset, shuffle, seed, num_replicas, rank, drop_last=drop_last)
     kwargs.setdefault("collate_fn", collate_tiles)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       drop_last=drop_last, **kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=WorkerBatches(sampler, batch_size, num_workers, drop_last),
+                                       num_workers=num_workers, **kwargs)

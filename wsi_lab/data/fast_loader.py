@@ -39,7 +39,7 @@ from wsi_lab.io import LRUCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchReader", "LocalitySampler", "source_groups", "VIRTUAL_GRID"]
+__all__ = ["BatchReader", "LocalitySampler", "WorkerBatches", "source_groups", "VIRTUAL_GRID"]
 
 #: the grid (level pixels) used to group rows of levels that have no tile grid of their own
 VIRTUAL_GRID = 256
@@ -270,3 +270,43 @@ class LocalitySampler:
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class WorkerBatches:
+    """Batches of a :class:`LocalitySampler`'s order, handed out so that each of ``num_workers``
+    DataLoader workers gets one contiguous stretch of the epoch. ``DataLoader`` gives batch ``k`` to
+    worker ``k % num_workers``; cut into plain consecutive batches, neighbouring batches (which share
+    source tiles) would go to different workers and every worker would decode those tiles again. Here
+    the batches of worker ``w`` are the ``w``-th stretch, interleaved in delivery order, so each source
+    tile is decoded by one worker, about once per epoch. A ``batch_sampler`` for ``DataLoader``."""
+
+    def __init__(self, sampler: LocalitySampler, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler, self.batch_size = sampler, int(batch_size)
+        self.num_workers, self.drop_last = max(1, int(num_workers)), drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _batches(self) -> list[list[int]]:
+        order = list(self.sampler)
+        b = self.batch_size
+        batches = [order[i:i + b] for i in range(0, len(order), b)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        w = self.num_workers
+        if w == 1:
+            return iter(batches)
+        bounds = np.linspace(0, len(batches), w + 1).round().astype(int)
+        stretches = [batches[bounds[k]:bounds[k + 1]] for k in range(w)]
+        out = [st[j] for j in range(max(map(len, stretches), default=0)) for st in stretches if j < len(st)]
+        return iter(out)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
