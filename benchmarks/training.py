@@ -2,8 +2,8 @@
 
     python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun]
 
-Prints one table. Loaders: one epoch over every 64² (or 224²) tile of ``--copies`` copies of
-CMU-1-Small-Region.svs (separate files, so no loader can reuse one copy's decoded tiles for another:
+Prints one table. Loaders: one epoch over every 64² tile of ``--copies`` copies of
+CMU-1-Small-Region.svs (224²: 4× as many copies with ``--quick``, else 8×) (separate files, so no loader can reuse one copy's decoded tiles for another:
 an epoch decodes every source tile of every copy), with ``--workers`` DataLoader workers that start
 fresh each epoch (as the training loop's ``persistent_workers=False``), batch 128; the median of the
 epochs run. Cases: the batched ``TileDataset`` behind ``tile_loader`` (locality-shuffled, each source
@@ -254,7 +254,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        copies = slide_copies(tmp, max(args.copies, 1) * (1 if args.quick else 2))
+        # 224² tiles: 4x (quick) or 8x the copies, so that an epoch (117 tiles per copy) is long enough
+        # for the per-epoch cost of starting workers not to dominate
+        copies = slide_copies(tmp, max(args.copies, 1) * (4 if args.quick else 8))
         for tile in () if args.no_loaders else (64, 224):
             paths = copies[: args.copies] if tile == 64 else copies
             loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs)
