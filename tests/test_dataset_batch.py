@@ -55,6 +55,19 @@ def test_batch_reads_equal_per_tile_reads(mixed):
         ds.read_batch([len(ds)])
 
 
+def test_batch_reads_survive_the_slide_lru_closing_slides(mixed):
+    ds = TileDataset(mixed, dtype="uint8", cache_size=1)  # every switch of slide closes the other one
+    cmu = np.flatnonzero(mixed.slide_id == "cmu")
+    gen = np.flatnonzero(mixed.slide_id == "g")
+    first = ds.read_batch(cmu)
+    ds._batch._tiles.clear()  # decode again: through the reopened slide, not the closed one
+    ds.read_batch(gen)
+    assert np.array_equal(ds.read_batch(cmu), first)
+    path = mixed.attrs["wsi_lab"]["slides"]["cmu"]["path"]
+    assert ds._batch._grids[(path, 0)][0] is ds._cache.get(path)  # decodes through the open slide's descriptor
+    ds.close()
+
+
 def test_getitems_and_collate_tiles_match_items(mixed):
     ds = TileDataset(mixed)
     items = ds.__getitems__([3, 1, 4])

@@ -112,7 +112,7 @@ class BatchReader:
 
     def _init_process_state(self) -> None:
         self._last: tuple[tuple[str, int, int], np.ndarray] | None = None  # rows come in tile order: skip the LRU
-        self._grids: dict[tuple[str, int], _Grid] = {}
+        self._grids: dict[tuple[str, int], tuple[Any, _Grid]] = {}
         self._tiles: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(max_bytes=self._tile_cache_bytes)
 
     def __getstate__(self) -> dict:
@@ -129,10 +129,12 @@ class BatchReader:
     def _grid(self, path: str, level: int) -> tuple[Any, _Grid]:
         slide = self._cache.get(path)
         key = (path, level)
-        grid = self._grids.get(key)
-        if grid is None:
-            grid = self._grids[key] = _grid_of(slide, level)
-        return slide, grid
+        held = self._grids.get(key)
+        # a grid decodes through its slide's file descriptor: when the slide LRU closed and reopened the
+        # slide, the old grid's descriptor is gone (or reused by another file), so build it again
+        if held is None or held[0] is not slide:
+            held = self._grids[key] = (slide, _grid_of(slide, level))
+        return slide, held[1]
 
     def _source(self, path: str, level: int, grid: _Grid, index: int) -> np.ndarray:
         key = (path, level, index)
