@@ -1,5 +1,19 @@
-"""The data side of a job: the TileTable of a spec, its splits, checks that fail early with the cause
-(empty or single-class splits, missing slides, tile sizes), and datasets over the rows of a split."""
+"""The data side of a job: the TileTable of a spec (or a folder / CSV of patch files), its splits, checks
+that fail early with the cause (empty or single-class splits, missing slides or files, tile sizes), and
+datasets over the rows of a split.
+
+The spec's ``data`` block says how ``table`` is read (:data:`DATA_OPTIONS`, checked by
+:func:`check_data_options` when the spec is validated):
+
+- ``format``: ``tiles`` (a TileTable, the default), ``folder`` (class folders of image patches),
+  ``csv`` (``path,label[,patient][,split]``), ``tfrecord`` (the shards of ``wsi-lab export``, trained
+  with Keras in one process: :mod:`wsi_lab.train.keras`);
+- ``sampler``: ``random`` (PyTorch's DistributedSampler, the default) or ``locality`` (shuffled source-tile
+  groups: each source tile decoded about once per epoch, :mod:`wsi_lab.data.fast_loader`), tiles only;
+- ``size`` (patches: resize every patch to ``size``²), ``root`` (csv: the folder of relative paths),
+  ``val_fraction`` (patches without split folders/column: the share of patients held out, seeded);
+- ``dask`` (features: ``"local"`` or a scheduler address: one Dask task per slide) and ``n_workers``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +28,56 @@ from wsi_lab.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobData", "load_job_table", "job_data", "check_slides"]
+__all__ = ["JobData", "load_job_table", "job_data", "check_slides", "job_datasets", "check_data_options",
+           "DATA_OPTIONS", "DATA_FORMATS"]
+
+DATA_FORMATS = ("tiles", "folder", "csv", "tfrecord")
+DATA_OPTIONS = ("format", "sampler", "size", "root", "val_fraction", "dask", "n_workers")
+
+
+def check_data_options(spec) -> None:
+    """Refuse unknown or impossible ``data`` options of ``spec`` (:class:`InvalidParameterError` naming
+    the key); needs no torch."""
+    data = spec.data
+
+    def bad(why: str) -> InvalidParameterError:
+        return InvalidParameterError(f"job spec key 'data': {why}")
+
+    unknown = sorted(set(data) - set(DATA_OPTIONS))
+    if unknown:
+        raise bad(f"unknown option(s) {unknown}; known: {list(DATA_OPTIONS)}")
+    fmt = data.get("format", "tiles")
+    if fmt not in DATA_FORMATS:
+        raise bad(f"format {fmt!r} is not one of {', '.join(DATA_FORMATS)}")
+    if fmt in ("folder", "csv") and spec.task not in ("classify", "vae"):
+        raise bad(f"format {fmt!r} (patch files) feeds tasks classify and vae, not {spec.task!r}")
+    if fmt == "tfrecord" and spec.task != "classify":
+        raise bad(f"format 'tfrecord' trains a Keras classifier (task classify), not task {spec.task!r}")
+    if fmt == "tfrecord" and spec.backend != "local":
+        raise bad(f"format 'tfrecord' (Keras) runs in one process (backend 'local'), not {spec.backend!r}: Horovod "
+                  "0.28.1's Keras callbacks do not work with Keras 3")
+    sampler = data.get("sampler", "random")
+    if sampler not in ("random", "locality"):
+        raise bad(f"sampler {sampler!r} is not one of random, locality")
+    if sampler == "locality" and fmt != "tiles":
+        raise bad("sampler 'locality' groups slide tiles; it needs format 'tiles'")
+    size = data.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise bad(f"size must be a positive integer (pixels), got {size!r}")
+    vf = data.get("val_fraction", 0.2)
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+        raise bad(f"val_fraction must be a number in [0, 1), got {vf!r}")
+    if data.get("dask") is not None:
+        if spec.task != "features":
+            raise bad(f"dask fans out feature extraction (task features), not task {spec.task!r}")
+        if not isinstance(data["dask"], str) or not data["dask"].strip():
+            raise bad(f"dask must be 'local' or a scheduler address, got {data['dask']!r}")
+    nw = data.get("n_workers")
+    if nw is not None and (isinstance(nw, bool) or not isinstance(nw, int) or nw < 1):
+        raise bad(f"n_workers must be an integer >= 1, got {nw!r}")
+    for key in ("root",):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise bad(f"{key} must be a path, got {data[key]!r}")
 
 
 def load_job_table(path: str) -> pd.DataFrame:
@@ -48,13 +111,17 @@ def check_slides(table: pd.DataFrame) -> dict[str, str]:
 
 @dataclass
 class JobData:
-    """The rows of the train and validation splits (indices into ``table``) and the class names."""
+    """The rows of the train and validation splits (indices into ``table``) and the class names.
+    ``table`` is a TileTable (``source="tiles"``) or a patch table (``"patches"``: path, label, ...)."""
 
     table: pd.DataFrame
     train: np.ndarray
     val: np.ndarray
     classes: list[str]
     tile_size: int
+    source: str = "tiles"
+    resize: int | None = None   # patches: the size every patch is resized to (None: as stored)
+    sampler: str = "random"
 
 
 def job_data(spec, labelled: bool) -> JobData:
@@ -63,6 +130,11 @@ def job_data(spec, labelled: bool) -> JobData:
     and at least two classes in the training split."""
     from wsi_lab.data.tile_reader import label_index_of, label_indices, require_columns
 
+    fmt = spec.data.get("format", "tiles")
+    if fmt in ("folder", "csv"):
+        return _patch_data(spec, fmt, labelled)
+    if fmt != "tiles":
+        raise InvalidParameterError(f"job spec key 'data': format {fmt!r} is not read by task {spec.task!r}")
     table = load_job_table(spec.table)
     require_columns(table, ("slide_id", "x", "y", "level", "read_size", "tile_size"), f"task {spec.task!r}")
     if len(table) == 0:
@@ -95,7 +167,57 @@ def job_data(spec, labelled: bool) -> JobData:
     sizes = sorted(pd.unique(table["tile_size"]).tolist())
     if len(sizes) != 1:
         raise DataError(f"{spec.table}: tiles of several sizes {sizes}; a job trains on one tile size")
-    return JobData(table, train, val, classes, int(sizes[0]))
+    return JobData(table, train, val, classes, int(sizes[0]), sampler=spec.data.get("sampler", "random"))
+
+
+def _patch_data(spec, fmt: str, labelled: bool) -> JobData:
+    """JobData over a folder tree or CSV of patches (:mod:`wsi_lab.data.patches`): splits from the split
+    folders / column, else a seeded hold-out of ``val_fraction`` of the patients."""
+    from wsi_lab.data.patches import image_size, patch_table
+
+    table = patch_table(spec.table, fmt, spec.data.get("root"))
+    if "split" in table.columns:
+        split = table["split"].astype(str).to_numpy()
+        train, val = np.flatnonzero(split == spec.train_split), np.flatnonzero(split == spec.val_split)
+    else:
+        patients = np.array(sorted(pd.unique(table["patient_id"].astype(str))))
+        rng = np.random.default_rng(spec.seed)
+        n_val = int(round(float(spec.data.get("val_fraction", 0.2)) * len(patients)))
+        held = set(rng.permutation(patients)[:n_val].tolist())
+        is_val = table["patient_id"].astype(str).isin(held).to_numpy()
+        train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(train) == 0:
+        raise DataError(f"{spec.table}: the training split {spec.train_split!r} has no patches")
+    classes = sorted(pd.unique(table["label"].astype(str)).tolist())
+    if labelled:
+        present = sorted(pd.unique(table["label"].astype(str).iloc[train]).tolist())
+        if len(present) < 2:
+            raise DataError(f"{spec.table}: the training split has {len(present)} class(es) {present}; a classifier "
+                            "needs at least two")
+    if len(val) == 0:
+        log.warning("%s: no validation patches; best.pt follows the training loss", spec.table)
+    size = spec.data.get("size")
+    tile_size = int(size) if size is not None else image_size(table)
+    return JobData(table, train, val, classes, tile_size, source="patches", resize=size)
+
+
+def job_datasets(data: JobData):
+    """``(train Subset, val Subset)`` over one dataset of the whole table (one class index for every
+    split): a :class:`~wsi_lab.data.dataset.TileDataset` (slides checked first) or a
+    :class:`~wsi_lab.data.patch_dataset.PatchDataset`."""
+    import torch
+
+    if data.source == "patches":
+        from wsi_lab.data.patch_dataset import PatchDataset
+
+        ds: torch.utils.data.Dataset = PatchDataset(data.table, size=data.resize or data.tile_size,
+                                                    classes=data.classes or None)
+    else:
+        from wsi_lab.data.dataset import TileDataset
+
+        check_slides(data.table)
+        ds = TileDataset(data.table)
+    return torch.utils.data.Subset(ds, data.train.tolist()), torch.utils.data.Subset(ds, data.val.tolist())
 
 
 def model_input_size(spec, tile_size: int) -> int:

@@ -73,7 +73,12 @@ def emit_progress(done: int, total: int, unit: str, message: str = "", metrics: 
 
 def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate) -> torch.utils.data.DataLoader:
     sampler: Any
-    if shuffle:
+    if shuffle and spec.data.get("sampler") == "locality":  # source-tile locality (wsi_lab.data.fast_loader)
+        from wsi_lab.data.dataset import collate_tiles, locality_sampler
+
+        sampler = locality_sampler(ds, seed=spec.seed, num_replicas=ctx.world_size, rank=ctx.rank)
+        collate = collate or collate_tiles
+    elif shuffle:
         sampler = torch.utils.data.distributed.DistributedSampler(
             ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False)
     else:  # evaluation: this rank's share, no padding, no repeats

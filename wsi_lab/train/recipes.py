@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.train.data import check_slides, job_data, load_job_table, model_input_size
+from wsi_lab.train.data import job_data, load_job_table, model_input_size
 from wsi_lab.train.loop import Parts, classification_metrics, fit
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,9 @@ def _model_config(spec, **fixed: Any) -> dict[str, Any]:
 
 
 def _tile_sets(data):
-    from wsi_lab.data.dataset import TileDataset
+    from wsi_lab.train.data import job_datasets
 
-    check_slides(data.table)
-    ds = TileDataset(data.table)  # the whole table: one class index for every split
-    return torch.utils.data.Subset(ds, data.train.tolist()), torch.utils.data.Subset(ds, data.val.tolist())
+    return job_datasets(data)  # TileDataset or PatchDataset over the whole table: one class index for every split
 
 
 # -- vae ---------------------------------------------------------------------------------------
@@ -103,6 +101,10 @@ def run_classify(spec, ctx) -> dict:
     from wsi_lab.models.checkpoint import build_model
     from wsi_lab.models.weights import load_weights
 
+    if spec.data.get("format") == "tfrecord":  # TFRecord shards: the Keras path
+        from wsi_lab.train.keras import run_keras_classify
+
+        return run_keras_classify(spec, ctx)
     data = job_data(spec, labelled=True)
     size = model_input_size(spec, data.tile_size)
     train_set, val_set = _tile_sets(data)

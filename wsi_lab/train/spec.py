@@ -71,6 +71,7 @@ class JobSpec(Spec):
     label_map: Any = None              # segment: {label: class name or index} or "_0:1 _1:1 _2:0" (default: per labels)
     sampler: Mapping[str, Any] | None = None  # {"positive_fraction", "threshold", "column"}: balanced tiles per epoch
     horovod: Mapping[str, Any] = field(default_factory=dict)   # {"fp16_compression": bool}
+    data: Mapping[str, Any] = field(default_factory=dict)      # how `table` is read: see wsi_lab.train.data.DATA_OPTIONS
     sagemaker: Mapping[str, Any] | None = None                 # SageMaker settings (train/sagemaker_block.py)
 
     def __post_init__(self) -> None:
@@ -83,6 +84,7 @@ class JobSpec(Spec):
             model = dict(model)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "horovod", dict(self.horovod or {}))
+        object.__setattr__(self, "data", dict(self.data or {}))
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> JobSpec:
@@ -150,6 +152,9 @@ class JobSpec(Spec):
             intval("max_tiles", 1)
         if self.task == "mil" and not self.features:
             raise bad("features", "task 'mil' needs the folder of per-slide feature files (from a features job)")
+        from wsi_lab.train.data import check_data_options  # the one table of data options (no torch)
+
+        check_data_options(self)
         unknown_hvd = sorted(set(self.horovod) - {"fp16_compression"})
         if unknown_hvd:
             raise bad("horovod", f"unknown option(s) {unknown_hvd}; known: ['fp16_compression']")

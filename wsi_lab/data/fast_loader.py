@@ -1,0 +1,314 @@
+"""Batch reads of TileTable rows that decode each source (slide-level) tile once, and a sampler that
+keeps that locality while still shuffling.
+
+A slide level stored as JPEG tiles (240² on Aperio scans, 256² or 512² elsewhere) holds many output
+tiles: ~14 tiles of 64² per 240² source tile. Reading rows one by one decodes (or looks up) the source
+tile again for every row and pays the per-item cost of ``read_region`` and of the DataLoader. Here:
+
+- :class:`BatchReader` reads a batch of rows into one ``(B, T, T, 3) uint8`` array. Rows are taken in
+  source-tile order; each source tile the batch needs is decoded once (the reader's own decode of the
+  whole tile, :attr:`wsi_lab.slide.raw_tiles.RawTileLevel.decode`, imagecodecs straight from the file)
+  and kept in a small per-process LRU, and every row is cut from it (from up to four of them when it
+  straddles a tile border). Rows on levels without raw tile access (other backends, non-JPEG levels)
+  or reaching past the level's edge go through :func:`~wsi_lab.data.tile_reader.read_tile`. Either way
+  the pixels equal :func:`read_tile`'s (tested).
+- :func:`source_groups` gives each row the id of the source tile holding its top-left corner (a
+  virtual 256-px grid where the level has no tile grid), and :class:`LocalitySampler` shuffles the
+  groups, then the rows within small windows of consecutive groups: batches still mix many source
+  tiles, yet a worker decodes each of them about once per epoch. It shards like PyTorch's
+  ``DistributedSampler`` (pad to a multiple of ``num_replicas``, rank ``r`` takes every N-th index), so
+  N processes together see the batches one process sees.
+
+Importing this module does not import torch; :class:`LocalitySampler` is a plain iterable that
+``DataLoader(sampler=...)`` accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsi_lab.data.tile_reader import SlideCache, read_tile
+from wsi_lab.errors import InvalidParameterError
+from wsi_lab.io import LRUCache
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BatchReader", "LocalitySampler", "WorkerBatches", "source_groups", "VIRTUAL_GRID"]
+
+#: the grid (level pixels) used to group rows of levels that have no tile grid of their own
+VIRTUAL_GRID = 256
+#: rows are grouped by blocks of REGION x REGION source tiles
+REGION = 2
+#: decoded source tiles kept per process (bytes)
+TILE_CACHE_BYTES = 96 * 2**20
+
+
+class _Grid:
+    """The tile grid of one slide level as the batch reader needs it (level pixels)."""
+
+    __slots__ = ("ds", "tw", "th", "width", "height", "across", "decode")
+
+    def __init__(self, ds: float, tw: int, th: int, width: int, height: int, across: int, decode: Any) -> None:
+        self.ds, self.tw, self.th, self.width, self.height, self.across = ds, tw, th, width, height, across
+        self.decode = decode  # decode(index) -> (th, tw, 3) uint8, or None: no raw tile access
+
+
+def _grid_of(slide: Any, level: int) -> _Grid:
+    from wsi_lab.slide.raw_tiles import raw_level
+
+    ds = float(slide.level_downsamples[level])
+    width, height = slide.level_dimensions[level]
+    rl = raw_level(slide, level)
+    if rl is None or rl.decode is None:
+        return _Grid(ds, VIRTUAL_GRID, VIRTUAL_GRID, int(width), int(height), -(-int(width) // VIRTUAL_GRID), None)
+    return _Grid(ds, rl.tile_width, rl.tile_height, rl.width, rl.height, rl.across, rl.decode)
+
+
+def source_groups(slide_ids: np.ndarray, geom: np.ndarray, slide_paths: Mapping[str, str],
+                  backend: str = "auto", region: int = REGION) -> np.ndarray:
+    """Group id (0..G-1) of every row: rows whose top-left corner lies in the same ``region``×``region``
+    block of source tiles of the same slide level share an id (blocks rather than single tiles, so that
+    rows straddling a tile border mostly find both tiles in their own group). ``geom`` is ``(N, 5)``
+    int: level-0 ``x, y``, ``level``, ``read_size``, ``tile_size``. Opens each slide once (and closes it)."""
+    from wsi_lab.slide import open_slide
+
+    n = len(slide_ids)
+    keys = np.zeros((n, 4), np.int64)
+    sids, sid_codes = np.unique(np.asarray(slide_ids).astype(str), return_inverse=True)
+    for code, sid in enumerate(sids):
+        rows = np.flatnonzero(sid_codes == code)
+        with open_slide(slide_paths[str(sid)], backend=backend) as slide:
+            for level in np.unique(geom[rows, 2]):
+                sel = rows[geom[rows, 2] == level]
+                g = _grid_of(slide, int(level))
+                keys[sel, 0], keys[sel, 1] = code, level
+                keys[sel, 2] = np.floor(geom[sel, 1] / g.ds).astype(np.int64) // (g.th * region)
+                keys[sel, 3] = np.floor(geom[sel, 0] / g.ds).astype(np.int64) // (g.tw * region)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    _, ids = np.unique(keys, axis=0, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64)
+
+
+class BatchReader:
+    """Reads batches of rows (module docstring). Holds plain arrays and a :class:`SlideCache`, so it
+    pickles cheaply into DataLoader workers; each process opens its own slides and keeps its own LRU of
+    decoded source tiles."""
+
+    def __init__(self, slide_ids: np.ndarray, geom: np.ndarray, slide_paths: Mapping[str, str],
+                 cache: SlideCache, tile_cache_bytes: int = TILE_CACHE_BYTES) -> None:
+        self._slide_ids = slide_ids
+        self._geom = geom
+        self.slide_paths = dict(slide_paths)
+        self._cache = cache
+        self._tile_cache_bytes = int(tile_cache_bytes)
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        self._last: tuple[tuple[str, int, int], np.ndarray] | None = None  # rows come in tile order: skip the LRU
+        self._grids: dict[tuple[str, int], tuple[Any, _Grid]] = {}
+        self._tiles: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(max_bytes=self._tile_cache_bytes)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_grids", None)
+        state.pop("_tiles", None)
+        state.pop("_last", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    def _grid(self, path: str, level: int) -> tuple[Any, _Grid]:
+        slide = self._cache.get(path)
+        key = (path, level)
+        held = self._grids.get(key)
+        # a grid decodes through its slide's file descriptor: when the slide LRU closed and reopened the
+        # slide, the old grid's descriptor is gone (or reused by another file), so build it again
+        if held is None or held[0] is not slide:
+            held = self._grids[key] = (slide, _grid_of(slide, level))
+        return slide, held[1]
+
+    def _source(self, path: str, level: int, grid: _Grid, index: int) -> np.ndarray:
+        key = (path, level, index)
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        tile = self._tiles.get_or_load(key, lambda: grid.decode(index))
+        self._last = (key, tile)
+        return tile
+
+    def _cut(self, path: str, level: int, grid: _Grid, lx: int, ly: int, size: int,
+             out: np.ndarray | None) -> np.ndarray:
+        """The ``size``² box at level pixels ``(lx, ly)`` (inside the level) from the decoded source tiles."""
+        tw, th = grid.tw, grid.th
+        tx0, ty0 = lx // tw, ly // th
+        tx1, ty1 = (lx + size - 1) // tw, (ly + size - 1) // th
+        if tx0 == tx1 and ty0 == ty1:  # the usual case: one source tile holds the whole box
+            tile = self._source(path, level, grid, ty0 * grid.across + tx0)
+            oy, ox = ly - ty0 * th, lx - tx0 * tw
+            piece = tile[oy:oy + size, ox:ox + size]
+            if out is None:
+                return piece
+            out[...] = piece
+            return out
+        buf = out if out is not None else np.empty((size, size, 3), np.uint8)
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                tile = self._source(path, level, grid, ty * grid.across + tx)
+                ox, oy = tx * tw, ty * th
+                x0, y0 = max(lx, ox), max(ly, oy)
+                x1, y1 = min(lx + size, ox + tw), min(ly + size, oy + th)
+                buf[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = tile[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        return buf
+
+    def read_into(self, index: int, out: np.ndarray, where: tuple[str, Any, _Grid] | None = None) -> None:
+        """Write row ``index``'s ``(tile_size, tile_size, 3)`` uint8 pixels into ``out``. ``where``: the
+        row's ``(path, slide, grid)`` when the caller has them (a batch reads them once per slide level)."""
+        x, y, level, read_size, tile_size = self._geom[index].tolist()
+        if where is None:
+            path = self.slide_paths[str(self._slide_ids[index])]
+            slide, grid = self._grid(path, level)
+        else:
+            path, slide, grid = where
+        lx, ly = int(math.floor(x / grid.ds)), int(math.floor(y / grid.ds))
+        inside = lx >= 0 and ly >= 0 and lx + read_size <= grid.width and ly + read_size <= grid.height
+        if grid.decode is None or not inside:
+            out[...] = read_tile(slide, x, y, level, read_size, tile_size)
+            return
+        if read_size == tile_size:
+            self._cut(path, level, grid, lx, ly, read_size, out)
+            return
+        region = self._cut(path, level, grid, lx, ly, read_size, None)
+        resample = Image.Resampling.BOX if read_size > tile_size else Image.Resampling.BILINEAR
+        out[...] = np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize((tile_size, tile_size), resample))
+
+    def read_batch(self, indices: list[int] | np.ndarray) -> np.ndarray:
+        """``(B, T, T, 3)`` uint8 pixels of rows ``indices`` (all of one ``tile_size`` T), in the order given;
+        read in source-tile order so each source tile is decoded once."""
+        idx = np.asarray(indices, np.int64)
+        sizes = np.unique(self._geom[idx, 4]) if len(idx) else np.array([0])
+        if len(sizes) != 1:
+            raise InvalidParameterError(f"a batch holds tiles of several sizes {sizes.tolist()}; use one tile_size "
+                                        "per dataset or batch_size=1")
+        size = int(sizes[0])
+        out = np.empty((len(idx), size, size, 3), np.uint8)
+        g = self._geom[idx]
+        sids = self._slide_ids[idx]
+        order = np.lexsort((g[:, 0], g[:, 1], g[:, 2], sids))  # slide, level, y, x
+        current: tuple[Any, int] | None = None
+        where: tuple[str, Any, _Grid] | None = None
+        for k in order.tolist():
+            key = (sids[k], int(g[k, 2]))
+            if key != current:
+                path = self.slide_paths[str(key[0])]
+                slide, grid = self._grid(path, key[1])
+                current, where = key, (path, slide, grid)
+            self.read_into(int(idx[k]), out[k], where)
+        return out
+
+    def close(self) -> None:
+        self._last = None
+        self._tiles.clear()
+        self._grids.clear()
+
+
+class LocalitySampler:
+    """Indices ``0..len(groups)-1`` in an order that keeps source-tile locality (module docstring).
+
+    ``groups``: the group id of each index (:func:`source_groups`). With ``shuffle`` the groups are
+    shuffled (seeded by ``seed`` and the epoch of :meth:`set_epoch`), then the rows inside each window of
+    ``window`` consecutive groups; without it the order is by group. Sharded over ``num_replicas`` like
+    ``DistributedSampler`` (padded by repeating the first indices unless ``drop_last``)."""
+
+    def __init__(self, groups: np.ndarray, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 window: int = 4, drop_last: bool = False) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise InvalidParameterError(f"rank {rank} of num_replicas {num_replicas} is not valid")
+        if window < 1:
+            raise InvalidParameterError(f"window must be >= 1 group, got {window}")
+        self.groups = np.asarray(groups, np.int64)
+        self.shuffle, self.seed, self.window, self.drop_last = shuffle, int(seed), int(window), drop_last
+        self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), 0
+        n = len(self.groups)
+        self.num_samples = n // self.num_replicas if drop_last else -(-n // self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self) -> np.ndarray:
+        """The whole epoch's order over all replicas (before sharding and padding)."""
+        n = len(self.groups)
+        by_group = np.argsort(self.groups, kind="stable")
+        if not self.shuffle or n == 0:
+            return by_group
+        rng = np.random.default_rng([self.seed, self.epoch])
+        g_sorted = self.groups[by_group]
+        starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+        bounds = np.r_[starts, n]
+        perm = rng.permutation(len(starts))
+        out = np.empty(n, np.int64)
+        pos = 0
+        for w in range(0, len(perm), self.window):
+            chunk = np.concatenate([by_group[bounds[g]:bounds[g + 1]] for g in perm[w:w + self.window]])
+            out[pos:pos + len(chunk)] = chunk[rng.permutation(len(chunk))]
+            pos += len(chunk)
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        total = self.num_samples * self.num_replicas
+        if len(order) and total > len(order):
+            order = np.concatenate([order, np.resize(order, total - len(order))])
+        order = order[:total]
+        return iter(order[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class WorkerBatches:
+    """Batches of a :class:`LocalitySampler`'s order, handed out so that each of ``num_workers``
+    DataLoader workers gets one contiguous stretch of the epoch. ``DataLoader`` gives batch ``k`` to
+    worker ``k % num_workers``; cut into plain consecutive batches, neighbouring batches (which share
+    source tiles) would go to different workers and every worker would decode those tiles again. Here
+    the batches of worker ``w`` are the ``w``-th stretch, interleaved in delivery order, so each source
+    tile is decoded by one worker, about once per epoch. A ``batch_sampler`` for ``DataLoader``."""
+
+    def __init__(self, sampler: LocalitySampler, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler, self.batch_size = sampler, int(batch_size)
+        self.num_workers, self.drop_last = max(1, int(num_workers)), drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _batches(self) -> list[list[int]]:
+        order = list(self.sampler)
+        b = self.batch_size
+        batches = [order[i:i + b] for i in range(0, len(order), b)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        w = self.num_workers
+        if w == 1:
+            return iter(batches)
+        bounds = np.linspace(0, len(batches), w + 1).round().astype(int)
+        stretches = [batches[bounds[k]:bounds[k + 1]] for k in range(w)]
+        out = [st[j] for j in range(max(map(len, stretches), default=0)) for st in stretches if j < len(st)]
+        return iter(out)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
