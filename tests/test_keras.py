@@ -1,102 +1,29 @@
-"""The TensorFlow/Keras path: tf.data over the project's TFRecord shards (raw and JPEG schemas) and a
-Keras small_cnn trained from a JobSpec, with the same metrics file, resume and refusals."""
+"""The TensorFlow/Keras path (cases in ``keras_cases.py``), run in an interpreter of its own.
+
+TensorFlow loaded into the test process makes napari's OpenGL calls crash later in the same process
+(a segmentation fault in ``glClear`` under Xvfb), so the Keras cases never import TensorFlow here: a child
+``pytest`` runs them and its outcome is this test's.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from wsi_lab.errors import DataError, InvalidParameterError, MissingDependencyError
-from wsi_lab.train import JobSpec
-
-pytest.importorskip("tensorflow")
-pytest.importorskip("torch")
+CASES = Path(__file__).with_name("keras_cases.py")
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """A generated slide's 32² tiles labelled by brightness (tissue vs glass: learnable), exported as
-    raw and as JPEG TFRecord shards (2 per split)."""
-    from wsi_lab.data.dataset import TileDataset
-    from wsi_lab.data.export_tfrecord import export_tfrecord
-    from wsi_lab.testing import make_slide
-
-    root = tmp_path_factory.mktemp("keras")
-    path = make_slide(root / "s.svs", 512, 384, tile=256, seed=1, source="procedural", tissue_fraction=0.5,
-                      associated=False)
-    ys, xs = np.mgrid[0:384:32, 0:512:32]
-    t = pd.DataFrame({"slide_id": "s", "patient_id": "s", "x": xs.ravel(), "y": ys.ravel(), "level": 0,
-                      "read_size": 32, "tile_size": 32})
-    t.attrs["wsi_lab"] = {"slides": {"s": {"path": str(path)}}}
-    mean = TileDataset(t, dtype="uint8").read_batch(range(len(t))).reshape(len(t), -1).mean(1)
-    t["label"] = np.where(mean < np.median(mean), "tissue", "glass")
-    t["split"] = np.where(np.random.default_rng(0).random(len(t)) < 0.25, "val", "train")
-    out = {}
-    for variant in ("raw", "jpeg"):
-        export_tfrecord(t, root / variant, shards=2, variant=variant)
-        out[variant] = root / variant
-    return t, out
-
-
-def test_tf_data_pipeline_reads_both_schemas(exports):
-    from wsi_lab.data.dataset import TileDataset
-    from wsi_lab.train.keras import read_export, tfrecord_dataset
-
-    table, folders = exports
-    pixels = TileDataset(table, dtype="uint8").read_batch(range(len(table)))
-    for variant, tol in (("raw", 0), ("jpeg", 12)):
-        manifest = read_export(folders[variant])
-        files = [str(folders[variant] / e["path"]) for e in manifest["files"] if e["split"] == "train"]
-        images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in tfrecord_dataset(files, variant, 32, 16)])
-        images, labels = np.concatenate(images), np.concatenate(labels)
-        assert images.shape == ((table.split == "train").sum(), 32, 32, 3) and images.dtype == np.float32
-        assert set(labels.tolist()) == {0, 1}
-        # every record is one of the table's tiles (the raw schema exactly, JPEG within its loss)
-        first = np.round(images[0] * 255)
-        diff = np.abs(pixels.astype(np.float32) - first).reshape(len(pixels), -1).mean(1)
-        assert diff.min() <= tol + 1e-6
-
-
-def test_keras_job_trains_resumes_and_writes_the_metrics_file(exports, tmp_path, capsys):
-    from wsi_lab.train.run import run_spec
-
-    _, folders = exports
-    spec = JobSpec(task="classify", table=str(folders["raw"]), out=str(tmp_path / "k"), model="small_cnn", epochs=2,
-                   batch_size=16, lr=2e-3, seed=0, data={"format": "tfrecord"}).validate()
-    res = run_spec(spec)
-    assert res["framework"] == "keras" and res["epochs_run"] == 2
-    recs = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["split"]) for r in recs] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
-    train = [r["loss"] for r in recs if r["split"] == "train"]
-    assert train[1] < train[0] and all(k in recs[1] for k in ("accuracy", "balanced_accuracy", "auc", "tiles_per_s"))
-    out = capsys.readouterr().out
-    assert "Training Loss:" in out and "Validation Accuracy:" in out
-    assert (tmp_path / "k" / "checkpoints" / "last.keras").is_file()
-    assert (tmp_path / "k" / "checkpoints" / "best.keras").is_file()
-    assert not list((tmp_path / "k" / "checkpoints").glob(".*part*"))
-    res = run_spec(spec.with_changes(epochs=3))  # a restarted job resumes after its last epoch
-    assert res["epochs_run"] == 1
-    recs = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in recs] == [1, 1, 2, 2, 3, 3]
-
-
-def test_keras_path_refusals(exports, tmp_path, monkeypatch):
-    from wsi_lab.train.run import run_spec
-
-    _, folders = exports
-    base = dict(task="classify", data={"format": "tfrecord"})
-    with pytest.raises(DataError, match="manifest.json"):
-        run_spec(JobSpec(table=str(tmp_path), out=str(tmp_path / "o0"), **base))
-    with pytest.raises(InvalidParameterError, match="trains small_cnn"):
-        run_spec(JobSpec(table=str(folders["jpeg"]), model="resnet18", out=str(tmp_path / "o1"), **base))
-    with pytest.raises(InvalidParameterError, match="Keras 3"):
-        JobSpec(table=str(folders["raw"]), backend="horovod", nproc=2, out=str(tmp_path / "o"), **base).validate()
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
-    with pytest.raises(MissingDependencyError, match="tf"):
-        run_spec(JobSpec(table=str(folders["raw"]), out=str(tmp_path / "o2"), **base))
-    assert not (Path(tmp_path / "o2") / "checkpoints").exists()
+def test_keras_cases_in_their_own_process():
+    if find_spec("tensorflow") is None or find_spec("torch") is None:
+        pytest.skip("tensorflow and torch are needed (pip install 'wsi-lab[tf,train]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(CASES.parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+                          cwd=CASES.parents[1], env=env, capture_output=True, text=True, timeout=900)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, f"Keras cases failed ({summary}):\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    assert "passed" in summary and "skipped" not in summary, summary
