@@ -160,7 +160,8 @@ def test_lab_tabs_shared_selection_and_registry(cmu_path, ndpi_path, shared_slid
     try:
         assert [s.name for s in registered_panels()][:4] == ["Slides", "Viewer", "Tune", "Tiling"]
         lab = wsi_lab.Lab(shared_slides)
-        assert lab.tabs.titles == ("Slides", "Viewer", "Tune", "Tiling", "Review", "Broken")
+        assert tuple(t for t in lab.tabs.titles if t not in ("Jobs", "Doctor")) == \
+            ("Slides", "Viewer", "Tune", "Tiling", "Review", "Broken")
         assert calls == [lab]
         assert "column 'label' missing" in lab.panels["Broken"].children[0].text  # message, no crash
     finally:

@@ -15,6 +15,8 @@ _NAMES = {
     "unregister_panel": "wsi_lab.ui.lab", "registered_panels": "wsi_lab.ui.lab",
     "SlideViewer": "wsi_lab.ui.viewer", "SlideBrowser": "wsi_lab.ui.browser",
     "ThresholdTuner": "wsi_lab.ui.tuner", "TilingPanel": "wsi_lab.ui.tiling_panel",
+    "JobConsole": "wsi_lab.ui.console", "TrainingPanel": "wsi_lab.ui.console", "DoctorPanel": "wsi_lab.ui.doctor_panel",
+    "register_job": "wsi_lab.ui.jobs", "registered_jobs": "wsi_lab.ui.jobs",
 }
 
 __all__ = sorted(_NAMES)

@@ -28,7 +28,7 @@ import ipywidgets as widgets
 
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.runs.job import Job
-from wsi_lab.ui.common import ErrorBox, message_html
+from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.job_row import JobRow
 from wsi_lab.ui.jobs import JobEntry, register_job, registered_jobs, wait_for_change
 
@@ -317,7 +317,7 @@ class JobConsole(widgets.VBox):
                 return
             try:
                 self.refresh()
-            except Exception as exc:  # noqa: BLE001 - the console keeps refreshing; the message is shown
+            except Exception as exc:
                 log.info("job console refresh failed: %s", exc)
                 log.debug("job console refresh failed", exc_info=True)
                 self.errors.show(exc)

@@ -144,7 +144,7 @@ class JobRow(widgets.VBox):
                                               "</pre>")
             if self.charts is not None:
                 self.charts.update(metric_series(e))
-        except Exception as exc:  # noqa: BLE001 - a view that cannot read the job says so; the job goes on
+        except Exception as exc:
             log.info("job row %s: refresh failed: %s", e.id, exc)
             log.debug("job row refresh failed", exc_info=True)
             self.notice.show(exc)
