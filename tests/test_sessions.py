@@ -20,7 +20,7 @@ from wsi_lab.tiling import TilingParams, run_tiling
 
 
 @pytest.fixture(scope="module")
-def workshop(tmp_path_factory) -> Path:
+def workshop(tmp_path_factory, client) -> Path:
     """A workshop folder: two generated slides tiled at 128 px, display settings and a review decision."""
     root = tmp_path_factory.mktemp("workshop")
     slides = root / "slides"
@@ -29,7 +29,7 @@ def workshop(tmp_path_factory) -> Path:
         make_slide(slides / f"s{i}.svs", 1024, 768, tile=256, seed=i, source="procedural", tissue_fraction=0.6,
                    associated=False)
     res = run_tiling(sorted(slides.glob("*.svs")), TilingParams(tile_size=128, method="otsu", min_tissue=0.3),
-                     out=root / "tiles", n_workers=1)
+                     out=root / "tiles", client=client)
     assert res.ok and res.total_tiles > 4, res.summary()
     (root / "overrides.json").write_text(json.dumps({"s0": {"tile_size": 128}}))
     (root / "review").mkdir()
@@ -37,7 +37,7 @@ def workshop(tmp_path_factory) -> Path:
     return root
 
 
-def test_export_then_replay_gives_the_same_tile_tables(workshop, tmp_path):
+def test_export_then_replay_gives_the_same_tile_tables(workshop, tmp_path, client):
     bundle = export_session(workshop, tmp_path / "session.zip", note="workshop day 1")
     s = read_session(bundle)
     assert s["format"] == FORMAT and s["note"] == "workshop day 1"
@@ -48,7 +48,7 @@ def test_export_then_replay_gives_the_same_tile_tables(workshop, tmp_path):
     with zipfile.ZipFile(bundle) as zf:
         names = set(zf.namelist())
     assert {"review/decisions.geojson", "display/overrides.json", "tables/tiles/s0/tiles.parquet"} <= names
-    result = replay(bundle, tmp_path / "again", train=False)
+    result = replay(bundle, tmp_path / "again", train=False, client=client)
     assert result.ok and result.matches == {"s0": True, "s1": True}, result.summary()
     for sid in ("s0", "s1"):
         new = read_table(result.tables[sid])
@@ -69,7 +69,7 @@ def test_tables_equal_sees_a_changed_value():
     assert tables_equal(a, a.iloc[:1])[1] == "2 rows vs 1"
 
 
-def test_a_changed_slide_is_refused_before_anything_runs(workshop, tmp_path):
+def test_a_changed_slide_is_refused_before_anything_runs(workshop, tmp_path, client):
     import shutil
 
     bundle = export_session(workshop, tmp_path / "s.zip")
@@ -84,11 +84,11 @@ def test_a_changed_slide_is_refused_before_anything_runs(workshop, tmp_path):
         for item in zin.namelist():
             zout.writestr(item, json.dumps(s) if item == "session.json" else zin.read(item))
     with pytest.raises(DataError, match="not found"):
-        replay(tmp_path / "moved.zip", tmp_path / "r1", train=False)
-    assert replay(tmp_path / "moved.zip", tmp_path / "r2", slides=moved, train=False).ok  # found by name
+        replay(tmp_path / "moved.zip", tmp_path / "r1", train=False, client=client)
+    assert replay(tmp_path / "moved.zip", tmp_path / "r2", slides=moved, train=False, client=client).ok  # found by name
     (moved / "s1.svs").write_bytes((moved / "s1.svs").read_bytes()[:-10] + b"0123456789")  # same size, other bytes
     with pytest.raises(DataError, match="not the slide the session used"):
-        replay(tmp_path / "moved.zip", tmp_path / "r3", slides=moved, train=False)
+        replay(tmp_path / "moved.zip", tmp_path / "r3", slides=moved, train=False, client=client)
     assert not (tmp_path / "r3").exists()  # refused before tiling wrote anything
 
 

@@ -88,8 +88,10 @@ def _find_slide(rec: dict[str, Any], slides: Path | None) -> Path:
 
 
 def replay(bundle: str | os.PathLike, out: str | os.PathLike, *, slides: str | os.PathLike | None = None,
-           train: bool = True, n_workers: int = 1, timeout_s: float = 3600) -> ReplayResult:
-    """Re-run ``bundle`` into ``out`` (see the module docstring) and return what matched."""
+           train: bool = True, n_workers: int = 1, client: Any = None, timeout_s: float = 3600) -> ReplayResult:
+    """Re-run ``bundle`` into ``out`` (see the module docstring) and return what matched. Tiling runs on
+    ``client`` (a Dask Client or scheduler address) or a local cluster of ``n_workers``; each training
+    job may take ``timeout_s`` seconds."""
     from wsi_lab.data.table import read_table
     from wsi_lab.tiling import TilingParams, run_tiling
 
@@ -103,7 +105,7 @@ def replay(bundle: str | os.PathLike, out: str | os.PathLike, *, slides: str | o
             sid = entry["slide_id"]
             params = TilingParams.from_dict(entry["params"])
             run = run_tiling([paths[sid]], params, out=root / entry["out"], materialize=entry.get("materialize"),
-                             n_workers=n_workers)
+                             client=client, n_workers=None if client is not None else n_workers)
             if run.failures:
                 f = run.failures[0]
                 raise DataError(f"replay: tiling {sid} failed: {f.error_type}: {f.message}")

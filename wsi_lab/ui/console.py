@@ -220,7 +220,7 @@ class JobConsole(widgets.VBox):
         """Render the spec's JSON under the form; returns the spec (None, with a message, when invalid)."""
         with self.errors.guard("spec"):
             spec = self.spec()
-            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2))}</pre>"
+            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2), quote=False)}</pre>"
             return spec
         self.spec_view.value = ""
         return None
@@ -233,7 +233,7 @@ class JobConsole(widgets.VBox):
             target = Path(path) if path is not None else Path(self.jobs_root.value).expanduser() / f"{name}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             spec.write(target)
-            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2))}</pre>"
+            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2), quote=False)}</pre>"
             self.saved.value = f"saved <code>{html.escape(str(target))}</code>"
             return target
         return None
@@ -265,7 +265,7 @@ class JobConsole(widgets.VBox):
         registry entry (None, with a readable message, when it cannot start)."""
         with self.errors.guard("launch"):
             spec = self.spec()
-            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2))}</pre>"
+            self.spec_view.value = f"<pre style='font-size:11px'>{html.escape(spec.to_json(indent=2), quote=False)}</pre>"
             self._prepare_table(spec)
             job = launch_spec(spec)
             entry = register_job(job, "training", label=Path(spec.out).name, spec=spec.to_dict(),

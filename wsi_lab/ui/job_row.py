@@ -140,7 +140,7 @@ class JobRow(widgets.VBox):
             self._set(self.logs, "value", f"<pre style='font-size:11px;max-height:9em;overflow:auto;margin:2px 0'>"
                                           f"{html.escape(tail)}</pre>" if tail else "")
             if e.spec is not None:
-                self._set(self.spec, "value", f"<pre style='font-size:11px'>{html.escape(json.dumps(e.spec, indent=2))}"
+                self._set(self.spec, "value", f"<pre style='font-size:11px'>{html.escape(json.dumps(e.spec, indent=2), quote=False)}"
                                               "</pre>")
             if self.charts is not None:
                 self.charts.update(metric_series(e))

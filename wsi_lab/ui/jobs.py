@@ -31,7 +31,8 @@ from wsi_lab.runs.progress import ItemStatus
 log = logging.getLogger(__name__)
 
 __all__ = ["JobEntry", "JobSnapshot", "register_job", "registered_jobs", "get_job", "forget_job", "snapshot",
-           "status_rows", "metric_series", "readable_error", "process_memory", "wait_for_change", "KINDS"]
+           "status_rows", "metric_series", "readable_error", "process_memory", "wait_for_change", "KINDS",
+           "start_prediction"]
 
 KINDS = ("training", "tiling", "inference", "other")
 _TRACE_LINE = re.compile(r'^\s*(Traceback \(most recent call last\)|File ".*", line \d+|\^+$)')
@@ -304,3 +305,26 @@ def status_rows(entry: JobEntry) -> list[dict[str, str]]:
         items = {k: (str(ItemStatus.CANCELLED) if v in (ItemStatus.QUEUED, ItemStatus.RUNNING) else v)
                  for k, v in items.items()}
     return [{"slide": k, "status": v} for k, v in items.items()]
+
+
+def start_prediction(checkpoint: Any, table: Any, out: Any = None, label: str | None = None,
+                     **options: Any) -> JobEntry:
+    """Run :func:`wsi_lab.infer.run.predict_slides` in a background thread as a registered inference job
+    (one status row per slide; failed slides are the job's failures; resuming re-runs it, skipping the
+    slides already complete under ``out``). Returns the registry entry; ``entry.job.result()`` is the
+    :class:`~wsi_lab.infer.run.PredictResult`."""
+    from wsi_lab.runs.job import ThreadJob
+
+    def start() -> Job:
+        def target(job: ThreadJob) -> Any:
+            from wsi_lab.infer.run import predict_slides
+
+            res = predict_slides(checkpoint, table, out=out, progress=job.emit, **options)
+            for f in res.failures:
+                job.add_failure(f)
+            job.record_metrics(tiles=len(res.table), slides=len(res.done), failed=len(res.failures))
+            return res
+
+        return ThreadJob(target, name="predict")
+
+    return register_job(start(), "inference", label=label or "predict", restart=start)
