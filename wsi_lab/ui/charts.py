@@ -18,14 +18,17 @@ SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 _METRICS = ("accuracy", "balanced_accuracy", "auc")
 
 
-def _figure(title: str, y_title: str) -> Any:
+def _figure(title: str, y_title: str, splits: tuple[str, ...]) -> Any:
+    """A FigureWidget with one (empty) line per split, made with all its traces: later updates only
+    restyle ``x``/``y`` (adding traces to a shown FigureWidget is where plotly's widget is fragile)."""
     import plotly.graph_objects as go
 
-    fig = go.FigureWidget(layout=go.Layout(
+    traces = [go.Scatter(x=[], y=[], mode="lines+markers", name=s, line={"color": SPLIT_COLOURS.get(s, "#555")})
+              for s in splits]
+    return go.FigureWidget(data=traces, layout=go.Layout(
         title={"text": title, "font": {"size": 13}}, height=240, width=380, margin={"l": 50, "r": 10, "t": 36, "b": 36},
         xaxis={"title": {"text": "epoch"}, "dtick": 1, "rangemode": "tozero"}, yaxis={"title": {"text": y_title}},
         legend={"orientation": "h", "y": -0.3}, template="plotly_white"))
-    return fig
 
 
 class MetricCharts(widgets.HBox):
@@ -33,52 +36,50 @@ class MetricCharts(widgets.HBox):
     what is plotted (kernel side), for tests and the benchmark."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self.loss = _figure("loss", "loss per tile")
+        self.loss = _figure("loss", "loss per tile", ("train", "val"))
         self.metric_name = widgets.Dropdown(options=[n.replace("_", " ") for n in _METRICS], value="accuracy",
                                             layout=widgets.Layout(width="160px"))
-        self.metric = _figure("validation accuracy", "accuracy")
+        self.metric = _figure("validation metric", "accuracy", ("train", "val"))
         self._series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-        self.metric_name.observe(lambda _c: self._draw_metric(force=True), "value")
-        super().__init__([self.loss, widgets.VBox([self.metric, self.metric_name])], **kwargs)
+        self.metric_name.observe(lambda _c: self._draw_metric(), "value")
+        import plotly.graph_objects as go
+
+        # plotly's widget front end (plotly 7.1, anywidget) leaves the first figure a page renders blank:
+        # an invisible 1-px figure goes first so that the charts are never that one
+        self._first = go.FigureWidget(layout={"width": 10, "height": 10})
+        self._first.layout.width, self._first.layout.height = 10, 10
+        self._first_box = widgets.Box([self._first], layout=widgets.Layout(width="0px", height="0px",
+                                                                           overflow="hidden"))
+        super().__init__([self._first_box, self.loss, widgets.VBox([self.metric, self.metric_name])], **kwargs)
         self.add_class("wsi-lab-metric-charts")
         self.loss.add_class("wsi-lab-loss-chart")
         self.metric.add_class("wsi-lab-metric-chart")
 
-    def _set_traces(self, fig: Any, wanted: dict[str, tuple[list[int], list[float]]], force: bool = False) -> None:
-        names = [t.name for t in fig.data]
-        with fig.batch_update():
-            for split, (xs, ys) in wanted.items():
-                colour = SPLIT_COLOURS.get(split)
-                if split not in names:
-                    fig.add_scatter(x=list(xs), y=list(ys), mode="lines+markers", name=split,
-                                    line={"color": colour} if colour else None)
-                    continue
-                trace = fig.data[names.index(split)]
-                if force or tuple(trace.x or ()) != tuple(xs) or tuple(trace.y or ()) != tuple(ys):
-                    trace.x, trace.y = list(xs), list(ys)
-            for name in names:
-                if name not in wanted:
-                    fig.data[names.index(name)].x, fig.data[names.index(name)].y = [], []
+    @staticmethod
+    def _set_traces(fig: Any, wanted: dict[str, tuple[list[int], list[float]]]) -> None:
+        # one restyle of every trace (each figure has two): plotly's widget mis-draws a restyle of one
+        # trace to a one-point list (the front end takes it as a scalar and stops drawing)
+        new = [wanted.get(t.name, ([], [])) for t in fig.data]
+        if any(tuple(t.x or ()) != tuple(v[0]) or tuple(t.y or ()) != tuple(v[1]) for t, v in zip(fig.data, new)):
+            fig.plotly_restyle({"x": [list(v[0]) for v in new], "y": [list(v[1]) for v in new]},
+                               trace_indexes=list(range(len(fig.data))))
 
     def update(self, series: dict[tuple[str, str], tuple[list[int], list[float]]]) -> None:
         """Draw ``{(split, metric): (epochs, values)}``; unchanged traces send nothing."""
         if series == self._series:
             return
         self._series = {k: (list(v[0]), list(v[1])) for k, v in series.items()}
-        available = [n.replace("_", " ") for n in _METRICS if any(m == n for _, m in series)]
-        if available and list(self.metric_name.options) != available:
-            keep = self.metric_name.value if self.metric_name.value in available else available[0]
-            self.metric_name.options = available
-            self.metric_name.value = keep
         self._set_traces(self.loss, {s: v for (s, m), v in self._series.items() if m == "loss"})
         self._draw_metric()
 
-    def _draw_metric(self, force: bool = False) -> None:
+    def _draw_metric(self) -> None:
         name = str(self.metric_name.value or "accuracy").replace(" ", "_")
-        with self.metric.batch_update():
-            self.metric.layout.title.text = f"validation {name.replace('_', ' ')}"
-            self.metric.layout.yaxis.title.text = name.replace("_", " ")
-        self._set_traces(self.metric, {s: v for (s, m), v in self._series.items() if m == name}, force)
+        label = name.replace("_", " ")
+        if self.metric.layout.yaxis.title.text != label:
+            with self.metric.batch_update():
+                self.metric.layout.title.text = f"validation {label}"
+                self.metric.layout.yaxis.title.text = label
+        self._set_traces(self.metric, {s: v for (s, m), v in self._series.items() if m == name})
 
     def points(self) -> int:
         """How many points the loss chart holds now (every split)."""

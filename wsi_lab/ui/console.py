@@ -42,6 +42,10 @@ TASK_CHOICES = {"classify": ("small_cnn", "resnet18", "resnet50"), "vae": ("vae"
 _TABLE_FILE = "table.parquet"
 
 
+def _small() -> widgets.Layout:
+    return widgets.Layout(width="220px")  # one Layout per widget: hiding one must not hide the others
+
+
 def launch_spec(spec: Any) -> Job:
     """Start a validated :class:`JobSpec` on its backend (local / torchrun / horovod through
     :func:`wsi_lab.train.launch`; ``sagemaker`` through ``wsi_lab.cloud.launch`` where it exists)."""
@@ -69,24 +73,23 @@ class JobConsole(widgets.VBox):
         self.rows: dict[str, JobRow] = {}
         self.errors = ErrorBox()
         style = {"description_width": "110px"}
-        small = widgets.Layout(width="220px")
         self.task = widgets.Dropdown(options=list(TASK_CHOICES), value="classify", description="Task", style=style,
-                                     layout=small)
+                                     layout=_small())
         self.model = widgets.Dropdown(options=list(TASK_CHOICES["classify"]), description="Model", style=style,
-                                      layout=small)
-        self.epochs = widgets.BoundedIntText(value=5, min=1, max=100_000, description="Epochs", style=style, layout=small)
+                                      layout=_small())
+        self.epochs = widgets.BoundedIntText(value=5, min=1, max=100_000, description="Epochs", style=style, layout=_small())
         self.batch_size = widgets.BoundedIntText(value=32, min=1, max=65_536, description="Batch (global)",
-                                                 style=style, layout=small)
+                                                 style=style, layout=_small())
         self.lr = widgets.BoundedFloatText(value=1e-3, min=0.0, max=10.0, step=1e-4, description="Learning rate",
-                                           style=style, layout=small)
+                                           style=style, layout=_small())
         self.weight_decay = widgets.BoundedFloatText(value=0.0, min=0.0, max=10.0, step=1e-4,
-                                                     description="Weight decay", style=style, layout=small)
-        self.seed = widgets.IntText(value=0, description="Seed", style=style, layout=small)
+                                                     description="Weight decay", style=style, layout=_small())
+        self.seed = widgets.IntText(value=0, description="Seed", style=style, layout=_small())
         self.precision = widgets.Dropdown(options=["fp32", "bf16", "fp16"], value="fp32", description="Precision",
-                                          style=style, layout=small)
+                                          style=style, layout=_small())
         self.source = widgets.Dropdown(options=[("current Lab tiles", "lab"), ("Parquet file", "file")],
                                        value="lab" if table is not None and not isinstance(table, (str, os.PathLike))
-                                       else "file", description="Data", style=style, layout=small)
+                                       else "file", description="Data", style=style, layout=_small())
         self.table_path = widgets.Text(value=str(table) if isinstance(table, (str, os.PathLike)) else "",
                                        placeholder="tiles/table.parquet", description="Table file", style=style,
                                        layout=widgets.Layout(width="440px"))
@@ -94,19 +97,19 @@ class JobConsole(widgets.VBox):
                                                ("new patient split", "patient")], value="column",
                                       description="Split", style=style, layout=widgets.Layout(width="300px"))
         self.val_fraction = widgets.BoundedFloatText(value=0.25, min=0.05, max=0.9, step=0.05,
-                                                     description="val fraction", style=style, layout=small)
-        self.label_column = widgets.Text(value="label", description="Label column", style=style, layout=small)
+                                                     description="val fraction", style=style, layout=_small())
+        self.label_column = widgets.Text(value="label", description="Label column", style=style, layout=_small())
         backends = [("local", "local"), ("torchrun", "torchrun"), ("Horovod", "horovod")]
         if HAS_CLOUD:
             backends.append(("SageMaker", "sagemaker"))
         self.backend = widgets.ToggleButtons(options=backends, value="local", description="Backend", style=style)
         self.backend.add_class("wsi-lab-console-backend")
         self.nproc = widgets.BoundedIntText(value=2, min=1, max=max(64, os.cpu_count() or 1), description="Processes",
-                                            style=style, layout=small)
-        self.instance_type = widgets.Text(value="ml.m5.xlarge", description="Instance type", style=style, layout=small)
+                                            style=style, layout=_small())
+        self.instance_type = widgets.Text(value="ml.m5.xlarge", description="Instance type", style=style, layout=_small())
         self.instance_count = widgets.BoundedIntText(value=1, min=1, max=64, description="Instances", style=style,
-                                                     layout=small)
-        self.bucket = widgets.Text(placeholder="my-bucket", description="S3 bucket", style=style, layout=small)
+                                                     layout=_small())
+        self.bucket = widgets.Text(placeholder="my-bucket", description="S3 bucket", style=style, layout=_small())
         self.role = widgets.Text(placeholder="arn:aws:iam::…:role/…", description="IAM role", style=style,
                                  layout=widgets.Layout(width="440px"))
         self.sagemaker_box = widgets.VBox([widgets.HBox([self.instance_type, self.instance_count]),
@@ -119,7 +122,7 @@ class JobConsole(widgets.VBox):
         self.jobs_root = widgets.Text(value=str(root), description="Jobs folder", style=style,
                                       layout=widgets.Layout(width="440px"))
         self.name = widgets.Text(value="", placeholder="classify-small_cnn", description="Job name", style=style,
-                                 layout=small)
+                                 layout=_small())
         self.show_button = widgets.Button(description="Show spec", icon="file-code-o")
         self.save_button = widgets.Button(description="Save spec", icon="save")
         self.launch_button = widgets.Button(description="Launch", icon="rocket", button_style="primary")
