@@ -12,7 +12,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-__all__ = ["MetricCharts", "SPLIT_COLOURS"]
+__all__ = ["MetricCharts", "SPLIT_COLOURS", "first_figure"]
 
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 _METRICS = ("accuracy", "balanced_accuracy", "auc")
@@ -31,6 +31,18 @@ def _figure(title: str, y_title: str, splits: tuple[str, ...]) -> Any:
         legend={"orientation": "h", "y": -0.3}, template="plotly_white"))
 
 
+def first_figure() -> Any:
+    """A blank 10-px FigureWidget to display before any chart. plotly 7.1's widget front end can leave the
+    first figure view a page creates blank (its state never reaches the view; seen in JupyterLab 4.6 with
+    anywidget 0.11): whatever shows charts puts one of these first, so no chart is that view."""
+    import plotly.graph_objects as go
+
+    fig = go.FigureWidget(layout={"width": 10, "height": 10, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+                                  "xaxis": {"visible": False}, "yaxis": {"visible": False}})
+    fig.add_class("wsi-lab-plotly-first")
+    return fig
+
+
 class MetricCharts(widgets.HBox):
     """Loss and a validation metric per epoch and split (see the module docstring). ``points()`` counts
     what is plotted (kernel side), for tests and the benchmark."""
@@ -42,15 +54,8 @@ class MetricCharts(widgets.HBox):
         self.metric = _figure("validation metric", "accuracy", ("train", "val"))
         self._series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         self.metric_name.observe(lambda _c: self._draw_metric(), "value")
-        import plotly.graph_objects as go
-
-        # plotly's widget front end (plotly 7.1, anywidget) leaves the first figure a page renders blank:
-        # an invisible 1-px figure goes first so that the charts are never that one
-        self._first = go.FigureWidget(layout={"width": 10, "height": 10})
-        self._first.layout.width, self._first.layout.height = 10, 10
-        self._first_box = widgets.Box([self._first], layout=widgets.Layout(width="0px", height="0px",
-                                                                           overflow="hidden"))
-        super().__init__([self._first_box, self.loss, widgets.VBox([self.metric, self.metric_name])], **kwargs)
+        self._first = first_figure()
+        super().__init__([self._first, self.loss, widgets.VBox([self.metric, self.metric_name])], **kwargs)
         self.add_class("wsi-lab-metric-charts")
         self.loss.add_class("wsi-lab-loss-chart")
         self.metric.add_class("wsi-lab-metric-chart")

@@ -149,7 +149,9 @@ class JobConsole(widgets.VBox):
             widgets.HBox([self.jobs_root, self.name]),
             widgets.HBox([self.show_button, self.save_button, self.launch_button]), self.saved, self.spec_view])
         form.add_class("wsi-lab-console-form")
-        super().__init__([self.errors, form, widgets.HTML("<b>Jobs</b>"), self.jobs_box], **kwargs)
+        from wsi_lab.ui.charts import first_figure
+
+        super().__init__([first_figure(), self.errors, form, widgets.HTML("<b>Jobs</b>"), self.jobs_box], **kwargs)
         self.add_class("wsi-lab-console")
         self._closed = threading.Event()
         self._sync_rows()

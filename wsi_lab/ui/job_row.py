@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import time
 from typing import Any
 
 import ipywidgets as widgets
@@ -94,9 +95,11 @@ class JobRow(widgets.VBox):
             from wsi_lab.ui.charts import MetricCharts
 
             self.charts = MetricCharts()
-        detail = [w for w in (self.charts, self.grid, self.dashboard, self.logs, spec_box) if w is not None]
+        self._created = time.monotonic()
+        self._detail = [self.grid, self.dashboard, self.logs, spec_box]
         head = widgets.HBox([self.title, self.progress, self.cancel_button, self.resume_button, self.remove_button])
-        super().__init__([head, self.stats, self.errors, self.notice, *detail], **kwargs)
+        self._head = [head, self.stats, self.errors, self.notice]
+        super().__init__([*self._head, *self._detail], **kwargs)
         self.add_class("wsi-lab-job-row")
         self.add_class(f"wsi-lab-job-{entry.kind}")
         self._last: dict[str, Any] = {}
@@ -143,7 +146,12 @@ class JobRow(widgets.VBox):
                 self._set(self.spec, "value", f"<pre style='font-size:11px'>{html.escape(json.dumps(e.spec, indent=2), quote=False)}"
                                               "</pre>")
             if self.charts is not None:
-                self.charts.update(metric_series(e))
+                series = metric_series(e)
+                self.charts.update(series)
+                # shown once there is something to draw, and not in the same instant the figures were made:
+                # plotly's widget front end can draw a figure displayed right after its creation blank
+                if series and self.charts not in self.children and time.monotonic() - self._created > 1.0:
+                    self.children = [*self._head, self.charts, *self._detail]
         except Exception as exc:
             log.info("job row %s: refresh failed: %s", e.id, exc)
             log.debug("job row refresh failed", exc_info=True)
