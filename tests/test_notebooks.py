@@ -116,3 +116,28 @@ def test_notebook_03_trains_a_vae_and_reviews_its_latents(tmp_path):
     assert "application/vnd.jupyter.widget-view+json" in str(viewer_cell.outputs)
     gj = json.loads((tmp_path / "geojson" / "CMU-1-Small-Region.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) > 10
+
+
+def test_notebook_04_trains_from_the_console_and_with_torchrun(tmp_path):
+    pytest.importorskip("torch")
+    nb = nbformat.read(NOTEBOOKS / "04_train_classifier.ipynb", as_version=4)
+    client = _client(nb, tmp_path)
+    task, check = _tagged(nb, "task"), _tagged(nb, "check")
+    with client.setup_kernel():
+        for i in range(check + 1):
+            client.execute_cell(nb.cells[i], i)
+        starter = _text(nb.cells[check])
+        nb.cells[task].source = "BATCH_SIZE = 8"
+        for i in (task, check):
+            client.execute_cell(nb.cells[i], i)
+        solved = _text(nb.cells[check])
+        for i in range(check + 1, len(nb.cells)):
+            client.execute_cell(nb.cells[i], i)
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "❌ Not yet" in starter and "✅ Right" in solved, (starter, solved)
+    assert "local job: done" in text and "torchrun job: done" in text
+    console_cell = next(c for c in nb.cells if c.cell_type == "code" and "JobConsole(" in c.source)
+    assert "application/vnd.jupyter.widget-view+json" in str(console_cell.outputs)
+    assert (tmp_path / "04" / "torchrun" / "checkpoints" / "last.pt").is_file()
+    assert any(c.cell_type == "markdown" and c.source.startswith("## The same spec on SageMaker") for c in nb.cells)
