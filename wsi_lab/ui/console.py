@@ -71,6 +71,7 @@ class JobConsole(widgets.VBox):
         self._table = table
         self.refresh_s = float(refresh_s)
         self.rows: dict[str, JobRow] = {}
+        self._rows_lock = threading.RLock()
         self.errors = ErrorBox()
         style = {"description_width": "110px"}
         self.task = widgets.Dropdown(options=list(TASK_CHOICES), value="classify", description="Task", style=style,
@@ -294,6 +295,10 @@ class JobConsole(widgets.VBox):
         row.close()
 
     def _sync_rows(self) -> None:
+        with self._rows_lock:  # the refresh thread and button clicks both come here
+            self._sync_rows_locked()
+
+    def _sync_rows_locked(self) -> None:
         entries = registered_jobs()
         known = {e.id for e in entries}
         for e in entries:
@@ -307,12 +312,13 @@ class JobConsole(widgets.VBox):
 
     def refresh(self) -> None:
         """Add rows for new jobs and refresh the rows of unfinished (or just finished) jobs."""
-        self._sync_rows()
-        for row in list(self.rows.values()):
-            if not row.entry.job.done() or row._last.get("final") is not row.entry.job:
-                row.refresh()
-                if row.entry.job.done():
-                    row._last["final"] = row.entry.job
+        with self._rows_lock:
+            self._sync_rows_locked()
+            for row in list(self.rows.values()):
+                if not row.entry.job.done() or row._last.get("final") is not row.entry.job:
+                    row.refresh()
+                    if row.entry.job.done():
+                        row._last["final"] = row.entry.job
 
     def _tick(self) -> None:
         gen = -1
