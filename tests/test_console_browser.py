@@ -12,7 +12,15 @@ import time
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
+from tests.jupyter_env import (
+    REPO,
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
 
 pytest.importorskip("torch")
 pytestmark = browser_marks()
