@@ -150,7 +150,8 @@ class JobRow(widgets.VBox):
                 self.charts.update(series)
                 # shown once there is something to draw, and not in the same instant the figures were made:
                 # plotly's widget front end can draw a figure displayed right after its creation blank
-                if series and self.charts not in self.children and time.monotonic() - self._created > 1.0:
+                shown = list(self.children)  # type: ignore[has-type]
+                if series and self.charts not in shown and time.monotonic() - self._created > 1.0:
                     self.children = [*self._head, self.charts, *self._detail]
         except Exception as exc:
             log.info("job row %s: refresh failed: %s", e.id, exc)
