@@ -12,6 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests._moto import moto_endpoint  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 SHARED = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", REPO.parent / "shared" / "data" / "slides"))
@@ -163,3 +165,31 @@ def test_notebook_05_reviews_predictions_and_retrains_on_the_decisions(tmp_path)
     from wsi_lab.data.table import read_table
     reviewed = read_table(tmp_path / "review_tiles_v2.parquet")
     assert reviewed.attrs["wsi_lab"]["review"]["labels_from_review"] == 3
+
+
+def test_notebook_04_trains_from_the_console_and_with_torchrun(tmp_path, moto_endpoint, monkeypatch):  # noqa: F811
+    pytest.importorskip("torch")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the SageMaker cells submit to the local endpoint
+    nb = nbformat.read(NOTEBOOKS / "04_train_classifier.ipynb", as_version=4)
+    client = _client(nb, tmp_path)
+    task, check = _tagged(nb, "task"), _tagged(nb, "check")
+    with client.setup_kernel():
+        for i in range(check + 1):
+            client.execute_cell(nb.cells[i], i)
+        starter = _text(nb.cells[check])
+        nb.cells[task].source = "BATCH_SIZE = 8"
+        for i in (task, check):
+            client.execute_cell(nb.cells[i], i)
+        solved = _text(nb.cells[check])
+        for i in range(check + 1, len(nb.cells)):
+            client.execute_cell(nb.cells[i], i)
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "Traceback" not in _streams(nb)
+    assert "❌ Not yet" in starter and "✅ Right" in solved, (starter, solved)
+    assert "local job: done" in text and "torchrun job: done" in text
+    console_cell = next(c for c in nb.cells if c.cell_type == "code" and "JobConsole(" in c.source)
+    assert "application/vnd.jupyter.widget-view+json" in str(console_cell.outputs)
+    assert (tmp_path / "04" / "torchrun" / "checkpoints" / "last.pt").is_file()
+    assert any(c.cell_type == "markdown" and c.source.startswith("## The same spec on SageMaker") for c in nb.cells)
+    assert "sagemaker job: done" in text, text[-2000:]
+    assert re.search(r"'sagemaker_mpi_num_of_processes_per_host': '\"?4\"?'", text), text[-2000:]

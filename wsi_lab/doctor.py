@@ -111,12 +111,15 @@ def check_environment(deep: bool = False) -> list[Check]:
         _module_check("torch", "torch", "torch", "pip install 'wsi-lab[torch]' (CPU machines: pip install torch==<local CPU wheel>)",
                       _torch_detail),
         _module_check("TensorFlow", "tensorflow", "tensorflow-cpu", "pip install 'wsi-lab[tf]'", deep=deep),
+        _module_check("Dask dashboard (bokeh)", "bokeh", "bokeh", "pip install 'bokeh>=3.1'"),
         _module_check("Horovod", "horovod.torch", "horovod",
-                      "pip install 'wsi-lab[horovod]' (needs the C++17 build patch; see README)", deep=deep),
+                      "bash scripts/install_horovod.sh (builds Horovod with its C++20 build patch; see README)", deep=deep),
         _module_check("SageMaker (boto3)", "boto3", "boto3", "pip install 'wsi-lab[sagemaker]'", _sagemaker_detail),
         _module_check("napari", "napari", "napari", "pip install 'wsi-lab[napari]'", deep=deep),
         _module_check("JupyterLab", "jupyterlab", "jupyterlab", "pip install 'wsi-lab[ui]'"),
         _module_check("anywidget", "anywidget", "anywidget", "pip install 'wsi-lab[ui]'"),
+        _module_check("jupyter-server-proxy (Dask dashboard link)", "jupyter_server_proxy", "jupyter-server-proxy",
+                      "pip install jupyter-server-proxy"),
     ]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     checks.append(Check("Chromium (browser tests)", chromium is not None, None, chromium or "",

@@ -251,6 +251,33 @@ def _tiling_panel(lab: Lab) -> widgets.Widget:
 
     panel = TilingPanel(slides=lambda: st.selected, params=params, overrides=lambda: st.overrides)
     panel.observe(lambda change: setattr(st, "tiles", change["new"]), "table")
+
+    def to_console(change) -> None:  # the Jobs tab shows tiling runs too
+        if change["new"] and panel.job is not None:
+            from wsi_lab.ui.jobs import register_job
+
+            register_job(panel.job, "tiling", label=f"tiling {len(panel.slides())} slide(s)")
+
+    panel.observe(to_console, "running")
+    return panel
+
+
+def _jobs_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.console import JobConsole
+
+    return JobConsole(table=lambda: lab.state.tiles)
+
+
+def _doctor_panel(lab: Lab) -> widgets.Widget:
+    from wsi_lab.ui.doctor_panel import DoctorPanel
+
+    panel = DoctorPanel(run=False)  # the checks import torch & co: run them when the tab is first shown
+
+    def on_tab(change) -> None:
+        if lab.panels.get("Doctor") is panel and lab.tabs.titles[change["new"] or 0] == "Doctor" and not panel.checks:
+            panel.run()
+
+    lab.tabs.observe(on_tab, "selected_index")
     return panel
 
 
@@ -274,3 +301,5 @@ def _explorer_panel(lab: Lab) -> widgets.Widget:
 
 register_panel("Review", _review_panel, order=60)
 register_panel("Explorer", _explorer_panel, order=70)
+register_panel("Jobs", _jobs_panel, order=50)
+register_panel("Doctor", _doctor_panel, order=90)

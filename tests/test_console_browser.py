@@ -1,0 +1,83 @@
+"""The Job console in a REAL JupyterLab + headless Chromium: press Launch on a tiny small_cnn job and watch
+the loss chart grow epoch by epoch (plotted points counted in the page before and after), then the row
+says done. The README picture ``docs/console.png`` comes from this run (rewritten when missing or with
+``WSI_LAB_UPDATE_SCREENSHOT=1``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+from PIL import Image
+
+from tests.jupyter_env import (
+    REPO,
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
+
+pytest.importorskip("torch")
+pytestmark = browser_marks()
+
+SETUP = """
+from pathlib import Path
+from tests._traindata import make_cohort
+from wsi_lab.ui.console import JobConsole
+table = make_cohort(Path("data"), slides=2, tile_size=32, read_size=64, width=256, height=256)
+console = JobConsole(table=str(table), jobs_root="jobs")
+console.epochs.value, console.batch_size.value = 4, 8
+console
+"""
+
+_POINTS = "() => document.querySelectorAll('.wsi-lab-loss-chart .scatterlayer .trace .points path').length"
+
+
+def test_launch_from_the_panel_and_watch_the_loss_chart_grow(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / "console.ipynb", [SETUP])
+    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1300)) as page:
+        open_notebook(page, srv, "console.ipynb")
+        run_all_cells(page)
+        page.wait_for_selector(".wsi-lab-console .wsi-lab-console-launch", timeout=60_000)
+        page.locator(".wsi-lab-console .wsi-lab-console-launch").click()
+        seen: list[int] = []  # the plotted points, each time the count changes
+        try:
+            page.wait_for_selector(".wsi-lab-console .wsi-lab-job-row .wsi-lab-loss-chart .main-svg", timeout=60_000)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                n = page.evaluate(_POINTS)
+                if not seen or n != seen[-1]:
+                    seen.append(n)
+                if n == 8 and page.locator(".wsi-lab-console .wsi-lab-job-done").count():
+                    break
+                page.wait_for_timeout(150)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "console_fail.png"))
+            raise
+        # the chart grew while the job ran (not drawn once at the end): 0 → ... → 8 (4 epochs x train, val)
+        assert seen[-1] == 8 and seen == sorted(seen), seen
+        assert len([n for n in seen if 0 < n < 8]) >= 2, seen
+        row = page.locator(".wsi-lab-console .wsi-lab-job-row").first
+        text = row.inner_text()
+        assert "tiles/s" in text and "4/4 epochs" in text and "Traceback" not in text
+        grid = row.locator(".wsi-lab-job-grid tbody tr")
+        assert grid.count() == 4 and "done" in grid.last.inner_text()
+        assert page.locator(".wsi-lab-console .wsi-lab-console-spec").inner_text().count('"epochs": 4') == 1
+        # the screenshot: kept as the test's artefact and the README picture
+        png = page.locator(".wsi-lab-console").screenshot()
+        (tmp_path / "console.png").write_bytes(png)
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        img.thumbnail((1100, 1400))
+        buf = io.BytesIO()
+        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
+        shot = REPO / "docs" / "console.png"
+        if os.environ.get("WSI_LAB_UPDATE_SCREENSHOT") or not shot.exists():
+            shot.write_bytes(buf.getvalue())
+        assert not [e for e in page.console_errors if "plotly" in e.lower()], page.console_errors
