@@ -31,7 +31,7 @@ from tests._traindata import make_cohort
 from wsi_lab.ui.console import JobConsole
 table = make_cohort(Path("data"), slides=2, tile_size=32, read_size=64, width=256, height=256)
 console = JobConsole(table=str(table), jobs_root="jobs")
-console.epochs.value, console.batch_size.value = 4, 8
+console.epochs.value, console.batch_size.value = 6, 8
 console
 """
 
@@ -55,21 +55,22 @@ def test_launch_from_the_panel_and_watch_the_loss_chart_grow(tmp_path):
                 n = page.evaluate(_POINTS)
                 if not seen or n != seen[-1]:
                     seen.append(n)
-                if n == 8 and page.locator(".wsi-lab-console .wsi-lab-job-done").count():
+                if n == 12 and page.locator(".wsi-lab-console .wsi-lab-job-done").count():
                     break
                 page.wait_for_timeout(150)
         except Exception:
             page.screenshot(path=str(tmp_path / "console_fail.png"))
             raise
-        # the chart grew while the job ran (not drawn once at the end): 0 → ... → 8 (4 epochs x train, val)
-        assert seen[-1] == 8 and seen == sorted(seen), seen
-        assert len([n for n in seen if 0 < n < 8]) >= 2, seen
+        # the chart grew while the job ran (not drawn once at the end): ... → 12 (6 epochs x train, val); on a loaded
+        # machine the chart may first appear with a few epochs already in it
+        assert seen[-1] == 12 and seen == sorted(seen), seen
+        assert len([n for n in seen if 0 < n < 12]) >= 1, seen
         row = page.locator(".wsi-lab-console .wsi-lab-job-row").first
         text = row.inner_text()
-        assert "tiles/s" in text and "4/4 epochs" in text and "Traceback" not in text
+        assert "tiles/s" in text and "6/6 epochs" in text and "Traceback" not in text
         grid = row.locator(".wsi-lab-job-grid tbody tr")
         assert grid.count() == 4 and "done" in grid.last.inner_text()
-        assert page.locator(".wsi-lab-console .wsi-lab-console-spec").inner_text().count('"epochs": 4') == 1
+        assert page.locator(".wsi-lab-console .wsi-lab-console-spec").inner_text().count('"epochs": 6') == 1
         # the screenshot: kept as the test's artefact and the README picture
         png = page.locator(".wsi-lab-console").screenshot()
         (tmp_path / "console.png").write_bytes(png)
