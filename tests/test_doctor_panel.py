@@ -10,7 +10,7 @@ from wsi_lab.ui.doctor_panel import DoctorPanel, checks_html
 def test_the_report_names_every_part_with_a_fix_for_the_missing_ones():
     checks = check_environment()
     names = {c.name for c in checks}
-    assert {"Dask distributed", "Dask dashboard (bokeh)", "Horovod", "SageMaker (boto3)", "SageMaker SDK", "napari",
+    assert {"Dask distributed", "Dask dashboard (bokeh)", "Horovod", "SageMaker (boto3)", "napari",
             "Chromium (browser tests)", "torch", "jupyter-server-proxy (Dask dashboard link)"} <= names
     for c in checks:
         assert c.ok or c.hint, c
