@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._moto import moto_endpoint  # noqa: F401
+
 pytest.importorskip("torch")
 
 from tests._traindata import make_cohort  # noqa: E402
@@ -94,3 +96,47 @@ def test_a_corrupt_pipe_stream_fails_the_job_with_a_reason(tmp_path, monkeypatch
     agent.join(10)
     assert "DataError" in (ml / "output" / "failure").read_text()
     assert not (ml / "model" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path):  # noqa: F811
+    """Launch against moto: the export's training shards are uploaded, each process's channel lists its own
+    (an S3 manifest file), sharded over the hosts; the framework image reads the pipes (no image_uri)."""
+    from wsi_lab.cloud import CloudSession
+    from wsi_lab.cloud.training import launch
+    from wsi_lab.cloud.upload import parse_s3_uri
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.train.spec import JobSpec
+
+    session = CloudSession(region="us-east-1", endpoint_url=moto_endpoint)
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="wsi-lab-pipe")
+    table = make_cohort(tmp_path / "cohort", tile_size=32, read_size=64, width=256, height=256)
+    export_tfrecord(read_table(table), tmp_path / "export", shards=4, variant="jpeg", workers=1)
+    block = {"bucket": "wsi-lab-pipe", "role": "arn:aws:iam::123456789012:role/SageMakerRole",
+             "instance_type": "ml.g5.12xlarge", "instance_count": 2, "distribution": "mpi", "processes_per_host": 2,
+             "input_mode": "Pipe"}
+    spec = JobSpec.from_dict({"task": "classify", "table": str(tmp_path / "export"), "out": str(tmp_path / "out"),
+                              "epochs": 1, "batch_size": 8, "model": "small_cnn", "backend": "sagemaker",
+                              "sagemaker": block})
+    job = launch(spec, session=session)
+    d = session.client("sagemaker").describe_training_job(TrainingJobName=job.job_name)
+    assert "pytorch-training:" in d["AlgorithmSpecification"]["TrainingImage"]
+    assert d["AlgorithmSpecification"]["TrainingInputMode"] == "Pipe"
+    hps = {k: json.loads(v) for k, v in d["HyperParameters"].items()}
+    assert hps["wsi_lab_classes"] == ["a", "b"] and hps["wsi_lab_tile_size"] == 32
+    listed = []
+    for i, ch in enumerate(d["InputDataConfig"]):
+        src = ch["DataSource"]["S3DataSource"]
+        assert ch["ChannelName"] == f"train_{i}" and ch["InputMode"] == "Pipe" and ch["ShuffleConfig"]["Seed"] == 0
+        assert src["S3DataType"] == "ManifestFile" and src["S3DataDistributionType"] == "ShardedByS3Key"
+        loc = parse_s3_uri(src["S3Uri"])
+        prefix, *keys = json.loads(s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+        base = parse_s3_uri(prefix["prefix"])
+        for k in keys:  # every listed shard is in the bucket
+            assert s3.head_object(Bucket=base.bucket, Key=base.key + k)["ContentLength"] > 0
+        listed.append(keys)
+    assert len(listed) == 2 and not set(listed[0]) & set(listed[1]) and len(listed[0] + listed[1]) == 4
+    assert any(line.startswith("5 file(s) uploaded") for line in job.logs())  # the code and 4 shards
+    assert any(line.startswith("0 file(s) uploaded") for line in launch(spec, session=session).logs())
+    with pytest.raises(InvalidParameterError, match="not a finished TFRecord export"):
+        launch(spec.with_changes(table=str(table)), session=session)
