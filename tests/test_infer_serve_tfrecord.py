@@ -24,8 +24,7 @@ def server(tmp_path_factory):
     model = TileClassifier("small_cnn", classes=["a", "b"], input_size=32).eval()
     ckpt = save_checkpoint(tmp_path_factory.mktemp("serve-tfr") / "m.pt", model)
     with ModelServer(ckpt, max_body=1 << 20) as srv:
-        srv.reference = model
-        yield srv
+        yield srv, model
 
 
 def _post(srv, body: bytes, ctype: str = TFRECORD_TYPE):
@@ -43,9 +42,10 @@ def _records(tiles: np.ndarray, variant: str) -> bytes:
 
 
 def test_single_and_multi_record_requests_answer_each_record_with_its_key(server):
+    server, reference = server
     tiles = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     with torch.no_grad():
-        ref = torch.softmax(server.reference(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255), 1).numpy()
+        ref = torch.softmax(reference(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255), 1).numpy()
     status, doc = _post(server, _records(tiles[:1], "raw"))  # SingleRecord
     assert status == 200 and np.allclose(doc["predictions"], ref[:1], atol=1e-5)
     assert doc["records"] == [{"slide_id": "s0", "x": 0, "y": 128, "label": 0}]
@@ -61,8 +61,18 @@ def test_single_and_multi_record_requests_answer_each_record_with_its_key(server
     (b"".join(frame_record(b"\x0a\x00")), "not a WSI Lab tile record"),  # a framed Example with no image
 ])
 def test_malformed_records_get_400_and_the_server_keeps_serving(server, body, words):
+    server = server[0]
     status, doc = _post(server, body)
     assert status == 400 and words in doc["error"]
     good = _records(np.zeros((1, 32, 32, 3), np.uint8), "raw")
     assert _post(server, good[:-3])[0] == 400  # a truncated record
     assert _post(server, good)[0] == 200
+
+
+def test_a_multi_record_body_over_the_instance_cap_is_answered_in_chunks(server):
+    """MultiRecord fills MaxPayloadInMB: more records than one model batch (256) still get one answer each."""
+    server = server[0]
+    body = _records(np.zeros((300, 32, 32, 3), np.uint8), "raw")
+    status, doc = _post(server, body)
+    assert status == 200 and len(doc["predictions"]) == len(doc["records"]) == 300
+    assert doc["records"][299]["slide_id"] == "s299"

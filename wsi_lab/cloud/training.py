@@ -283,9 +283,7 @@ def _pipe_inputs(spec: JobSpec, session: CloudSession, s: Mapping[str, Any], cod
             aws_call("PutObject", session.client("s3").put_object, Bucket=key.bucket, Key=key.key, Body=body,
                      what=base)
             sources.append({"uri": base + f"channels/train_{i}.manifest", "type": "ManifestFile"})
-    records = iter_tfrecord(root / shards[0])
-    first = decode_tile_record(next(records))
-    records.close()
+    first = decode_tile_record(next(iter(iter_tfrecord(root / shards[0]))))  # the export writes no empty shard
     index = manifest.get("label_index") or {}
     hps = {"wsi_lab_classes": [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])],
            "wsi_lab_tile_size": int(first.image.shape[0])}

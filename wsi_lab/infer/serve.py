@@ -1,8 +1,9 @@
 """A model endpoint with SageMaker's inference contract, on the standard library's threaded HTTP server
 (loopback by default): ``GET /ping`` → 200 once the model is loaded; ``POST /invocations`` with
 ``image/png`` or ``image/jpeg`` (one tile), ``application/x-tfrecord`` (one or more framed export records:
-the answer also echoes each record's ``slide_id``/``x``/``y``/``label`` as ``records``) or ``application/json`` (``{"instances": [H×W×3 arrays of
-0–255 values, ...]}``, the TensorFlow-Serving request shape) → ``{"predictions": [[p_0, ..., p_k], ...]}``
+the answer also echoes each record's ``slide_id``/``x``/``y``/``label`` as ``records``) or ``application/json``
+(``{"instances": [H×W×3 arrays of 0–255 values, ...]}``, the TensorFlow-Serving request shape)
+→ ``{"predictions": [[p_0, ..., p_k], ...]}``
 (class probabilities; a VAE answers its latent means, an attention-MIL model takes bags of feature
 vectors). Malformed bodies answer 400 with a message, bodies over ``max_body`` bytes 413 (not read),
 tiles of the wrong size 400 or are resized (``resize=True``); the server keeps serving after each."""
@@ -107,10 +108,7 @@ class ModelServer:
         if self.lm.kind == "mil":
             raise BadRequest("an attention-MIL model takes application/json bags of feature vectors, not tiles")
         try:
-            records = split_records(body, "body")
-            if len(records) > MAX_INSTANCES:
-                raise BadRequest(f"at most {MAX_INSTANCES} records per request, got {len(records)}", 413)
-            tiles = [decode_tile_record(r) for r in records]
+            tiles = [decode_tile_record(r) for r in split_records(body, "body")]  # as many as max_body holds
         except DataError as exc:
             raise BadRequest(f"body is not {TFRECORD_TYPE} records of the WSI Lab export schemas ({exc})") from exc
         arrs = [self._tile(t.image, n).astype(np.uint8) for n, t in enumerate(tiles)]
@@ -227,8 +225,10 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             try:
                 ctype = self.headers.get("Content-Type", "")
                 if ctype.split(";")[0].strip().lower() == TFRECORD_TYPE:  # records: echo where each tile is from
-                    tiles, keys = server.decode_tfrecord(body)
-                    self._send(200, {"predictions": server.predict(tiles), "records": keys})
+                    tiles, keys = server.decode_tfrecord(body)  # MultiRecord fills MaxPayloadInMB: run in chunks
+                    preds = [p for i in range(0, len(tiles), MAX_INSTANCES)
+                             for p in server.predict(tiles[i:i + MAX_INSTANCES])]
+                    self._send(200, {"predictions": preds, "records": keys})
                 else:
                     self._send(200, {"predictions": server.predict(server.decode(ctype, body))})
             except BadRequest as exc:
