@@ -103,12 +103,6 @@ def test_an_mpi_training_job_is_created_as_the_sdk_would(session, cohort, tmp_pa
       "input_mode": "FastFile"},
      lambda d: d["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
      and d["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"),
-    ({"instance_type": "ml.g5.12xlarge", "instance_count": 2, "distribution": "mpi", "processes_per_host": 4,
-      "input_mode": "Pipe", "image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/wsi-lab:1"},
-     lambda d: [c["ChannelName"] for c in d["InputDataConfig"]] == ["train_0", "train_1", "train_2", "train_3"]
-     and all(c["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "ShardedByS3Key"
-             and c["ShuffleConfig"]["Seed"] == 0 and c["InputMode"] == "Pipe" for c in d["InputDataConfig"])
-     and d["AlgorithmSpecification"]["TrainingImage"].endswith("wsi-lab:1")),
     ({"instance_type": "ml.p4d.24xlarge", "file_system": {"id": "fs-0123456789abcdef0", "type": "FSxLustre", "path": "/fsx/cohort"},
       "vpc": {"subnets": ["subnet-1"], "security_group_ids": ["sg-1"]}},
      lambda d: d["InputDataConfig"][0]["DataSource"]["FileSystemDataSource"]["FileSystemType"] == "FSxLustre"

@@ -22,6 +22,7 @@ from wsi_lab.cloud.job import SageMakerJob
 from wsi_lab.cloud.session import CloudSession, aws_call
 from wsi_lab.cloud.upload import check_bucket, is_s3, parse_s3_uri, s3_uri, upload_file
 from wsi_lab.errors import DataError, InvalidParameterError
+from wsi_lab.infer.serve import TFRECORD_TYPE
 from wsi_lab.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ __all__ = ["SERVED_TYPES", "package_model", "create_model", "Endpoint", "deploy"
            "batch_transform", "read_transform_outputs"]
 
 #: request types the WSI Lab endpoint answers (wsi_lab.infer.serve)
-SERVED_TYPES = ("image/jpeg", "image/png", "application/json")
+SERVED_TYPES = ("image/jpeg", "image/png", "application/json", TFRECORD_TYPE)
 _TILE_KEY = re.compile(r"(?:^|/)([^/]+)/tiles/(-?\d+)_(-?\d+)\.(?:jpg|jpeg|png)\.out$")
 
 
@@ -141,11 +142,13 @@ def deploy(model_name: str, instance_type: str = "ml.g4dn.xlarge", instance_coun
 def transform_request(model_name: str, input_uri: str, output_uri: str, job_name: str,
                       instance_type: str = "ml.g5.xlarge", instance_count: int = 1, max_concurrent_transforms: int = 4,
                       max_payload_mb: int = 6, content_type: str = "image/jpeg") -> dict[str, Any]:
-    """The ``CreateTransformJob`` request (pure): one request per tile object (``SplitType`` None)."""
+    """The ``CreateTransformJob`` request (pure): one request per tile object (``SplitType`` None), or, for
+    TFRecord shards (``content_type`` ``application/x-tfrecord``), ``SplitType`` TFRecord with ``MultiRecord``
+    batches of records up to ``max_payload_mb`` and the answers assembled one per line."""
     if content_type not in SERVED_TYPES:
         raise InvalidParameterError(
-            f"content_type: {content_type!r} is not served by the WSI Lab endpoint ({', '.join(SERVED_TYPES)}); "
-            "TFRecord shards need a server that decodes them: export JPEG tiles (--materialize jpeg) for transform")
+            f"content_type: {content_type!r} is not served by the WSI Lab endpoint ({', '.join(SERVED_TYPES)})")
+    records = content_type == TFRECORD_TYPE
     if not 1 <= max_payload_mb <= 100:
         raise InvalidParameterError(f"max_payload_mb: SageMaker takes 1-100 MB, got {max_payload_mb}")
     if max_concurrent_transforms < 1:
@@ -153,10 +156,12 @@ def transform_request(model_name: str, input_uri: str, output_uri: str, job_name
     return {
         "TransformJobName": job_name, "ModelName": model_name,
         "MaxConcurrentTransforms": max_concurrent_transforms, "MaxPayloadInMB": max_payload_mb,
-        "BatchStrategy": "SingleRecord",
+        "BatchStrategy": "MultiRecord" if records else "SingleRecord",
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-                           "ContentType": content_type, "SplitType": "None", "CompressionType": "None"},
-        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
+                           "ContentType": content_type, "SplitType": "TFRecord" if records else "None",
+                           "CompressionType": "None"},
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json",
+                            "AssembleWith": "Line" if records else "None"},
         "TransformResources": {"InstanceType": instance_type, "InstanceCount": instance_count},
         "Environment": {"WSI_LAB_MAX_BODY_MB": str(max_payload_mb)},
     }
@@ -165,7 +170,9 @@ def transform_request(model_name: str, input_uri: str, output_uri: str, job_name
 def batch_transform(model_name: str, input_uri: str, output_uri: str, session: CloudSession | None = None,
                     job_name: str | None = None, **options: Any) -> SageMakerJob:
     """Start Batch Transform of every tile under ``input_uri`` (e.g. a tiling job's ``*/tiles/*.jpg``) into
-    ``output_uri`` (one ``<key>.out`` JSON per tile); ``options`` go to :func:`transform_request`
+    ``output_uri`` (one ``<key>.out`` JSON per tile), or, with ``content_type="application/x-tfrecord"``, of
+    every record of the TFRecord shards under ``input_uri`` (one ``<shard>.out`` per shard, a JSON answer
+    per line); ``options`` go to :func:`transform_request`
     (``instance_type``, ``instance_count``, ``max_concurrent_transforms``, ``max_payload_mb``, ``content_type``)."""
     session_kw = {k: options.pop(k) for k in ("region", "profile", "endpoint_url") if k in options}
     session = session or CloudSession.from_settings(None, **session_kw)
@@ -182,7 +189,8 @@ def batch_transform(model_name: str, input_uri: str, output_uri: str, session: C
 def read_transform_outputs(output_uri: str, table: Any, classes: list[str],
                            session: CloudSession | None = None, **session_kw: Any):
     """The predictions TileTable: ``table`` plus ``prob_<class>`` (float32) and ``pred`` from the
-    ``<slide_id>/tiles/<x>_<y>.jpg.out`` objects under ``output_uri``. Rows without an output keep NaN
+    ``<slide_id>/tiles/<x>_<y>.jpg.out`` objects under ``output_uri``, and from the ``*.tfrecord.out``
+    objects of a TFRecord transform (one answer per line, its ``records`` naming each tile's slide/x/y). Rows without an output keep NaN
     (counted in ``attrs['wsi_lab']['predict']['missing']``); a malformed output is a :class:`DataError`."""
     import numpy as np
 
@@ -196,9 +204,12 @@ def read_transform_outputs(output_uri: str, table: Any, classes: list[str],
     for page in pages:
         for obj in page.get("Contents", []):
             m = _TILE_KEY.search(obj["Key"])
-            if not m:
+            if not m and not obj["Key"].endswith(".tfrecord.out"):
                 continue
             body = aws_call("GetObject", s3.get_object, Bucket=src.bucket, Key=obj["Key"], what=obj["Key"])["Body"].read()
+            if not m:
+                found.update(_record_outputs(body, f"s3://{src.bucket}/{obj['Key']}", len(classes)))
+                continue
             try:
                 probs = json.loads(body)["predictions"][0]
                 if len(probs) != len(classes):
@@ -223,4 +234,26 @@ def read_transform_outputs(output_uri: str, table: Any, classes: list[str],
     if not have.any() and len(out):
         raise CloudError(f"{output_uri}: no transform output matches the table's tiles", code="NoOutputs",
                          operation="ListObjectsV2", action="check the transform job's status and output path")
+    return out
+
+
+def _record_outputs(body: bytes, where: str, n_classes: int) -> dict[tuple[str, int, int], list[float]]:
+    """``{(slide_id, x, y): probabilities}`` of a TFRecord transform output: one JSON answer per line, each
+    ``{"predictions": [...], "records": [{"slide_id", "x", "y"}, ...]}`` (:class:`DataError` if malformed)."""
+    out: dict[tuple[str, int, int], list[float]] = {}
+    for n, line in enumerate(body.decode("utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            preds, keys = doc["predictions"], doc["records"]
+            if len(preds) != len(keys):
+                raise ValueError(f"{len(preds)} predictions for {len(keys)} records")
+            for probs, key in zip(preds, keys, strict=True):
+                if len(probs) != n_classes:
+                    raise ValueError(f"{len(probs)} values for {n_classes} classes")
+                out[(str(key["slide_id"]), int(key["x"]), int(key["y"]))] = [float(p) for p in probs]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise DataError(f"{where}: line {n + 1} is not a prediction of {n_classes} classes with its records "
+                            f"({exc})") from exc
     return out

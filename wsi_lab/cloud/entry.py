@@ -7,7 +7,8 @@ container's paths: the table from ``SM_CHANNEL_TRAIN``, slide paths re-pointed a
 backend from the distribution (``mpi`` -> horovod, ``torch_distributed`` -> torchrun). Then WSI Lab's one
 entry point runs it (``wsi_lab.train.run.main``: the ``Training Loss:`` lines SageMaker's metric
 definitions parse). A typed error is also written to ``/opt/ml/output/failure`` (SageMaker's
-``FailureReason``).
+``FailureReason``). Channels ``train_<i>`` in Pipe mode (``SM_INPUT_DATA_CONFIG``) stream TFRecord shards
+instead: :mod:`wsi_lab.cloud.pipe` trains on them with the same loop.
 
 ``serve``: the model server (``/ping``, ``/invocations``) over the checkpoint in ``SM_MODEL_DIR``, on
 port 8080 (``SAGEMAKER_BIND_TO_PORT``) of every interface (``WSI_LAB_SERVE_HOST`` to change it).
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPEC_KEYS", "container_spec", "find_checkpoint", "hyperparameters", "main"]
+__all__ = ["SPEC_KEYS", "container_spec", "pipe_spec", "find_checkpoint", "hyperparameters", "main"]
 
 #: the spec keys a training job carries as hyper-parameters (paths, backend and the block are the container's)
 SPEC_KEYS = ("task", "model", "epochs", "batch_size", "lr", "weight_decay", "seed", "num_workers", "precision",
@@ -84,17 +85,32 @@ def container_spec(env: Mapping[str, str] | None = None, workdir: str | os.PathL
         meta.pop("slide_path", None)
     work = Path(workdir or tempfile.mkdtemp(prefix="wsi-lab-job-"))
     local_table = write_table(table, work / "table.parquet")
-    if hps.get("sagemaker_mpi_enabled"):
-        backend = "horovod"
-    elif hps.get("sagemaker_torch_distributed_enabled") or _world(env) > 1:
-        backend = "torchrun"
-    else:
-        backend = "local"
     d = {k: hps[k] for k in SPEC_KEYS if k in hps}
-    d.update(table=str(local_table), out=env.get("SM_MODEL_DIR", "/opt/ml/model"), backend=backend, nproc=_world(env))
+    d.update(table=str(local_table), out=env.get("SM_MODEL_DIR", "/opt/ml/model"), backend=_backend(hps, env),
+             nproc=_world(env))
     if env.get("SM_CHANNEL_FEATURES"):
         d["features"] = env["SM_CHANNEL_FEATURES"]
     return JobSpec.from_dict(d), work
+
+
+def pipe_spec(env: Mapping[str, str]):
+    """The spec of a Pipe-mode job (its ``train*`` channels stream TFRecord shards): the hyper-parameters'
+    keys, ``table`` = the FIFO folder, ``out`` = ``SM_MODEL_DIR``, the backend from the distribution."""
+    from wsi_lab.train.spec import JobSpec
+
+    hps = hyperparameters(env)
+    d = {k: hps[k] for k in SPEC_KEYS if k in hps}
+    d.update(table=env.get("SM_INPUT_DIR", "/opt/ml/input") + "/data", out=env.get("SM_MODEL_DIR", "/opt/ml/model"),
+             backend=_backend(hps, env), nproc=_world(env))
+    return JobSpec.from_dict(d), hps
+
+
+def _backend(hps: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    if hps.get("sagemaker_mpi_enabled"):
+        return "horovod"
+    if hps.get("sagemaker_torch_distributed_enabled") or _world(env) > 1:
+        return "torchrun"
+    return "local"
 
 
 def find_checkpoint(model_dir: str | os.PathLike) -> Path:
@@ -116,6 +132,10 @@ def _train(env: Mapping[str, str]) -> int:
     from wsi_lab.train.run import main as train_main
 
     out_dir = Path(env.get("SM_OUTPUT_DIR", "/opt/ml/output"))
+    from wsi_lab.cloud.pipe import pipe_channels
+
+    if pipe_channels(env):
+        return _train_pipe(env, out_dir)
     try:
         spec, work = container_spec(env)
         spec_path = spec.write(Path(work) / "spec.json")
@@ -128,6 +148,25 @@ def _train(env: Mapping[str, str]) -> int:
     if rc != 0:
         _failure(out_dir, f"the training entry point exited with status {rc}; see the job's log")
     return rc
+
+
+def _train_pipe(env: Mapping[str, str], out_dir: Path) -> int:
+    """Pipe mode: TFRecord shards streamed through FIFOs, trained with the torch loop (:mod:`wsi_lab.cloud.pipe`)."""
+    from wsi_lab.cloud.pipe import run_pipe_classify
+    from wsi_lab.errors import WSILabError
+    from wsi_lab.train.run import ERROR_PREFIX
+
+    try:
+        spec, hps = pipe_spec(env)
+        print(f"wsi-lab: running {spec.task} ({spec.backend}, {spec.nproc} process(es)) into {spec.out}", flush=True)
+        result = run_pipe_classify(spec, hps, env)
+    except WSILabError as exc:
+        _failure(out_dir, f"{type(exc).__name__}: {exc}")
+        print(ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)}), flush=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print("WSI_LAB_RESULT " + json.dumps(result, default=str), flush=True)
+    return 0
 
 
 def _failure(out_dir: Path, text: str) -> None:

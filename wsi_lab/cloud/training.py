@@ -24,7 +24,7 @@ from wsi_lab.cloud.errors import CloudError, UploadError
 from wsi_lab.cloud.instances import check_distribution
 from wsi_lab.cloud.job import SageMakerJob
 from wsi_lab.cloud.session import CloudSession, aws_call
-from wsi_lab.cloud.upload import check_bucket, is_s3, s3_uri, upload_file, upload_tree
+from wsi_lab.cloud.upload import check_bucket, is_s3, parse_s3_uri, s3_uri, upload_file, upload_tree
 from wsi_lab.errors import DataError, InvalidParameterError
 from wsi_lab.runs.progress import ProgressCallback
 from wsi_lab.runs.spec import stable_hash
@@ -58,6 +58,8 @@ class TrainingInputs:
     slides_uri: str | None = None
     features_uri: str | None = None
     uploaded: list[Any] = field(default_factory=list)
+    pipe_sources: list[dict[str, str]] = field(default_factory=list)  # Pipe: one S3DataSource per process
+    pipe_hps: dict[str, Any] = field(default_factory=dict)            # Pipe: classes and tile size
 
     @property
     def sent(self) -> int:
@@ -124,10 +126,12 @@ def training_request(spec: JobSpec, inputs: TrainingInputs, job_name: str, role_
     if long:
         raise InvalidParameterError(f"job spec key {long[0]!r}: its value is longer than SageMaker's {_HP_MAX} "
                                     "characters per hyper-parameter")
-    if s["input_mode"] == "Pipe" and not s["image_uri"]:
-        raise InvalidParameterError("job spec key 'sagemaker.input_mode': Pipe streams TFRecord shards to an "
-                                    "entry point that reads them (a TensorFlow/Keras image): give image_uri, or "
-                                    "use File or FastFile for WSI Lab's PyTorch entry point")
+    if s["input_mode"] == "Pipe":
+        if not inputs.pipe_sources:
+            raise InvalidParameterError("job spec key 'sagemaker.input_mode': Pipe streams TFRecord shards; 'table' "
+                                        "must be a TFRecord export folder (wsi-lab export --format tfrecord)")
+        for k, v in inputs.pipe_hps.items():
+            hps[k] = _hp(v)
     image = s["image_uri"] or framework_image(region, s["framework_version"], s["py_version"], gpu=bool(gpus))
     channels = _channels(spec, s, inputs)
     request: dict[str, Any] = {
@@ -168,9 +172,13 @@ def _channels(spec: JobSpec, s: Mapping[str, Any], inputs: TrainingInputs) -> li
                      "FileSystemId": fs["id"], "FileSystemType": fs["type"], "DirectoryPath": fs["path"],
                      "FileSystemAccessMode": fs.get("access_mode", "ro")}}}]
     if mode == "Pipe":
-        # one pipe per process on each host; ShardedByS3Key gives each host its own share of the shards
-        return [_s3_channel(f"train_{i}", inputs.table_uri, "Pipe", sharded=True, seed=spec.seed)
-                for i in range(s["processes_per_host"])]
+        # one pipe per process on each host (its own shards); ShardedByS3Key gives each host its share of them
+        out = []
+        for i, src in enumerate(inputs.pipe_sources):
+            ch = _s3_channel(f"train_{i}", src["uri"], "Pipe", sharded=True, seed=spec.seed)
+            ch["DataSource"]["S3DataSource"]["S3DataType"] = src["type"]
+            out.append(ch)
+        return out
     # File / FastFile: every rank samples from the whole table (DistributedSampler), so every host gets all
     out = [_s3_channel("train", inputs.table_uri, mode)]
     if inputs.slides_uri:
@@ -200,6 +208,8 @@ def upload_training_inputs(spec: JobSpec, session: CloudSession, workdir: str | 
     if s["file_system"] is not None:  # data lives on EFS/FSx: nothing to upload but the code
         rel = os.path.relpath(spec.table, s["file_system"]["path"]) if os.path.isabs(spec.table) else spec.table
         return TrainingInputs(code_up.uri, "", rel, uploaded=ups)
+    if s["input_mode"] == "Pipe":
+        return _pipe_inputs(spec, session, s, code_up)
     features_uri = None
     if spec.features:
         features_uri = spec.features if is_s3(spec.features) else None
@@ -240,6 +250,44 @@ def upload_training_inputs(spec: JobSpec, session: CloudSession, workdir: str | 
             if companion.is_dir():
                 ups += upload_tree(session, companion, slides_uri + companion.name)
     return TrainingInputs(code_up.uri, table_uri, name, slides_uri, features_uri, ups)
+
+
+def _pipe_inputs(spec: JobSpec, session: CloudSession, s: Mapping[str, Any], code_up: Any) -> TrainingInputs:
+    """Pipe mode: upload the training shards of the TFRecord export ``spec.table`` (skipping what is there);
+    process ``i`` of each host streams the shards ``k`` with ``k % processes_per_host == i`` (an S3 manifest
+    file when there are several processes), and the job learns the classes and tile size from the export."""
+    from wsi_lab.data.tfrecord import iter_tfrecord
+    from wsi_lab.data.tfrecord_stream import decode_tile_record
+    from wsi_lab.runs.manifest import read_manifest
+
+    root = Path(spec.table)
+    manifest = read_manifest(root) if root.is_dir() else None
+    if not manifest or manifest.get("kind") != "export_tfrecord":
+        raise InvalidParameterError(f"job spec key 'table': Pipe mode streams TFRecord shards; {root} is not a finished "
+                                    "TFRecord export folder (wsi-lab export --format tfrecord)")
+    shards = sorted(f["path"] for f in manifest["files"] if f.get("split") == spec.train_split)
+    pph, hosts = s["processes_per_host"], s["instance_count"]
+    if len(shards) < pph * hosts or len(shards) % pph:
+        raise InvalidParameterError(f"job spec key 'table': the export has {len(shards)} {spec.train_split!r} shard(s); "
+                                    f"Pipe mode needs a multiple of processes_per_host ({pph}), at least one per "
+                                    f"process ({pph * hosts}): re-export with --shards {pph * hosts}")
+    base = s3_uri(s["bucket"], s["prefix"], "tfrecords", str(manifest.get("inputs_hash", ""))[:16]) + "/"
+    ups = [code_up] + [upload_file(session, root / rel, base + rel) for rel in shards]
+    if pph == 1:
+        sources = [{"uri": base + spec.train_split + "/", "type": "S3Prefix"}]
+    else:
+        sources = []
+        for i in range(pph):
+            body = json.dumps([{"prefix": base}, *shards[i::pph]]).encode()
+            key = parse_s3_uri(base + f"channels/train_{i}.manifest")
+            aws_call("PutObject", session.client("s3").put_object, Bucket=key.bucket, Key=key.key, Body=body,
+                     what=base)
+            sources.append({"uri": base + f"channels/train_{i}.manifest", "type": "ManifestFile"})
+    first = decode_tile_record(next(iter(iter_tfrecord(root / shards[0]))))  # the export writes no empty shard
+    index = manifest.get("label_index") or {}
+    hps = {"wsi_lab_classes": [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])],
+           "wsi_lab_tile_size": int(first.image.shape[0])}
+    return TrainingInputs(code_up.uri, base, "", uploaded=ups, pipe_sources=sources, pipe_hps=hps)
 
 
 def _slide_files(spec: JobSpec) -> list[Path]:

@@ -1,7 +1,9 @@
 """A model endpoint with SageMaker's inference contract, on the standard library's threaded HTTP server
 (loopback by default): ``GET /ping`` → 200 once the model is loaded; ``POST /invocations`` with
-``image/png`` or ``image/jpeg`` (one tile) or ``application/json`` (``{"instances": [H×W×3 arrays of
-0–255 values, ...]}``, the TensorFlow-Serving request shape) → ``{"predictions": [[p_0, ..., p_k], ...]}``
+``image/png`` or ``image/jpeg`` (one tile), ``application/x-tfrecord`` (one or more framed export records:
+the answer also echoes each record's ``slide_id``/``x``/``y``/``label`` as ``records``) or ``application/json``
+(``{"instances": [H×W×3 arrays of 0–255 values, ...]}``, the TensorFlow-Serving request shape)
+→ ``{"predictions": [[p_0, ..., p_k], ...]}``
 (class probabilities; a VAE answers its latent means, an attention-MIL model takes bags of feature
 vectors). Malformed bodies answer 400 with a message, bodies over ``max_body`` bytes 413 (not read),
 tiles of the wrong size 400 or are resized (``resize=True``); the server keeps serving after each."""
@@ -22,10 +24,12 @@ from wsi_lab.errors import InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelServer", "BadRequest", "DEFAULT_MAX_BODY", "MAX_INSTANCES"]
+__all__ = ["ModelServer", "BadRequest", "DEFAULT_MAX_BODY", "MAX_INSTANCES", "TFRECORD_TYPE"]
 
 DEFAULT_MAX_BODY = 6 << 20  # SageMaker's real-time payload limit
 MAX_INSTANCES = 256
+#: one or more framed TFRecord records of the export schemas (Batch Transform with SplitType TFRecord)
+TFRECORD_TYPE = "application/x-tfrecord"
 
 
 class BadRequest(Exception):
@@ -95,9 +99,28 @@ class ModelServer:
             arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
         return arr
 
+    def decode_tfrecord(self, body: bytes) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The tiles of a body of framed TFRecord records (``raw`` or ``jpeg`` export schema) and each
+        record's ``slide_id``, ``x``, ``y``, ``label`` (echoed so transform outputs join back to rows)."""
+        from wsi_lab.data.tfrecord_stream import decode_tile_record, split_records
+        from wsi_lab.errors import DataError
+
+        if self.lm.kind == "mil":
+            raise BadRequest("an attention-MIL model takes application/json bags of feature vectors, not tiles")
+        try:
+            tiles = [decode_tile_record(r) for r in split_records(body, "body")]  # as many as max_body holds
+        except DataError as exc:
+            raise BadRequest(f"body is not {TFRECORD_TYPE} records of the WSI Lab export schemas ({exc})") from exc
+        arrs = [self._tile(t.image, n).astype(np.uint8) for n, t in enumerate(tiles)]
+        if len({a.shape for a in arrs}) > 1:
+            raise BadRequest(f"records hold tiles of different shapes {sorted({a.shape for a in arrs})}")
+        return np.stack(arrs), [{"slide_id": t.slide_id, "x": t.x, "y": t.y, "label": t.label} for t in tiles]
+
     def decode(self, content_type: str, body: bytes) -> np.ndarray | list[np.ndarray]:
         """The batch in a request body: (N, H, W, 3) uint8 tiles (or, for MIL, a list of feature bags)."""
         ctype = content_type.split(";")[0].strip().lower()
+        if ctype == TFRECORD_TYPE:
+            return self.decode_tfrecord(body)[0]
         if ctype in ("image/png", "image/jpeg"):
             from PIL import Image, UnidentifiedImageError
 
@@ -110,7 +133,8 @@ class ModelServer:
                 raise BadRequest("an attention-MIL model takes application/json bags of feature vectors, not images")
             return self._tile(arr, 0)[None]
         if ctype != "application/json":
-            raise BadRequest(f"unsupported Content-Type {ctype!r}; use image/png, image/jpeg or application/json", 415)
+            raise BadRequest(f"unsupported Content-Type {ctype!r}; use image/png, image/jpeg, application/json or "
+                             f"{TFRECORD_TYPE}", 415)
         try:
             doc = json.loads(body)
         except ValueError as exc:
@@ -199,8 +223,14 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 return
             body = self.rfile.read(length)
             try:
-                batch = server.decode(self.headers.get("Content-Type", ""), body)
-                self._send(200, {"predictions": server.predict(batch)})
+                ctype = self.headers.get("Content-Type", "")
+                if ctype.split(";")[0].strip().lower() == TFRECORD_TYPE:  # records: echo where each tile is from
+                    tiles, keys = server.decode_tfrecord(body)  # MultiRecord fills MaxPayloadInMB: run in chunks
+                    preds = [p for i in range(0, len(tiles), MAX_INSTANCES)
+                             for p in server.predict(tiles[i:i + MAX_INSTANCES])]
+                    self._send(200, {"predictions": preds, "records": keys})
+                else:
+                    self._send(200, {"predictions": server.predict(server.decode(ctype, body))})
             except BadRequest as exc:
                 self._send(exc.status, {"error": str(exc)})
             except Exception as exc:

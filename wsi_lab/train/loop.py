@@ -73,6 +73,8 @@ def emit_progress(done: int, total: int, unit: str, message: str = "", metrics: 
 
 def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate) -> torch.utils.data.DataLoader:
     sampler: Any
+    if isinstance(ds, torch.utils.data.IterableDataset):  # a stream (SageMaker Pipe mode): each rank reads its own
+        return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=0, collate_fn=collate)
     if shuffle and spec.data.get("sampler") == "locality":  # source-tile locality (wsi_lab.data.fast_loader)
         from wsi_lab.data.dataset import collate_tiles, locality_sampler
 
@@ -190,7 +192,8 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
     val_loader = _loader(parts.val_set, per_rank, False, ctx, spec, parts.collate) \
         if parts.val_set is not None and len(parts.val_set) else None  # type: ignore[arg-type]
     for epoch in range(start, spec.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        if hasattr(train_loader.sampler, "set_epoch"):  # not on a stream's loader
+            train_loader.sampler.set_epoch(epoch)
         torch.manual_seed(spec.seed * 100_003 + epoch * 1009 + ctx.rank)
         if parts.on_epoch is not None:
             parts.on_epoch(epoch)

@@ -1,0 +1,142 @@
+"""SageMaker Pipe mode in a container-like layout: real FIFOs ``/opt/ml/input/data/train_0_<epoch>`` in a
+temporary ``/opt/ml`` tree, a writer thread streaming the TFRecord shard into each epoch's FIFO as SageMaker's
+agent does, SM_* variables with the channel in Pipe mode; the container's entry point trains the torch
+classifier from the stream and writes the model folder SageMaker packs."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests._moto import moto_endpoint  # noqa: F401
+
+pytest.importorskip("torch")
+
+from tests._traindata import make_cohort
+from wsi_lab.data.export_tfrecord import export_tfrecord
+from wsi_lab.data.table import read_table
+
+
+def _agent(data_dir: Path, channel: str, shard: bytes, epochs: int, errors: list) -> threading.Thread:
+    """SageMaker's agent: one FIFO per epoch, created once the previous one is drained, the shard streamed in."""
+    def run() -> None:
+        try:
+            for epoch in range(epochs):
+                fifo = data_dir / f"{channel}_{epoch}"
+                os.mkfifo(fifo)
+                with open(fifo, "wb") as fh:  # blocks until the trainer opens it
+                    for i in range(0, len(shard), 4096):  # in pieces, as a pipe delivers them
+                        fh.write(shard[i:i + 4096])
+        except OSError as exc:  # reported by the test (a reader that closed early: BrokenPipeError)
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("variant", ["raw", "jpeg"])
+def test_the_entry_point_trains_from_pipe_mode_tfrecord_channels(tmp_path, monkeypatch, variant):
+    from wsi_lab.cloud.entry import main
+
+    table = make_cohort(tmp_path / "cohort", tile_size=32, read_size=64, width=256, height=256)
+    manifest = export_tfrecord(read_table(table), tmp_path / "export", shards=1, variant=variant, workers=1)
+    shard_entry = next(f for f in manifest["files"] if f["split"] == "train")
+    shard = (tmp_path / "export" / shard_entry["path"]).read_bytes()
+    classes = [k for k, _ in sorted(manifest["label_index"].items(), key=lambda kv: kv[1])]
+    ml = tmp_path / "opt" / "ml"
+    data_dir = ml / "input" / "data"
+    data_dir.mkdir(parents=True)
+    (ml / "model").mkdir()
+    hps = {"task": "classify", "model": {"name": "small_cnn"}, "epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0,
+           "num_workers": 0, "device": "cpu", "wsi_lab_classes": classes, "wsi_lab_tile_size": 32}
+    for k in [k for k in os.environ if k.startswith("SM_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SM_HPS", json.dumps({k: json.dumps(v) for k, v in hps.items()}))
+    monkeypatch.setenv("SM_INPUT_DATA_CONFIG", json.dumps({"train_0": {
+        "TrainingInputMode": "Pipe", "S3DistributionType": "ShardedByS3Key", "RecordWrapperType": "None"}}))
+    monkeypatch.setenv("SM_CHANNELS", json.dumps(["train_0"]))
+    monkeypatch.setenv("SM_INPUT_DIR", str(ml / "input"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
+    errors: list = []
+    agent = _agent(data_dir, "train_0", shard, 2, errors)
+    assert main(["train"]) == 0
+    agent.join(10)
+    assert not errors and not agent.is_alive()
+    # both epochs' FIFOs were read to the end, and the model folder is what SageMaker packs
+    assert sorted(p.name for p in data_dir.iterdir()) == ["train_0_0", "train_0_1"]
+    records = [json.loads(line) for line in (ml / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["tiles"] == shard_entry["records"] for r in records)
+    assert (ml / "model" / "checkpoints" / "best.pt").is_file() and not (ml / "output" / "failure").exists()
+    from wsi_lab.models.checkpoint import read_checkpoint
+
+    assert read_checkpoint(ml / "model" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_corrupt_pipe_stream_fails_the_job_with_a_reason(tmp_path, monkeypatch):
+    from wsi_lab.cloud.entry import main
+
+    ml = tmp_path / "opt" / "ml"
+    (ml / "input" / "data").mkdir(parents=True)
+    hps = {"task": "classify", "model": "small_cnn", "epochs": 1, "batch_size": 4, "device": "cpu",
+           "wsi_lab_classes": ["a", "b"], "wsi_lab_tile_size": 32}
+    monkeypatch.setenv("SM_HPS", json.dumps(hps))
+    monkeypatch.setenv("SM_INPUT_DATA_CONFIG", json.dumps({"train_0": {"TrainingInputMode": "Pipe"}}))
+    monkeypatch.setenv("SM_INPUT_DIR", str(ml / "input"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
+    errors: list = []
+    agent = _agent(ml / "input" / "data", "train_0", b"not a tfrecord stream at all", 1, errors)
+    assert main(["train"]) == 2
+    agent.join(10)
+    assert "DataError" in (ml / "output" / "failure").read_text()
+    assert not (ml / "model" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path):  # noqa: F811
+    """Launch against moto: the export's training shards are uploaded, each process's channel lists its own
+    (an S3 manifest file), sharded over the hosts; the framework image reads the pipes (no image_uri)."""
+    from wsi_lab.cloud import CloudSession
+    from wsi_lab.cloud.training import launch
+    from wsi_lab.cloud.upload import parse_s3_uri
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.train.spec import JobSpec
+
+    session = CloudSession(region="us-east-1", endpoint_url=moto_endpoint)
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="wsi-lab-pipe")
+    table = make_cohort(tmp_path / "cohort", tile_size=32, read_size=64, width=256, height=256)
+    export_tfrecord(read_table(table), tmp_path / "export", shards=4, variant="jpeg", workers=1)
+    block = {"bucket": "wsi-lab-pipe", "role": "arn:aws:iam::123456789012:role/SageMakerRole",
+             "instance_type": "ml.g5.12xlarge", "instance_count": 2, "distribution": "mpi", "processes_per_host": 2,
+             "input_mode": "Pipe"}
+    spec = JobSpec.from_dict({"task": "classify", "table": str(tmp_path / "export"), "out": str(tmp_path / "out"),
+                              "epochs": 1, "batch_size": 8, "model": "small_cnn", "backend": "sagemaker",
+                              "sagemaker": block})
+    job = launch(spec, session=session)
+    d = session.client("sagemaker").describe_training_job(TrainingJobName=job.job_name)
+    assert "pytorch-training:" in d["AlgorithmSpecification"]["TrainingImage"]
+    assert d["AlgorithmSpecification"]["TrainingInputMode"] == "Pipe"
+    hps = {k: json.loads(v) for k, v in d["HyperParameters"].items()}
+    assert hps["wsi_lab_classes"] == ["a", "b"] and hps["wsi_lab_tile_size"] == 32
+    listed = []
+    for i, ch in enumerate(d["InputDataConfig"]):
+        src = ch["DataSource"]["S3DataSource"]
+        assert ch["ChannelName"] == f"train_{i}" and ch["InputMode"] == "Pipe" and ch["ShuffleConfig"]["Seed"] == 0
+        assert src["S3DataType"] == "ManifestFile" and src["S3DataDistributionType"] == "ShardedByS3Key"
+        loc = parse_s3_uri(src["S3Uri"])
+        prefix, *keys = json.loads(s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+        base = parse_s3_uri(prefix["prefix"])
+        for k in keys:  # every listed shard is in the bucket
+            assert s3.head_object(Bucket=base.bucket, Key=base.key + k)["ContentLength"] > 0
+        listed.append(keys)
+    assert len(listed) == 2 and not set(listed[0]) & set(listed[1]) and len(listed[0] + listed[1]) == 4
+    assert any(line.startswith("5 file(s) uploaded") for line in job.logs())  # the code and 4 shards
+    assert any(line.startswith("0 file(s) uploaded") for line in launch(spec, session=session).logs())
+    with pytest.raises(InvalidParameterError, match="not a finished TFRecord export"):
+        launch(spec.with_changes(table=str(table)), session=session)
