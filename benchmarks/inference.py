@@ -133,7 +133,16 @@ def endpoint(tmp: Path, clients: int, requests: int) -> tuple[float, float, int]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--overlays-only", action="store_true",
+                    help="only the 200k-tile heatmap / latent PNG timings (no models, no endpoint)")
     args = ap.parse_args()
+    if args.overlays_only:
+        with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp:
+            times = overlay_times(Path(tmp))
+        print(f"\n{'case':<52} {'value':>8}  unit  target")
+        for kind in ("heatmap", "latent"):
+            print(f"{kind + ' PNG, 200k tiles (build+render+write)':<52} {times[kind]:>8.2f}  s     < 1 s")
+        return
     if not CMU.exists():
         sys.exit(f"{CMU} not found (set WSI_LAB_SHARED_SLIDES)")
     torch.set_num_threads(2)

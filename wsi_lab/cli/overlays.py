@@ -42,7 +42,8 @@ def _overlay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="SLIDE")
     p.add_argument("--table", help="TileTable (.parquet) whose columns feed the layers")
     p.add_argument("--layer", action="append", default=[],
-                   help="layer to draw: grid, tissue, latent or a table column (repeatable; default grid)")
+                   help="layer to draw: grid, tissue, latent, a prediction layer (heatmap[:CLASS], pred, pca, umap, "
+                        "clusters[:K], attention) or a table column (repeatable; default grid)")
     p.add_argument("--tissue", metavar="METHOD", help="detect tissue with METHOD (e.g. od, otsu) and draw the mask")
     p.add_argument("--backend", default="auto")
 

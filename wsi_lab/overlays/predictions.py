@@ -19,7 +19,7 @@ from wsi_lab.overlays._layers import TileLayer
 
 __all__ = ["PREDICTION_KINDS", "probability_layer", "prediction_layer", "latent_layer", "cluster_layer",
            "attention_layer", "layer_for", "latent_columns_of", "project_latents", "kmeans", "KMEANS_FIT_ROWS",
-           "render_png"]
+           "render_png", "named_layer"]
 
 PREDICTION_KINDS = ("heatmap", "pred", "latent", "clusters", "attention")
 
@@ -220,6 +220,27 @@ def layer_for(table, kind: str, class_name: str | None = None, k: int = 6, metho
     if kind == "attention":
         return attention_layer(table)
     raise InvalidParameterError(f"overlay kind must be one of {PREDICTION_KINDS}, got {kind!r}")
+
+
+def named_layer(table, name: str) -> TileLayer | None:
+    """The prediction layer a name stands for in viewers, napari and the CLIs, or None when it names
+    none: ``heatmap`` / ``heatmap:<class>``, ``pred``, ``pca`` / ``umap`` / ``latent:<method>`` (projected
+    latents), ``clusters`` / ``clusters:<k>``, ``attention``. ``pred`` and ``attention`` count only when
+    the table has that column."""
+    kind, _, arg = name.partition(":")
+    if name in ("pred", "attention") and name in table.columns:
+        return layer_for(table, name)
+    if kind == "heatmap":
+        return probability_layer(table, arg or None)
+    if kind == "clusters":
+        if arg and not arg.isdigit():
+            raise InvalidParameterError(f"overlay {name!r}: the cluster count after ':' must be a whole number")
+        return cluster_layer(table, int(arg) if arg else 6)
+    if kind in ("pca", "umap") and not arg:
+        return latent_layer(table, method=kind)
+    if kind == "latent" and arg:
+        return latent_layer(table, method=arg)
+    return None
 
 
 def _extent(table, slide_id: str | None) -> tuple[float, float]:
