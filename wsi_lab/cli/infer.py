@@ -93,8 +93,13 @@ def _cmd_geojson(args: argparse.Namespace) -> int:
             raise InvalidParameterError(f"{args.predictions}: no slide path recorded for {sid!r}: cannot detect tissue")
         mask = detect_tissue(open_slide(path), args.tissue)
     column = None if args.column in ("", "none") else args.column
+    regions = None
+    if args.annotations:
+        from wsi_lab.annotations import read_annotations
+
+        regions = read_annotations(args.annotations)
     print(write_geojson(args.output, table, column=column, measurements=args.measurement or None,
-                        object_type=args.object_type, mask=mask))
+                        object_type=args.object_type, mask=mask, annotations=regions))
     return 0
 
 
@@ -166,6 +171,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--object-type", default="tile", choices=("tile", "detection"))
     p.add_argument("--slide", help="only this slide id")
     p.add_argument("--tissue", metavar="METHOD", help="add tissue contours (detected with METHOD) as annotations")
+    p.add_argument("--annotations", metavar="FILE", help="add the regions of an ASAP XML or GeoJSON annotation file")
     p.set_defaults(func=_cmd_geojson)
 
     p = sub.add_parser("segment", help="slide-level masks of a segmentation checkpoint, regions as ASAP XML + GeoJSON")
