@@ -68,7 +68,10 @@ def _cmd_overlay_predictions(args: argparse.Namespace) -> int:
         rows = table[table["slide_id"].astype(str) == sid]
         rows.attrs = table.attrs
         table = rows
-    layer = layer_for(table, args.kind, class_name=args.class_name, k=args.k, method=args.method)
+    try:
+        layer = layer_for(table, args.kind, class_name=args.class_name, k=args.k, method=args.method)
+    except InvalidParameterError as exc:  # name the predictions file the column is missing from
+        raise InvalidParameterError.at(args.predictions, str(exc)) from exc
     print(render_png(table, layer, args.output, max_size=args.max_size, slide_id=sid))
     return 0
 
