@@ -180,9 +180,13 @@ def read_geojson(path: str | os.PathLike) -> pd.DataFrame:
         gtype = geom.get("type")
         if gtype not in ("Polygon", "MultiPolygon", "Point", "MultiPoint") or not coords:
             raise DataError.at(p, f"feature {n}: geometry {gtype!r} is not a Polygon, MultiPolygon or Point")
-        rings = {"Polygon": lambda: coords, "MultiPolygon": lambda: [r for pl in coords for r in pl],
-                 "Point": lambda: [[coords]], "MultiPoint": lambda: [coords]}[gtype]()
         try:
+            if gtype == "Polygon":
+                rings = coords
+            elif gtype == "MultiPolygon":
+                rings = [r for pl in coords for r in pl]
+            else:
+                rings = [[coords]] if gtype == "Point" else [coords]
             pts = np.array([pt for ring in rings for pt in ring], float).reshape(-1, 2)
         except (TypeError, ValueError) as exc:
             raise DataError.at(p, f"feature {n}: malformed {gtype} coordinates ({exc})") from exc
