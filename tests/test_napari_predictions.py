@@ -76,3 +76,43 @@ def test_heatmap_and_cluster_layers_colour_their_tiles_boxes(xdisplay, cmu_path)
         assert all(len(v) == 1 for v in seen.values()) and seen[True] != seen[False]
     finally:
         viewer.close()
+
+
+def _write_predictions(tmp_path, slide, path):
+    from wsi_lab.infer.run import write_predictions
+
+    t, _ = _predictions(slide)
+    t.attrs["wsi_lab"] = {"slides": {slide.slide_id: {"path": str(path)}}, "predict": {"classes": ["a", "b"]}}
+    return write_predictions(t, tmp_path / "pred.parquet"), t
+
+
+def test_reader_takes_predictions_with_a_slide_and_declines_other_tables(tmp_path, cmu_path):
+    from wsi_lab.napari import napari_get_reader, read_prediction_layers
+
+    pred, _ = _write_predictions(tmp_path, open_slide(cmu_path), cmu_path)
+    assert napari_get_reader(str(pred)) is read_prediction_layers
+    _predictions(open_slide(cmu_path))[0].to_parquet(tmp_path / "bare.parquet")  # no slide path recorded
+    assert napari_get_reader(str(tmp_path / "bare.parquet")) is None
+
+
+@pytest.mark.napari
+def test_plugin_opens_a_predictions_table_with_its_slide_and_layers(xdisplay, cmu_path, tmp_path):  # noqa: F811
+    slide = open_slide(cmu_path)
+    pred, t = _write_predictions(tmp_path, slide, cmu_path)
+    viewer = napari.Viewer(show=True)
+    try:
+        layers = viewer.open(str(pred), plugin="wsi-lab")
+        sid = slide.slide_id
+        # no attention column: no attention layer
+        assert [lay.name for lay in layers] == [sid] + [f"{sid}: {n}" for n in ("prob_b", "pred", "latent (pca)",
+                                                                                  "clusters (k=6)")]
+        for lay in layers[1:]:
+            lay.visible = False
+        heat = viewer.layers[f"{sid}: prob_b"]
+        heat.visible, heat.opacity = True, 1.0
+        img = _settle(viewer)
+        hot = t.index[t["prob_b"] == 1.0][0]
+        got = _box_colour(viewer, img, t.loc[hot, "x"], t.loc[hot, "y"], 512)
+        assert np.abs(got - colormap_lut("magma")[255]).max() <= 12, got
+    finally:
+        viewer.close()
