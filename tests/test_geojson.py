@@ -99,3 +99,59 @@ def test_bad_files_and_columns_are_refused_by_name(tmp_path):
     with pytest.raises(InvalidParameterError, match="'label'"):
         write_geojson(tmp_path / "x.geojson", _preds(), column="label")
     assert not (tmp_path / "x.geojson").exists()
+
+
+def _regions():
+    from wsi_lab.annotations import AnnotationSet, Region
+
+    ang = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    outline = np.stack([1200.37 + 300 * np.cos(ang), 800.61 + 200 * np.sin(ang)], 1)
+    hole = [(1150.25, 780.5), (1250.75, 780.5), (1200.1, 850.9)]
+    return AnnotationSet([Region.of("Tumor", outline, [hole], name="lesion 1"),
+                          Region.of("Stroma", [(10.5, 20.25), (400.75, 20.25), (400.75, 300.5), (10.5, 300.5)],
+                                    name="band"),
+                          Region.of("Tumor", [(50.5, 60.5)], name="seed", kind="dot")])
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".geojson"])
+def test_asap_and_geojson_annotations_round_trip_through_the_tile_writer(tmp_path, suffix):
+    """Regions read from ASAP XML or QuPath GeoJSON, written with the tiles by the one QuPath writer, read
+    back as the same regions (every vertex within a pixel); the file passes QuPath's schema."""
+    import copy
+
+    from wsi_lab.annotations import read_annotations, read_geojson_annotations, write_asap, write_geojson_annotations
+
+    src = tmp_path / f"drawn{suffix}"
+    (write_asap if suffix == ".xml" else write_geojson_annotations)(src, _regions())
+    drawn = read_annotations(src)
+    path = write_geojson(tmp_path / "all.geojson", _preds(), annotations=drawn)
+    data = json.loads(path.read_text())
+    schema = copy.deepcopy(QUPATH_SCHEMA)
+    schema["properties"]["features"]["items"]["properties"]["properties"]["properties"]["name"] = {"type": "string"}
+    jsonschema.validate({**data, "features": [f for f in data["features"] if f["geometry"]["type"] == "Polygon"]},
+                        schema)
+    back = read_geojson_annotations(path, object_types=("annotation",))
+    assert [(r.label, r.name, r.kind) for r in back.regions] == [(r.label, r.name, r.kind) for r in drawn.regions]
+    for a, b in zip(drawn.regions, back.regions):
+        assert a.exterior.shape == b.exterior.shape and np.abs(a.exterior - b.exterior).max() <= 1.0
+        assert len(a.holes) == len(b.holes) and all(np.abs(h - k).max() <= 1.0 for h, k in zip(a.holes, b.holes))
+        assert back.groups[b.label]["color"] == (drawn.groups[a.label]["color"] or "").lower() or not drawn.groups[a.label]["color"]
+    rows = read_geojson(path)
+    assert rows["object_type"].tolist() == ["tile"] * 3 + ["annotation"] * len(drawn)
+    # the tiles are still all there, and a reader of annotations only skips them
+    assert len(read_geojson_annotations(path)) == 3 + len(drawn)
+
+
+def test_one_qupath_feature_rule_for_tiles_and_regions():
+    from wsi_lab.annotations import annotations_to_geojson
+    from wsi_lab.annotations.geojson import qupath_feature
+    from wsi_lab.infer.geojson import tiles_to_geojson
+
+    tile = tiles_to_geojson(_preds(), colors={"a": "#102030"})["features"][0]
+    assert tile == qupath_feature(tile["geometry"], "tile", "a", [16, 32, 48], {"prob_a": 0.9, "prob_b": 0.1})
+    region = annotations_to_geojson(_regions(), colors={"Tumor": "#102030"})["features"][0]
+    assert region == qupath_feature(region["geometry"], "annotation", "Tumor", "#102030", name="lesion 1")
+    with pytest.raises(InvalidParameterError, match="needs a colour"):
+        qupath_feature(tile["geometry"], "tile", "a")
+    with pytest.raises(InvalidParameterError, match="objectType"):
+        qupath_feature(tile["geometry"], "cell")

@@ -104,3 +104,51 @@ def test_prediction_layers_compose_over_a_slide_like_any_layer(tmp_path):
     free = next((cx, cy) for cy in range(10) for cx in range(20) if (cx, cy) not in taken)
     r, c = int((free[1] * 100 + 50) * over.shape[0] / 1000), int((free[0] * 100 + 50) * over.shape[1] / 2000)
     assert np.array_equal(over[r, c], plain[r, c])
+
+
+NAMES = ("heatmap:tumour", "pred", "pca", "clusters:3", "attention")
+
+
+def test_every_prediction_layer_is_reachable_by_name_in_the_viewer_and_the_overlay_cli(tmp_path):
+    """Issue 9: each overlay kind by name, from a predictions table: SlideViewer.add_layer (kernel side)
+    and ``wsi-lab overlay --layer NAME --legend`` (a PNG of the slide with the layer and its legend)."""
+    from wsi_lab.cli import main
+    from wsi_lab.testing import make_slide
+    from wsi_lab.ui.viewer import SlideViewer
+
+    path = make_slide(tmp_path / "s.svs", 2000, 1000, tile=256, seed=1, source="procedural", associated=False)
+    t = _preds().assign(slide_id="s", patient_id="p", mpp=0.5, tissue_fraction=1.0)
+    viewer = SlideViewer(path, table=t)
+    try:
+        for name in NAMES:
+            viewer.add_layer(name)
+        legends = {e["name"]: e["legend"] for e in viewer.layers}
+        names = list(legends)
+        assert len(names) == 5 and [names[i] for i in (0, 1, 3, 4)] == ["prob_tumour", "pred", "clusters (k=3)",
+                                                                         "attention"]
+        assert legends["prob_tumour"]["vmin"] == 0.0 and legends["prob_tumour"]["vmax"] == 1.0
+        assert [c["value"] for c in legends["pred"]["categories"]] == ["normal", "tumour"]
+        assert legends[names[2]]["type"] == "rgb" and legends[names[2]]["method"] == "pca"
+        assert len(legends["clusters (k=3)"]["categories"]) == 3
+        with pytest.raises(InvalidParameterError, match="prob_stroma"):
+            viewer.add_layer("heatmap:stroma")
+        with pytest.raises(InvalidParameterError, match="whole number"):
+            viewer.add_layer("clusters:many")
+    finally:
+        viewer.close()
+
+    table = tmp_path / "pred.parquet"
+    t.to_parquet(table)
+    plain = tmp_path / "plain.png"
+    assert main(["overlay", str(path), "-o", str(plain), "--max-size", "400"]) == 0
+    base = np.asarray(Image.open(plain).convert("RGB"))
+    x, y = int(t.x.iloc[0]), int(t.y.iloc[0])
+    r, c = int((y + 50) * base.shape[0] / 1000), int((x + 50) * base.shape[1] / 2000)
+    for name in NAMES:
+        out = tmp_path / f"{name.replace(':', '_')}.png"
+        assert main(["overlay", str(path), "--table", str(table), "--layer", name, "--legend", "-o", str(out),
+                     "--max-size", "400"]) == 0
+        arr = np.asarray(Image.open(out).convert("RGB"))
+        assert arr.shape[0] >= base.shape[0] and arr.shape[1] == base.shape[1] + 200, name
+        assert not np.array_equal(arr[r, c], base[r, c]), name  # the tile's box is drawn over
+        assert (arr[:, base.shape[1]:] < 128).any(), name  # legend text and swatches

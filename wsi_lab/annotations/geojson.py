@@ -7,16 +7,52 @@ Points (``Point``/``MultiPoint``) are kept as ``dot`` regions; lines are refused
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from wsi_lab.annotations.regions import UNCLASSIFIED, AnnotationSet, Region
-from wsi_lab.errors import DataError
+from wsi_lab.errors import DataError, InvalidParameterError
 
 __all__ = ["read_geojson_annotations", "parse_geojson_annotations", "annotations_to_geojson",
-           "write_geojson_annotations"]
+           "write_geojson_annotations", "qupath_feature", "qupath_rgb", "QUPATH_OBJECT_TYPES"]
+
+#: the ``objectType`` values QuPath 0.4+ imports
+QUPATH_OBJECT_TYPES = ("annotation", "detection", "tile")
+
+
+def qupath_rgb(color: str | Sequence[int]) -> list[int]:
+    """``[r, g, b]`` (0–255 integers, what QuPath wants) of a ``#rrggbb`` string or an RGB(A) sequence."""
+    if isinstance(color, str):
+        c = color.lstrip("#")
+        if len(c) != 6:
+            raise InvalidParameterError(f"colour {color!r} is not #rrggbb")
+        return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
+    return [int(v) for v in color][:3]
+
+
+def qupath_feature(geometry: Mapping[str, Any], object_type: str = "annotation", label: str | None = None,
+                   color: str | Sequence[int] | None = None, measurements: Mapping[str, float] | None = None,
+                   name: str | None = None) -> dict[str, Any]:
+    """One GeoJSON Feature as QuPath 0.4+ imports it: ``objectType``, ``classification {name, color}``
+    (only with a ``label``; QuPath refuses a classification without a colour), a ``measurements`` map
+    (finite numbers only) and ``name``. The one place the QuPath feature rule lives: the annotation
+    writer here and the tile-prediction writer (:mod:`wsi_lab.infer.geojson`) both build with it."""
+    if object_type not in QUPATH_OBJECT_TYPES:
+        raise InvalidParameterError(f"objectType must be one of {QUPATH_OBJECT_TYPES}, got {object_type!r}")
+    props: dict[str, Any] = {"objectType": object_type}
+    if label is not None:
+        if color is None:
+            raise InvalidParameterError(f"classification {label!r} needs a colour (QuPath refuses one without)")
+        props["classification"] = {"name": str(label), "color": qupath_rgb(color)}
+    m = {str(k): float(v) for k, v in (measurements or {}).items() if math.isfinite(v)}
+    if m:
+        props["measurements"] = m
+    if name:
+        props["name"] = str(name)
+    return {"type": "Feature", "geometry": dict(geometry), "properties": props}
 
 
 def _features(data: Any, source: str | os.PathLike) -> list:
@@ -46,9 +82,12 @@ def _label(props: Mapping[str, Any]) -> tuple[str, str | None]:
     return UNCLASSIFIED, None
 
 
-def parse_geojson_annotations(data: Any, source: str | os.PathLike = "<geojson>") -> AnnotationSet:
+def parse_geojson_annotations(data: Any, source: str | os.PathLike = "<geojson>",
+                              object_types: Sequence[str] | None = None) -> AnnotationSet:
     """The regions of parsed GeoJSON ``data`` (see the module docstring); errors name ``source`` and
-    the feature (its index, and its ``name`` or ``id`` when it has one)."""
+    the feature (its index, and its ``name`` or ``id`` when it has one). ``object_types`` (e.g.
+    ``("annotation",)``) keeps only features of those QuPath ``objectType`` values (a feature without
+    one counts as an annotation), so the tiles of a predictions export can be skipped."""
     regions: list[Region] = []
     groups: dict[str, dict] = {}
     for n, f in enumerate(_features(data, source)):
@@ -57,6 +96,8 @@ def parse_geojson_annotations(data: Any, source: str | os.PathLike = "<geojson>"
         props = f.get("properties") or {}
         if not isinstance(props, Mapping):
             raise DataError.at(source, f"feature {n}: 'properties' is not an object")
+        if object_types is not None and props.get("objectType", "annotation") not in object_types:
+            continue
         name = str(props.get("name") or f.get("id") or f"feature {n}")
         what = f"feature {n} ({name!r})" if name != f"feature {n}" else f"feature {n}"
         label, color = _label(props)
@@ -89,7 +130,7 @@ def parse_geojson_annotations(data: Any, source: str | os.PathLike = "<geojson>"
     return AnnotationSet(regions, groups, Path(source) if source != "<geojson>" else None)
 
 
-def read_geojson_annotations(path: str | os.PathLike) -> AnnotationSet:
+def read_geojson_annotations(path: str | os.PathLike, object_types: Sequence[str] | None = None) -> AnnotationSet:
     """Read a QuPath GeoJSON file of annotations. Raises :class:`DataError` naming the file (and the
     feature at fault) when it is missing, not JSON, not GeoJSON or holds bad coordinates."""
     p = Path(path)
@@ -99,12 +140,12 @@ def read_geojson_annotations(path: str | os.PathLike) -> AnnotationSet:
         raise DataError.at(p, "no such annotation file") from exc
     except (OSError, ValueError) as exc:
         raise DataError.at(p, f"not readable JSON ({exc})") from exc
-    return parse_geojson_annotations(data, p)
+    return parse_geojson_annotations(data, p, object_types)
 
 
 def _rgb(color: str | None, fallback: tuple[int, int, int]) -> list[int]:
     if color and color.startswith("#") and len(color) == 7:
-        return [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+        return qupath_rgb(color)
     return list(fallback)
 
 
@@ -130,10 +171,7 @@ def annotations_to_geojson(annotations: AnnotationSet, colors: Mapping[str, str]
         else:
             pts = [[float(x), float(y)] for x, y in r.exterior]
             geom = {"type": "Point", "coordinates": pts[0]} if len(pts) == 1 else {"type": "MultiPoint", "coordinates": pts}
-        props: dict[str, Any] = {"objectType": object_type, "classification": {"name": r.label, "color": seen[r.label]}}
-        if r.name:
-            props["name"] = r.name
-        feats.append({"type": "Feature", "geometry": geom, "properties": props})
+        feats.append(qupath_feature(geom, object_type, r.label, seen[r.label], name=r.name or None))
     return {"type": "FeatureCollection", "features": feats}
 
 

@@ -68,7 +68,10 @@ def _cmd_overlay_predictions(args: argparse.Namespace) -> int:
         rows = table[table["slide_id"].astype(str) == sid]
         rows.attrs = table.attrs
         table = rows
-    layer = layer_for(table, args.kind, class_name=args.class_name, k=args.k, method=args.method)
+    try:
+        layer = layer_for(table, args.kind, class_name=args.class_name, k=args.k, method=args.method)
+    except InvalidParameterError as exc:  # name the predictions file the column is missing from
+        raise InvalidParameterError.at(args.predictions, str(exc)) from exc
     print(render_png(table, layer, args.output, max_size=args.max_size, slide_id=sid))
     return 0
 
@@ -93,8 +96,13 @@ def _cmd_geojson(args: argparse.Namespace) -> int:
             raise InvalidParameterError(f"{args.predictions}: no slide path recorded for {sid!r}: cannot detect tissue")
         mask = detect_tissue(open_slide(path), args.tissue)
     column = None if args.column in ("", "none") else args.column
+    regions = None
+    if args.annotations:
+        from wsi_lab.annotations import read_annotations
+
+        regions = read_annotations(args.annotations)
     print(write_geojson(args.output, table, column=column, measurements=args.measurement or None,
-                        object_type=args.object_type, mask=mask))
+                        object_type=args.object_type, mask=mask, annotations=regions))
     return 0
 
 
@@ -166,6 +174,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--object-type", default="tile", choices=("tile", "detection"))
     p.add_argument("--slide", help="only this slide id")
     p.add_argument("--tissue", metavar="METHOD", help="add tissue contours (detected with METHOD) as annotations")
+    p.add_argument("--annotations", metavar="FILE", help="add the regions of an ASAP XML or GeoJSON annotation file")
     p.set_defaults(func=_cmd_geojson)
 
     p = sub.add_parser("segment", help="slide-level masks of a segmentation checkpoint, regions as ASAP XML + GeoJSON")

@@ -33,7 +33,8 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     from wsi_lab.overlays import render_overview
 
     slide, table, mask = _overlay_inputs(args)
-    save_image(render_overview(slide, args.layer, args.max_size, table=table, mask=mask), args.output)
+    save_image(render_overview(slide, args.layer, args.max_size, table=table, mask=mask, legend=args.legend),
+               args.output)
     print(args.output)
     return 0
 
@@ -42,7 +43,8 @@ def _overlay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="SLIDE")
     p.add_argument("--table", help="TileTable (.parquet) whose columns feed the layers")
     p.add_argument("--layer", action="append", default=[],
-                   help="layer to draw: grid, tissue, latent or a table column (repeatable; default grid)")
+                   help="layer to draw: grid, tissue, latent, a prediction layer (heatmap[:CLASS], pred, pca, umap, "
+                        "clusters[:K], attention) or a table column (repeatable; default grid)")
     p.add_argument("--tissue", metavar="METHOD", help="detect tissue with METHOD (e.g. od, otsu) and draw the mask")
     p.add_argument("--backend", default="auto")
 
@@ -52,6 +54,7 @@ def _add_overlay(sub: Subparsers) -> None:
     _overlay_args(p)
     p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg)")
     p.add_argument("--max-size", type=int, default=1024, help="longest side in pixels (default 1024)")
+    p.add_argument("--legend", action="store_true", help="draw each layer's legend (colour bar, classes) at the right")
     p.set_defaults(func=_cmd_overlay)
 
 

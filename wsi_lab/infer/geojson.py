@@ -1,6 +1,8 @@
 """GeoJSON that QuPath (0.4+) imports: a FeatureCollection of tile squares in level-0 pixels (origin
 top left) with QuPath's properties (``objectType``, ``classification: {"name", "color": [r, g, b]}``,
-``measurements``), plus tissue-mask contours as annotation polygons; and the reader back."""
+``measurements``), plus tissue-mask contours and annotation regions (read from ASAP XML or GeoJSON by
+:mod:`wsi_lab.annotations`) as annotation polygons; and the reader back. Each feature is built by
+:func:`wsi_lab.annotations.geojson.qupath_feature`, the one QuPath rule."""
 
 from __future__ import annotations
 
@@ -13,16 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wsi_lab.annotations.geojson import annotations_to_geojson, qupath_feature, qupath_rgb
 from wsi_lab.errors import DataError, InvalidParameterError
 
 __all__ = ["tiles_to_geojson", "mask_contours", "write_geojson", "read_geojson", "OBJECT_TYPES"]
 
 OBJECT_TYPES = ("tile", "detection", "annotation")
-
-
-def _rgb_list(color: str) -> list[int]:
-    c = color.lstrip("#")
-    return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
 
 
 def _class_colors(values: Sequence[str], colors: Mapping[str, Any] | None) -> dict[str, list[int]]:
@@ -32,7 +30,7 @@ def _class_colors(values: Sequence[str], colors: Mapping[str, Any] | None) -> di
     out = {}
     for v, a in zip(values, auto):
         c = (colors or {}).get(v, a)
-        out[v] = _rgb_list(c) if isinstance(c, str) else [int(k) for k in c][:3]
+        out[v] = qupath_rgb(c)
     return out
 
 
@@ -115,10 +113,11 @@ def _inside(ring, x: float, y: float) -> bool:
 
 def tiles_to_geojson(table: pd.DataFrame, column: str | None = "pred", measurements: Sequence[str] | None = None,
                      object_type: str = "tile", colors: Mapping[str, Any] | None = None, mask: Any = None,
-                     mask_name: str = "Tissue") -> dict[str, Any]:
+                     mask_name: str = "Tissue", annotations: Any = None) -> dict[str, Any]:
     """The FeatureCollection of ``table``'s tiles: one ``Polygon`` each (level-0 px), classified by
     ``column`` (None: unclassified), ``measurements`` from numeric columns (default: every
-    ``prob_<class>``, ``attention``, ``recon_error``); ``mask`` adds its contours as annotations."""
+    ``prob_<class>``, ``attention``, ``recon_error``); ``mask`` adds its contours as annotations, and
+    ``annotations`` (a :class:`wsi_lab.annotations.AnnotationSet`) its regions, holes kept."""
     from wsi_lab.overlays import tile_extent
 
     if object_type not in ("tile", "detection"):
@@ -136,20 +135,16 @@ def tiles_to_geojson(table: pd.DataFrame, column: str | None = "pred", measureme
     palette = _class_colors(sorted(set(values)) if values is not None else [], colors)
     meas = {c: table[c].to_numpy(np.float64) for c in measurements}
     for i, (x, y, s) in enumerate(zip(table["x"].to_numpy(float), table["y"].to_numpy(float), size)):
-        props: dict[str, Any] = {"objectType": object_type}
-        if values is not None:
-            props["classification"] = {"name": values[i], "color": palette[values[i]]}
-        m = {c: float(v[i]) for c, v in meas.items() if np.isfinite(v[i])}
-        if m:
-            props["measurements"] = m
-        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [_ring(x, y, float(s))]},
-                      "properties": props})
+        label = values[i] if values is not None else None
+        feats.append(qupath_feature({"type": "Polygon", "coordinates": [_ring(x, y, float(s))]}, object_type, label,
+                                    palette[label] if label is not None else None,
+                                    {c: v[i] for c, v in meas.items()}))
     if mask is not None:
         color = _class_colors([mask_name], {mask_name: (colors or {}).get(mask_name, "#2ca02c")})[mask_name]
         for poly in mask_contours(mask):
-            feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly},
-                          "properties": {"objectType": "annotation",
-                                         "classification": {"name": mask_name, "color": color}}})
+            feats.append(qupath_feature({"type": "Polygon", "coordinates": poly}, "annotation", mask_name, color))
+    if annotations is not None:
+        feats.extend(annotations_to_geojson(annotations, colors)["features"])
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -182,10 +177,19 @@ def read_geojson(path: str | os.PathLike) -> pd.DataFrame:
     for n, f in enumerate(data["features"]):
         geom = (f or {}).get("geometry") or {}
         coords = geom.get("coordinates")
-        if geom.get("type") not in ("Polygon", "MultiPolygon") or not coords:
-            raise DataError.at(p, f"feature {n}: geometry {geom.get('type')!r} is not a Polygon or MultiPolygon")
-        pts = np.array([pt for ring in (coords if geom["type"] == "Polygon" else [r for pl in coords for r in pl])
-                        for pt in ring], float)
+        gtype = geom.get("type")
+        if gtype not in ("Polygon", "MultiPolygon", "Point", "MultiPoint") or not coords:
+            raise DataError.at(p, f"feature {n}: geometry {gtype!r} is not a Polygon, MultiPolygon or Point")
+        try:
+            if gtype == "Polygon":
+                rings = coords
+            elif gtype == "MultiPolygon":
+                rings = [r for pl in coords for r in pl]
+            else:
+                rings = [[coords]] if gtype == "Point" else [coords]
+            pts = np.array([pt for ring in rings for pt in ring], float).reshape(-1, 2)
+        except (TypeError, ValueError) as exc:
+            raise DataError.at(p, f"feature {n}: malformed {gtype} coordinates ({exc})") from exc
         props = f.get("properties") or {}
         cls = props.get("classification") or {}
         x0, y0 = pts.min(0)

@@ -9,6 +9,7 @@ import numpy as np
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.overlays._build import category_layer, grid_layer, heatmap_layer, latent_rgb_layer, mask_layer
 from wsi_lab.overlays._layers import Layer, MaskLayer
+from wsi_lab.overlays.predictions import named_layer, with_legends
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,8 @@ __all__ = ["resolve_layers", "composite", "render_overview", "slide_rows"]
 def resolve_layers(overlays, table=None, mask=None, slide=None) -> list[Layer]:
     """Layers from ``overlays``: :class:`~wsi_lab.overlays.Layer` objects, or names — ``"tissue"`` /
     ``"mask"`` (needs ``mask``), ``"grid"`` / ``"tiles"`` (needs ``table``), ``"latent"`` (z_00..z_02),
+    a prediction layer (``heatmap[:<class>]``, ``pred``, ``pca``, ``umap``, ``clusters[:<k>]``,
+    ``attention``: :func:`~wsi_lab.overlays.predictions.named_layer`),
     or a ``table`` column (numbers -> heatmap, else categories). A given ``mask`` is always shown; a
     given ``table`` with no overlays named shows its grid."""
     items = list(overlays or ())
@@ -39,7 +42,10 @@ def resolve_layers(overlays, table=None, mask=None, slide=None) -> list[Layer]:
             continue
         if table is None:
             raise InvalidParameterError(f"overlay {item!r} needs table=<TileTable>")
-        if item in ("grid", "tiles"):
+        predicted = named_layer(table, item)
+        if predicted is not None:
+            out.append(predicted)
+        elif item in ("grid", "tiles"):
             out.append(grid_layer(table, slide=slide))
         elif item == "latent" and item not in table.columns:
             out.append(latent_rgb_layer(table, slide=slide))
@@ -81,11 +87,14 @@ def composite(base: np.ndarray, *overlays: np.ndarray) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def render_overview(slide, layers=(), max_size: int = 1024, table=None, mask=None) -> np.ndarray:
+def render_overview(slide, layers=(), max_size: int = 1024, table=None, mask=None, legend: bool = False
+                    ) -> np.ndarray:
     """The slide's thumbnail (fitting ``max_size`` pixels) with ``layers`` (Layer objects or names, see
-    :func:`resolve_layers`) blended on top at their opacity; returns (H, W, 3) uint8."""
+    :func:`resolve_layers`) blended on top at their opacity; returns (H, W, 3) uint8. ``legend``: each
+    layer's legend (colour bar, classes) drawn to the right of the image."""
     thumb = slide.get_thumbnail(max_size, display="auto")  # the background as a person sees it
     W, H = slide.dimensions
     size = (thumb.shape[1], thumb.shape[0])
     resolved = resolve_layers(layers, table=slide_rows(table, slide), mask=mask, slide=slide)
-    return composite(thumb, *(lay.render_region((0, 0, W, H), size) for lay in resolved))
+    img = composite(thumb, *(lay.render_region((0, 0, W, H), size) for lay in resolved))
+    return with_legends(img, resolved) if legend else img

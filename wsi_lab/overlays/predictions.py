@@ -19,7 +19,7 @@ from wsi_lab.overlays._layers import TileLayer
 
 __all__ = ["PREDICTION_KINDS", "probability_layer", "prediction_layer", "latent_layer", "cluster_layer",
            "attention_layer", "layer_for", "latent_columns_of", "project_latents", "kmeans", "KMEANS_FIT_ROWS",
-           "render_png"]
+           "render_png", "named_layer", "with_legends"]
 
 PREDICTION_KINDS = ("heatmap", "pred", "latent", "clusters", "attention")
 
@@ -222,6 +222,27 @@ def layer_for(table, kind: str, class_name: str | None = None, k: int = 6, metho
     raise InvalidParameterError(f"overlay kind must be one of {PREDICTION_KINDS}, got {kind!r}")
 
 
+def named_layer(table, name: str) -> TileLayer | None:
+    """The prediction layer a name stands for in viewers, napari and the CLIs, or None when it names
+    none: ``heatmap`` / ``heatmap:<class>``, ``pred``, ``pca`` / ``umap`` / ``latent:<method>`` (projected
+    latents), ``clusters`` / ``clusters:<k>``, ``attention``. ``pred`` and ``attention`` count only when
+    the table has that column."""
+    kind, _, arg = name.partition(":")
+    if name in ("pred", "attention") and name in table.columns:
+        return layer_for(table, name)
+    if kind == "heatmap":
+        return probability_layer(table, arg or None)
+    if kind == "clusters":
+        if arg and not arg.isdigit():
+            raise InvalidParameterError(f"overlay {name!r}: the cluster count after ':' must be a whole number")
+        return cluster_layer(table, int(arg) if arg else 6)
+    if kind in ("pca", "umap") and not arg:
+        return latent_layer(table, method=kind)
+    if kind == "latent" and arg:
+        return latent_layer(table, method=arg)
+    return None
+
+
 def _extent(table, slide_id: str | None) -> tuple[float, float]:
     meta = table.attrs.get("wsi_lab") or {}
     dims = None
@@ -258,12 +279,32 @@ def _legend_panel(legend: dict, height: int, width: int = 200) -> np.ndarray:
             y0 = 30 + 20 * i
             d.rectangle((10, y0, 26, y0 + 14), fill=cat["color"], outline="black")
             d.text((34, y0 + 1), str(cat["value"])[:24], fill="black", font=f)
+    elif kind == "color":
+        d.rectangle((10, 30, 26, 44), fill=legend.get("color", "#000000"), outline="black")
+        d.text((34, 31), str(legend.get("label", ""))[:24], fill="black", font=f)
     elif kind == "rgb":
         d.text((10, 8), f"latents: {legend.get('method', 'pca')}", fill="black", font=f)
         for i, (ch, name) in enumerate(zip(("red", "green", "blue"), legend.get("columns", []))):
             d.rectangle((10, 30 + 20 * i, 26, 44 + 20 * i), fill=ch)
             d.text((34, 31 + 20 * i), str(name), fill="black", font=f)
     return np.asarray(panel)
+
+
+def with_legends(img: np.ndarray, layers: Sequence[Any]) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 with one legend panel per layer that has a legend drawn to its right,
+    on white (the PNGs of ``wsi-lab overlay-predictions`` and ``wsi-lab overlay --legend``)."""
+    panels = [_legend_panel(lg, img.shape[0]) for lg in (lay.legend() for lay in layers)
+              if lg.get("type") in ("continuous", "categorical", "rgb", "color")]
+    if not panels:
+        return img
+    h = max(img.shape[0], *(p.shape[0] for p in panels))
+    canvas = np.full((h, img.shape[1] + sum(p.shape[1] for p in panels), 3), 255, np.uint8)
+    canvas[:img.shape[0], :img.shape[1]] = img[..., :3]
+    x = img.shape[1]
+    for p in panels:
+        canvas[:p.shape[0], x:x + p.shape[1]] = p
+        x += p.shape[1]
+    return canvas
 
 
 def render_png(table, layer: TileLayer, path: str | os.PathLike, max_size: int = 1024, slide_id: str | None = None,
@@ -281,10 +322,6 @@ def render_png(table, layer: TileLayer, path: str | os.PathLike, max_size: int =
     alpha = rgba[..., 3:] / 255.0
     img = (rgba[..., :3] * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
     if legend:
-        panel = _legend_panel(layer.legend(), oh)
-        canvas = np.full((max(oh, panel.shape[0]), ow + panel.shape[1], 3), 255, np.uint8)
-        canvas[:oh, :ow] = img
-        canvas[:panel.shape[0], ow:] = panel
-        img = canvas
-    save_image(img, path)
+        img = with_legends(img, [layer])
+    save_image(img, path, compress_level=1)  # per-tile colours compress poorly: level 6 costs ~2x the time
     return Path(path)

@@ -126,7 +126,13 @@ class SlideViewer(anywidget.AnyWidget):
 
     # -- layers -------------------------------------------------------------------------------
     def add_layer(self, layer: Any, opacity: float | None = None, visible: bool = True) -> str:
-        """Show ``layer`` over the slide; returns its key. Opacity defaults to the layer's own."""
+        """Show ``layer`` over the slide; returns its key. Opacity defaults to the layer's own. A name
+        (``"heatmap:tumor"``, ``"clusters"``, ``"pred"``, a column: see
+        :func:`wsi_lab.overlays.resolve_layers`) draws from the viewer's ``table``."""
+        if isinstance(layer, str):
+            from wsi_lab.overlays import resolve_layers, slide_rows
+
+            layer = resolve_layers([layer], table=slide_rows(self.table, self.slide), slide=self.slide)[-1]
         if callable(getattr(layer, "to_json", None)):
             import json
 
