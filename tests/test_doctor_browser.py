@@ -9,7 +9,15 @@ import os
 
 from PIL import Image
 
-from tests.jupyter_env import REPO, browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
+from tests.jupyter_env import (
+    REPO,
+    browser_marks,
+    browser_page,
+    jupyter_server,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
 
 pytestmark = browser_marks()
 
