@@ -247,7 +247,7 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shutil.copy(CMU, root / CMU.name)  # under the Jupyter root: the server extension serves its tiles
-        table = t.copy()
+        table = t.assign(patient_id="p", mpp=0.5, tissue_fraction=1.0)
         table.attrs = {"wsi_lab": {**t.attrs["wsi_lab"], "slides": {"cmu": {"path": str(root / CMU.name)}}}}
         write_table(table, root / "preds.parquet")
         write_notebook(root / "bench.ipynb", ["import numpy as np\nfrom wsi_lab.ui.explorer import LatentExplorer\n"
