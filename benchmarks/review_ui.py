@@ -15,7 +15,11 @@ point lands on the slide shown) with 32 latents drawn around 6 centres, ``prob_*
   the viewer's highlight layer (state ready to sync) ; gallery pictures counted separately; target < 100 ms.
 - Review: next tile after a key press (``→``: the gallery's next tile in hand, both viewers told); a
   decision key (``1``: relabel, saved to Parquet + GeoJSON, then the next tile); target < 100 ms.
-Browser-side drawing (WebGL) is not in these numbers; the browser tests check it happens.
+- Browser side (a real JupyterLab + headless Chromium, unless ``--no-browser`` or Chromium is missing): from
+  the explorer cell's execution to the scatter's canvas holding drawn points (``--tiles`` points); target
+  < 1 s. From a programmatic selection (``ex.select(...)`` run in a cell, 10,000 points) to the highlight
+  layer's legend on the slide and its overlay tiles loaded; target < 100 ms. Both timed in the page
+  (``performance.now()``), the drawn check polled every animation frame.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiles", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="one repeat; the old k-means once")
+    ap.add_argument("--no-browser", action="store_true", help="kernel-side numbers only")
     args = ap.parse_args()
     repeat = 1 if args.quick else 3
     from wsi_lab.overlays.predictions import kmeans, project_latents
@@ -179,9 +184,94 @@ def main() -> None:
     add("review: next tile after a key press", statistics.median(nxt), "ms", "< 100 ms", "")
     add("review: relabel key (saved) + next tile", statistics.median(dec), "ms", "< 100 ms", "")
 
+    if not args.no_browser:
+        for name, value, unit, target in browser_timings(t, repeat):
+            add(name, value, unit, target, "")
+
     print(f"\n{'measure':<44} {'value':>10} {'unit':<4} {'target':<10} vs (same run)")
     for name, value, unit, target, vs in rows:
         print(f"{name:<44} {value:>10.3f} {unit:<4} {target:<10} {vs}")
+
+
+_SCATTER_DRAWN = """() => {
+    const c = [...document.querySelectorAll('.wsi-lab-explorer canvas')].filter(e => !e.closest('.wsi-viewer'))
+        .sort((a, b) => b.width * b.height - a.width * a.height)[0];
+    if (!c || !c.width || !c.height) return false;
+    const ctx = c.getContext('2d');  // jupyter-scatter copies its WebGL frame to a 2-D canvas
+    if (!ctx) return false;
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < d.length; i += 4 * 13) if (d[i] > 0) n++;
+    return n > 100 ? performance.now() : false;
+}"""
+_HIGHLIGHT_SHOWN = """() => {
+    const v = document.querySelector('.wsi-explorer-viewer .wsi-viewer');
+    return v && v.querySelector(".wsi-legend-entry[data-layer='selected tiles']") && v.dataset.layersShown === '1'
+        && v.dataset.fullyLoaded === '1' ? performance.now() : false;
+}"""
+_HIGHLIGHT_GONE = "() => !document.querySelector(\".wsi-explorer-viewer .wsi-legend-entry[data-layer='selected tiles']\")"
+
+
+def _run_cell(page, code: str) -> float:
+    """Put ``code`` in a new last cell and start it; returns the page's clock at the start (ms)."""
+    from tests.jupyter_env import run_command
+
+    page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
+        nb.activeCellIndex = nb.widgets.length - 1; }""")
+    run_command(page, "notebook:insert-cell-below")
+    page.evaluate("(code) => window.jupyterapp.shell.currentWidget.content.activeCell.model.sharedModel.setSource(code)",
+                  code)
+    t0 = float(page.evaluate("performance.now()"))
+    run_command(page, "notebook:run-cell")
+    return t0
+
+
+def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str, str]]:
+    """The explorer's first draw and a selection's highlight, in a real JupyterLab + headless Chromium."""
+    import shutil
+
+    from tests.jupyter_env import (
+        browser_available,
+        browser_page,
+        jupyter_server,
+        open_notebook,
+        run_all_cells,
+        wait_kernel_idle,
+        write_notebook,
+    )
+    from wsi_lab.data.table import write_table
+
+    if not browser_available():
+        print("browser timings skipped: playwright or Chromium missing", file=sys.stderr)
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copy(CMU, root / CMU.name)  # under the Jupyter root: the server extension serves its tiles
+        table = t.assign(patient_id="p", mpp=0.5, tissue_fraction=1.0)
+        table.attrs = {"wsi_lab": {**t.attrs["wsi_lab"], "slides": {"cmu": {"path": str(root / CMU.name)}}}}
+        write_table(table, root / "preds.parquet")
+        write_notebook(root / "bench.ipynb", ["import numpy as np\nfrom wsi_lab.ui.explorer import LatentExplorer\n"
+                                              "import jscatter"])
+        out: list[tuple[str, float, str, str]] = []
+        with jupyter_server(root, app="lab") as srv, browser_page((1280, 1000), timeout_ms=120_000) as page:
+            open_notebook(page, srv, "bench.ipynb")
+            run_all_cells(page)  # the imports: not part of the draw
+            t0 = _run_cell(page, "ex = LatentExplorer('preds.parquet', height=360)\nex")
+            drawn = float(page.wait_for_function(_SCATTER_DRAWN, polling="raf", timeout=120_000).json_value())
+            out.append((f"explorer first draw (browser), {len(t):,} points", (drawn - t0) / 1000, "s", "< 1 s"))
+            page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
+            wait_kernel_idle(page)
+            times = []
+            for k in range(max(3, repeat)):
+                t0 = _run_cell(page, f"ex.select(np.random.default_rng({k}).choice({len(t)}, 10_000, replace=False))")
+                shown = float(page.wait_for_function(_HIGHLIGHT_SHOWN, polling="raf", timeout=60_000).json_value())
+                times.append(shown - t0)
+                wait_kernel_idle(page)
+                _run_cell(page, "ex.action('clear')")
+                page.wait_for_function(_HIGHLIGHT_GONE, timeout=60_000)
+                wait_kernel_idle(page)
+            out.append(("selection → tiles on the slide (browser, 10k)", statistics.median(times), "ms", "< 100 ms"))
+        return out
 
 
 if __name__ == "__main__":

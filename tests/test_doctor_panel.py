@@ -28,3 +28,17 @@ def test_the_panel_renders_the_checks():
     assert "✘ missing" in html and "pip install &#x27;wsi-lab[napari]&#x27;" in html and "✔ ok" in html
     idle = DoctorPanel(run=False)
     assert idle.checks == [] and idle.wait(0)
+
+
+def test_the_lab_runs_the_checks_when_the_doctor_tab_is_first_shown(tmp_path):
+    import wsi_lab
+    from wsi_lab.testing import make_slide
+
+    make_slide(tmp_path / "s0.svs", 512, 384, tile=128)
+    lab = wsi_lab.Lab(str(tmp_path))
+    try:
+        lab.show_tab("Doctor")  # the click that builds the panel is the one that runs it
+        panel = lab.panels["Doctor"]
+        assert panel.wait(120) and panel.checks and "wsi-lab-doctor" in panel.table.value
+    finally:
+        lab.close()

@@ -80,4 +80,85 @@ def test_lab_tabs_open_a_predictions_file(tmp_path, preds, monkeypatch):
     tab = explorer_panel(None)
     tab.children[0].children[1].click()
     assert type(tab.children[-1]).__name__ == "LatentExplorer"
+    assert tab.children[-1].store.folder == tmp_path / "review"  # brushed sets go to the same decisions
     tab.children[-1].close()
+
+
+def _region_pixels(viewer):
+    """The drawn-region layer of ``viewer`` as its mask (None when not shown)."""
+    from wsi_lab.overlays import Layer
+
+    entry = [e for e in viewer.layers if e["name"] == "drawn region"]
+    return None if not entry else Layer.from_json(entry[0]["payload"]["layer"]).mask
+
+
+def test_the_region_being_drawn_is_a_layer_that_follows_the_clicks(tmp_path, preds):
+    from wsi_lab.ui.review import ReviewPanel
+
+    panel = ReviewPanel(preds, tmp_path / "review", reviewer="dr", tile_source="comm")
+    try:
+        layered, plain = panel.viewers.layered, panel.viewers.plain
+        panel.action("draw")
+        assert _region_pixels(layered) is None
+        panel._on_click(0, 0, None)
+        one = _region_pixels(layered)
+        assert one is not None and 0 < one.sum() and _region_pixels(plain) is not None  # a dot at the corner
+        panel._on_click(300, 0, None)
+        two = _region_pixels(layered)
+        assert two.sum() > one.sum() and not two[two.shape[0] // 2:].any()  # an edge along the top
+        panel._on_click(300, 300, None)
+        panel._on_click(0, 300, None)
+        four = _region_pixels(layered)
+        w, h = panel.viewers.slide.dimensions
+        iy, ix = int(150 / h * four.shape[0]), int(150 / w * four.shape[1])
+        assert four[iy, ix] and not four[-1, -1] and four.sum() > two.sum()  # the inside is filled
+        panel.layer_kind.value = "decisions"  # a new layer kind keeps the region on top
+        assert [e["name"] for e in layered.layers] == ["decisions", "drawn region"]
+        panel.label.value = "a"
+        panel.action("region")
+        assert _region_pixels(layered) is None and _region_pixels(plain) is None and len(panel.store.effective("s0")) == 4
+    finally:
+        panel.close()
+
+
+def test_a_brushed_set_is_accepted_or_relabelled_as_one_batch(tmp_path, preds):
+    from wsi_lab.review import DecisionStore
+    from wsi_lab.ui.explorer import LatentExplorer
+    from wsi_lab.ui.review import ReviewPanel
+
+    store = DecisionStore(tmp_path / "review", "dr")
+    ex = LatentExplorer(preds, tile_source="comm", n=5, decisions=store)
+    panel = ReviewPanel(preds, store)
+    try:
+        ex.action("relabel")
+        assert "nothing selected" in ex.errors.text and len(store) == 0
+        s0 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s0")
+        s1 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s1")
+        ex.select([*s0[:3], *s1[:2]])
+        ex.label.value = "b"
+        ex.action("relabel")  # five tiles on two slides, one batch
+        eff = store.effective()
+        assert len(eff) == 5 and set(eff["label"]) == {"b"} and eff["batch"].nunique() == 1
+        assert set(eff["source"]) == {"set"} and store.geojson_path("s1").exists()
+        ex.action("draw")
+        for xy in [(0, 0), (300, 0), (300, 300), (0, 300)]:
+            ex._on_click(*xy, None)
+        assert [e["name"] for e in ex.viewer.layers][-1] == "drawn region"
+        ex.action("region")  # the region's points are the selection now
+        ex.action("accept")
+        eff = store.effective("s0")
+        inside = ex.table.iloc[ex.selected]
+        both = len(set(s0[:3]) | set(ex.selected.tolist()))  # the region may hold tiles relabelled before
+        assert len(ex.selected) == 4 and len(eff) == both and "wsi-explorer-decided" in ex.status.value
+        got = eff.set_index(["x", "y"])["label"]
+        assert all(got[(int(r.x), int(r.y))] == r.pred for r in inside.itertuples())  # accepted: the model's answer
+        panel._after_decision("accept")  # the review panel on the same store sees them
+        assert panel.queue.options[0][0].endswith(f"{both} reviewed")
+        ex.action("undo")  # one undo takes back the whole accepted set
+        assert len(store.effective("s0")) == 3
+        ex.action("undo")
+        assert len(store) == 0 and not ex.errors.text
+        assert len(DecisionStore(tmp_path / "review").effective()) == 0  # on disk too
+    finally:
+        ex.close()
+        panel.close()

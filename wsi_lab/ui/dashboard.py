@@ -10,9 +10,11 @@ kernel's parent, else ``/``). With dask-labextension installed its panes are off
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -39,11 +41,31 @@ def server_base_url() -> str:
     return "/"
 
 
+@functools.lru_cache(maxsize=1)
+def _own_addresses() -> frozenset[str]:
+    """This host's names and addresses: a dashboard link may name the host's own IP (Dask writes it for an
+    in-process cluster) while the server reaches it on localhost."""
+    names = {"127.0.0.1", "localhost", "0.0.0.0", "::1"}
+    try:
+        host = socket.gethostname()
+        names |= {host, socket.getfqdn()}
+        names |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:  # no resolvable host name: loopback names only
+        pass
+    try:
+        from distributed.utils import get_ip  # the address Dask writes into its links (no packet is sent)
+
+        names.add(str(get_ip()))
+    except (ImportError, OSError, ValueError):
+        pass
+    return frozenset(names)
+
+
 def proxied_url(link: str, base_url: str | None = None) -> str | None:
-    """``<base_url>proxy/<port><path>`` for a dashboard on this host (127.0.0.1, localhost, 0.0.0.0), or
-    None for a remote host or a link without a port."""
+    """``<base_url>proxy/<port><path>`` for a dashboard on this host (loopback, or this host's own name or
+    address), or None for a remote host or a link without a port."""
     parts = urlsplit(link)
-    if parts.hostname not in ("127.0.0.1", "localhost", "0.0.0.0", "::1") or parts.port is None:
+    if parts.hostname not in _own_addresses() or parts.port is None:
         return None
     base = base_url if base_url is not None else server_base_url()
     path = parts.path or "/status"

@@ -1,8 +1,11 @@
 """``LatentExplorer``: a 2-D embedding (PCA, UMAP when installed) of latents or features drawn with
 jupyter-scatter (WebGL, millions of points), brushed both ways with the slide: points selected in the
 scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a region drawn on the
-slide (or the tiles in view) selects its points. Colour by any column. A thin view over
-:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``).
+slide (or the tiles in view) selects its points. Colour by any column. With ``decisions`` (a folder or
+the :class:`~wsi_lab.review.DecisionStore` a :class:`~wsi_lab.ui.review.ReviewPanel` writes to) the brushed
+set is accepted or relabelled in one action, one batch that one undo takes back. A thin view over
+:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``,
+``region_layer``, ``DecisionStore``).
 """
 
 from __future__ import annotations
@@ -44,14 +47,16 @@ def colour_columns(table: pd.DataFrame) -> list[str]:
 
 class LatentExplorer(widgets.VBox):
     """Explore ``predictions`` (a table with ``z_NN``/feature columns, or its Parquet path) in 2-D.
-    ``method``: ``pca`` | ``umap``; ``color_by``: a column (default ``cluster``); ``n``: gallery size."""
+    ``method``: ``pca`` | ``umap``; ``color_by``: a column (default ``cluster``); ``n``: gallery size;
+    ``decisions``: where the review decisions go (a folder or a ``DecisionStore``; none: no decision buttons)."""
 
     def __init__(self, predictions: Any, columns: Any = None, method: str = "pca", color_by: str | None = None,
-                 clusters: int = 6, n: int = 12, tile_source: str = "auto", height: int = 420) -> None:
+                 clusters: int = 6, n: int = 12, tile_source: str = "auto", height: int = 420,
+                 decisions: Any = None, reviewer: str | None = None) -> None:
         import jscatter
 
-        from wsi_lab.review import embed
-        from wsi_lab.ui.review import _load_predictions
+        from wsi_lab.review import DecisionStore, embed
+        from wsi_lab.ui.review import _load_predictions, classes_of
 
         self.errors = ErrorBox()
         t0 = time.perf_counter()
@@ -86,6 +91,19 @@ class LatentExplorer(widgets.VBox):
                             ("region", "Select region", "select the points of the tiles inside the drawn region"),
                             ("view", "Select tiles in view", "select the points of the tiles shown on the slide"),
                             ("clear", "Clear", "clear the selection and the drawn corners"))}
+        self.store: DecisionStore | None = None
+        decide: list[widgets.Widget] = []
+        if decisions is not None:
+            self.store = decisions if isinstance(decisions, DecisionStore) else DecisionStore(decisions, reviewer)
+            classes = classes_of(self.table)
+            self.label = widgets.Dropdown(options=classes or ["(none)"], description="Label",
+                                          layout=widgets.Layout(width="220px"))
+            self.label.add_class("wsi-explorer-label")
+            for name, text, tip in (("accept", "Accept selected", "accept the model's answer for every selected tile"),
+                                    ("relabel", "Relabel selected", "give every selected tile the chosen label"),
+                                    ("undo", "Undo", "take back the last decision (a whole set at once)")):
+                self.buttons[name] = widgets.Button(description=text, tooltip=tip, layout=widgets.Layout(width="auto"))
+            decide = [self.label, self.buttons["accept"], self.buttons["relabel"], self.buttons["undo"]]
         for name, b in self.buttons.items():
             b.add_class(f"wsi-explorer-{name}")
             b.on_click(lambda _b, name=name: self.action(name))
@@ -101,9 +119,10 @@ class LatentExplorer(widgets.VBox):
         super().__init__()
         self.add_class("wsi-lab-explorer")
         plot_box = widgets.VBox([self.plot], layout=widgets.Layout(width="50%"))  # VBox: the plot takes its width
-        self.children = [self.errors, widgets.HBox([self.color, self.slide, *self.buttons.values()],
+        tools = [b for k, b in self.buttons.items() if k not in ("accept", "relabel", "undo")]
+        self.children = [self.errors, widgets.HBox([self.color, self.slide, *tools],
                                                    layout=widgets.Layout(flex_flow="row wrap")),
-                         self.status, widgets.HBox([plot_box, self.viewer_box]), self.gallery]
+                         *([widgets.HBox(decide)] if decide else []), self.status, widgets.HBox([plot_box, self.viewer_box]), self.gallery]
         if slides:
             self.show_slide(slides[0])
         self._update_status()
@@ -125,12 +144,24 @@ class LatentExplorer(widgets.VBox):
             self.viewer.add_class("wsi-explorer-viewer")
             self.viewer.on_tile_click(self._on_click)
             self.viewer_box.children = [self.viewer]
+            self.region = []
             self._show_selection()
+
+    def _show_region(self) -> None:
+        """The region being drawn, as a layer on the slide (updated on every corner)."""
+        from wsi_lab.review.layers import REGION_NAME, region_layer
+
+        if self.viewer is None:
+            return
+        self.viewer.layers = [e for e in self.viewer.layers if e["name"] != REGION_NAME]
+        if self.region:
+            self.viewer.add_layer(region_layer(self.region, self.viewer.slide.dimensions))
 
     def _on_click(self, x: int, y: int, row: Any) -> None:
         with self.errors.guard("click"):
             if self.buttons["draw"].button_style == "warning":
                 self.region.append((float(x), float(y)))
+                self._show_region()
             elif row is not None:
                 self.select([int(row.name)])
             self._update_status()
@@ -172,16 +203,33 @@ class LatentExplorer(widgets.VBox):
             if self.color.value != column:
                 self.color.value = column
 
+    def decide(self, action: str) -> int | None:
+        """``accept`` or ``relabel`` (as the chosen label) every selected tile, of every slide, as one batch
+        of the decision store; ``undo`` takes back the last batch. Returns the batch id."""
+        if self.store is None:
+            raise ValueError("no decision store: open the explorer with decisions=<folder> to accept or relabel")
+        if action == "undo":
+            return self.store.undo()
+        if not len(self.selected):
+            raise ValueError("nothing selected: drag a lasso over the points or select a region of the slide")
+        rows = self.table.iloc[np.sort(self.selected)]
+        if action == "accept":
+            return self.store.accept(rows, source="set")
+        return self.store.relabel(rows, str(self.label.value), source="set")
+
     def action(self, name: str) -> None:
-        """A button's action: ``draw``, ``region``, ``view``, ``clear``."""
+        """A button's action: ``draw``, ``region``, ``view``, ``clear``, ``accept``, ``relabel``, ``undo``."""
         from wsi_lab.review import points_in_region
 
         with self.errors.guard(name):
-            if name == "draw":
+            if name in ("accept", "relabel", "undo"):
+                self.decide(name)
+            elif name == "draw":
                 drawing = self.buttons["draw"].button_style != "warning"
                 self.buttons["draw"].button_style = "warning" if drawing else ""
                 if drawing:
                     self.region = []
+                    self._show_region()
             elif name == "region":
                 if len(self.region) < 3:
                     raise ValueError("draw a region first: press 'Draw region' and click at least three corners")
@@ -193,13 +241,16 @@ class LatentExplorer(widgets.VBox):
                 self.select(points_in_region(self.table, list(self.viewer.viewport), str(self.slide.value)))
             elif name == "clear":
                 self.region = []
+                self._show_region()
                 self.scatter.selection(None)
             self._update_status()
 
     def _update_status(self) -> None:
         drawing = f" · drawing: {len(self.region)} corner(s)" if self.buttons["draw"].button_style else ""
+        decided = (f" · <span class='wsi-explorer-decided'>{len(self.store)}</span> tile(s) reviewed"
+                   if self.store is not None else "")
         self.status.value = (f"<span class='wsi-explorer-count'>{len(self.selected)}</span> of {len(self.table)} "
-                             f"points selected · slide <code>{html.escape(str(self.slide.value))}</code>{drawing}")
+                             f"points selected · slide <code>{html.escape(str(self.slide.value))}</code>{drawing}{decided}")
 
     def close(self) -> None:
         """Close the explorer, its scatter and its viewer (which releases the slide)."""

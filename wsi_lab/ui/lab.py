@@ -278,6 +278,9 @@ def _doctor_panel(lab: Lab) -> widgets.Widget:
             panel.run()
 
     lab.tabs.observe(on_tab, "selected_index")
+    titles, index = lab.tabs.titles, lab.tabs.selected_index
+    if index is not None and index < len(titles) and titles[index] == "Doctor":  # built by that very click
+        panel.run()
     return panel
 
 

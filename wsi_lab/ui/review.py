@@ -171,6 +171,7 @@ class ReviewPanel(widgets.VBox):
             self._fill_galleries()
             self.current = None
             self.region = []
+            self._show_region()
 
     def _layer(self, kind: str):
         from wsi_lab.overlays.predictions import layer_for
@@ -188,6 +189,18 @@ class ReviewPanel(widgets.VBox):
                 return
             layer = self._layer(self.layer_kind.value)
             self.viewers.set_layers([layer] if layer is not None else [])
+            self._show_region()
+
+    def _show_region(self) -> None:
+        """The region being drawn, as a layer on both viewers (updated on every corner, gone when cleared)."""
+        from wsi_lab.review.layers import REGION_NAME, region_layer
+
+        if self.viewers is None:
+            return
+        for v in (self.viewers.layered, self.viewers.plain):
+            v.layers = [e for e in v.layers if e["name"] != REGION_NAME]
+            if self.region:
+                v.add_layer(region_layer(self.region, self.viewers.slide.dimensions))
 
     def _fill_galleries(self) -> None:
         from wsi_lab.review import score_column, top_tiles
@@ -256,6 +269,7 @@ class ReviewPanel(widgets.VBox):
         with self.errors.guard("click"):
             if self.buttons["draw"].button_style == "warning":  # drawing a region: the click is a corner
                 self.region.append((float(x), float(y)))
+                self._show_region()
                 self._update_status()
                 return
             if row is not None:
@@ -315,8 +329,10 @@ class ReviewPanel(widgets.VBox):
                 drawing = self.buttons["draw"].button_style != "warning"
                 self.buttons["draw"].button_style = "warning" if drawing else ""
                 self.region = [] if drawing else self.region
+                self._show_region()
             elif name == "clear":
                 self.region = []
+                self._show_region()
             elif name == "undo":
                 self.store.undo()
             elif name == "region":
@@ -325,6 +341,7 @@ class ReviewPanel(widgets.VBox):
                 self.store.decide_region(self.rows, self.region, str(self.label.value), slide_id=str(self.queue.value))
                 self.region = []
                 self.buttons["draw"].button_style = ""
+                self._show_region()
             elif name in ("accept", "relabel"):
                 if self.current is None:
                     raise ValueError("no tile in hand: click one on the slide or in a gallery")

@@ -14,6 +14,22 @@ from wsi_lab.ui.common import ErrorBox
 __all__ = ["review_panel", "explorer_panel"]
 
 
+def _store(lab: Any, predictions: Path) -> Any:
+    """The decision store beside ``predictions`` (``<folder>/review``), one per folder for the Lab: the
+    Review and Explorer tabs write through the same store, so one undo sees both."""
+    from wsi_lab.review import DecisionStore
+
+    folder = predictions.expanduser().parent / "review"
+    stores = getattr(lab, "_review_stores", None)
+    if stores is None:
+        stores = {}
+        if lab is not None:
+            lab._review_stores = stores
+    if folder not in stores:
+        stores[folder] = DecisionStore(folder)
+    return stores[folder]
+
+
 def review_panel(lab: Any) -> widgets.Widget:
     """The Lab's Review tab: the predictions in ``$WSI_LAB_PREDICTIONS`` (or typed in) and their decisions
     beside them (``<predictions folder>/review``)."""
@@ -30,7 +46,7 @@ def review_panel(lab: Any) -> widgets.Widget:
             p = Path(path.value).expanduser()
             from wsi_lab.ui.review import ReviewPanel
 
-            panel = ReviewPanel(p, p.parent / "review")
+            panel = ReviewPanel(p, _store(lab, p))
             box.children = [widgets.HBox([path, load]), errors, panel]
 
     load.on_click(go)
@@ -41,7 +57,8 @@ def review_panel(lab: Any) -> widgets.Widget:
 
 
 def explorer_panel(lab: Any) -> widgets.Widget:
-    """The Lab's Explorer tab: the latents in ``$WSI_LAB_PREDICTIONS`` (or typed in)."""
+    """The Lab's Explorer tab: the latents in ``$WSI_LAB_PREDICTIONS`` (or typed in); decisions on brushed
+    sets go to the Review tab's store."""
     box = widgets.VBox()
     path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description="Latents",
                         placeholder="predictions.parquet (with z_NN columns)", layout=widgets.Layout(width="520px"))
@@ -54,7 +71,8 @@ def explorer_panel(lab: Any) -> widgets.Widget:
                 raise ValueError("type the path of a predictions Parquet file with latent (z_NN) columns")
             from wsi_lab.ui.explorer import LatentExplorer
 
-            box.children = [widgets.HBox([path, load]), errors, LatentExplorer(path.value)]
+            box.children = [widgets.HBox([path, load]), errors,
+                            LatentExplorer(path.value, decisions=_store(lab, Path(path.value)))]
 
     load.on_click(go)
     box.children = [widgets.HBox([path, load]), errors]
