@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_lab.annotations.regions import AnnotationSet, Region
+from wsi_lab.annotations.regions import AnnotationSet, Region, read_annotation_bytes
 from wsi_lab.errors import DataError, InvalidParameterError
 
 __all__ = ["read_asap", "parse_asap", "asap_xml", "write_asap", "bridge_holes", "AREA_TYPES"]
@@ -92,12 +92,7 @@ def read_asap(path: str | os.PathLike) -> AnnotationSet:
     """Read an ASAP / CAMELYON XML file. Raises :class:`DataError` naming the file (and the
     ``<Annotation>`` at fault) when it is missing, not XML, not ASAP or holds bad coordinates."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError.at(p, "no such annotation file") from exc
-    except OSError as exc:
-        raise DataError.at(p, f"cannot read ({exc})") from exc
+    data = read_annotation_bytes(p)
     return parse_asap(data, p)
 
 

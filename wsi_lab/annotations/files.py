@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wsi_lab.annotations.asap import parse_asap
 from wsi_lab.annotations.geojson import parse_geojson_annotations
-from wsi_lab.annotations.regions import AnnotationSet
+from wsi_lab.annotations.regions import AnnotationSet, read_annotation_bytes
 from wsi_lab.errors import DataError
 
 __all__ = ["read_annotations", "annotation_file", "annotations_by_slide", "SUFFIXES"]
@@ -24,12 +24,7 @@ def read_annotations(path: str | os.PathLike) -> AnnotationSet:
     import json
 
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError.at(p, "no such annotation file") from exc
-    except OSError as exc:
-        raise DataError.at(p, f"cannot read ({exc})") from exc
+    data = read_annotation_bytes(p)
     xml = p.suffix.lower() == ".xml" or (p.suffix.lower() not in SUFFIXES and data.lstrip()[:1] == b"<")
     if xml:
         return parse_asap(data, p)

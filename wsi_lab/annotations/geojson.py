@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wsi_lab.annotations.regions import UNCLASSIFIED, AnnotationSet, Region
+from wsi_lab.annotations.regions import UNCLASSIFIED, AnnotationSet, Region, read_annotation_bytes
 from wsi_lab.errors import DataError, InvalidParameterError
 
 __all__ = ["read_geojson_annotations", "parse_geojson_annotations", "annotations_to_geojson",
@@ -134,11 +134,10 @@ def read_geojson_annotations(path: str | os.PathLike, object_types: Sequence[str
     """Read a QuPath GeoJSON file of annotations. Raises :class:`DataError` naming the file (and the
     feature at fault) when it is missing, not JSON, not GeoJSON or holds bad coordinates."""
     p = Path(path)
+    raw = read_annotation_bytes(p)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError.at(p, "no such annotation file") from exc
-    except (OSError, ValueError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise DataError.at(p, f"not readable JSON ({exc})") from exc
     return parse_geojson_annotations(data, p, object_types)
 

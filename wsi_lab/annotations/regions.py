@@ -134,3 +134,14 @@ class AnnotationSet:
         regions = [Region(mapping.get(r.label, r.label), r.exterior, r.holes, r.name, r.kind, r.color)
                    for r in self.regions]
         return AnnotationSet(regions, dict(self.groups), self.source)
+
+
+def read_annotation_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an annotation file; :class:`DataError` naming the file when it is missing or unreadable."""
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError.at(p, "no such annotation file") from exc
+    except OSError as exc:
+        raise DataError.at(p, f"cannot read ({exc})") from exc
