@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,50 +31,47 @@ def _store(lab: Any, predictions: Path) -> Any:
     return stores[folder]
 
 
-def review_panel(lab: Any) -> widgets.Widget:
-    """The Lab's Review tab: the predictions in ``$WSI_LAB_PREDICTIONS`` (or typed in) and their decisions
-    beside them (``<predictions folder>/review``)."""
+def _path_tab(what: str, label: str, placeholder: str, button: str, icon: str, missing: str,
+              make: Callable[[Path], widgets.Widget], load_now: bool) -> widgets.Widget:
+    """A tab that opens ``make(path)`` for the predictions path in ``$WSI_LAB_PREDICTIONS`` or typed in."""
     box = widgets.VBox()
-    path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description="Predictions",
-                        placeholder="predictions.parquet", layout=widgets.Layout(width="520px"))
-    load = widgets.Button(description="Review", icon="check")
+    path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description=label,
+                        placeholder=placeholder, layout=widgets.Layout(width="520px"))
+    load = widgets.Button(description=button, icon=icon)
     errors = ErrorBox()
 
     def go(_b=None) -> None:
-        with errors.guard("review"):
+        with errors.guard(what):
             if not path.value:
-                raise ValueError("type the path of a predictions Parquet file (from wsi_lab.infer.predict)")
-            p = Path(path.value).expanduser()
-            from wsi_lab.ui.review import ReviewPanel
-
-            panel = ReviewPanel(p, _store(lab, p))
-            box.children = [widgets.HBox([path, load]), errors, panel]
+                raise ValueError(missing)
+            box.children = [widgets.HBox([path, load]), errors, make(Path(path.value).expanduser())]
 
     load.on_click(go)
     box.children = [widgets.HBox([path, load]), errors]
-    if path.value:
+    if load_now and path.value:
         go()
     return box
+
+
+def review_panel(lab: Any) -> widgets.Widget:
+    """The Lab's Review tab: the predictions in ``$WSI_LAB_PREDICTIONS`` (or typed in) and their decisions
+    beside them (``<predictions folder>/review``)."""
+    def make(p: Path) -> widgets.Widget:
+        from wsi_lab.ui.review import ReviewPanel
+
+        return ReviewPanel(p, _store(lab, p))
+
+    return _path_tab("review", "Predictions", "predictions.parquet", "Review", "check",
+                     "type the path of a predictions Parquet file (from wsi_lab.infer.predict)", make, load_now=True)
 
 
 def explorer_panel(lab: Any) -> widgets.Widget:
     """The Lab's Explorer tab: the latents in ``$WSI_LAB_PREDICTIONS`` (or typed in); decisions on brushed
     sets go to the Review tab's store."""
-    box = widgets.VBox()
-    path = widgets.Text(value=os.environ.get("WSI_LAB_PREDICTIONS", ""), description="Latents",
-                        placeholder="predictions.parquet (with z_NN columns)", layout=widgets.Layout(width="520px"))
-    load = widgets.Button(description="Explore", icon="search")
-    errors = ErrorBox()
+    def make(p: Path) -> widgets.Widget:
+        from wsi_lab.ui.explorer import LatentExplorer
 
-    def go(_b=None) -> None:
-        with errors.guard("explorer"):
-            if not path.value:
-                raise ValueError("type the path of a predictions Parquet file with latent (z_NN) columns")
-            from wsi_lab.ui.explorer import LatentExplorer
+        return LatentExplorer(str(p), decisions=_store(lab, p))
 
-            box.children = [widgets.HBox([path, load]), errors,
-                            LatentExplorer(path.value, decisions=_store(lab, Path(path.value)))]
-
-    load.on_click(go)
-    box.children = [widgets.HBox([path, load]), errors]
-    return box
+    return _path_tab("explorer", "Latents", "predictions.parquet (with z_NN columns)", "Explore", "search",
+                     "type the path of a predictions Parquet file with latent (z_NN) columns", make, load_now=False)
