@@ -13,3 +13,15 @@ await build({
   logLevel: "info",
 });
 copyFileSync("src/viewer.css", "../wsi_lab/static/viewer.css");
+// the slide browser's channel picker: the viewer's display panel on its own
+await build({
+  entryPoints: ["src/picker.ts"],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: "es2020",
+  outfile: "../wsi_lab/static/picker.js",
+  legalComments: "eof",
+  logLevel: "info",
+});
+copyFileSync("src/picker.css", "../wsi_lab/static/picker.css");

@@ -112,9 +112,11 @@ def recorded_display(slide, folder: str | os.PathLike | None = None) -> DisplayS
 
 
 def display_file_version(folder: str | os.PathLike | None = None) -> int:
-    """The display file's modification time in ns (0 when there is none): part of cache keys of displayed
-    pictures, so a thumbnail follows a change of the recorded settings."""
+    """A number that changes whenever the display file is rewritten (from its modification time in ns,
+    size and inode: an atomic rewrite is a new inode even within one clock tick; 0 when there is none):
+    part of cache keys of displayed pictures, so a thumbnail follows a change of the recorded settings."""
     try:
-        return display_file(folder).stat().st_mtime_ns
+        st = display_file(folder).stat()
     except OSError:
         return 0
+    return hash((st.st_mtime_ns, st.st_size, st.st_ino)) or 1

@@ -5,7 +5,10 @@ computed lazily in background threads (the kernel stays responsive); thumbnails 
 per file version (path, size, mtime), so a second ``Lab`` on the same folder opens no slide again.
 Two observable traits: ``current`` (the slide the user is looking at: a click on a card's name) and
 ``selected`` (the slides to tile: the cards' checkboxes). A file that cannot be read is listed with the
-reason and cannot be chosen; the others stay usable.
+reason and cannot be chosen; the others stay usable. When the current slide is multi-channel
+(fluorescence), the viewer's channel picker (:class:`~wsi_lab.ui.channel_picker.ChannelPicker`) appears
+above the grid: its changes redraw that slide's thumbnail at once and are recorded in the working folder's
+``display.json``, where the viewer, the tuner and napari find them. Brightfield slides get no picker.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import numpy as np
 import pandas as pd
 import traitlets
 
+from wsi_lab.errors import InvalidParameterError, WSILabError
 from wsi_lab.slide import SlideInfo, find_slides, open_slide
 from wsi_lab.slide.discovery import mpp_flags
+from wsi_lab.slide.display import DisplaySettings
 from wsi_lab.slide.display_file import display_file_version, recorded_display
+from wsi_lab.ui.channel_picker import ChannelPicker
 from wsi_lab.ui.common import ErrorBox, encode_image
 
 log = logging.getLogger(__name__)
@@ -98,21 +104,30 @@ def list_slides(root: str | os.PathLike, workers: int = 4) -> list[SlideInfo]:
         return [_INFO_CACHE.get(keys[i.path], i) for i in quick]
 
 
-def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192) -> bytes:
-    """JPEG bytes of the slide's thumbnail (at most ``max_size`` pixels a side), cached per file version."""
+def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192, folder: str | os.PathLike | None = None) -> bytes:
+    """JPEG bytes of the slide's thumbnail (at most ``max_size`` pixels a side) as a person sees it (the
+    settings recorded in ``folder``'s ``display.json``, default the current directory, else automatic),
+    cached per version of the slide file and of the display file."""
     p = Path(path)
     st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, int(max_size), display_file_version())
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, int(max_size), str(folder), display_file_version(folder))
     with _THUMB_LOCK:
         hit = _THUMB_CACHE.get(key)
     if hit is not None:
         return hit
     with open_slide(p) as s:
-        # fluorescence made visible: the settings recorded in ./display.json (the viewer's picker), else auto
-        data = encode_image(s.get_thumbnail(max_size, display=recorded_display(s)), "jpeg", quality=85)
+        # fluorescence made visible: the settings recorded by a picker (viewer's or browser's), else auto
+        data = displayed_thumbnail(s, max_size, recorded_display(s, folder))
     with _THUMB_LOCK:
         _THUMB_CACHE[key] = data
     return data
+
+
+def displayed_thumbnail(slide, max_size: int, display: DisplaySettings | str | None) -> bytes:
+    """JPEG bytes of an open ``slide``'s thumbnail (at most ``max_size`` px a side) shown with ``display``
+    (settings, ``"auto"``, or None for the raw pixels)."""
+    return encode_image(slide.get_thumbnail(max_size, display=display if display is not None else "raw"),
+                        "jpeg", quality=85)
 
 
 def _placeholder(size: int, text_color=(200, 200, 200)) -> bytes:
@@ -140,15 +155,25 @@ class SlideBrowser(widgets.VBox):
     ``selected`` (observable) is the list of slide paths to tile (the cards' checkboxes). ``labels``
     optionally maps a slide id (or file name) to the slide's class (shown in the "class" column and
     matched by the filter). Unreadable files are listed with the reason and cannot be chosen.
+    ``display_folder``: where display settings are read and recorded (``display.json``; default the
+    current directory, as the viewer does). ``picker`` is the current slide's channel picker (None for a
+    brightfield slide or none); :meth:`set_display` changes it from Python.
     """
 
     selected = traitlets.List(traitlets.Unicode(), help="paths of the slides selected for tiling").tag(sync=False)
     current = traitlets.Unicode(None, allow_none=True, help="path of the slide being looked at").tag(sync=False)
 
     def __init__(self, root: str | os.PathLike, labels: Mapping[str, str] | None = None, thumb_size: int = 160,
-                 infos: Sequence[SlideInfo] | None = None, **kwargs) -> None:
+                 infos: Sequence[SlideInfo] | None = None, display_folder: str | os.PathLike | None = None,
+                 **kwargs) -> None:
         self.root = Path(root).expanduser()
         self.thumb_size = int(thumb_size)
+        self.display_folder = Path(display_folder) if display_folder is not None else None
+        self.picker: ChannelPicker | None = None
+        self._picker_slide = None
+        self._live: set[str] = set()  # thumbnails redrawn by the picker (a late background one must not win)
+        self.picker_box = widgets.VBox()
+        self.picker_box.add_class("wsi-lab-browser-display")
         self.errors = ErrorBox()
         self.filter_text = widgets.Text(placeholder="filter by name, vendor or class", description="Filter",
                                         continuous_update=True, layout=widgets.Layout(width="320px"))
@@ -160,8 +185,8 @@ class SlideBrowser(widgets.VBox):
                                          layout=widgets.Layout(width="110px"))
         self.clear_all = widgets.Button(description="Clear", tooltip="untick every slide",
                                         layout=widgets.Layout(width="70px"))
-        self.hint = widgets.HTML("<small>Click a slide's name to look at it (Viewer, Tune); tick the boxes of the "
-                                 "slides to tile.</small>")
+        self.hint = widgets.HTML("<small>Click a slide's name to look at it (Viewer, Tune; a fluorescence slide "
+                                 "gets its channel picker here); tick the boxes of the slides to tile.</small>")
         self.summary = widgets.HTML()
         self.grid = widgets.GridBox(layout=widgets.Layout(
             grid_template_columns=f"repeat(auto-fill, {self.thumb_size + 24}px)", grid_gap="8px"))
@@ -186,7 +211,8 @@ class SlideBrowser(widgets.VBox):
             self.errors.show(f"None of the {len(self.infos)} slide file(s) under {self.root} could be read; "
                              "the table says why.", "warning")
         controls = widgets.HBox([self.filter_text, self.sort_by, self.descending, self.select_all, self.clear_all])
-        super().__init__([self.errors, controls, self.hint, self.summary, self.grid, self.table_html], **kwargs)
+        super().__init__([self.errors, controls, self.hint, self.summary, self.picker_box, self.grid,
+                          self.table_html], **kwargs)
         self.add_class("wsi-lab-browser")
         for w in (self.filter_text, self.sort_by, self.descending):
             w.observe(lambda _change: self._render(), "value")
@@ -251,6 +277,21 @@ class SlideBrowser(widgets.VBox):
         """Call ``callback(paths)`` whenever the selection changes."""
         self.observe(lambda change: callback(list(change["new"])), "selected")
 
+    def set_display(self, **changes) -> DisplaySettings | None:
+        """Change the current slide's display (``channels``, ``colors``, ``limits``, ``percentiles``,
+        ``gamma``, ``reset``: see :func:`wsi_lab.ui.display_controls.set_display`); its thumbnail follows
+        and the settings are recorded. Bad values, or no multi-channel slide being looked at, raise
+        :class:`InvalidParameterError`."""
+        if self.picker is None:
+            raise InvalidParameterError("no multi-channel slide is being looked at: click a fluorescence slide's "
+                                        "name first (or call show(path))")
+        return self.picker.set_display(**changes)
+
+    def close(self) -> None:
+        """Close the widget and the slide its channel picker holds open."""
+        self._close_picker()
+        super().close()
+
     def wait_thumbnails(self, timeout: float | None = 60) -> bool:
         """Block until the thumbnails requested so far are done; True when all finished in time."""
         _done, pending = wait(list(self._futures.values()), timeout=timeout)
@@ -306,12 +347,63 @@ class SlideBrowser(widgets.VBox):
     def _load_thumbnail(self, path: str) -> None:
         img = self._images[path]
         try:
-            data = thumbnail_bytes(path, self.thumb_size)
+            data = thumbnail_bytes(path, self.thumb_size, self.display_folder)
         except Exception as exc:  # noqa: BLE001 - shown on the card, logged
             log.info("thumbnail of %s failed: %s", path, exc)
             img.value = _placeholder(self.thumb_size, (230, 120, 120))
             self._toggles[path].tooltip = f"{path}\nthumbnail failed: {exc}"
             return
+        if path in self._live:  # the picker drew a newer one meanwhile
+            return
+        img.format, img.value = "jpeg", data
+        img.add_class("wsi-lab-thumb-ready")
+
+    # -- channel picker -----------------------------------------------------------------------
+    def _close_picker(self) -> None:
+        if self.picker is not None:
+            self.picker.close()
+            self.picker = None
+        if self._picker_slide is not None:
+            self._picker_slide.close()
+            self._picker_slide = None
+        self.picker_box.children = []
+
+    def _show_picker(self, path: str | None) -> None:
+        """The channel picker of ``path`` when it is multi-channel (none for brightfield or no slide)."""
+        if self._picker_slide is not None and path is not None and str(self._picker_slide.path) == path:
+            return
+        self._close_picker()
+        if path is None:
+            return
+        try:
+            slide = open_slide(path)
+        except WSILabError as exc:
+            self.errors.show(exc)
+            return
+        try:
+            picker = ChannelPicker(slide, show=lambda settings, p=path, s=slide: self._redraw(p, s, settings),
+                                   folder=self.display_folder)
+        except WSILabError as exc:
+            slide.close()
+            self.errors.show(exc)
+            return
+        if not picker.has_channels:  # brightfield: no picker
+            picker.close()
+            slide.close()
+            return
+        self.picker, self._picker_slide = picker, slide
+        caption = widgets.HTML(f"<b>Display of {html.escape(Path(path).name)}</b> <small>(recorded in "
+                               f"{html.escape(picker.display_state.get('file', ''))}; the viewer, tuner and napari "
+                               f"use it)</small>")
+        self.picker_box.children = [caption, picker]
+
+    def _redraw(self, path: str, slide, settings: DisplaySettings | None) -> None:
+        """Redraw ``path``'s thumbnail with ``settings`` (the picker's ``show``)."""
+        img = self._images.get(path)
+        if img is None:
+            return
+        data = displayed_thumbnail(slide, self.thumb_size, settings)
+        self._live.add(path)
         img.format, img.value = "jpeg", data
         img.add_class("wsi-lab-thumb-ready")
 
@@ -371,6 +463,7 @@ class SlideBrowser(widgets.VBox):
         self._render()
 
     def _on_current(self, _change) -> None:
+        self._show_picker(self.current)
         for path, button in self._open_buttons.items():
             button.button_style = "primary" if path == self.current else ""
             card = self._cards[path]

@@ -1,23 +1,27 @@
-"""The viewer's channel picker and contrast/gamma controls (kernel side), over
+"""The channel picker and contrast/gamma controls (kernel side) of the viewer and the slide browser, over
 :mod:`wsi_lab.slide.display` and :mod:`wsi_lab.slide.display_file`.
 
-The state travels in the viewer's ``display_state`` trait::
+A widget with a ``display_state`` trait and a ``slide`` gets the controls from :func:`attach_display`: the
+``SlideViewer`` (its tiles follow) and the browser's :class:`~wsi_lab.ui.channel_picker.ChannelPicker`
+(its slide's thumbnail follows). The state::
 
     {"options": channel_options(slide),          # channels a picker offers ([] for brightfield: no picker)
-     "settings": DisplaySettings.to_dict() | None, # what the tiles show (None: the slide as scanned)
+     "settings": DisplaySettings.to_dict() | None, # what is shown (None: the slide as scanned)
      "token": display_token(settings) | "",       # the tile URLs' ?display= value ("": no picker)
      "file": "<display.json path>" | "", "error": ""}
 
 The front end (``widgets/src/display.ts``) draws the picker from ``options`` and writes ``settings`` (with
 ``percentiles`` for automatic limits, or ``limits`` set by hand); the kernel resolves and validates them
-(:func:`~wsi_lab.slide.display.display_from_spec`), applies them to the comm path's pyramid, records them
-in the session's ``display.json`` and echoes the resolved limits back. Python calls :func:`set_display`.
+(:func:`~wsi_lab.slide.display.display_from_spec`), shows them (the widget's ``show`` callback), records
+them in the working folder's ``display.json`` and echoes the resolved limits back. Refused values leave
+what is shown and recorded as it was and come back as a readable ``error``. Python calls :func:`set_display`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,100 +32,164 @@ from wsi_lab.viewing import display_token
 
 log = logging.getLogger(__name__)
 
-__all__ = ["attach_display", "set_display", "current_display"]
+__all__ = ["attach_display", "set_display", "current_display", "parse_color", "COLOR_NAMES"]
+
+#: colour names a person may give instead of (r, g, b)
+COLOR_NAMES: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255), "yellow": (255, 255, 0), "white": (255, 255, 255), "gray": (128, 128, 128),
+    "grey": (128, 128, 128), "orange": (255, 128, 0)}
+
+ShowCallback = Callable[[DisplaySettings | None], None]
 
 
-def _state(viewer: Any, settings: DisplaySettings | None, error: str = "") -> dict[str, Any]:
-    folder = getattr(viewer, "_display_folder", None)
-    return {"options": viewer._display_options, "settings": settings.to_dict() if settings is not None else None,
-            "token": display_token(settings) if viewer._display_options["channels"] else "", "file": str(display_file(folder)) if folder is not None else "",
-            "error": error}
+def parse_color(value: Any) -> tuple[int, int, int]:
+    """A channel colour as (r, g, b) in 0..255 from (r, g, b), ``"#rrggbb"`` or a name of
+    :data:`COLOR_NAMES`; anything else raises :class:`InvalidParameterError` saying what is accepted."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in COLOR_NAMES:
+            return COLOR_NAMES[text]
+        if len(text) == 7 and text[0] == "#":
+            try:
+                return (int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16))
+            except ValueError:
+                pass
+    elif not isinstance(value, bytes) and hasattr(value, "__iter__"):
+        items = list(value)
+        try:
+            rgb = [int(v) for v in items] if len(items) == 3 and all(float(v) == int(v) for v in items) else []
+        except (TypeError, ValueError, OverflowError):
+            rgb = []
+        if len(rgb) == 3 and all(0 <= v <= 255 for v in rgb):
+            return rgb[0], rgb[1], rgb[2]
+    raise InvalidParameterError(f"unknown colour {value!r}: give (r, g, b) with values 0..255, '#rrggbb' "
+                                f"or one of {', '.join(sorted(COLOR_NAMES))}")
 
 
-def attach_display(viewer: Any, folder: str | os.PathLike | None = None, record: bool = True) -> None:
-    """Give ``viewer`` (a ``SlideViewer`` with a ``deepzoom`` and a ``display_state`` trait) its display
-    controls: the picker's options, the settings recorded for the slide in ``folder``'s ``display.json``
-    (default: the current directory) when there are some, else the slide's automatic ones; with ``record``,
-    every change is written back there."""
-    slide = viewer.slide
-    viewer._display_options = channel_options(slide)
-    viewer._display_folder = Path(folder if folder is not None else Path.cwd()) if record else None
-    settings, error = viewer.deepzoom.display, ""
-    if viewer._display_options["channels"]:
+def _state(widget: Any, settings: DisplaySettings | None, error: str = "") -> dict[str, Any]:
+    folder = getattr(widget, "_display_folder", None)
+    return {"options": widget._display_options, "settings": settings.to_dict() if settings is not None else None,
+            "token": display_token(settings) if widget._display_options["channels"] else "",
+            "file": str(display_file(folder)) if folder is not None else "", "error": error}
+
+
+def _set_state(widget: Any, settings: DisplaySettings | None, error: str) -> None:
+    widget._display_echo = True
+    try:
+        widget.display_state = _state(widget, settings, error)
+    finally:
+        widget._display_echo = False
+
+
+def attach_display(widget: Any, folder: str | os.PathLike | None = None, record: bool = True,
+                   show: ShowCallback | None = None, initial: DisplaySettings | None = None) -> None:
+    """Give ``widget`` (a widget with ``slide`` and a ``display_state`` trait) its display controls: the
+    picker's options, the settings recorded for the slide in ``folder``'s ``display.json`` (default: the
+    current directory) when there are some, else ``initial``; with ``record``, every change is written back
+    there. ``show(settings)`` puts new settings on screen; by default the widget is a ``SlideViewer`` and
+    its ``deepzoom`` is given them (and ``initial`` defaults to its current settings)."""
+    slide = widget.slide
+    if show is None:
+        show = widget.deepzoom.set_display
+        if initial is None:
+            initial = widget.deepzoom.display
+    widget._display_show = show
+    widget._display_options = channel_options(slide)
+    widget._display_folder = Path(folder if folder is not None else Path.cwd()) if record else None
+    settings, error = initial, ""
+    if widget._display_options["channels"]:
         try:
             saved = load_display_settings(slide, folder)
         except WSILabError as exc:
             log.warning("display settings not loaded: %s", exc)
             saved, error = None, str(exc)
         if saved is not None:
-            viewer.deepzoom.set_display(saved)
+            show(saved)
             settings = saved
-    viewer._display_echo = False
-    viewer.display_state = _state(viewer, settings, error)
-    viewer.observe(lambda change: _on_state(viewer, change), names="display_state")
+    widget._display_settings = settings
+    widget._display_echo = False
+    widget.display_state = _state(widget, settings, error)
+    widget.observe(lambda change: _on_state(widget, change), names="display_state")
 
 
-def current_display(viewer: Any) -> DisplaySettings | None:
-    """The settings the viewer's tiles are shown with (None: raw)."""
-    return viewer.deepzoom.display
+def current_display(widget: Any) -> DisplaySettings | None:
+    """The settings the widget shows (None: raw)."""
+    return widget._display_settings
 
 
-def _apply(viewer: Any, settings: DisplaySettings | None) -> None:
-    """Show ``settings`` (comm path pyramid, front end state) and record them in the session file."""
-    viewer.deepzoom.set_display(settings)
+def _apply(widget: Any, settings: DisplaySettings | None, raise_errors: bool = False) -> None:
+    """Show ``settings`` and record them in the session file; a failure to show keeps the old settings
+    (nothing recorded; raised again with ``raise_errors``), a failure to record is reported in the state's
+    ``error``."""
+    try:
+        widget._display_show(settings)
+    except (WSILabError, OSError) as exc:
+        log.warning("display settings not shown: %s", exc)
+        _set_state(widget, current_display(widget), f"display settings not shown: {exc}")
+        if raise_errors:
+            raise
+        return
+    widget._display_settings = settings
     error = ""
-    folder = getattr(viewer, "_display_folder", None)
-    if folder is not None and viewer._display_options["channels"]:
+    folder = getattr(widget, "_display_folder", None)
+    if folder is not None and widget._display_options["channels"]:
         try:
-            save_display_settings(viewer.slide, settings, folder)
+            save_display_settings(widget.slide, settings, folder)
         except (WSILabError, OSError) as exc:
             log.warning("display settings not recorded: %s", exc)
             error = f"display settings not recorded: {exc}"
-    viewer._display_echo = True
-    try:
-        viewer.display_state = _state(viewer, settings, error)
-    finally:
-        viewer._display_echo = False
+    _set_state(widget, settings, error)
 
 
-def _on_state(viewer: Any, change: dict) -> None:
-    """A change of ``display_state`` from the front end: resolve, apply and record its ``settings``."""
-    if viewer._display_echo:
+def _resolve(widget: Any, spec: dict[str, Any]) -> DisplaySettings:
+    """A front end's ``spec`` as settings: colours given by name or ``#rrggbb`` are accepted; bad values
+    raise :class:`InvalidParameterError`."""
+    if isinstance(spec, dict) and isinstance(spec.get("colors"), list):
+        spec = {**spec, "colors": [list(parse_color(c)) for c in spec["colors"]]}
+    return display_from_spec(widget.slide, spec)
+
+
+def _on_state(widget: Any, change: dict) -> None:
+    """A change of ``display_state`` from the front end: resolve, apply and record its ``settings``; a
+    refusal leaves everything as it was and puts a readable message in ``error``."""
+    if widget._display_echo:
         return
     new = (change.get("new") or {}).get("settings")
-    old = current_display(viewer)
+    old = current_display(widget)
     if new == (old.to_dict() if old is not None else None):
         return
     try:
-        settings = display_from_spec(viewer.slide, new) if new is not None else None
+        settings = _resolve(widget, new) if new is not None else None
     except InvalidParameterError as exc:
         log.warning("display settings refused: %s", exc)
-        viewer._display_echo = True
-        try:
-            viewer.display_state = _state(viewer, old, str(exc))
-        finally:
-            viewer._display_echo = False
+        _set_state(widget, old, f"display settings refused: {exc}")
         return
-    _apply(viewer, settings)
+    except Exception as exc:  # noqa: BLE001 - a front end's odd value must not end in a traceback
+        log.exception("display settings refused")
+        _set_state(widget, old, f"display settings refused: {type(exc).__name__}: {exc}")
+        return
+    _apply(widget, settings)
 
 
-def set_display(viewer: Any, channels: Any = None, colors: Any = None, limits: Any = None,
+def set_display(widget: Any, channels: Any = None, colors: Any = None, limits: Any = None,
                 percentiles: Any = None, gamma: float | None = None, reset: bool = False) -> DisplaySettings | None:
-    """Change what ``viewer`` shows of a fluorescence slide and return the new settings: ``channels``
-    (indices of the RGB read to show), ``colors`` (one (r, g, b) per shown channel), contrast ``limits``
-    (one (low, high) per shown channel, pixel values 0..255) or automatic ``percentiles`` (low, high),
-    ``gamma``; ``reset`` goes back to the slide's automatic settings. Unnamed values are kept. Bad values
-    raise :class:`InvalidParameterError`; a brightfield slide only takes ``gamma``."""
+    """Change what ``widget`` shows of a fluorescence slide and return the new settings: ``channels``
+    (indices of the RGB read to show), ``colors`` (one per shown channel: (r, g, b), ``"#rrggbb"`` or a
+    name), contrast ``limits`` (one (low, high) per shown channel, pixel values 0..255) or automatic
+    ``percentiles`` (low, high), ``gamma``; ``reset`` goes back to the slide's automatic settings. Unnamed
+    values are kept. Bad values raise :class:`InvalidParameterError` (nothing shown or recorded changes);
+    a brightfield slide only takes ``gamma``."""
     from wsi_lab.slide.display import auto_display
 
-    base = auto_display(viewer.slide) if reset or current_display(viewer) is None else current_display(viewer)
+    base = auto_display(widget.slide) if reset or current_display(widget) is None else current_display(widget)
     assert base is not None  # auto_display always returns settings
     spec = base.to_dict()
     if channels is not None:
         chans = [int(c) for c in channels]
-        by_index = {o["index"]: o for o in viewer._display_options["channels"]}
+        by_index = {o["index"]: o for o in widget._display_options["channels"]}
         if not by_index:
-            raise InvalidParameterError(f"{viewer.slide.path}: a brightfield slide has no channels to pick")
+            raise InvalidParameterError(f"{widget.slide.path}: a brightfield slide has no channels to pick")
         unknown = [c for c in chans if c not in by_index]
         if unknown:
             raise InvalidParameterError(f"channels {unknown} do not exist; the slide has {sorted(by_index)}")
@@ -130,7 +198,7 @@ def set_display(viewer: Any, channels: Any = None, colors: Any = None, limits: A
         spec["colors"] = [old[c][0] if c in old else by_index[c]["color"] for c in chans]
         spec["limits"] = [old[c][1] if c in old else by_index[c]["limits"] for c in chans]
     if colors is not None:
-        spec["colors"] = [list(c) for c in colors]
+        spec["colors"] = [list(parse_color(c)) for c in colors]
     if limits is not None:
         spec["limits"], spec["percentiles"] = [list(lim) for lim in limits], None
     if percentiles is not None:
@@ -139,6 +207,6 @@ def set_display(viewer: Any, channels: Any = None, colors: Any = None, limits: A
         spec["gamma"] = float(gamma)
     if spec["percentiles"] is None:
         spec["source"] = {}
-    settings = display_from_spec(viewer.slide, spec)
-    _apply(viewer, settings)
+    settings = display_from_spec(widget.slide, spec)
+    _apply(widget, settings, raise_errors=True)
     return settings
