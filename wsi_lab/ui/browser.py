@@ -13,139 +13,40 @@ above the grid: its changes redraw that slide's thumbnail at once and are record
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import traitlets
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
-from wsi_lab.slide import SlideInfo, find_slides, open_slide
+from wsi_lab.slide import Slide, SlideInfo, open_slide
 from wsi_lab.slide.discovery import mpp_flags
 from wsi_lab.slide.display import DisplaySettings
-from wsi_lab.slide.display_file import display_file_version, recorded_display
 from wsi_lab.ui.channel_picker import ChannelPicker
-from wsi_lab.ui.common import ErrorBox, encode_image
+from wsi_lab.ui.common import ErrorBox
+from wsi_lab.ui.slide_listing import (
+    SORT_COLUMNS,
+    TABLE_COLUMNS,
+    displayed_thumbnail,
+    fmt_value,
+    list_slides,
+    placeholder_png,
+    slide_table,
+    thumbnail_bytes,
+    thumbnail_pool,
+)
+
+__all__ = ["SlideBrowser", "slide_table", "list_slides", "thumbnail_bytes", "displayed_thumbnail", "mpp_flags",
+           "SORT_COLUMNS", "TABLE_COLUMNS"]
 
 log = logging.getLogger(__name__)
-
-#: sort keys offered in the browser: label -> table column
-SORT_COLUMNS = {"name": "name", "vendor": "vendor", "size (px)": "pixels", "levels": "levels",
-                "µm/px": "mpp", "magnification": "magnification", "file size": "size_mb", "class": "class",
-                "flags": "flag_count"}
-TABLE_COLUMNS = ["name", "slide_id", "path", "vendor", "width", "height", "pixels", "levels", "mpp", "mpp_y",
-                 "magnification", "size_mb", "class", "flags", "flag_count", "error"]
-
-_THUMB_CACHE: dict[tuple, bytes] = {}
-_INFO_CACHE: dict[tuple, SlideInfo] = {}
-_THUMB_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsi-lab-thumbs")
-    return _POOL
-
-
-def slide_table(infos: Sequence[SlideInfo], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per slide: name, vendor, size, levels, µm/px, magnification, file size, class (the user's
-    class label of the slide, from ``labels``), flags and ``error`` ("" when the slide opened). Sizes and
-    level counts are nullable integers, so an unreadable row never turns them into floats."""
-    labels = labels or {}
-    rows = []
-    for i in infos:
-        flags = mpp_flags(i)
-        rows.append({
-            "name": i.name, "slide_id": i.slide_id, "path": i.path, "vendor": i.vendor or "",
-            "width": i.width, "height": i.height,
-            "pixels": (i.width or 0) * (i.height or 0), "levels": i.level_count,
-            "mpp": i.mpp_x, "mpp_y": i.mpp_y, "magnification": i.magnification,
-            "size_mb": (i.size_bytes or 0) / 1e6, "class": labels.get(i.slide_id, labels.get(i.name, "")),
-            "flags": "; ".join(flags), "flag_count": len(flags), "error": i.error or "",
-        })
-    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for col in ("width", "height", "levels"):
-        df[col] = df[col].astype("Int64")
-    return df
-
-
-def list_slides(root: str | os.PathLike, workers: int = 4) -> list[SlideInfo]:
-    """:func:`wsi_lab.find_slides` with each file's :class:`SlideInfo` cached per file version (path,
-    size, mtime): only new or changed files are opened (:func:`wsi_lab.slide.describe_slide`, in
-    ``workers`` threads). Unreadable files are listed with ``error`` set."""
-    from wsi_lab.slide import describe_slide
-
-    quick = find_slides(root, metadata=False)
-    keys = {}
-    for info in quick:
-        st = os.stat(info.path)
-        keys[info.path] = (info.path, st.st_size, st.st_mtime_ns)
-    with _THUMB_LOCK:
-        missing = [i.path for i in quick if keys[i.path] not in _INFO_CACHE]
-    if missing:
-        from wsi_lab.slide.bounded import default_open_timeout
-
-        limit = default_open_timeout()
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
-            fresh = list(pool.map(lambda p: describe_slide(p, timeout=limit), missing))
-        with _THUMB_LOCK:
-            for path, info in zip(missing, fresh):
-                _INFO_CACHE[keys[path]] = info
-    with _THUMB_LOCK:
-        return [_INFO_CACHE.get(keys[i.path], i) for i in quick]
-
-
-def thumbnail_bytes(path: str | os.PathLike, max_size: int = 192, folder: str | os.PathLike | None = None) -> bytes:
-    """JPEG bytes of the slide's thumbnail (at most ``max_size`` pixels a side) as a person sees it (the
-    settings recorded in ``folder``'s ``display.json``, default the current directory, else automatic),
-    cached per version of the slide file and of the display file."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, int(max_size), str(folder), display_file_version(folder))
-    with _THUMB_LOCK:
-        hit = _THUMB_CACHE.get(key)
-    if hit is not None:
-        return hit
-    with open_slide(p) as s:
-        # fluorescence made visible: the settings recorded by a picker (viewer's or browser's), else auto
-        data = displayed_thumbnail(s, max_size, recorded_display(s, folder))
-    with _THUMB_LOCK:
-        _THUMB_CACHE[key] = data
-    return data
-
-
-def displayed_thumbnail(slide, max_size: int, display: DisplaySettings | str | None) -> bytes:
-    """JPEG bytes of an open ``slide``'s thumbnail (at most ``max_size`` px a side) shown with ``display``
-    (settings, ``"auto"``, or None for the raw pixels)."""
-    return encode_image(slide.get_thumbnail(max_size, display=display if display is not None else "raw"),
-                        "jpeg", quality=85)
-
-
-def _placeholder(size: int, text_color=(200, 200, 200)) -> bytes:
-    arr = np.full((size * 3 // 4, size, 3), 240, np.uint8)
-    arr[::8, :] = text_color
-    return encode_image(arr, "png")
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    """``v`` formatted with ``spec``; "—" for a missing value (None, NaN, pandas NA); an integer spec on
-    a float value (a column widened by a missing row) still prints the integer."""
-    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
-        return "—"
-    if not isinstance(v, (int, float, np.number)):
-        return str(v)
-    if spec == "d":
-        return str(int(v))
-    return format(v, spec)
 
 
 class SlideBrowser(widgets.VBox):
@@ -170,7 +71,7 @@ class SlideBrowser(widgets.VBox):
         self.thumb_size = int(thumb_size)
         self.display_folder = Path(display_folder) if display_folder is not None else None
         self.picker: ChannelPicker | None = None
-        self._picker_slide = None
+        self._picker_slide: Slide | None = None
         self._live: set[str] = set()  # thumbnails redrawn by the picker (a late background one must not win)
         self.picker_box = widgets.VBox()
         self.picker_box.add_class("wsi-lab-browser-display")
@@ -304,7 +205,7 @@ class SlideBrowser(widgets.VBox):
         if card is not None:
             return card
         error = row["error"]
-        img = widgets.Image(value=_placeholder(self.thumb_size), format="png",
+        img = widgets.Image(value=placeholder_png(self.thumb_size), format="png",
                             layout=widgets.Layout(max_width=f"{self.thumb_size}px",
                                                   max_height=f"{self.thumb_size}px", object_fit="contain"))
         name = widgets.Button(description=row["name"], tooltip=f"look at {path}" if not error else f"{path}\n{error}",
@@ -335,14 +236,14 @@ class SlideBrowser(widgets.VBox):
         if path in self._futures:
             return
         if error:  # known unreadable: no thread, a red placeholder with the reason
-            self._images[path].value = _placeholder(self.thumb_size, (230, 120, 120))
+            self._images[path].value = placeholder_png(self.thumb_size, (230, 120, 120))
             self._toggles[path].tooltip = f"{path}\nthumbnail failed: {error}"
             done: Future = Future()
             done.set_result(None)
             self._futures[path] = done
             return
         # the job updates the widget itself, so a finished future means a drawn thumbnail
-        self._futures[path] = _pool().submit(self._load_thumbnail, path)
+        self._futures[path] = thumbnail_pool().submit(self._load_thumbnail, path)
 
     def _load_thumbnail(self, path: str) -> None:
         img = self._images[path]
@@ -350,7 +251,7 @@ class SlideBrowser(widgets.VBox):
             data = thumbnail_bytes(path, self.thumb_size, self.display_folder)
         except Exception as exc:  # noqa: BLE001 - shown on the card, logged
             log.info("thumbnail of %s failed: %s", path, exc)
-            img.value = _placeholder(self.thumb_size, (230, 120, 120))
+            img.value = placeholder_png(self.thumb_size, (230, 120, 120))
             self._toggles[path].tooltip = f"{path}\nthumbnail failed: {exc}"
             return
         if path in self._live:  # the picker drew a newer one meanwhile
@@ -381,8 +282,7 @@ class SlideBrowser(widgets.VBox):
             self.errors.show(exc)
             return
         try:
-            picker = ChannelPicker(slide, show=lambda settings, p=path, s=slide: self._redraw(p, s, settings),
-                                   folder=self.display_folder)
+            picker = ChannelPicker(slide, show=functools.partial(self._redraw, path, slide), folder=self.display_folder)
         except WSILabError as exc:
             slide.close()
             self.errors.show(exc)
@@ -397,7 +297,7 @@ class SlideBrowser(widgets.VBox):
                                f"use it)</small>")
         self.picker_box.children = [caption, picker]
 
-    def _redraw(self, path: str, slide, settings: DisplaySettings | None) -> None:
+    def _redraw(self, path: str, slide: Slide, settings: DisplaySettings | None) -> None:
         """Redraw ``path``'s thumbnail with ``settings`` (the picker's ``show``)."""
         img = self._images.get(path)
         if img is None:
@@ -425,17 +325,17 @@ class SlideBrowser(widgets.VBox):
         head = ["tile", "name", "vendor", "size (px)", "levels", "µm/px", "mag.", "MB", "class", "flags"]
         rows = []
         for _, r in df.iterrows():
-            mpp = _fmt(r["mpp"], ".4g")
+            mpp = fmt_value(r["mpp"], ".4g")
             if r["mpp_y"] is not None and not pd.isna(r["mpp_y"]) and r["mpp_y"] != r["mpp"]:
-                mpp += f" × {_fmt(r['mpp_y'], '.4g')}"
+                mpp += f" × {fmt_value(r['mpp_y'], '.4g')}"
             flagged = r["flag_count"] > 0
-            size = f"{_fmt(r['width'], 'd')} × {_fmt(r['height'], 'd')}" if not pd.isna(r["width"]) else "—"
+            size = f"{fmt_value(r['width'], 'd')} × {fmt_value(r['height'], 'd')}" if not pd.isna(r["width"]) else "—"
             name = html.escape(r["name"])
             if r["path"] == self.current:
                 name = f"<b>▶ {name}</b>"
             cells = ["✔" if r["path"] in self.selected else "", name, html.escape(r["vendor"]), size,
-                     _fmt(r["levels"], "d"), mpp,
-                     _fmt(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["class"]),
+                     fmt_value(r["levels"], "d"), mpp,
+                     fmt_value(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["class"]),
                      ("⚠ " + html.escape(r["flags"])) if flagged else ""]
             style = ' style="background:#fff3e0"' if flagged else ""
             cls = ' class="wsi-lab-flagged"' if flagged else ""

@@ -165,7 +165,7 @@ def _on_state(widget: Any, change: dict) -> None:
         log.warning("display settings refused: %s", exc)
         _set_state(widget, old, f"display settings refused: {exc}")
         return
-    except Exception as exc:  # noqa: BLE001 - a front end's odd value must not end in a traceback
+    except Exception as exc:  # a front end's odd value must not end in a traceback
         log.exception("display settings refused")
         _set_state(widget, old, f"display settings refused: {type(exc).__name__}: {exc}")
         return
