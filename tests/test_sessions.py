@@ -59,6 +59,59 @@ def test_export_then_replay_gives_the_same_tile_tables(workshop, tmp_path, clien
     assert "s0: same table" in result.summary()
 
 
+def test_replay_reports_progress_in_the_run_protocol(workshop, tmp_path, client):
+    """replay's long steps (checksums, tiling, training) are ProgressEvents counting steps, with tiling's own
+    events forwarded (tiles, finer fraction) and a message as each step ends: what `wsi-lab tile` renders."""
+    from wsi_lab.runs.progress import ItemStatus
+
+    bundle = export_session(workshop, tmp_path / "p.zip")
+    events = []
+    result = replay(bundle, tmp_path / "again", train=False, client=client, progress=events.append)
+    assert result.ok
+    assert {e.unit for e in events} == {"steps"} and {e.total for e in events} == {4}  # 2 checksums + 2 tilings
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[0] < 0.25
+    last = events[-1]
+    assert last.finished and last.done == 4 and last.fraction == 1.0 and last.message == "replay matched"
+    assert last.items == {"check s0": ItemStatus.DONE, "check s1": ItemStatus.DONE, "tile s0": ItemStatus.DONE,
+                          "tile s1": ItemStatus.DONE}
+    during = [e for e in events if e.current == "tile s1" and e.done == 3]
+    assert max(e.tiles for e in during) > 0 and all(e.fraction >= 0.75 for e in during)  # tiling's own events
+    assert any(e.dashboard for e in during) and any("s1:" in e.message and "tiles" in e.message for e in during)
+    assert [e.message for e in events if "same table" in e.message] == [
+        f"s0: same table ({len(read_table(result.tables['s0']))} tiles)",
+        f"s1: same table ({len(read_table(result.tables['s1']))} tiles)"]
+    # a refused slide ends its step FAILED, with the reason as the message
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s0.svs").write_bytes(b"not the same slide")
+    moved = json.loads(zipfile.ZipFile(bundle).read("session.json"))
+    for rec in moved["slides"]:
+        rec["path"] = str(tmp_path / "gone" / rec["name"])
+    with zipfile.ZipFile(bundle) as zin, zipfile.ZipFile(tmp_path / "moved.zip", "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, json.dumps(moved) if name == "session.json" else zin.read(name))
+    events.clear()
+    with pytest.raises(DataError):
+        replay(tmp_path / "moved.zip", tmp_path / "r", slides=other, train=False, client=client, progress=events.append)
+    assert events[-1].items["check s0"] == ItemStatus.FAILED and "not the slide the session used" in events[-1].message
+
+
+def test_a_step_s_own_fraction_is_scaled_into_its_share():
+    from wsi_lab.runs.progress import ProgressEvent
+    from wsi_lab.sessions.replay import _Steps
+
+    seen = []
+    steps = _Steps(["tile a", "train b"], seen.append)
+    steps.start("tile a")
+    steps.inner(ProgressEvent(done=0, total=1, fraction=0.5, metrics={"tiles": 7}))
+    assert seen[-1].fraction == 0.25 and seen[-1].tiles == 7 and seen[-1].current == "tile a"
+    steps.end("tile a", "a done")
+    steps.start("train b")
+    steps.inner(ProgressEvent(done=1, total=4, fraction=0.5, metrics={"loss": 0.3}))
+    assert seen[-1].fraction == 0.75 and seen[-1].metrics["loss"] == 0.3 and seen[-1].done == 1
+
+
 def test_tables_equal_sees_a_changed_value():
     a = pd.DataFrame({"x": [0, 128], "y": [0, 0], "tissue_fraction": [0.5, 0.9]})
     b = a.copy()
@@ -133,8 +186,14 @@ def test_replay_reruns_the_training_job_to_the_same_losses(tmp_path):
     bundle = export_session(work, tmp_path / "train.zip")
     s = read_session(bundle)
     assert s["seeds"] == {"jobs/cls": 5} and s["training"][0]["checkpoint_sha256"]
-    result = replay(bundle, tmp_path / "again")
+    events = []
+    result = replay(bundle, tmp_path / "again", progress=events.append)
     assert result.training_matches == {"jobs/cls": True}, result.summary()
+    # the training step's own per-epoch events come through, inside the step's share
+    epochs = [e for e in events if e.current == "train jobs/cls" and "epoch 1/1" in e.message]
+    assert epochs and list(epochs[0].items) == ["train jobs/cls"] and epochs[0].done == 0  # the job is the only step
+    assert events[-1].finished and events[-1].message == "replay matched"
+    assert "job jobs/cls: same losses" in [e.message for e in events]
     assert (tmp_path / "again" / "jobs" / "cls" / "checkpoints" / "last.pt").is_file()
 
 
@@ -142,6 +201,9 @@ def test_the_cli_commands(workshop, tmp_path, capsys):
     assert main(["export-session", str(workshop), "--out", str(tmp_path / "b.zip")]) == 0
     assert "2 tiling table(s)" in capsys.readouterr().out
     assert main(["replay", str(tmp_path / "b.zip"), "--out", str(tmp_path / "r"), "--no-train"]) == 0
-    assert "s1: same table" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "s1: same table" in out and "4/4 steps" in err and "s0: same table (" in err  # the progress bar
+    assert main(["replay", str(tmp_path / "b.zip"), "--out", str(tmp_path / "r2"), "--no-train", "-q"]) == 0
+    assert "steps" not in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "r")]) == 2
     assert "no such session bundle" in capsys.readouterr().err

@@ -20,9 +20,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from wsi_lab.runs.progress import TextProgressBar
     from wsi_lab.sessions import replay
 
-    result = replay(args.bundle, args.out, slides=args.slides, train=not args.no_train, n_workers=args.workers)
+    result = replay(args.bundle, args.out, slides=args.slides, train=not args.no_train, n_workers=args.workers,
+                    progress=None if args.quiet else TextProgressBar())
     print(result.summary())
     return 0 if result.ok else 1
 
@@ -40,4 +42,5 @@ def register(sub: Subparsers) -> None:
     r.add_argument("--slides", help="folder to find slides in when they moved (matched by name and checksum)")
     r.add_argument("--no-train", action="store_true", help="replay tiling only")
     r.add_argument("--workers", type=int, default=1, help="local Dask worker processes (default 1)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_replay)
