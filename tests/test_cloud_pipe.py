@@ -111,7 +111,8 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
     s3 = session.client("s3")
     s3.create_bucket(Bucket="wsi-lab-pipe")
     table = make_cohort(tmp_path / "cohort", tile_size=32, read_size=64, width=256, height=256)
-    export_tfrecord(read_table(table), tmp_path / "export", shards=4, variant="jpeg", workers=1)
+    exported = export_tfrecord(read_table(table), tmp_path / "export", shards=4, variant="jpeg", workers=1)
+    export_val_records = exported["records_per_split"]["val"]
     block = {"bucket": "wsi-lab-pipe", "role": "arn:aws:iam::123456789012:role/SageMakerRole",
              "instance_type": "ml.g5.12xlarge", "instance_count": 2, "distribution": "mpi", "processes_per_host": 2,
              "input_mode": "Pipe"}
@@ -124,8 +125,12 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
     assert d["AlgorithmSpecification"]["TrainingInputMode"] == "Pipe"
     hps = {k: json.loads(v) for k, v in d["HyperParameters"].items()}
     assert hps["wsi_lab_classes"] == ["a", "b"] and hps["wsi_lab_tile_size"] == 32
+    assert hps["wsi_lab_pipe_records"] >= 2 and hps["wsi_lab_pipe_val_records"] == export_val_records
+    *train_channels, val = d["InputDataConfig"]
+    assert val["ChannelName"] == "validation" and val["InputMode"] == "Pipe"
+    assert val["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "FullyReplicated"  # rank 0 evaluates all
     listed = []
-    for i, ch in enumerate(d["InputDataConfig"]):
+    for i, ch in enumerate(train_channels):
         src = ch["DataSource"]["S3DataSource"]
         assert ch["ChannelName"] == f"train_{i}" and ch["InputMode"] == "Pipe" and ch["ShuffleConfig"]["Seed"] == 0
         assert src["S3DataType"] == "ManifestFile" and src["S3DataDistributionType"] == "ShardedByS3Key"
@@ -136,7 +141,8 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
             assert s3.head_object(Bucket=base.bucket, Key=base.key + k)["ContentLength"] > 0
         listed.append(keys)
     assert len(listed) == 2 and not set(listed[0]) & set(listed[1]) and len(listed[0] + listed[1]) == 4
-    assert any(line.startswith("5 file(s) uploaded") for line in job.logs())  # the code and 4 shards
+    n_val = sum(1 for f in exported["files"] if f["split"] == "val")
+    assert any(line.startswith(f"{5 + n_val} file(s) uploaded") for line in job.logs())  # the code, 4 + val shards
     assert any(line.startswith("0 file(s) uploaded") for line in launch(spec, session=session).logs())
     with pytest.raises(InvalidParameterError, match="not a finished TFRecord export"):
         launch(spec.with_changes(table=str(table)), session=session)
