@@ -146,3 +146,112 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
     assert any(line.startswith("0 file(s) uploaded") for line in launch(spec, session=session).logs())
     with pytest.raises(InvalidParameterError, match="not a finished TFRecord export"):
         launch(spec.with_changes(table=str(table)), session=session)
+
+
+def _frames(n: int, size: int = 8, label: int = 1) -> bytes:
+    """``n`` framed ``raw`` tile records of ``size``² black tiles."""
+    from wsi_lab.data.tfrecord import encode_example, frame_record
+
+    ex = {"image_raw": bytes(size * size * 3), "height": size, "width": size, "depth": 3, "label": label,
+          "slide_string": b"s", "x": 0, "y": 0}
+    return b"".join(b"".join(frame_record(encode_example(ex))) for _ in range(n))
+
+
+def test_the_stream_reader_stops_at_its_limit_drains_the_rest_and_refuses_a_short_stream(tmp_path):
+    from wsi_lab.cloud.errors import ShortStreamError
+    from wsi_lab.cloud.pipe import PipeTileDataset, epoch_limit
+    from wsi_lab.errors import DataError, InvalidParameterError
+
+    errors: list = []
+    agent = _agent(tmp_path, "train_0", _frames(10), 1, errors)
+    ds = PipeTileDataset(tmp_path, "train_0", 8, limit=6)
+    assert len(ds) == 6 and len(list(ds)) == 6
+    agent.join(10)
+    assert not errors and not agent.is_alive()  # the writer wrote all 10: the 4 past the limit were read
+    assert ds.yielded == [6] and ds.drained == [4]
+    # a stream holding fewer tiles than its limit: a typed error naming the FIFO (a DataError)
+    agent = _agent(tmp_path, "train_1", _frames(3), 1, errors)
+    with pytest.raises(ShortStreamError, match=r"train_1_0: the stream ended after 3 tile\(s\).*promise of 6"):
+        list(PipeTileDataset(tmp_path, "train_1", 8, limit=6))
+    assert issubclass(ShortStreamError, DataError)
+    # validation: every tile is read; a promise is a lower bound; another host's copy is drained
+    agent = _agent(tmp_path, "validation", _frames(5), 2, errors)
+    reader = PipeTileDataset(tmp_path, "validation", 8, promised=5)
+    assert len(list(reader)) == 5
+    drainer = PipeTileDataset(tmp_path, "validation", 8, promised=5, role="drain")
+    drainer.epoch = 1
+    assert list(drainer) == [] and drainer.drained == [5]
+    agent.join(10)
+    assert not errors and not agent.is_alive()
+    # the cap: the same steps on every rank, from the launch's promise
+    assert epoch_limit({"wsi_lab_pipe_records": 13}, 2, 8) == 12 and epoch_limit({}, 1, 8) is None
+    with pytest.raises(InvalidParameterError, match="wsi_lab_pipe_records"):
+        epoch_limit({}, 2, 8)
+    with pytest.raises(InvalidParameterError, match="less than one batch"):
+        epoch_limit({"wsi_lab_pipe_records": 3}, 2, 8)
+
+
+def test_the_vae_trains_from_a_pipe_channel_and_evaluates_the_validation_channel(tmp_path, monkeypatch):
+    from wsi_lab.cloud.entry import main
+    from wsi_lab.cloud.pipe_plan import plan_pipe
+
+    table = make_cohort(tmp_path / "cohort", tile_size=64, read_size=64, width=256, height=128)  # the VAE takes >= 64²
+    manifest = export_tfrecord(read_table(table), tmp_path / "export", shards=1, variant="raw", workers=1)
+    plan = plan_pipe(tmp_path / "export", manifest, "vae", "train", "val", processes=1, hosts=1, batch_size=8)
+    assert plan.steps_per_epoch is None and plan.val_records == manifest["records_per_split"]["val"]
+    read = {split: b"".join((tmp_path / "export" / f["path"]).read_bytes() for f in manifest["files"]
+                            if f["split"] == split) for split in ("train", "val")}
+    ml = tmp_path / "opt" / "ml"
+    data_dir = ml / "input" / "data"
+    data_dir.mkdir(parents=True)
+    hps = {"task": "vae", "model": {"name": "vae", "latent_dim": 8}, "epochs": 2, "batch_size": 8, "seed": 0,
+           "num_workers": 0, "device": "cpu", **plan.hyperparameters()}
+    for k in [k for k in os.environ if k.startswith("SM_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SM_HPS", json.dumps({k: json.dumps(v) for k, v in hps.items()}))
+    monkeypatch.setenv("SM_INPUT_DATA_CONFIG", json.dumps({"train_0": {"TrainingInputMode": "Pipe"},
+                                                           "validation": {"TrainingInputMode": "Pipe"}}))
+    monkeypatch.setenv("SM_INPUT_DIR", str(ml / "input"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
+    errors: list = []
+    agents = [_agent(data_dir, "train_0", read["train"], 2, errors), _agent(data_dir, "validation", read["val"], 2, errors)]
+    assert main(["train"]) == 0
+    for a in agents:
+        a.join(10)
+    assert not errors and not any(a.is_alive() for a in agents)
+    records = [json.loads(line) for line in (ml / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in records] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert [r["tiles"] for r in records if r["split"] == "val"] == [plan.val_records] * 2
+    assert all(r["loss"] > 0 for r in records)
+    from wsi_lab.models.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(ml / "model" / "checkpoints" / "last.pt")
+    assert ckpt["task"] == "vae" and ckpt["epoch"] == 2
+
+
+@pytest.mark.parametrize("task,why", [("mil", "per-slide feature files"), ("segment", "carries no masks"),
+                                      ("features", "one feature file per slide")])
+def test_tasks_that_do_not_train_on_tile_records_are_refused_in_pipe_mode(tmp_path, monkeypatch, task, why):
+    from wsi_lab.cloud.entry import main
+    from wsi_lab.cloud.training import launch
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.train.spec import JobSpec
+
+    extra = {"mil": {"features": str(tmp_path / "features")}, "segment": {"annotations": str(tmp_path / "ann")},
+             "features": {"model": "resnet18"}}[task]
+    block = {"bucket": "no-such-bucket", "role": "arn:aws:iam::123456789012:role/R", "instance_type": "ml.m5.xlarge",
+             "input_mode": "Pipe"}
+    spec = JobSpec.from_dict({"task": task, "table": str(tmp_path / "export"), "out": str(tmp_path / "out"),
+                              "backend": "sagemaker", "sagemaker": block, **extra})
+    with pytest.raises(InvalidParameterError, match=why):  # before any AWS call: no endpoint is needed
+        launch(spec, endpoint_url="http://127.0.0.1:9")
+    # the container refuses it too, with the reason in SageMaker's failure file
+    ml = tmp_path / "opt" / "ml"
+    monkeypatch.setenv("SM_HPS", json.dumps({"task": task, "wsi_lab_tile_size": 32, **extra}))
+    monkeypatch.setenv("SM_INPUT_DATA_CONFIG", json.dumps({"train_0": {"TrainingInputMode": "Pipe"}}))
+    monkeypatch.setenv("SM_INPUT_DIR", str(ml / "input"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
+    assert main(["train"]) == 2
+    assert why in (ml / "output" / "failure").read_text()

@@ -99,7 +99,10 @@ def pipe_spec(env: Mapping[str, str]):
     keys, ``table`` = the FIFO folder, ``out`` = ``SM_MODEL_DIR``, the backend from the distribution."""
     from wsi_lab.train.spec import JobSpec
 
+    from wsi_lab.cloud.pipe_plan import check_pipe_task
+
     hps = hyperparameters(env)
+    check_pipe_task(str(hps.get("task")))  # before the spec, whose checks would name a missing key instead
     d = {k: hps[k] for k in SPEC_KEYS if k in hps}
     d.update(table=env.get("SM_INPUT_DIR", "/opt/ml/input") + "/data", out=env.get("SM_MODEL_DIR", "/opt/ml/model"),
              backend=_backend(hps, env), nproc=_world(env))
