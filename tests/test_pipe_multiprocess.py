@@ -21,11 +21,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests._traindata import make_cohort  # noqa: E402
-from wsi_lab.cloud.code import ENTRY_SCRIPT, ENTRY_TEXT  # noqa: E402
-from wsi_lab.cloud.pipe_plan import PipePlan, plan_pipe  # noqa: E402
-from wsi_lab.data.export_tfrecord import export_tfrecord  # noqa: E402
-from wsi_lab.data.table import read_table  # noqa: E402
+from tests._traindata import make_cohort
+from wsi_lab.cloud.code import ENTRY_SCRIPT, ENTRY_TEXT
+from wsi_lab.cloud.pipe_plan import PipePlan, plan_pipe
+from wsi_lab.data.export_tfrecord import export_tfrecord
+from wsi_lab.data.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300

@@ -97,9 +97,8 @@ def container_spec(env: Mapping[str, str] | None = None, workdir: str | os.PathL
 def pipe_spec(env: Mapping[str, str]):
     """The spec of a Pipe-mode job (its ``train*`` channels stream TFRecord shards): the hyper-parameters'
     keys, ``table`` = the FIFO folder, ``out`` = ``SM_MODEL_DIR``, the backend from the distribution."""
-    from wsi_lab.train.spec import JobSpec
-
     from wsi_lab.cloud.pipe_plan import check_pipe_task
+    from wsi_lab.train.spec import JobSpec
 
     hps = hyperparameters(env)
     check_pipe_task(str(hps.get("task")))  # before the spec, whose checks would name a missing key instead

@@ -189,8 +189,9 @@ def run_pipe(spec: Any, hps: Mapping[str, Any], env: Mapping[str, str]) -> dict[
 
     check_pipe_task(spec.task)
     classify = spec.task == "classify"
-    classes, size = hps.get("wsi_lab_classes"), hps.get("wsi_lab_tile_size")
-    if not isinstance(size, int) or size < 1 or (classify and (not isinstance(classes, list) or len(classes) < 2)):
+    raw_classes, size = hps.get("wsi_lab_classes"), hps.get("wsi_lab_tile_size")
+    classes = [str(c) for c in raw_classes] if isinstance(raw_classes, list) else []
+    if not isinstance(size, int) or size < 1 or (classify and len(classes) < 2):
         raise InvalidParameterError("Pipe mode needs the hyper-parameters wsi_lab_tile_size and, for classify, "
                                     "wsi_lab_classes (>= 2 class names); launch sets them from the export's manifest")
     channels = pipe_channels(env)
@@ -217,13 +218,13 @@ def run_pipe(spec: Any, hps: Mapping[str, Any], env: Mapping[str, str]) -> dict[
         ctx.barrier()
         torch.manual_seed(spec.seed)
         cfg = {k: v for k, v in spec.model.items() if k not in ("weights", "sha256")}
-        cfg.update({"input_size": size, "classes": list(classes)} if classify else {"input_size": size})
+        cfg.update({"input_size": size, "classes": classes} if classify else {"input_size": size})
         model = build_model(cfg)
         print(f"wsi-lab: Pipe mode, rank {ctx.rank} reads {data_dir}/{channels[local]}_<epoch>"
               + (f", {limit} tiles per epoch" if limit is not None else ""), flush=True)
         parts = Parts(model, train_set, val_set, _bare_eval(_classify_step if classify else _vae_step),
                       loss_is_sum=not classify, metrics=classification_metrics if classify else None,
-                      classes=list(classes or []))
+                      classes=classes)
         result = fit(spec, ctx, parts)
         ctx.barrier()
         return {**result, "rank": ctx.rank, "channel": channels[local], "records": train_set.records,
