@@ -255,3 +255,33 @@ def test_tasks_that_do_not_train_on_tile_records_are_refused_in_pipe_mode(tmp_pa
     monkeypatch.setenv("SM_OUTPUT_DIR", str(ml / "output"))
     assert main(["train"]) == 2
     assert why in (ml / "output" / "failure").read_text()
+
+
+def test_the_plan_promises_each_process_what_any_sharding_over_the_hosts_gives_it(tmp_path):
+    from wsi_lab.cloud.pipe_plan import pipe_processes, plan_pipe, sure_records
+    from wsi_lab.errors import InvalidParameterError
+
+    assert pipe_processes("torch_distributed", 1, 4) == 4 and pipe_processes("mpi", 2, 4) == 2
+    assert pipe_processes(None, 1, 0) == 1
+    assert sure_records([5, 3, 9, 4], 2) == 7 and sure_records([5, 3, 9], 2) == 3 and sure_records([5], 2) == 0
+    # four shards of 10, 6, 8 and 8 records; 4 of the last one are unlabelled
+    files = []
+    for k, (n, unlabelled) in enumerate([(10, 0), (6, 0), (8, 0), (8, 4)]):
+        rel = f"train/train-{k:05d}-of-00004.tfrecord"
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(_frames(n - unlabelled) + _frames(unlabelled, label=-1))
+        files.append({"path": rel, "split": "train", "records": n})
+    manifest = {"files": files, "label_index": {"a": 0, "b": 1}}
+    one_host = plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=2, hosts=1, batch_size=4)
+    assert one_host.channels == [[files[0]["path"], files[2]["path"]], [files[1]["path"], files[3]["path"]]]
+    assert one_host.records_per_process == min(10 + 8, 6 + 4) and one_host.steps_per_epoch == 10 // 2
+    assert one_host.tile_size == 8 and one_host.val_shards == [] and "wsi_lab_pipe_val_records" not in \
+        one_host.hyperparameters()
+    # on 2 hosts a host may get either shard of its channel: the promise is the smaller one's
+    two_hosts = plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=2, hosts=2, batch_size=4)
+    assert two_hosts.records_per_process == min(8, 4) and two_hosts.steps_per_epoch == 4 // 1
+    assert plan_pipe(tmp_path, manifest, "vae", "train", "val", 2, 2, 4).records_per_process == min(8, 6)
+    with pytest.raises(InvalidParameterError, match="at least one per process"):
+        plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=4, hosts=2, batch_size=8)
+    with pytest.raises(InvalidParameterError, match="less than one batch"):
+        plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=2, hosts=2, batch_size=32)
