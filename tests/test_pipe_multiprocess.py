@@ -1,7 +1,8 @@
 """SageMaker Pipe mode beyond one process, in a container-like temporary ``/opt/ml``: the channels the launch
 plans (``train_0``, ``train_1`` of DIFFERENT lengths, ``validation``), real FIFOs ``<channel>_<epoch>`` written
 by agent threads as SageMaker's agent writes them, the SM_* variables, and the job's entry script started by
-``torchrun --nproc-per-node 2`` (gloo on CPU) as the ``torch_distributed`` toolkit starts it. The runs are
+``torchrun --nproc-per-node 2`` (gloo on CPU) as the ``torch_distributed`` toolkit starts it, and by
+``horovodrun --gloo -np 2`` for the ``mpi`` (Horovod) distribution. The runs are
 subprocesses with a timeout that fails the test rather than hanging CI (without the per-epoch cap of
 :mod:`wsi_lab.cloud.pipe` the first run hangs at the end of epoch 1 and is killed)."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from wsi_lab.cloud.code import ENTRY_SCRIPT, ENTRY_TEXT
 from wsi_lab.cloud.pipe_plan import PipePlan, plan_pipe
 from wsi_lab.data.export_tfrecord import export_tfrecord
 from wsi_lab.data.table import read_table
+
+pytestmark = pytest.mark.slow  # each run starts two trainer processes (~20-50 s on a loaded 2-core machine)
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300
@@ -127,27 +131,35 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def _torchrun(ml: Path, env: dict, nproc: int) -> subprocess.CompletedProcess:
-    """What the torch_distributed toolkit runs (``torchrun --nproc-per-node N <sagemaker_program>``), killed
-    with its workers if it outlives the timeout (the test then fails)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", ENTRY_SCRIPT]
+def _launch(ml: Path, env: dict, nproc: int, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """What the toolkit runs: ``torchrun --nproc-per-node N <sagemaker_program>`` for torch_distributed, or
+    (mpi) Horovod's launcher, here ``horovodrun --gloo`` on one host; killed with its workers if it outlives
+    the timeout (the test then fails)."""
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", ENTRY_SCRIPT]
+    else:
+        cmd = [str(Path(sys.executable).parent / "horovodrun"), "--gloo", "-np", str(nproc), "-H", f"localhost:{nproc}",
+               sys.executable, ENTRY_SCRIPT]
     proc = subprocess.Popen(cmd, cwd=ml / "code", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         _kill_tree(proc.pid)
         out, err = proc.communicate(timeout=30)
-        pytest.fail(f"the 2-process Pipe job hung (killed after {RUN_TIMEOUT_S} s):\n{out[-3000:]}\n{err[-3000:]}")
+        pytest.fail(f"the {nproc}-process Pipe job hung (killed after {RUN_TIMEOUT_S} s):\n{out[-3000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _hps(plan: PipePlan, epochs: int, **extra) -> dict:
+def _hps(plan: PipePlan, epochs: int, launcher: str = "torchrun", **extra) -> dict:
+    dist = {"sagemaker_torch_distributed_enabled": True} if launcher == "torchrun" else {"sagemaker_mpi_enabled": True}
     return {"task": "classify", "model": {"name": "small_cnn"}, "epochs": epochs, "batch_size": 8, "lr": 1e-3,
-            "seed": 0, "num_workers": 0, "device": "cpu", "sagemaker_torch_distributed_enabled": True,
-            **plan.hyperparameters(), **extra}
+            "seed": 0, "num_workers": 0, "device": "cpu", **dist, **plan.hyperparameters(), **extra}
 
 
-def test_two_processes_with_streams_of_different_lengths_run_the_same_steps(export, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "horovodrun"])
+def test_two_processes_with_streams_of_different_lengths_run_the_same_steps(export, tmp_path, launcher):
+    if launcher == "horovodrun":
+        pytest.importorskip("horovod.torch")
     from wsi_lab.cloud.deploy import package_model
     from wsi_lab.models.checkpoint import read_checkpoint
 
@@ -157,10 +169,10 @@ def test_two_processes_with_streams_of_different_lengths_run_the_same_steps(expo
     sizes = [sum(counts[p] for p in ch) for ch in plan.channels]
     assert sizes[0] > sizes[1] and plan.records_per_process == sizes[1]  # 2 shards vs 1: unequal streams
     epochs = 2
-    ml, env = _container(tmp_path, _hps(plan, epochs), plan)
+    ml, env = _container(tmp_path, _hps(plan, epochs, launcher), plan)
     agents = _agents(ml, export_dir, plan, epochs)
     try:
-        proc = _torchrun(ml, env, 2)
+        proc = _launch(ml, env, 2, launcher)
     finally:
         for a in agents:
             if a.thread.is_alive():
@@ -168,7 +180,8 @@ def test_two_processes_with_streams_of_different_lengths_run_the_same_steps(expo
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # every FIFO of every epoch was read to its end (no writer left blocked, no reader closed early)
     assert all(a.done == epochs and not a.errors for a in agents), [(a.channel, a.done, a.errors) for a in agents]
-    results = {r["rank"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
+    lines = [re.sub(r"^\[\d+\]<stdout>:", "", line) for line in proc.stdout.splitlines()]  # horovodrun's prefix
+    results = {r["rank"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in lines
                                       if line.startswith("WSI_LAB_RESULT "))}
     assert sorted(results) == [0, 1]
     steps = plan.steps_per_epoch
@@ -184,7 +197,7 @@ def test_two_processes_with_streams_of_different_lengths_run_the_same_steps(expo
     assert all(r["tiles"] == steps * 8 for r in records if r["split"] == "train")
     assert all(r["tiles"] == plan.val_records and 0 <= r["accuracy"] <= 1 for r in records if r["split"] == "val")
     for prefix in ("Training Loss: ", "Validation Loss: ", "Validation Accuracy: "):
-        assert sum(line.startswith(prefix) for line in proc.stdout.splitlines()) == epochs, prefix
+        assert sum(line.startswith(prefix) for line in lines) == epochs, prefix
     assert not (ml / "output" / "failure").exists()
     # SageMaker packs SM_MODEL_DIR into model.tar.gz
     tar = package_model(ml / "model", tmp_path / "model.tar.gz")
@@ -201,7 +214,7 @@ def test_a_stream_shorter_than_promised_fails_both_processes_without_hanging(exp
     ml, env = _container(tmp_path, hps, plan)
     agents = _agents(ml, export_dir, plan, 1)
     try:
-        proc = _torchrun(ml, env, 2)
+        proc = _launch(ml, env, 2)
     finally:
         for a in agents:
             a.stop()
