@@ -146,6 +146,11 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
     assert any(line.startswith("0 file(s) uploaded") for line in launch(spec, session=session).logs())
     with pytest.raises(InvalidParameterError, match="not a finished TFRecord export"):
         launch(spec.with_changes(table=str(table)), session=session)
+    # torch_distributed starts one process per GPU (4 on a g5.12xlarge): one channel each, whatever processes_per_host
+    ddp = launch(spec.with_changes(sagemaker={**block, "instance_count": 1, "distribution": "torch_distributed",
+                                              "processes_per_host": 1}), session=session)
+    d = session.client("sagemaker").describe_training_job(TrainingJobName=ddp.job_name)
+    assert [c["ChannelName"] for c in d["InputDataConfig"]] == ["train_0", "train_1", "train_2", "train_3", "validation"]
 
 
 def _frames(n: int, size: int = 8, label: int = 1) -> bytes:
