@@ -155,9 +155,9 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
 
 def _frames(n: int, size: int = 8, label: int = 1) -> bytes:
     """``n`` framed ``raw`` tile records of ``size``² black tiles."""
-    from wsi_lab.data.tfrecord import encode_example, frame_record
+    from wsi_lab.data.tfrecord import FeatureValue, encode_example, frame_record
 
-    ex = {"image_raw": bytes(size * size * 3), "height": size, "width": size, "depth": 3, "label": label,
+    ex: dict[str, FeatureValue] = {"image_raw": bytes(size * size * 3), "height": size, "width": size, "depth": 3, "label": label,
           "slide_string": b"s", "x": 0, "y": 0}
     return b"".join(b"".join(frame_record(encode_example(ex))) for _ in range(n))
 
