@@ -8,7 +8,8 @@ backend from the distribution (``mpi`` -> horovod, ``torch_distributed`` -> torc
 entry point runs it (``wsi_lab.train.run.main``: the ``Training Loss:`` lines SageMaker's metric
 definitions parse). A typed error is also written to ``/opt/ml/output/failure`` (SageMaker's
 ``FailureReason``). Channels ``train_<i>`` in Pipe mode (``SM_INPUT_DATA_CONFIG``) stream TFRecord shards
-instead: :mod:`wsi_lab.cloud.pipe` trains on them with the same loop.
+instead (one per process of a host, plus an optional ``validation`` channel): :mod:`wsi_lab.cloud.pipe`
+trains ``classify`` or ``vae`` on them with the same loop, every rank the same number of steps per epoch.
 
 ``serve``: the model server (``/ping``, ``/invocations``) over the checkpoint in ``SM_MODEL_DIR``, on
 port 8080 (``SAGEMAKER_BIND_TO_PORT``) of every interface (``WSI_LAB_SERVE_HOST`` to change it).
@@ -96,9 +97,11 @@ def container_spec(env: Mapping[str, str] | None = None, workdir: str | os.PathL
 def pipe_spec(env: Mapping[str, str]):
     """The spec of a Pipe-mode job (its ``train*`` channels stream TFRecord shards): the hyper-parameters'
     keys, ``table`` = the FIFO folder, ``out`` = ``SM_MODEL_DIR``, the backend from the distribution."""
+    from wsi_lab.cloud.pipe_plan import check_pipe_task
     from wsi_lab.train.spec import JobSpec
 
     hps = hyperparameters(env)
+    check_pipe_task(str(hps.get("task")))  # before the spec, whose checks would name a missing key instead
     d = {k: hps[k] for k in SPEC_KEYS if k in hps}
     d.update(table=env.get("SM_INPUT_DIR", "/opt/ml/input") + "/data", out=env.get("SM_MODEL_DIR", "/opt/ml/model"),
              backend=_backend(hps, env), nproc=_world(env))
@@ -152,14 +155,14 @@ def _train(env: Mapping[str, str]) -> int:
 
 def _train_pipe(env: Mapping[str, str], out_dir: Path) -> int:
     """Pipe mode: TFRecord shards streamed through FIFOs, trained with the torch loop (:mod:`wsi_lab.cloud.pipe`)."""
-    from wsi_lab.cloud.pipe import run_pipe_classify
+    from wsi_lab.cloud.pipe import run_pipe
     from wsi_lab.errors import WSILabError
     from wsi_lab.train.run import ERROR_PREFIX
 
     try:
         spec, hps = pipe_spec(env)
         print(f"wsi-lab: running {spec.task} ({spec.backend}, {spec.nproc} process(es)) into {spec.out}", flush=True)
-        result = run_pipe_classify(spec, hps, env)
+        result = run_pipe(spec, hps, env)
     except WSILabError as exc:
         _failure(out_dir, f"{type(exc).__name__}: {exc}")
         print(ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)}), flush=True)

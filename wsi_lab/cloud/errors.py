@@ -9,13 +9,15 @@ Hierarchy::
         ├── RemoteJobFailedError                             a SageMaker job ended Failed (its FailureReason)
         ├── UploadError                                      data that is not in S3 cannot be uploaded
         └── UnsupportedOperationError (+ NotImplementedError) the endpoint lacks a call (moto: StopTrainingJob)
+    DataError
+    └── ShortStreamError                                     a Pipe-mode stream ended before the tiles it was promised
 """
 
 from __future__ import annotations
 
-from wsi_lab.errors import WSILabError
+from wsi_lab.errors import DataError, WSILabError
 
-__all__ = ["CloudError", "RemoteJobFailedError", "UploadError", "UnsupportedOperationError"]
+__all__ = ["CloudError", "RemoteJobFailedError", "UploadError", "UnsupportedOperationError", "ShortStreamError"]
 
 
 class CloudError(WSILabError, RuntimeError):
@@ -53,3 +55,7 @@ class UploadError(CloudError):
 
 class UnsupportedOperationError(CloudError, NotImplementedError):
     """The endpoint does not implement this call (moto lacks ``StopTrainingJob``/``StopTransformJob``)."""
+
+
+class ShortStreamError(DataError):
+    """A Pipe-mode FIFO ended before the tiles its launch promised per epoch (the ranks would fall out of step)."""

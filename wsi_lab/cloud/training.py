@@ -23,6 +23,7 @@ from wsi_lab.cloud.entry import SPEC_KEYS
 from wsi_lab.cloud.errors import CloudError, UploadError
 from wsi_lab.cloud.instances import check_distribution
 from wsi_lab.cloud.job import SageMakerJob
+from wsi_lab.cloud.pipe_plan import VALIDATION_CHANNELS, check_pipe_task, pipe_processes, plan_pipe
 from wsi_lab.cloud.session import CloudSession, aws_call
 from wsi_lab.cloud.upload import check_bucket, is_s3, parse_s3_uri, s3_uri, upload_file, upload_tree
 from wsi_lab.errors import DataError, InvalidParameterError
@@ -59,7 +60,8 @@ class TrainingInputs:
     features_uri: str | None = None
     uploaded: list[Any] = field(default_factory=list)
     pipe_sources: list[dict[str, str]] = field(default_factory=list)  # Pipe: one S3DataSource per process
-    pipe_hps: dict[str, Any] = field(default_factory=dict)            # Pipe: classes and tile size
+    pipe_hps: dict[str, Any] = field(default_factory=dict)            # Pipe: classes, tile size, promises
+    pipe_validation: dict[str, str] | None = None                     # Pipe: the validation split's source
 
     @property
     def sent(self) -> int:
@@ -178,6 +180,8 @@ def _channels(spec: JobSpec, s: Mapping[str, Any], inputs: TrainingInputs) -> li
             ch = _s3_channel(f"train_{i}", src["uri"], "Pipe", sharded=True, seed=spec.seed)
             ch["DataSource"]["S3DataSource"]["S3DataType"] = src["type"]
             out.append(ch)
+        if inputs.pipe_validation is not None:  # every host gets it all; rank 0 evaluates it (wsi_lab.cloud.pipe)
+            out.append(_s3_channel(VALIDATION_CHANNELS[0], inputs.pipe_validation["uri"], "Pipe"))
         return out
     # File / FastFile: every rank samples from the whole table (DistributedSampler), so every host gets all
     out = [_s3_channel("train", inputs.table_uri, mode)]
@@ -253,11 +257,10 @@ def upload_training_inputs(spec: JobSpec, session: CloudSession, workdir: str | 
 
 
 def _pipe_inputs(spec: JobSpec, session: CloudSession, s: Mapping[str, Any], code_up: Any) -> TrainingInputs:
-    """Pipe mode: upload the training shards of the TFRecord export ``spec.table`` (skipping what is there);
-    process ``i`` of each host streams the shards ``k`` with ``k % processes_per_host == i`` (an S3 manifest
-    file when there are several processes), and the job learns the classes and tile size from the export."""
-    from wsi_lab.data.tfrecord import iter_tfrecord
-    from wsi_lab.data.tfrecord_stream import decode_tile_record
+    """Pipe mode: upload the training and validation shards of the TFRecord export ``spec.table`` (skipping
+    what is there) and plan the channels (:func:`wsi_lab.cloud.pipe_plan.plan_pipe`): process ``i`` of each
+    host streams the shards ``k`` with ``k % processes == i`` (an S3 manifest file when there are several
+    processes), rank 0 the validation shards; the job learns the classes, tile size and per-epoch promise."""
     from wsi_lab.runs.manifest import read_manifest
 
     root = Path(spec.table)
@@ -265,29 +268,26 @@ def _pipe_inputs(spec: JobSpec, session: CloudSession, s: Mapping[str, Any], cod
     if not manifest or manifest.get("kind") != "export_tfrecord":
         raise InvalidParameterError(f"job spec key 'table': Pipe mode streams TFRecord shards; {root} is not a finished "
                                     "TFRecord export folder (wsi-lab export --format tfrecord)")
-    shards = sorted(f["path"] for f in manifest["files"] if f.get("split") == spec.train_split)
-    pph, hosts = s["processes_per_host"], s["instance_count"]
-    if len(shards) < pph * hosts or len(shards) % pph:
-        raise InvalidParameterError(f"job spec key 'table': the export has {len(shards)} {spec.train_split!r} shard(s); "
-                                    f"Pipe mode needs a multiple of processes_per_host ({pph}), at least one per "
-                                    f"process ({pph * hosts}): re-export with --shards {pph * hosts}")
+    gpus = check_distribution(s["instance_type"], s["distribution"], s["processes_per_host"])
+    pph = pipe_processes(s["distribution"], s["processes_per_host"], gpus)
+    plan = plan_pipe(root, manifest, spec.task, spec.train_split, spec.val_split, pph, s["instance_count"],
+                     spec.batch_size)
     base = s3_uri(s["bucket"], s["prefix"], "tfrecords", str(manifest.get("inputs_hash", ""))[:16]) + "/"
-    ups = [code_up] + [upload_file(session, root / rel, base + rel) for rel in shards]
+    ups = [code_up] + [upload_file(session, root / rel, base + rel)
+                       for rel in [p for ch in plan.channels for p in ch] + plan.val_shards]
     if pph == 1:
         sources = [{"uri": base + spec.train_split + "/", "type": "S3Prefix"}]
     else:
         sources = []
-        for i in range(pph):
-            body = json.dumps([{"prefix": base}, *shards[i::pph]]).encode()
+        for i, shards in enumerate(plan.channels):
+            body = json.dumps([{"prefix": base}, *shards]).encode()
             key = parse_s3_uri(base + f"channels/train_{i}.manifest")
             aws_call("PutObject", session.client("s3").put_object, Bucket=key.bucket, Key=key.key, Body=body,
                      what=base)
             sources.append({"uri": base + f"channels/train_{i}.manifest", "type": "ManifestFile"})
-    first = decode_tile_record(next(iter(iter_tfrecord(root / shards[0]))))  # the export writes no empty shard
-    index = manifest.get("label_index") or {}
-    hps = {"wsi_lab_classes": [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])],
-           "wsi_lab_tile_size": int(first.image.shape[0])}
-    return TrainingInputs(code_up.uri, base, "", uploaded=ups, pipe_sources=sources, pipe_hps=hps)
+    val = {"uri": base + spec.val_split + "/", "type": "S3Prefix"} if plan.val_shards else None
+    return TrainingInputs(code_up.uri, base, "", uploaded=ups, pipe_sources=sources, pipe_hps=plan.hyperparameters(),
+                          pipe_validation=val)
 
 
 def _slide_files(spec: JobSpec) -> list[Path]:
@@ -332,6 +332,8 @@ def launch(spec: JobSpec | dict | str | os.PathLike, session: CloudSession | Non
         raise InvalidParameterError(f"job spec key 'batch_size': torch_distributed starts {gpus} process(es) on each "
                                     f"of {s['instance_count']} instance(s); the global batch {spec.batch_size} must "
                                     "divide over them")
+    if s["input_mode"] == "Pipe" and s["file_system"] is None:
+        check_pipe_task(spec.task)
     session = session or CloudSession.from_settings(s, **session_kw)
     check_bucket(session, s["bucket"])
     role = resolve_role(session, s["role"])
