@@ -101,6 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a 12,000 × 9,000 slide (~650 tiles)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--delete-between", action="store_true",
+                    help="delete each case's JPEG files before the next case (the old way; see the docstring)")
     ap.add_argument("--out-dir", default=None, help="where outputs are written (default: the temp folder; "
                     "/dev/shm takes the disk out of the measurement)")
     args = ap.parse_args()
@@ -160,13 +162,14 @@ def main() -> None:
             add("limit: decode only (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, None))
             for tag, client in clients.items():
                 for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
-                    out = tmp / f"tiling{rep}"
+                    out = tmp / f"tiling{rep}-{len(walls.get(name, []))}-{abs(hash(name))}"
                     wall, cpu = cpu_timed(lambda: run_tiling(
                         path, params, client=client, out=out, materialize=mat, force=True, **kw[tag]),  # noqa: B023
                         client)
                     walls.setdefault(name, []).append(wall)
                     cpus.setdefault(name, []).append(cpu)
-                    shutil.rmtree(out, ignore_errors=True)
+                    if args.delete_between:
+                        shutil.rmtree(out, ignore_errors=True)
                 add(f"tiling: jpeg, {tag}", n / max(walls[f"tiling: jpeg, {tag}"][-1]
                                                     - walls[f"tiling: table only ({tag})"][-1], 1e-3))
                 CPU_PER_TILE.setdefault(f"tiling: jpeg, {tag}", []).append(
@@ -181,11 +184,12 @@ def main() -> None:
                                                                           workers=THREADS, passthrough=False),
             }
             for name, fn in cases.items():
-                out = tmp / "export"
+                out = tmp / f"export{rep}-{abs(hash(name))}"
                 wall, cpu = cpu_timed(lambda: fn(out))  # noqa: B023
                 add(name, n / wall)
                 CPU_PER_TILE.setdefault(name, []).append(cpu / n)
-                shutil.rmtree(out, ignore_errors=True)
+                if args.delete_between or name.startswith("tfrecord"):  # a few large files: no inode churn
+                    shutil.rmtree(out, ignore_errors=True)
     finally:
         for c in set(clients.values()):
             c.close()
