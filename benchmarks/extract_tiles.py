@@ -8,7 +8,8 @@ On a generated SVS-like slide (``wsi_lab.testing.make_slide``: 256² JPEG tiles,
 - **limit**: the table's source tiles, pre-read into memory, decoded (imagecodecs, the level's tables)
   and re-encoded at Q90 (imagecodecs) on 2 threads, nothing else; and decode alone (the limit of the
   raw TFRecord schema, which encodes nothing).
-- **tiling**: ``run_tiling`` on one LocalCluster of 2 single-threaded workers (``passthrough=False``:
+- **tiling**: ``run_tiling`` on one LocalCluster of 2 single-threaded workers, the one ``wsi-lab tile``
+  starts (``wsi_lab.runs.executors.local_cluster``) (``passthrough=False``:
   decode → encode Q90; ``passthrough=True``, the default, passes tiles through), writing only the
   table, then with ``materialize="jpeg"``; extraction rate = tiles / (wall with JPEGs −
   wall with the table only), as the issue measures it (both walls on the same warm cluster).
@@ -95,6 +96,17 @@ def cpu_timed(fn, client=None) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu_seconds(client) - c0
 
 
+def _cluster(local_cluster_cls):
+    """The cluster ``wsi-lab tile`` starts (``wsi_lab.runs.executors.local_cluster``: its Dask settings),
+    2 workers; a plain LocalCluster on older checkouts that have none."""
+    try:
+        from wsi_lab.runs.executors import local_cluster
+    except ImportError:
+        return local_cluster_cls(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                 dashboard_address="127.0.0.1:0")
+    return local_cluster(2)
+
+
 def main() -> None:
     from wsi_lab.testing import make_slide
 
@@ -137,8 +149,7 @@ def main() -> None:
                 clients[tag] = next(iter(clients.values()))
                 continue
             os.environ["WSI_LAB_JPEG_PASSTHROUGH"] = "1" if modes[tag] else "0"
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0")
+            cluster = _cluster(LocalCluster)
             clusters.append(cluster)
             clients[tag] = Client(cluster)
         os.environ.pop("WSI_LAB_JPEG_PASSTHROUGH", None)
