@@ -70,6 +70,25 @@ def codec_limit(raws: list[bytes], jpeg_args: dict, quality: int | None) -> floa
     return len(raws) / (time.perf_counter() - t0)
 
 
+def file_writes(raws: list[bytes], folder: Path) -> float:
+    """Files/s of writing each of ``raws`` as its own file in a new ``folder`` the way the JPEG folders
+    do (``write_atomic``: temp file + rename), on THREADS threads: what the disk costs per file right now."""
+    from wsi_lab.data.extract import write_atomic
+
+    folder.mkdir(parents=True)
+    dest = os.fspath(folder)
+
+    def work(k: int) -> None:
+        for i in range(k, len(raws), THREADS):
+            write_atomic(os.path.join(dest, f"{i}.jpg"), raws[i])
+
+    t0, c0 = time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(work, range(THREADS)))
+    CPU_PER_TILE.setdefault("fs", []).append((time.process_time() - t0) / len(raws))
+    return len(raws) / (time.perf_counter() - c0)
+
+
 #: CPU seconds per tile of the limits (by quality; None: decode only) and of the cases, per rep
 CPU_PER_TILE: dict = {}
 
@@ -178,6 +197,7 @@ def main() -> None:
         for rep in range(args.reps):
             add("limit: decode + encode Q90 (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, 90))
             add("limit: decode only (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, None))
+            add("disk: one file per tile (write_atomic, 2 threads)", file_writes(raws, tmp / f"files{rep}"))
             for tag, client in clients.items():
                 for name, mat in ((f"tiling: table only ({tag})", None), (f"tiling: jpeg, {tag}", "jpeg")):
                     out = tmp / f"tiling{rep}-{len(walls.get(name, []))}-{abs(hash(name))}"
@@ -237,12 +257,14 @@ def main() -> None:
           f"decode + encode Q90 {lim_cpu * 1e3:.2f} ms, decode only {dec_cpu * 1e3:.2f} ms")
     print(f"{'case':52} {'CPU ms/tile':>12} {'limit/case':>11}")
     for name, vals in CPU_PER_TILE.items():
-        if name in (90, None):
+        if name in (90, None, "fs"):
             continue
         med = statistics.median(vals)
         ref = dec_cpu if name.startswith("tfrecord raw") else lim_cpu
         print(f"{name:52} {med * 1e3:>12.2f} {ref / med:>11.2f}")
     print("limit/case: the codec's CPU per tile over the case's (decode only for raw TFRecords); 1 = no overhead")
+    print(f"disk: writing each tile as its own file (temp + rename, no codec) cost {statistics.median(CPU_PER_TILE['fs']) * 1e3:.2f}"
+          " ms of CPU per file in this run; the JPEG-folder cases pay it on top of the codec, the TFRecord cases do not")
 
 
 if __name__ == "__main__":
