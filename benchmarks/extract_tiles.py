@@ -40,6 +40,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -163,7 +164,8 @@ def main() -> None:
 
     from distributed import Client, LocalCluster
 
-    clients, clusters = {}, []
+    clients: dict[str, Any] = {}
+    clusters: list[Any] = []
     try:
         # warm clusters (a cluster's start is seconds of noise): run_tiling(passthrough=) says per run whether
         # source tiles pass through; older checkouts read WSI_LAB_JPEG_PASSTHROUGH on the workers, so they
@@ -188,11 +190,14 @@ def main() -> None:
         table = res.table()
         n = len(table)
         with open_slide(path) as s:
-            raws = []
+            raws: list[bytes] = []
             for r in table.itertuples():
-                rl, idx = aligned_tile(s, r.x, r.y, r.level, r.read_size, r.tile_size)
-                raws.append(rl.raw(idx))
-            lv = s._reader._levels[0]
+                found = aligned_tile(s, int(r.x), int(r.y), int(r.level), int(r.read_size), int(r.tile_size))
+                data = found[0].raw(found[1]) if found is not None else None
+                if data is None:
+                    raise SystemExit(f"tile at ({r.x}, {r.y}) is not one whole source tile: not the benchmark's slide")
+                raws.append(data)
+            lv = getattr(s, "_reader")._levels[0]  # noqa: B009 - the tifffile backend's level record
             jpeg_args = {k: v for k, v in lv.jpeg.items() if k in ("tables", "colorspace", "outcolorspace")}
         for rep in range(args.reps):
             add("limit: decode + encode Q90 (imagecodecs, 2 threads)", codec_limit(raws, jpeg_args, 90))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wsi_lab.data.export_tfrecord import _example
-from wsi_lab.data.tfrecord import encode_example, parse_example
+from wsi_lab.data.tfrecord import FeatureValue, encode_example, parse_example
 
 
 @pytest.mark.parametrize("label,sid,x,y", [(-1, "s", 0, 0), (0, "", 127, 128), (3, "slide-7" * 30, 40000, 123456789),
@@ -16,7 +16,7 @@ from wsi_lab.data.tfrecord import encode_example, parse_example
 def test_example_bytes_match_encode_example(label: int, sid: str, x: int, y: int, h: int, w: int) -> None:
     rng = np.random.default_rng(label + h)
     tile = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    common = {"label": label, "slide_string": sid.encode(), "x": x, "y": y}
+    common: dict[str, FeatureValue] = {"label": label, "slide_string": sid.encode(), "x": x, "y": y}
     raw = _example(tile, label, sid, x, y, "raw", 90)
     assert raw == encode_example({"image_raw": tile.tobytes(), "height": h, "width": w, "depth": 3, **common})
     assert parse_example(raw)["image_raw"][0] == tile.tobytes()
