@@ -253,3 +253,25 @@ def test_worker_count_above_cores_warns():
     with pytest.raises(InvalidParameterError):
         check_workers(0)
     assert check_workers(None) == (os.cpu_count() or 1)
+
+
+def _worker_settings() -> tuple:
+    import dask
+
+    return (dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.worker.memory.monitor-interval"))
+
+
+def test_own_local_cluster_runs_with_low_overhead_settings():
+    import dask
+    import distributed  # noqa: F401 - its config defaults
+
+    from wsi_lab.runs.executors import LOCAL_CLUSTER_CONFIG, dask_client
+
+    before = dask.config.get("distributed.worker.profile.enabled")
+    with dask_client(None, 1) as c:
+        # the worker processes (spawned by their nannies) got the settings; this process's config is as it was
+        assert set(c.run(_worker_settings).values()) == {
+            (False, LOCAL_CLUSTER_CONFIG["distributed.worker.memory.monitor-interval"])}
+        assert dask.config.get("distributed.worker.profile.enabled") == before
+        assert c.submit(sum, [1, 2]).result() == 3

@@ -23,6 +23,7 @@ does not (another shard count, slides no longer in the test split) are removed a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,12 +33,13 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wsi_lab.data.extract import TileCoder, encode_jpeg
-from wsi_lab.data.tfrecord import FeatureValue, TFRecordWriter, encode_example, frame_record
+from wsi_lab.data.tfrecord import TFRecordWriter, frame_record
 from wsi_lab.data.tile_reader import (
     TILE_COLUMNS,
     SlideCache,
@@ -74,6 +76,78 @@ def shard_assignment(n: int, shards: int, seed: int = 0) -> list[np.ndarray]:
     return [perm[k::shards] for k in range(shards)]
 
 
+def _uvarint(value: int) -> bytes:
+    """Protobuf varint of an int64 (negative values as 10-byte two's complement, like encode_example)."""
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes([v]) for v in range(0x80)]
+
+
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """One ``map<string, Feature>`` entry of ``Features`` (key, then the serialized Feature)."""
+    body = b"\x0a" + _uvarint(len(key)) + key + b"\x12" + _uvarint(len(feature)) + feature
+    return b"\x0a" + _uvarint(len(body)) + body
+
+
+def _int_feature(value: int) -> bytes:
+    vb = _uvarint(int(value))
+    packed = b"\x0a" + _uvarint(len(vb)) + vb
+    return b"\x1a" + _uvarint(len(packed)) + packed
+
+
+def _bytes_head(n: int) -> bytes:
+    """The Feature bytes before a ``n``-byte BytesList value (the value itself follows)."""
+    inner = b"\x0a" + _uvarint(n)
+    return b"\x0a" + _uvarint(len(inner) + n) + inner
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _bytes_head(len(value)) + value
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_entries(variant: str, h: int, w: int) -> dict[str, bytes]:
+    """The entries every record of ``variant`` and size shares (cached: they are the same bytes each time)."""
+    if variant == "raw":
+        fixed: dict[str, bytes] = {"height": _int_feature(h), "width": _int_feature(w), "depth": _int_feature(3)}
+    else:
+        fixed = {"image/format": _bytes_feature(b"jpeg"), "image/height": _int_feature(h),
+                 "image/width": _int_feature(w), "image/channels": _int_feature(3)}
+    return {k: _entry(k.encode(), v) for k, v in fixed.items()}
+
+
+def _example_parts(image: Any, label: int, slide_id: bytes, x: int, y: int, variant: str, h: int, w: int) -> list:
+    """A serialized ``tf.train.Example`` of the export's schema as byte strings to join, the image bytes
+    (``image``: bytes or a buffer) referenced, not copied; the same bytes :func:`encode_example` makes
+    of the same features (keys sorted), built without its generic per-value machinery."""
+    image_key = "image_raw" if variant == "raw" else "image/encoded"
+    n = memoryview(image).nbytes
+    varying = {"label": _entry(b"label", _int_feature(label)), "slide_string": _entry(b"slide_string",
+               _bytes_feature(slide_id)), "x": _entry(b"x", _int_feature(x)), "y": _entry(b"y", _int_feature(y))}
+    entries = {**_constant_entries(variant, h, w), **varying}
+    fhead = _bytes_head(n)
+    kb = image_key.encode()
+    body_len = 1 + len(_uvarint(len(kb))) + len(kb) + 1 + len(_uvarint(len(fhead) + n)) + len(fhead) + n
+    image_head = (b"\x0a" + _uvarint(body_len) + b"\x0a" + _uvarint(len(kb)) + kb + b"\x12"
+                  + _uvarint(len(fhead) + n) + fhead)
+    keys = sorted([*entries, image_key])
+    at = keys.index(image_key)
+    head = b"".join([entries[k] for k in keys[:at]] + [image_head])
+    tail = b"".join([entries[k] for k in keys[at + 1:]])
+    total = len(head) + n + len(tail)
+    return [b"\x0a" + _uvarint(total) + head, image, tail]
+
+
 def _example(tile: np.ndarray | bytes, label: int, slide_id: str, x: int, y: int, variant: str, quality: int,
              size: tuple[int, int] | None = None) -> bytes:
     """One serialized ``tf.train.Example``: ``tile`` is the pixels, or (``jpeg`` schema) ready JPEG bytes
@@ -84,13 +158,11 @@ def _example(tile: np.ndarray | bytes, label: int, slide_id: str, x: int, y: int
         h, w = size
     else:
         h, w = tile.shape[:2]
-    common: dict[str, FeatureValue] = {"label": int(label), "slide_string": slide_id.encode(), "x": int(x), "y": int(y)}
     if variant == "raw":
-        return encode_example({"image_raw": np.ascontiguousarray(tile, np.uint8).data, "height": h, "width": w,
-                               "depth": 3, **common})
-    data = tile if isinstance(tile, (bytes, bytearray)) else encode_jpeg(tile, quality)
-    return encode_example({"image/encoded": data, "image/format": b"jpeg", "image/height": h,
-                           "image/width": w, "image/channels": 3, **common})
+        image: Any = np.ascontiguousarray(tile, np.uint8).data
+    else:
+        image = tile if isinstance(tile, (bytes, bytearray)) else encode_jpeg(tile, quality)
+    return b"".join(_example_parts(image, int(label), slide_id.encode(), int(x), int(y), variant, int(h), int(w)))
 
 
 def _fingerprint(rows: pd.DataFrame, labels: np.ndarray, params: dict) -> str:

@@ -29,15 +29,20 @@ from wsi_lab.errors import InvalidParameterError
 __all__ = ["TileCoder", "encode_jpeg", "passthrough_default", "write_atomic"]
 
 
+_jpeg8_encode: Any
+try:
+    from imagecodecs import jpeg8_encode as _jpeg8_encode  # the codec of the tifffile backend
+except ImportError:  # PIL does the same, slower
+    _jpeg8_encode = None
+
+
 def encode_jpeg(tile: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes (baseline JFIF, YCbCr 4:2:0, like PIL's defaults) of an (H, W, 3) uint8 array."""
-    try:
-        import imagecodecs
-    except ImportError:  # the codec of the tifffile backend; PIL does the same, slower
+    if _jpeg8_encode is None:
         from wsi_lab.io import encode_image
 
         return encode_image(tile, "jpeg", int(quality))
-    return bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(tile), level=int(quality)))
+    return bytes(_jpeg8_encode(np.ascontiguousarray(tile), level=int(quality)))
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
