@@ -150,9 +150,11 @@ class TileDataset(torch.utils.data.Dataset):
             self._batch.read_batch(idx, images.numpy())
             images = images.permute(0, 3, 1, 2)
         else:
-            pixels = torch.from_numpy(self._batch.read_batch(idx)).permute(0, 3, 1, 2)
-            images = _new_tensor(shape, torch.float32, shared).permute(0, 3, 1, 2)
-            images.copy_(pixels).div_(255.0)
+            images = _new_tensor(shape, torch.float32, shared)
+            # numpy's uint8 -> float32 division gives exactly torch's ``.to(float32).div_(255)`` (IEEE division
+            # of each of the 256 values, tested) at a quarter of its CPU time
+            np.divide(self._batch.read_batch(idx), np.float32(255.0), out=images.numpy(), dtype=np.float32)
+            images = images.permute(0, 3, 1, 2)
         labels = self.labels[idx]
         items = list(images.unbind(0))
         if self.transform is not None:
