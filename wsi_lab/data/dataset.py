@@ -6,7 +6,8 @@ process (never shared across a fork) and kept in a small LRU.
 
 A ``DataLoader`` with a batch size fetches whole batches through ``__getitems__``: the rows are read
 by :class:`~wsi_lab.data.fast_loader.BatchReader` (each source tile decoded once, rows cut from it) and
-converted as one array. :func:`tile_loader` adds the :class:`~wsi_lab.data.fast_loader.LocalitySampler`
+converted as one array; in a DataLoader worker the batch is written straight into shared memory (as
+``default_collate`` does), so handing it to the main process copies nothing. :func:`tile_loader` adds the :class:`~wsi_lab.data.fast_loader.LocalitySampler`
 so that shuffled epochs keep that locality.
 """
 
