@@ -89,6 +89,7 @@ def test_tile_loader_two_workers_covers_every_row_once(mixed):
     for images, _labels in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
         seen_images.append(images)
+    assert loader.batch_sampler is not None
     order = [i for b in loader.batch_sampler for i in b]  # the delivered order
     images = torch.cat(seen_images)
     assert sorted(order) == list(range(len(ds)))
@@ -169,6 +170,7 @@ def test_float_batches_from_workers_equal_items_and_torch_division(mixed):
     ds = TileDataset(mixed[mixed.slide_id == "cmu"].reset_index(drop=True))
     loader = tile_loader(ds, batch_size=3, shuffle=True, seed=2, num_workers=2)
     images = torch.cat([x for x, _ in loader])
+    assert loader.batch_sampler is not None
     order = [i for b in loader.batch_sampler for i in b]
     assert images.dtype == torch.float32 and len(order) == len(ds)
     assert all(torch.equal(images[k], ds[i][0]) for k, i in enumerate(order))
@@ -189,7 +191,7 @@ def test_the_tile_lru_stays_within_its_bytes(mixed):
 
     ds = TileDataset(mixed, dtype="uint8")
     small = BatchReader(ds._slide_ids, ds._geom, ds.slide_paths, ds._cache, tile_cache_bytes=3 * 240 * 240 * 3)
-    assert np.array_equal(small.read_batch(range(len(ds))), ds.read_batch(range(len(ds))))
+    assert np.array_equal(small.read_batch(np.arange(len(ds))), ds.read_batch(range(len(ds))))
     assert 1 <= len(small._tiles) <= 3 and small._tiles.nbytes <= 3 * 240 * 240 * 3
     out = np.zeros((2, 64, 64, 3), np.uint8)
     assert small.read_batch([0, 1], out=out) is out and np.array_equal(out, ds.read_batch([0, 1]))
