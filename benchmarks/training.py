@@ -9,11 +9,12 @@ fresh each epoch (as the training loop's ``persistent_workers=False``), batch 12
 epochs run. Cases: the batched ``TileDataset`` behind ``tile_loader`` (locality-shuffled, each source
 tile decoded once per epoch; uint8 and float32 batches), the same dataset read one item at a time (how
 it read before), the usual user code (a plain ``openslide`` + ``torch.utils.data.Dataset``),
-materialised JPEG tiles read with PIL, and the raw JPEG decode limit (every source tile of level 0
-decoded once on one core; tiles/s = decoded pixels / tile pixels). Each case also gets a row in
-tiles per CPU-second (main process + its DataLoader workers): on a machine shared with other work the
-wall-clock rates fall with the load, the CPU figures much less; on 2 free cores a loader that keeps
-both busy reaches about 2 × its tiles per CPU-second. Models: VAE (64², batch 64) and
+materialised JPEG tiles read with PIL, and the raw JPEG decode limit: every source tile the table's
+rows touch decoded once with imagecodecs, split over ``--workers`` processes (the same cores the
+loader's workers get), in the same run and in alternation with the batched loader's epochs; its
+tiles/s are the table's rows over that time. Each case also gets a row in tiles per CPU-second (main
+process + its DataLoader workers): on a machine shared with other work the wall-clock rates fall with
+the load, the CPU figures much less. The load average is printed before and after. Models: VAE (64², batch 64) and
 classifiers (small_cnn 32², resnet18 224²) training steps/s. torchrun: the same small_cnn job (generated
 slides, 32² tiles) launched with 1 process and with 2 (``backend="torchrun"``), training tiles/s of the
 last epoch. ``×`` compares with the row named in ``vs``, measured in the same run.
@@ -29,7 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +42,9 @@ import torch
 
 from wsi_lab.data.dataset import TileDataset, tile_loader
 from wsi_lab.slide import open_slide
+
+# the plain openslide Dataset below is the usual user code (a read-only PIL array into torch): no copy added
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 SLIDES = Path(os.environ.get("WSI_LAB_SHARED_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
 CMU = SLIDES / "CMU-1-Small-Region.svs"
@@ -78,7 +84,8 @@ class OpenSlideDataset(torch.utils.data.Dataset):
     """What users usually write: OpenSlide per worker, read_region -> RGB -> tensor."""
 
     def __init__(self, paths: list[str], coords: np.ndarray, tile: int) -> None:
-        self.paths, self.coords, self.tile, self.slides = paths, coords, tile, {}
+        self.paths, self.coords, self.tile = paths, coords, tile
+        self.slides: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -127,46 +134,89 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def loader_rate(ds, workers: int, epochs: int, batch: int = 128, fast: bool = False, seed: int = 0
-                ) -> tuple[float, float]:
-    """``(tiles/s, tiles per CPU-second)``: medians over ``epochs`` epochs (fresh workers each epoch, as the
-    training loop has them). The CPU figure counts the main process and its workers, so it holds on a
-    loaded machine where wall-clock rates do not."""
-    rates, cpu_rates = [], []
-    for epoch in range(epochs):
-        if fast:
-            loader = tile_loader(ds, batch_size=batch, shuffle=True, seed=seed, num_workers=workers)
-            loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        else:
-            loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False)
-        c0, t0 = _cpu_s(), time.perf_counter()
-        n = sum(len(x) for x, _ in loader)
-        del loader  # workers exit and are reaped: their CPU time is counted
-        rates.append(n / (time.perf_counter() - t0))
-        cpu_rates.append(n / max(_cpu_s() - c0, 1e-9))
-    return statistics.median(rates), statistics.median(cpu_rates)
+def loader_epoch(ds, workers: int, epoch: int, batch: int = 128, fast: bool = False, seed: int = 0
+                 ) -> tuple[int, float, float]:
+    """``(tiles, wall s, CPU s)`` of one epoch with fresh workers (as the training loop has them). The CPU
+    figure counts the main process and its workers, so it holds on a loaded machine where wall-clock
+    rates do not."""
+    if fast:
+        loader = tile_loader(ds, batch_size=batch, shuffle=True, seed=seed, num_workers=workers)
+        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    else:
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False)
+    c0, t0 = _cpu_s(), time.perf_counter()
+    n = sum(len(x) for x, _ in loader)
+    del loader  # workers exit and are reaped: their CPU time is counted
+    return n, time.perf_counter() - t0, _cpu_s() - c0
 
 
-def decode_limit(tile: int) -> float:
-    """``(tiles/s, tiles per CPU-s)`` if every level-0 source tile (JPEG) is decoded exactly once: one core,
-    imagecodecs."""
+def rates(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """``(tiles/s, tiles per CPU-second)``: medians over the runs."""
+    return (statistics.median(n / dt for n, dt, _ in runs), statistics.median(n / max(c, 1e-9) for n, _, c in runs))
+
+
+# -- the raw JPEG decode limit --------------------------------------------------------------------------
+_CHUNKS: list[tuple[bytes, bytes | None, Any]] = []  # (tile bytes, JPEG tables, colour space), set before fork
+
+
+def source_tiles(table) -> list[tuple[bytes, bytes | None, Any]]:
+    """The stored bytes of every source tile the table's rows touch (each once per slide and level):
+    what a loader must decode, at the least, for one epoch."""
+    from wsi_lab.slide.raw_tiles import raw_level
+
+    out = []
+    slides = table.attrs["wsi_lab"]["slides"]
+    for sid, rows in table.groupby("slide_id"):
+        with open_slide(slides[sid]["path"]) as s:
+            for level, sel in rows.groupby("level"):
+                rl = raw_level(s, int(level))
+                if rl is None:
+                    raise SystemExit(f"{slides[sid]['path']} level {level}: no raw JPEG tiles (the limit needs them)")
+                ds = s.level_downsamples[int(level)]
+                need: set[int] = set()
+                for x, y, rs in zip(sel["x"], sel["y"], sel["read_size"]):
+                    lx, ly = int(x // ds), int(y // ds)
+                    for ty in range(ly // rl.tile_height, (ly + int(rs) - 1) // rl.tile_height + 1):
+                        need.update(ty * rl.across + tx
+                                    for tx in range(lx // rl.tile_width, (lx + int(rs) - 1) // rl.tile_width + 1))
+                out += [(data, rl.tables, rl.colorspace) for i in sorted(need) if (data := rl.raw(i)) is not None]
+    return out
+
+
+def _decode_range(span: tuple[int, int]) -> float:
     import imagecodecs
-    import tifffile
 
-    with tifffile.TiffFile(CMU) as tf:
-        page = tf.pages[0]
-        fh = tf.filehandle
-        chunks = []
-        for off, cnt in zip(page.dataoffsets, page.databytecounts):
-            fh.seek(off)
-            chunks.append(fh.read(cnt))
-        tables = page.jpegtables
-    t0, c0 = time.perf_counter(), time.process_time()
-    px = 0
-    for data in chunks:
-        px += imagecodecs.jpeg_decode(data, tables=tables, colorspace=2, outcolorspace=2).shape[0] * page.tilewidth
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return px / dt / (tile * tile), px / max(cpu, 1e-9) / (tile * tile)
+    c0 = time.process_time()
+    for data, tables, cs in _CHUNKS[span[0]:span[1]]:
+        imagecodecs.jpeg_decode(data, tables=tables, colorspace=cs, outcolorspace=2)
+    return time.process_time() - c0
+
+
+class DecodeLimit:
+    """The raw JPEG decode limit of a table: every source tile its rows touch (:func:`source_tiles`) decoded
+    once with imagecodecs (no file reads, no cutting, no hand-over), split over ``workers`` processes as
+    the loader's workers split an epoch. A run gives ``(rows of the table, wall s, CPU s)``: the rate of a
+    loader that did nothing but decode each source tile once."""
+
+    def __init__(self, table, workers: int) -> None:
+        import multiprocessing
+
+        global _CHUNKS
+        _CHUNKS = source_tiles(table)
+        self.rows, self.tiles, self.workers = len(table), len(_CHUNKS), max(1, workers)
+        bounds = np.linspace(0, self.tiles, self.workers + 1).round().astype(int)
+        self.spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+        self.pool.map(_decode_range, [(0, 1)] * self.workers)  # workers started and warm
+
+    def run(self) -> tuple[int, float, float]:
+        t0 = time.perf_counter()
+        cpu = sum(self.pool.map(_decode_range, self.spans, chunksize=1))
+        return self.rows, time.perf_counter() - t0, cpu
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
 
 
 def steps_per_s(model, x, y, loss_fn, steps: int) -> float:
@@ -205,27 +255,37 @@ def torchrun_rates(folder: Path, quick: bool) -> list[tuple[str, float]]:
 
 
 def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int) -> None:
-    """The loader cases at one tile size: tiles/s and tiles per CPU-second of each."""
+    """The loader cases at one tile size: tiles/s and tiles per CPU-second of each. Ours and the decode
+    limit are measured in alternation (same load), the others after."""
     from wsi_lab.data.export_jpeg import export_jpeg
 
-    limit = f"raw JPEG decode limit {tile}² (1 core)"
+    limit = f"raw JPEG decode limit {tile}² ({workers} processes, same source tiles)"
     ours = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} workers"
     slide_of = {sid: v["path"] for sid, v in table.attrs["wsi_lab"]["slides"].items()}
     per_row = [slide_of[s] for s in table["slide_id"]]
     jpeg_dir = tmp / f"jpeg{tile}"
     export_jpeg(table, jpeg_dir, workers=2)
     files = sorted(jpeg_dir.rglob("*.jpg"))
+    fast_u8 = TileDataset(table, dtype="uint8")
+    dl = DecodeLimit(table, workers)
+    print(f"  {tile}²: {len(table)} rows over {dl.tiles} source tiles ({dl.tiles / len(table):.2f} per row)",
+          file=sys.stderr)
+    paired: dict[str, list] = {ours: [], limit: []}
+    for epoch in range(epochs):
+        paired[ours].append(loader_epoch(fast_u8, workers, epoch, fast=True))
+        paired[limit].append(dl.run())
+    dl.close()
+
+    def each(ds, fast: bool = False):
+        return lambda: rates([loader_epoch(ds, workers, e, fast=fast) for e in range(epochs)])
+
     cases = [
-        (ours, lambda: loader_rate(TileDataset(table, dtype="uint8"), workers, epochs, fast=True), limit),
-        (f"TileDataset batched {tile}², float32", lambda: loader_rate(TileDataset(table), workers, epochs,
-                                                                     fast=True), ours),
-        (f"TileDataset per item {tile}² (before)", lambda: loader_rate(PerItem(TileDataset(table)),
-                                                                      workers, epochs), ours),
-        (f"plain openslide Dataset {tile}²", lambda: loader_rate(
-            OpenSlideDataset(per_row, table[["x", "y"]].to_numpy(), tile), workers, epochs), ours),
-        (f"materialised JPEG tiles {tile}²", lambda: loader_rate(JpegFolderDataset(files), workers,
-                                                                epochs), ours),
-        (limit, lambda: decode_limit(tile), ""),
+        (ours, lambda: rates(paired[ours]), limit),
+        (f"TileDataset batched {tile}², float32", each(TileDataset(table), fast=True), ours),
+        (f"TileDataset per item {tile}² (before)", each(PerItem(TileDataset(table))), ours),
+        (f"plain openslide Dataset {tile}²", each(OpenSlideDataset(per_row, table[["x", "y"]].to_numpy(), tile)), ours),
+        (f"materialised JPEG tiles {tile}²", each(JpegFolderDataset(files)), ours),
+        (limit, lambda: rates(paired[limit]), ""),
     ]
     for case, measure, vs in cases:
         rate, cpu_rate = measure()
@@ -245,6 +305,7 @@ def main() -> None:
     if not CMU.exists():
         sys.exit(f"{CMU} not found (set WSI_LAB_SHARED_SLIDES)")
     torch.set_num_threads(2)
+    load0 = os.getloadavg()
     rows: list[tuple[str, float, str, str]] = []
     epochs = 2 if args.quick else 3
 
@@ -268,6 +329,9 @@ def main() -> None:
     if not args.no_models:
         model_rows(add, 3 if args.quick else 10)
     print_table(rows)
+    load1 = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min): start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {os.cpu_count()} CPUs")
 
 
 def model_rows(add, steps: int) -> None:

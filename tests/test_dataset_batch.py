@@ -89,6 +89,7 @@ def test_tile_loader_two_workers_covers_every_row_once(mixed):
     for images, _labels in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
         seen_images.append(images)
+    assert loader.batch_sampler is not None
     order = [i for b in loader.batch_sampler for i in b]  # the delivered order
     images = torch.cat(seen_images)
     assert sorted(order) == list(range(len(ds)))
@@ -157,3 +158,42 @@ def test_a_job_with_the_locality_sampler_trains_and_is_reproducible(tmp_path):
     with pytest.raises(InvalidParameterError, match="sampler 'locality'"):
         JobSpec(task="classify", table=str(tmp_path), out=str(tmp_path / "x"),
                 data={"sampler": "locality", "format": "folder"}).validate()
+
+
+def test_float_batches_from_workers_equal_items_and_torch_division(mixed):
+    from wsi_lab.data.dataset import _new_tensor
+
+    every = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16, 1).expand(1, 16, 16, 3).contiguous()
+    ours = _new_tensor((1, 16, 16, 3), torch.float32, shared=True)  # the worker path: shared memory
+    np.divide(every.numpy(), np.float32(255.0), out=ours.numpy(), dtype=np.float32)
+    assert ours.is_shared() and torch.equal(ours, every.to(torch.float32).div_(255.0))  # all 256 values
+    ds = TileDataset(mixed[mixed.slide_id == "cmu"].reset_index(drop=True))
+    loader = tile_loader(ds, batch_size=3, shuffle=True, seed=2, num_workers=2)
+    images = torch.cat([x for x, _ in loader])
+    assert loader.batch_sampler is not None
+    order = [i for b in loader.batch_sampler for i in b]
+    assert images.dtype == torch.float32 and len(order) == len(ds)
+    assert all(torch.equal(images[k], ds[i][0]) for k, i in enumerate(order))
+
+
+def test_source_groups_of_large_tiles_span_several_rows(cmu_path):
+    # 224² rows on 240² source tiles: a block of 2 x 2 tiles would hold ~4 rows, and rows crossing its
+    # border decode the neighbour's tiles again; blocks are ceil(7 * 224 / 240) = 7 tiles (1680 px) instead
+    xs, ys = np.meshgrid(np.arange(0, 2000, 224), np.arange(0, 2700, 224))
+    t = _table([("cmu", int(x), int(y), 0, 224, 224) for x, y in zip(xs.ravel(), ys.ravel())], {"cmu": str(cmu_path)})
+    g = TileDataset(t).source_groups()
+    expect = np.unique(np.stack([t["y"] // 1680, t["x"] // 1680], 1), axis=0, return_inverse=True)[1].ravel()
+    assert np.array_equal(g, expect) and len(np.unique(g)) == 4
+
+
+def test_the_tile_lru_stays_within_its_bytes(mixed):
+    from wsi_lab.data.fast_loader import BatchReader
+
+    ds = TileDataset(mixed, dtype="uint8")
+    small = BatchReader(ds._slide_ids, ds._geom, ds.slide_paths, ds._cache, tile_cache_bytes=3 * 240 * 240 * 3)
+    assert np.array_equal(small.read_batch(np.arange(len(ds))), ds.read_batch(range(len(ds))))
+    assert 1 <= len(small._tiles) <= 3 and small._tiles.nbytes <= 3 * 240 * 240 * 3
+    out = np.zeros((2, 64, 64, 3), np.uint8)
+    assert small.read_batch([0, 1], out=out) is out and np.array_equal(out, ds.read_batch([0, 1]))
+    with pytest.raises(InvalidParameterError, match="out must be"):
+        small.read_batch([0, 1], out=np.zeros((3, 64, 64, 3), np.uint8))

@@ -12,10 +12,12 @@ tile again for every row and pays the per-item cost of ``read_region`` and of th
   straddles a tile border). Rows on levels without raw tile access (other backends, non-JPEG levels)
   or reaching past the level's edge go through :func:`~wsi_lab.data.tile_reader.read_tile`. Either way
   the pixels equal :func:`read_tile`'s (tested).
-- :func:`source_groups` gives each row the id of the source tile holding its top-left corner (a
-  virtual 256-px grid where the level has no tile grid), and :class:`LocalitySampler` shuffles the
-  groups, then the rows within small windows of consecutive groups: batches still mix many source
-  tiles, yet a worker decodes each of them about once per epoch. It shards like PyTorch's
+- :func:`source_groups` gives each row the id of the block of source tiles holding its top-left corner
+  (a virtual 256-px grid where the level has no tile grid; a block spans at least 2 tiles and 7 rows'
+  read size, so a group holds ~50 rows at 64² and at 224² alike), and :class:`LocalitySampler` shuffles
+  the groups, then the rows within small windows of consecutive groups: batches still mix many source
+  tiles, yet a worker decodes each of them about once per epoch (rows that cross a block's border
+  decode the neighbour block's tiles again unless the LRU still holds them: ~15% more decodes at 224²). It shards like PyTorch's
   ``DistributedSampler`` (pad to a multiple of ``num_replicas``, rank ``r`` takes every N-th index), so
   N processes together see the batches one process sees.
 
@@ -27,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,6 @@ from PIL import Image
 
 from wsi_lab.data.tile_reader import SlideCache, read_tile
 from wsi_lab.errors import InvalidParameterError
-from wsi_lab.io import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,45 @@ __all__ = ["BatchReader", "LocalitySampler", "WorkerBatches", "source_groups", "
 
 #: the grid (level pixels) used to group rows of levels that have no tile grid of their own
 VIRTUAL_GRID = 256
-#: rows are grouped by blocks of REGION x REGION source tiles
+#: rows are grouped by blocks of at least REGION x REGION source tiles ...
 REGION = 2
+#: ... and at least GROUP_ROWS x GROUP_ROWS rows' read size (so a group holds ~50 rows whatever the tile
+#: size: 2 x 2 tiles of 240 px hold 56 rows of 64 px, but only 4 of 224 px, and rows that straddle a group's
+#: border decode the neighbour's tiles again; large tiles need larger blocks)
+GROUP_ROWS = 7
 #: decoded source tiles kept per process (bytes)
 TILE_CACHE_BYTES = 96 * 2**20
+
+
+class _TileLRU:
+    """Decoded source tiles of one process, least recently used dropped past ``max_bytes``. Lean on
+    purpose (one process, one thread: no locks, O(1) per step): a batch of 224² rows looks up ~4 tiles
+    per row, and :class:`wsi_lab.io.LRUCache`'s thread-safe bookkeeping cost a tenth of a decode each."""
+
+    __slots__ = ("max_bytes", "nbytes", "_data")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.nbytes = int(max_bytes), 0
+        self._data: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+
+    def get_or_load(self, key: tuple[str, int, int], load: Callable[[], np.ndarray]) -> np.ndarray:
+        tile = self._data.get(key)
+        if tile is not None:
+            self._data.move_to_end(key)
+            return tile
+        tile = load()
+        self._data[key] = tile
+        self.nbytes += tile.nbytes
+        while self.nbytes > self.max_bytes and len(self._data) > 1:
+            self.nbytes -= self._data.popitem(last=False)[1].nbytes
+        return tile
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 class _Grid:
@@ -72,9 +109,10 @@ def _grid_of(slide: Any, level: int) -> _Grid:
 
 def source_groups(slide_ids: np.ndarray, geom: np.ndarray, slide_paths: Mapping[str, str],
                   backend: str = "auto", region: int = REGION) -> np.ndarray:
-    """Group id (0..G-1) of every row: rows whose top-left corner lies in the same ``region``×``region``
-    block of source tiles of the same slide level share an id (blocks rather than single tiles, so that
-    rows straddling a tile border mostly find both tiles in their own group). ``geom`` is ``(N, 5)``
+    """Group id (0..G-1) of every row: rows whose top-left corner lies in the same block of source tiles
+    of the same slide level share an id. A block is at least ``region``×``region`` source tiles and at
+    least :data:`GROUP_ROWS` rows' ``read_size`` across (whole tiles), so that rows straddling a tile
+    border mostly find both tiles in their own group, and each group holds tens of rows. ``geom`` is ``(N, 5)``
     int: level-0 ``x, y``, ``level``, ``read_size``, ``tile_size``. Opens each slide once (and closes it)."""
     from wsi_lab.slide import open_slide
 
@@ -87,9 +125,11 @@ def source_groups(slide_ids: np.ndarray, geom: np.ndarray, slide_paths: Mapping[
             for level in np.unique(geom[rows, 2]):
                 sel = rows[geom[rows, 2] == level]
                 g = _grid_of(slide, int(level))
+                span = GROUP_ROWS * int(geom[sel, 3].max())  # level pixels covered by GROUP_ROWS rows
+                bw, bh = g.tw * max(region, -(-span // g.tw)), g.th * max(region, -(-span // g.th))
                 keys[sel, 0], keys[sel, 1] = code, level
-                keys[sel, 2] = np.floor(geom[sel, 1] / g.ds).astype(np.int64) // (g.th * region)
-                keys[sel, 3] = np.floor(geom[sel, 0] / g.ds).astype(np.int64) // (g.tw * region)
+                keys[sel, 2] = np.floor(geom[sel, 1] / g.ds).astype(np.int64) // bh
+                keys[sel, 3] = np.floor(geom[sel, 0] / g.ds).astype(np.int64) // bw
     if n == 0:
         return np.zeros(0, np.int64)
     _, ids = np.unique(keys, axis=0, return_inverse=True)
@@ -113,7 +153,7 @@ class BatchReader:
     def _init_process_state(self) -> None:
         self._last: tuple[tuple[str, int, int], np.ndarray] | None = None  # rows come in tile order: skip the LRU
         self._grids: dict[tuple[str, int], tuple[Any, _Grid]] = {}
-        self._tiles: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(max_bytes=self._tile_cache_bytes)
+        self._tiles = _TileLRU(self._tile_cache_bytes)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -190,16 +230,25 @@ class BatchReader:
         resample = Image.Resampling.BOX if read_size > tile_size else Image.Resampling.BILINEAR
         out[...] = np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize((tile_size, tile_size), resample))
 
-    def read_batch(self, indices: list[int] | np.ndarray) -> np.ndarray:
-        """``(B, T, T, 3)`` uint8 pixels of rows ``indices`` (all of one ``tile_size`` T), in the order given;
-        read in source-tile order so each source tile is decoded once."""
-        idx = np.asarray(indices, np.int64)
-        sizes = np.unique(self._geom[idx, 4]) if len(idx) else np.array([0])
+    def tile_size_of(self, indices: np.ndarray) -> int:
+        """The one ``tile_size`` of rows ``indices`` (:class:`InvalidParameterError` when they mix sizes)."""
+        sizes = np.unique(self._geom[indices, 4]) if len(indices) else np.array([0])
         if len(sizes) != 1:
             raise InvalidParameterError(f"a batch holds tiles of several sizes {sizes.tolist()}; use one tile_size "
                                         "per dataset or batch_size=1")
-        size = int(sizes[0])
-        out = np.empty((len(idx), size, size, 3), np.uint8)
+        return int(sizes[0])
+
+    def read_batch(self, indices: list[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(B, T, T, 3)`` uint8 pixels of rows ``indices`` (all of one ``tile_size`` T), in the order given;
+        read in source-tile order so each source tile is decoded once. ``out``: a ``(B, T, T, 3)`` uint8
+        array to fill (e.g. in shared memory), else a new one."""
+        idx = np.asarray(indices, np.int64)
+        size = self.tile_size_of(idx)
+        if out is None:
+            out = np.empty((len(idx), size, size, 3), np.uint8)
+        elif out.shape != (len(idx), size, size, 3) or out.dtype != np.uint8:
+            raise InvalidParameterError(f"out must be a {(len(idx), size, size, 3)} uint8 array, got {out.shape} "
+                                        f"{out.dtype}")
         g = self._geom[idx]
         sids = self._slide_ids[idx]
         order = np.lexsort((g[:, 0], g[:, 1], g[:, 2], sids))  # slide, level, y, x
