@@ -21,8 +21,8 @@ from wsi_lab.annotations import AnnotationSet, LabelMap, annotations_by_slide, r
 from wsi_lab.errors import DataError
 from wsi_lab.train.data import check_slides, job_data, model_input_size
 from wsi_lab.train.loop import Parts, fit
-from wsi_lab.train.recipes import _model_config, register_recipe
 from wsi_lab.train.mining import HardNegativeMiner, check_hard_negatives
+from wsi_lab.train.recipes import _model_config, register_recipe
 from wsi_lab.train.sampling import BalancedView, balanced_train_set
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def run_segment(spec, ctx) -> dict:
         load_segmentation_weights(model, spec.model["weights"], spec.model.get("sha256"))  # type: ignore[arg-type]
     if isinstance(train_set, BalancedView) and spec.sampler and spec.sampler.get("hard_negatives") is not None:
         hn = check_hard_negatives(spec.sampler["hard_negatives"], spec.task)
-        train_set.miner = HardNegativeMiner(base, train_set.negative_rows, model, ctx, spec, hn)  # type: ignore[assignment]
+        train_set.miner = HardNegativeMiner(base, train_set.negative_rows, model, ctx, spec, hn)
     classes = list(label_map.classes)
     return fit(spec, ctx, Parts(model, train_set, val_set, _step(len(classes), dice_weight),
                                 metrics=lambda outs: segmentation_metrics(outs, classes), classes=classes,

@@ -8,6 +8,7 @@ to the tiles the model got most wrong after the epoch before."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ class BalancedView(torch.utils.data.Dataset):
                  threshold: float, seed: int) -> None:
         self.base, self.rows, self.ratios = base, np.asarray(rows), np.asarray(ratios, np.float64)
         self.positive_fraction, self.threshold, self.seed = positive_fraction, threshold, seed
-        self.miner = None
+        self.miner: Any = None  # a HardNegativeMiner
         self.set_epoch(0)
 
     @property
