@@ -46,7 +46,7 @@ from wsi_lab.errors import CheckpointError, DataError, InvalidParameterError, Mi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn", "keras_api"]
+__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn", "keras_api", "horovod_context"]
 
 
 def _tf():
@@ -168,6 +168,41 @@ def keras_small_cnn(num_classes: int, input_size: int, dropout: float = 0.25, de
         L.MaxPooling2D(2), L.Dropout(dropout),
         L.Flatten(), L.Dense(512, activation="relu"), L.Dropout(dense_dropout), L.Dense(num_classes),
     ], name="small_cnn")
+
+
+class _TFCollectives:
+    """The collectives :class:`~wsi_lab.train.dist.DistContext` asks of its ``hvd``, over Horovod's
+    TensorFlow library (which has no ``barrier``)."""
+
+    def __init__(self, hvd) -> None:
+        self.hvd, self.Sum = hvd, hvd.Sum
+
+    def allgather_object(self, obj: Any) -> list:
+        from horovod.tensorflow import allgather_object
+
+        return list(allgather_object(obj))
+
+    def barrier(self) -> None:
+        self.allgather_object(0)
+
+    def allreduce(self, t, op=None):
+        import torch
+
+        tf = _tf()
+        return torch.from_numpy(self.hvd.allreduce(tf.constant(t.numpy()), op=op or self.Sum).numpy())
+
+
+def horovod_context():
+    """The process context of a Keras job under ``horovodrun``: Horovod's TensorFlow library initialised,
+    and not its torch one (two Horovod libraries in one process rendezvous over the same keys: the second
+    can connect to the first one's ports and time out)."""
+    import torch
+
+    from wsi_lab.train.dist import DistContext
+
+    tf = _tf()
+    hvd = _horovod_keras(tf, keras_api())
+    return DistContext(hvd.rank(), hvd.size(), hvd.local_rank(), torch.device("cpu"), "horovod", _TFCollectives(hvd))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
