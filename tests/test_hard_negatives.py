@@ -121,3 +121,29 @@ def test_a_pool_scores_a_seeded_subset_of_the_negatives():
     assert len(a) == 10 and len(set(a)) == 10 and set(a) <= set(range(1, 51)) and list(a) == sorted(a)
     assert np.array_equal(a, miner.pool_rows(3)) and not np.array_equal(a, miner.pool_rows(4))
     assert [miner.active(e) for e in (1, 2, 3)] == [False, False, True]
+
+
+def test_mining_under_ddp_scores_each_rank_share_and_draws_the_hardest(tmp_path):
+    """torchrun, 2 processes: each rank scores every other negative and all ranks get all the scores; the
+    rows drawn are the highest-loss ones under the model the job resumed from (scored here)."""
+    from wsi_lab.models import load
+    from wsi_lab.runs import JobStatus
+    from wsi_lab.train import launch
+
+    table, ann = _cohort(tmp_path)
+    out = tmp_path / "ddp"
+    sampler = {"positive_fraction": 0.5, "threshold": 0.05, "hard_negatives": {"fraction": 0.5, "start_epoch": 1}}
+    spec = JobSpec(task="segment", table=str(table), out=str(out), annotations=str(ann), epochs=1, batch_size=6,
+                   lr=5e-3, seed=4, model={"name": "unet", "base": 4, "depth": 2}, sampler=sampler,
+                   backend="torchrun", nproc=2).validate()
+    job = launch(spec)
+    assert job.wait(400) == JobStatus.DONE, "\n".join(job.logs(tail=40))
+    rows, losses, _ = _negative_losses(spec, load(out / "checkpoints" / "last.pt"))
+    job = launch(spec.with_changes(epochs=2))
+    assert job.wait(400) == JobStatus.DONE, "\n".join(job.logs(tail=40))
+    mined = json.loads((out / "hard_negatives" / "epoch-0002.json").read_text())
+    k = len(mined["rows"])
+    assert k > 0 and mined["pool"] == len(rows)
+    assert mined["rows"] == rows[np.lexsort((rows, -losses))[:k]].tolist()
+    assert mined["loss"] == pytest.approx(np.sort(losses)[::-1][:k].tolist(), rel=1e-4, abs=1e-6)
+    assert sum(json.loads(ln)["split"] == "hard_negatives" for ln in (out / "metrics.jsonl").read_text().splitlines()) == 1
