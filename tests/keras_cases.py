@@ -99,6 +99,13 @@ def test_keras_path_refusals(exports, tmp_path, monkeypatch):
         run_spec(JobSpec(table=str(folders["jpeg"]), model="resnet18", out=str(tmp_path / "o1"), **base))
     with pytest.raises(InvalidParameterError, match="'local' or 'horovod'"):
         JobSpec(table=str(folders["raw"]), backend="torchrun", nproc=2, out=str(tmp_path / "o"), **base).validate()
+    import tensorflow as tf
+
+    if not tf.keras.__name__.startswith("tf_keras"):  # this process imported TensorFlow with Keras 3
+        from wsi_lab.train.keras import horovod_context
+
+        with pytest.raises(MissingDependencyError, match="tf_keras.*Keras 3.*TF_USE_LEGACY_KERAS"):
+            horovod_context()
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
     with pytest.raises(MissingDependencyError, match="tf"):
         run_spec(JobSpec(table=str(folders["raw"]), out=str(tmp_path / "o2"), **base))
