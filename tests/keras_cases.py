@@ -102,7 +102,7 @@ def test_keras_path_refusals(exports, tmp_path, monkeypatch):
     import tensorflow as tf
 
     if not tf.keras.__name__.startswith("tf_keras"):  # this process imported TensorFlow with Keras 3
-        from wsi_lab.train.keras import horovod_context
+        from wsi_lab.train.keras_hvd import horovod_context
 
         with pytest.raises(MissingDependencyError, match="tf_keras.*Keras 3.*TF_USE_LEGACY_KERAS"):
             horovod_context()

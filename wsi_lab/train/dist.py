@@ -87,7 +87,7 @@ def setup_context(backend: str, device: str = "auto", framework: str = "torch") 
     initialises the process group when the launcher started more than one process. ``framework``
     ``tensorflow``: Horovod's TensorFlow library instead of its torch one (the Keras path)."""
     if backend == "horovod" and framework == "tensorflow":
-        from wsi_lab.train.keras import horovod_context
+        from wsi_lab.train.keras_hvd import horovod_context
 
         return horovod_context()
     if backend == "horovod":

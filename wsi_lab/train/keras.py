@@ -46,7 +46,7 @@ from wsi_lab.errors import CheckpointError, DataError, InvalidParameterError, Mi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn", "keras_api", "horovod_context"]
+__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn", "keras_api"]
 
 
 def _tf():
@@ -67,28 +67,6 @@ def keras_api():
     except ImportError:
         return tf.keras
     return tf_keras
-
-
-def _tf_keras_install(tf) -> str:
-    major, minor = tf.__version__.split(".")[:2]
-    return f"pip install --no-deps 'tf_keras~={major}.{minor}.0'"
-
-
-def _horovod_keras(tf, keras):
-    """``horovod.tensorflow.keras``, initialised; refused when Horovod or Keras 2 is missing."""
-    from wsi_lab.train.launcher import HOROVOD_INSTALL
-
-    if not tf.keras.__name__.startswith("tf_keras") or keras.__name__ != "tf_keras":
-        raise MissingDependencyError(
-            "tf_keras", "keras2", "the Keras path under Horovod (Horovod's Keras callbacks fail on Keras 3; with "
-            f"tensorflow-cpu: {_tf_keras_install(tf)}; TensorFlow must be imported with TF_USE_LEGACY_KERAS=1)")
-    try:
-        import horovod.tensorflow.keras as hvd
-    except ImportError as exc:
-        raise MissingDependencyError("horovod", "horovod", "backend 'horovod' with TensorFlow (Horovod built with "
-                                     f"its TensorFlow bindings: {HOROVOD_INSTALL})") from exc
-    hvd.init()
-    return hvd
 
 
 def read_export(folder: str | os.PathLike) -> dict[str, Any]:
@@ -170,41 +148,6 @@ def keras_small_cnn(num_classes: int, input_size: int, dropout: float = 0.25, de
     ], name="small_cnn")
 
 
-class _TFCollectives:
-    """The collectives :class:`~wsi_lab.train.dist.DistContext` asks of its ``hvd``, over Horovod's
-    TensorFlow library (which has no ``barrier``)."""
-
-    def __init__(self, hvd) -> None:
-        self.hvd, self.Sum = hvd, hvd.Sum
-
-    def allgather_object(self, obj: Any) -> list:
-        from horovod.tensorflow import allgather_object
-
-        return list(allgather_object(obj))
-
-    def barrier(self) -> None:
-        self.allgather_object(0)
-
-    def allreduce(self, t, op=None):
-        import torch
-
-        tf = _tf()
-        return torch.from_numpy(self.hvd.allreduce(tf.constant(t.numpy()), op=op or self.Sum).numpy())
-
-
-def horovod_context():
-    """The process context of a Keras job under ``horovodrun``: Horovod's TensorFlow library initialised,
-    and not its torch one (two Horovod libraries in one process rendezvous over the same keys: the second
-    can connect to the first one's ports and time out)."""
-    import torch
-
-    from wsi_lab.train.dist import DistContext
-
-    tf = _tf()
-    hvd = _horovod_keras(tf, keras_api())
-    return DistContext(hvd.rank(), hvd.size(), hvd.local_rank(), torch.device("cpu"), "horovod", _TFCollectives(hvd))
-
-
 # -- checkpoints ---------------------------------------------------------------------------------
 def _save_atomic(keras, model, path: Path) -> None:
     """The model alone, atomically: an uncompiled copy (a Horovod-wrapped optimizer would not load elsewhere,
@@ -283,7 +226,12 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
         raise InvalidParameterError(f"job spec key 'backend': the Keras/TFRecord path runs under 'local' or "
                                     f"'horovod', not {spec.backend!r}")
     keras = keras_api()
-    hvd = _horovod_keras(tf, keras) if spec.backend == "horovod" else None
+    if spec.backend == "horovod":
+        from wsi_lab.train.keras_hvd import horovod_keras
+
+        hvd = horovod_keras(tf, keras)
+    else:
+        hvd = None
     world, rank = (hvd.size(), hvd.rank()) if hvd is not None else (1, 0)
     folder = Path(spec.table)
     manifest = read_export(folder)
