@@ -45,6 +45,10 @@ if [ ! -f "$stamp" ] && [ ! -f "$base-test" ]; then
   fi
   if [ "$MODE" = "--test" ]; then
     pipq -e ".[dev,openslide,ui,napari,torch,train,tf]"
+    # Keras 2 (the keras2 extra) for the Keras path under Horovod, of TensorFlow's own version; --no-deps: its
+    # metadata asks for the `tensorflow` distribution, which would put a second TensorFlow over tensorflow-cpu
+    tfv=$("$VPY" -c 'import tensorflow as tf; print(".".join(tf.__version__.split(".")[:2]))' 2>/dev/null) \
+      && pipq --no-deps "tf_keras~=$tfv.0" || say "tf_keras not installed: the Keras-under-Horovod test will skip"
   else
     pipq -e ".[openslide,ui,napari,torch,train]"
   fi

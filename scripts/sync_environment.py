@@ -19,7 +19,7 @@ CONDA_NAMES = {
     "sagemaker": None, "playwright": None, "pytest-timeout": "pytest-timeout", "npe2": "npe2", "napari": "napari",
 }
 #: extras that go into the conda environment (GPU-only and cluster-only ones stay pip extras)
-EXTRAS = ("openslide", "ui", "torch", "train", "napari", "tf", "dev")
+EXTRAS = ("openslide", "ui", "torch", "train", "napari", "tf", "keras2", "dev")
 
 
 def _split(req: str) -> tuple[str, str]:

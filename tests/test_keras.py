@@ -26,4 +26,6 @@ def test_keras_cases_in_their_own_process():
                           cwd=CASES.parents[1], env=env, capture_output=True, text=True, timeout=900)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, f"Keras cases failed ({summary}):\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    assert "passed" in summary and "skipped" not in summary, summary
+    # only the Horovod case may skip (Horovod or Keras 2 not installed: WSI_LAB_SKIP_HOROVOD=1); TensorFlow is here
+    skips = [ln for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED")]
+    assert "passed" in summary and all("Horovod" in ln for ln in skips), summary + "\n" + "\n".join(skips)

@@ -5,6 +5,7 @@ sampling), and slide-level inference with ASAP XML + GeoJSON exports."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,7 @@ def _annotated_cohort(tmp_path, fmt: str = "xml"):
     return table, ann
 
 
-def test_segment_recipe_trains_and_writes_miou_and_dice(tmp_path):
+def test_segment_recipe_trains_and_writes_miou_and_dice(tmp_path, capsys):
     from wsi_lab.infer.segment import read_mask, segment_slides
     from wsi_lab.train.run import run_spec
 
@@ -139,8 +140,11 @@ def test_segment_recipe_trains_and_writes_miou_and_dice(tmp_path):
     assert again.skipped == ["s0", "s1"] and np.allclose(again.table["pred_frac_tumor"], res.table["pred_frac_tumor"])
     from wsi_lab.cli import main
 
+    capsys.readouterr()
     assert main(["segment", str(out / "checkpoints" / "last.pt"), str(table), "-o", str(tmp_path / "cli"),
-                 "--formats", "geojson", "-q"]) == 0
+                 "--formats", "geojson"]) == 0
+    err = capsys.readouterr().err  # the progress bar and the per-slide lines, on stderr
+    assert "s0: segmenting" in err and "s1: done" in err and f"{len(tiles)}/{len(tiles)} tiles" in err
     assert read_annotations(tmp_path / "cli" / "s1" / "regions.geojson") is not None
     assert not (tmp_path / "cli" / "s1" / "regions.xml").exists()
 
@@ -223,3 +227,35 @@ def test_balanced_training_rows_for_classify_and_segment(tmp_path):
     write_table(table, path)
     run_spec(spec.validate())  # the classify recipe trains on the balanced rows
     assert (tmp_path / "o" / "checkpoints" / "last.pt").is_file()
+
+
+def test_segment_reports_progress_per_slide_and_batch(tmp_path):
+    from wsi_lab.infer.segment import segment_slides
+    from wsi_lab.runs.progress import ItemStatus
+    from wsi_lab.testing import make_slide
+
+    rows, slides = [], {}
+    for sid in ("a", "b"):
+        slides[sid] = {"path": str(make_slide(tmp_path / f"{sid}.svs", 512, 256, tile=256, tissue_fraction=0.5, seed=1,
+                                              source="procedural", associated=False))}
+        rows += [{"slide_id": sid, "x": x, "y": y, "level": 0, "read_size": 128, "tile_size": 32}
+                 for y in range(0, 256, 128) for x in range(0, 512, 128)]
+    table = pd.DataFrame(rows)
+    table.attrs["wsi_lab"] = {"slides": slides}
+    events = []
+    segment_slides(_Tissue(), table, tmp_path / "out", downsample=16, batch_size=3, progress=events.append)
+    last = events[-1]
+    assert last.finished and last.unit == "tiles" and last.done == last.total == len(table) == 16
+    assert last.items == {"a": ItemStatus.DONE, "b": ItemStatus.DONE}
+    assert last.metrics["tiles"] == 16 and last.metrics["tiles_per_s"] > 0
+    assert [e.current for e in events if e.message.endswith("segmenting")] == ["a", "b"]
+    batches = [e.done for e in events if not e.message]  # one event per batch of 3 tiles: 3 + 3 + 2 per slide
+    assert batches == [3, 6, 8, 11, 14, 16]
+    events.clear()
+    segment_slides(_Tissue(), table, tmp_path / "out", downsample=16, batch_size=3, progress=events.append)
+    assert events[-1].items == {"a": ItemStatus.SKIPPED, "b": ItemStatus.SKIPPED} and events[-1].done == 16
+    Path(slides["b"]["path"]).unlink()
+    events.clear()
+    with pytest.raises(DataError, match="'b'.*missing"):
+        segment_slides(_Tissue(), table, tmp_path / "out2", downsample=16, progress=events.append)
+    assert events[-1].finished and events[-1].items["a"] == ItemStatus.DONE and events[-1].failed == 1

@@ -6,7 +6,11 @@ Per slide, under ``out/<slide_id>/``: ``mask.png`` (uint8 class indices, one pix
 ``downsample`` level-0 pixels), ``mask.json`` (downsample, classes, checkpoint hash, slide size),
 ``regions.xml`` (ASAP) and ``regions.geojson`` (QuPath), then a ``segment`` manifest (inputs: slide
 file and rows; parameters: checkpoint hash, downsample), all written atomically; a re-run skips a
-slide whose manifest checks out. The returned table gains ``pred_frac_<class>`` per tile."""
+slide whose manifest checks out. The returned table gains ``pred_frac_<class>`` per tile.
+
+Progress (:mod:`wsi_lab.runs.progress`, as ``predict``): unit ``tiles``, one item per slide (queued,
+running, done / skipped / failed), an event per batch with the ``tiles`` segmented and ``tiles_per_s``;
+a slide that fails is marked failed in a last ``finished`` event before its error is raised."""
 
 from __future__ import annotations
 
@@ -156,8 +160,6 @@ def segment_slides(model_or_checkpoint: Any, table: pd.DataFrame, out: str | os.
     ``formats``: region exports (``xml`` ASAP, ``geojson`` QuPath). Slides run one after another."""
     from wsi_lab.data.tile_reader import TILE_COLUMNS, require_columns, slide_paths_of
     from wsi_lab.infer._engine import resolve_device
-    from wsi_lab.io import atomic_write_bytes, encode_image
-    from wsi_lab.runs import manifest as mf
 
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
@@ -171,57 +173,72 @@ def segment_slides(model_or_checkpoint: Any, table: pd.DataFrame, out: str | os.
     model, source, digest = _load(model_or_checkpoint, dev)
     classes = [str(c) for c in getattr(model, "classes")]  # noqa: B009
     paths = slide_paths_of(table, slide_paths)
-    tracker = ProgressTracker(len(table), progress, unit="tiles", items=sorted(paths))
+    tracker = ProgressTracker(len(table), progress, unit="tiles", items=sorted(paths), rates=("tiles",))
     result = SegmentResult(table.copy(), checkpoint_hash=digest)
     result.table.attrs = dict(table.attrs)
     fr_cols = [f"pred_frac_{c}" for c in classes]
     for c in fr_cols:
         result.table[c] = np.float32(np.nan)
     for sid, rows in table.groupby(table["slide_id"].astype(str), sort=True):
-        folder = Path(out) / sid
-        path = paths[sid]
-        if not Path(path).exists():
-            raise DataError.at(path, f"slide {sid!r} of the table is missing")
-        dims, downs = _geometry(path)
-        tile_ds = float(np.min(rows["read_size"].to_numpy(float) * np.asarray(downs)[rows["level"].to_numpy(int)]
-                               / rows["tile_size"].to_numpy(float)))
-        ds_out = float(downsample) if downsample is not None else max(tile_ds, max(dims) / MAX_MASK_SIDE)
-        st = os.stat(path)
-        inputs = _hash(path, st.st_size, st.st_mtime_ns, rows[["x", "y", "level", "read_size", "tile_size"]].to_numpy().tolist())
-        params = _hash(digest, ds_out, sorted(formats), min_area)
-        done = mf.check_manifest(folder, KIND, inputs_hash=inputs, params_hash=params)
-        if done is not None and "fractions" in done:
-            result.table.loc[rows.index, fr_cols] = np.asarray(done["fractions"], np.float32)
-            result.skipped.append(sid)
-            tracker.update(f"{sid}: already segmented", add_done=len(rows), item=sid, status="skipped")
-        else:
-            tracker.update(f"{sid}: segmenting", item=sid, status="running", current=sid)
-            mask, fracs = _predict_slide(model, rows, path, ds_out, downs, dims, dev, prec, batch_size,
-                                         lambda n: tracker.update(add_done=n))
-            folder.mkdir(parents=True, exist_ok=True)
-            mf.invalidate(folder)
-            atomic_write_bytes(folder / "mask.png", encode_image(mask, "png"))
-            meta = {"slide_id": sid, "slide_path": path, "dimensions": list(dims), "downsample": ds_out,
-                    "classes": classes, "checkpoint": source, "checkpoint_hash": digest}
-            atomic_write_bytes(folder / "mask.json", json.dumps(meta, indent=1).encode())
-            files = ["mask.png", "mask.json"]
-            if formats:
-                regions = mask_to_annotations(mask, ds_out, classes, min_area)
-                if "xml" in formats:
-                    write_asap(folder / "regions.xml", regions)
-                    files.append("regions.xml")
-                if "geojson" in formats:
-                    write_geojson_annotations(folder / "regions.geojson", regions)
-                    files.append("regions.geojson")
-            mf.write_manifest(folder, KIND, inputs_hash=inputs, params_hash=params, files=files, slide_id=sid,
-                              tiles=len(rows), checkpoint_hash=digest, fractions=fracs.tolist())
-            result.table.loc[rows.index, fr_cols] = fracs
-            result.done.append(sid)
-            tracker.update(f"{sid}: done", item=sid, status="done")
-        result.masks[sid] = folder / "mask.png"
-        result.regions[sid] = {f: folder / f"regions.{f}" for f in formats}
+        try:
+            _segment_one(model, sid, rows, paths[sid], Path(out) / sid, result, tracker, downsample=downsample,
+                         dev=dev, prec=prec, batch_size=batch_size, formats=formats, min_area=min_area,
+                         classes=classes, source=source, digest=digest, fr_cols=fr_cols)
+        except Exception as exc:
+            tracker.update(f"{sid}: failed: {type(exc).__name__}: {exc}", item=sid, status="failed", finished=True)
+            raise
     tracker.update("segmentation finished", finished=True)
     meta = dict(result.table.attrs.get("wsi_lab") or {})
     meta["segment"] = {"checkpoint": source, "checkpoint_hash": digest, "classes": classes, "out": str(out)}
     result.table.attrs["wsi_lab"] = meta
     return result
+
+
+def _segment_one(model: torch.nn.Module, sid: str, rows: pd.DataFrame, path: str, folder: Path, result: SegmentResult,
+                 tracker: ProgressTracker, *, downsample: float | None, dev: torch.device, prec: str, batch_size: int,
+                 formats: tuple[str, ...], min_area: float, classes: list[str], source: str, digest: str,
+                 fr_cols: list[str]) -> None:
+    """One slide of :func:`segment_slides`: skip it when its manifest checks out, else predict, write, record."""
+    from wsi_lab.io import atomic_write_bytes, encode_image
+    from wsi_lab.runs import manifest as mf
+
+    if not Path(path).exists():
+        raise DataError.at(path, f"slide {sid!r} of the table is missing")
+    dims, downs = _geometry(path)
+    tile_ds = float(np.min(rows["read_size"].to_numpy(float) * np.asarray(downs)[rows["level"].to_numpy(int)]
+                           / rows["tile_size"].to_numpy(float)))
+    ds_out = float(downsample) if downsample is not None else max(tile_ds, max(dims) / MAX_MASK_SIDE)
+    st = os.stat(path)
+    inputs = _hash(path, st.st_size, st.st_mtime_ns, rows[["x", "y", "level", "read_size", "tile_size"]].to_numpy().tolist())
+    params = _hash(digest, ds_out, sorted(formats), min_area)
+    done = mf.check_manifest(folder, KIND, inputs_hash=inputs, params_hash=params)
+    if done is not None and "fractions" in done:
+        result.table.loc[rows.index, fr_cols] = np.asarray(done["fractions"], np.float32)
+        result.skipped.append(sid)
+        tracker.update(f"{sid}: already segmented", add_done=len(rows), item=sid, status="skipped")
+    else:
+        tracker.update(f"{sid}: segmenting", item=sid, status="running", current=sid)
+        mask, fracs = _predict_slide(model, rows, path, ds_out, downs, dims, dev, prec, batch_size,
+                                     lambda n: tracker.update(add_done=n, add={"tiles": n}))
+        folder.mkdir(parents=True, exist_ok=True)
+        mf.invalidate(folder)
+        atomic_write_bytes(folder / "mask.png", encode_image(mask, "png"))
+        meta = {"slide_id": sid, "slide_path": path, "dimensions": list(dims), "downsample": ds_out,
+                "classes": classes, "checkpoint": source, "checkpoint_hash": digest}
+        atomic_write_bytes(folder / "mask.json", json.dumps(meta, indent=1).encode())
+        files = ["mask.png", "mask.json"]
+        if formats:
+            regions = mask_to_annotations(mask, ds_out, classes, min_area)
+            if "xml" in formats:
+                write_asap(folder / "regions.xml", regions)
+                files.append("regions.xml")
+            if "geojson" in formats:
+                write_geojson_annotations(folder / "regions.geojson", regions)
+                files.append("regions.geojson")
+        mf.write_manifest(folder, KIND, inputs_hash=inputs, params_hash=params, files=files, slide_id=sid,
+                          tiles=len(rows), checkpoint_hash=digest, fractions=fracs.tolist())
+        result.table.loc[rows.index, fr_cols] = fracs
+        result.done.append(sid)
+        tracker.update(f"{sid}: done", item=sid, status="done")
+    result.masks[sid] = folder / "mask.png"
+    result.regions[sid] = {f: folder / f"regions.{f}" for f in formats}

@@ -7,7 +7,7 @@ The spec's ``data`` block says how ``table`` is read (:data:`DATA_OPTIONS`, chec
 
 - ``format``: ``tiles`` (a TileTable, the default), ``folder`` (class folders of image patches),
   ``csv`` (``path,label[,patient][,split]``), ``tfrecord`` (the shards of ``wsi-lab export``, trained
-  with Keras in one process: :mod:`wsi_lab.train.keras`);
+  with Keras, in one process or under Horovod: :mod:`wsi_lab.train.keras`);
 - ``sampler``: ``random`` (PyTorch's DistributedSampler, the default) or ``locality`` (shuffled source-tile
   groups: each source tile decoded about once per epoch, :mod:`wsi_lab.data.fast_loader`), tiles only;
 - ``size`` (patches: resize every patch to ``size``²), ``root`` (csv: the folder of relative paths),
@@ -53,9 +53,8 @@ def check_data_options(spec) -> None:
         raise bad(f"format {fmt!r} (patch files) feeds tasks classify and vae, not {spec.task!r}")
     if fmt == "tfrecord" and spec.task != "classify":
         raise bad(f"format 'tfrecord' trains a Keras classifier (task classify), not task {spec.task!r}")
-    if fmt == "tfrecord" and spec.backend != "local":
-        raise bad(f"format 'tfrecord' (Keras) runs in one process (backend 'local'), not {spec.backend!r}: Horovod "
-                  "0.28.1's Keras callbacks do not work with Keras 3")
+    if fmt == "tfrecord" and spec.backend not in ("local", "horovod"):
+        raise bad(f"format 'tfrecord' (Keras) runs under backend 'local' or 'horovod', not {spec.backend!r}")
     sampler = data.get("sampler", "random")
     if sampler not in ("random", "locality"):
         raise bad(f"sampler {sampler!r} is not one of random, locality")

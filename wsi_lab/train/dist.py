@@ -82,9 +82,14 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup_context(backend: str, device: str = "auto") -> DistContext:
+def setup_context(backend: str, device: str = "auto", framework: str = "torch") -> DistContext:
     """The :class:`DistContext` of this process for ``backend`` (``local``, ``torchrun``, ``horovod``);
-    initialises the process group when the launcher started more than one process."""
+    initialises the process group when the launcher started more than one process. ``framework``
+    ``tensorflow``: Horovod's TensorFlow library instead of its torch one (the Keras path)."""
+    if backend == "horovod" and framework == "tensorflow":
+        from wsi_lab.train.keras_hvd import horovod_context
+
+        return horovod_context()
     if backend == "horovod":
         try:
             import horovod.torch as hvd

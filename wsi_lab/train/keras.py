@@ -8,38 +8,65 @@ shards of each split). The model is ``small_cnn`` (the Keras CIFAR-10 example ne
 :class:`wsi_lab.models.classifier.SmallCNN`). Input: ``tf.data`` over the split's shards (records
 interleaved from the shards, shuffled with a seeded buffer, decoded in parallel: ``decode_raw`` or
 ``decode_jpeg``, scaled to [0, 1], batched, prefetched; ``shard=`` gives each of N processes its own
-shards). The job runs in one process (``backend: "local"``): Horovod 0.28.1, the last release, does not
-work with Keras 3 (its Keras callbacks call ``Variable.ref()``, which Keras 3 variables lack: the
-2-process run fails at the first batch), so ``horovod``/``torchrun`` are refused for this path until a
-custom allreduce loop replaces them. Checkpoints are Keras files, ``checkpoints/last.keras`` and ``best.keras``
-(atomic), with ``checkpoints/keras_state.json`` (epoch, best loss) so a restarted job resumes
-after its last epoch. Without TensorFlow the job is refused with the install command.
+shards).
+
+Keras: Keras 2 (``tf_keras``) when it is installed, else TensorFlow's own Keras 3. Backends ``local``
+(one process) and ``horovod`` (``horovodrun -np N``): each rank reads its own shards (every N-th file;
+every N-th record when there are fewer files than ranks), takes ``batch_size / N`` per step for the same
+number of steps (``ceil(records / batch_size)``; the stream repeats, so a rank with a smaller shard wraps
+around instead of leaving the others waiting in an allreduce), with ``hvd.DistributedOptimizer``
+(optional fp16 compression), ``BroadcastGlobalVariablesCallback(0)`` and ``MetricAverageCallback``.
+Validation: every rank predicts its share and rank 0 scores the gathered predictions. Horovod 0.28.1, the
+last release, needs Keras 2: its callbacks call ``Variable.ref()``, which Keras 3 variables lack, and it
+imports ``tf.keras``, so this module sets ``TF_USE_LEGACY_KERAS=1`` before it imports TensorFlow when
+``tf_keras`` is installed (a process that imported TensorFlow with Keras 3 before is refused under Horovod).
+
+Rank 0 alone writes: ``checkpoints/last.keras`` and ``best.keras`` (the model, atomic),
+``checkpoints/keras_optimizer.npz`` (the optimizer's variables) and ``checkpoints/keras_state.json``
+(epoch, best loss, Keras major version), so a restarted job resumes after its last epoch with its
+optimizer state, under either backend. Without TensorFlow the job is refused with the install command.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import os
+import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsi_lab.errors import DataError, InvalidParameterError, MissingDependencyError, TrainingError
+from wsi_lab.errors import CheckpointError, DataError, InvalidParameterError, MissingDependencyError, TrainingError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn"]
+__all__ = ["run_keras_classify", "tfrecord_dataset", "read_export", "keras_small_cnn", "keras_api"]
 
 
 def _tf():
+    if "tensorflow" not in sys.modules and find_spec("tf_keras") is not None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras (and Horovod's Keras) is then Keras 2
     try:
         import tensorflow as tf
     except ImportError as exc:
         raise MissingDependencyError("tensorflow", "tf", "the Keras/TFRecord path (data format 'tfrecord')") from exc
     return tf
+
+
+def keras_api():
+    """The Keras this path trains with: Keras 2 (``tf_keras``) when installed, else ``tf.keras`` (Keras 3)."""
+    tf = _tf()
+    try:
+        import tf_keras
+    except ImportError:
+        return tf.keras
+    return tf_keras
 
 
 def read_export(folder: str | os.PathLike) -> dict[str, Any]:
@@ -69,10 +96,11 @@ def _split_files(folder: Path, manifest: dict, split: str) -> tuple[list[str], i
 
 
 def tfrecord_dataset(files: list[str], variant: str, size: int, batch_size: int, shuffle: bool = False,
-                     seed: int = 0, shard: tuple[int, int] | None = None):
+                     seed: int = 0, shard: tuple[int, int] | None = None, repeat: bool = False):
     """A ``tf.data.Dataset`` of ``(images (B, size, size, 3) float32 in [0, 1], labels (B,) int64)`` from
     TFRecord shards of schema ``variant`` (``raw``: ``image_raw`` bytes; ``jpeg``: ``image/encoded``).
-    ``shard``: ``(num_shards, index)`` when several processes share the files."""
+    ``shard``: ``(num_shards, index)`` when several processes share the files (every N-th file, or every
+    N-th record when there are fewer files than shards); ``repeat``: an endless stream (reshuffled each pass)."""
     tf = _tf()
     if variant == "raw":
         spec = {"image_raw": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -98,16 +126,20 @@ def tfrecord_dataset(files: list[str], variant: str, size: int, batch_size: int,
         ds = ds.shard(*shard)  # fewer files than processes: every N-th record
     if shuffle:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(
         tf.data.AUTOTUNE)
 
 
-def keras_small_cnn(num_classes: int, input_size: int, dropout: float = 0.25, dense_dropout: float = 0.5):
-    """The Keras CIFAR-10 example network (logits out), as :class:`~wsi_lab.models.classifier.SmallCNN`."""
-    tf = _tf()
-    L = tf.keras.layers
-    return tf.keras.Sequential([
-        tf.keras.Input((input_size, input_size, 3)),
+def keras_small_cnn(num_classes: int, input_size: int, dropout: float = 0.25, dense_dropout: float = 0.5,
+                    keras: Any = None):
+    """The Keras CIFAR-10 example network (logits out), as :class:`~wsi_lab.models.classifier.SmallCNN`;
+    ``keras``: the Keras module to build it with (default :func:`keras_api`)."""
+    keras = keras or keras_api()
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input((input_size, input_size, 3)),
         L.Conv2D(32, 3, padding="same", activation="relu"), L.Conv2D(32, 3, activation="relu"),
         L.MaxPooling2D(2), L.Dropout(dropout),
         L.Conv2D(64, 3, padding="same", activation="relu"), L.Conv2D(64, 3, activation="relu"),
@@ -116,10 +148,15 @@ def keras_small_cnn(num_classes: int, input_size: int, dropout: float = 0.25, de
     ], name="small_cnn")
 
 
-def _save_atomic(model, path: Path) -> None:
+# -- checkpoints ---------------------------------------------------------------------------------
+def _save_atomic(keras, model, path: Path) -> None:
+    """The model alone, atomically: an uncompiled copy (a Horovod-wrapped optimizer would not load elsewhere,
+    and the .keras format has no ``include_optimizer=False``)."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.part.keras")  # Keras wants the .keras suffix
     try:
-        model.save(tmp)
+        bare = keras.models.clone_model(model)
+        bare.set_weights(model.get_weights())
+        bare.save(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -132,18 +169,70 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data).encode())
 
 
+def _optimizer_variables(opt) -> list:
+    v = opt.variables
+    return list(v() if callable(v) else v)  # a method in Keras 2's optimizers, a property in Keras 3's
+
+
+def _save_optimizer(opt, path: Path) -> None:
+    from wsi_lab.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, *[np.asarray(v.numpy()) for v in _optimizer_variables(opt)])
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _restore_optimizer(opt, model, path: Path) -> None:
+    """Build ``opt`` for ``model`` and load the variables :func:`_save_optimizer` wrote."""
+    opt.build(model.trainable_variables)
+    try:
+        with np.load(path) as z:
+            values = [z[f"arr_{i}"] for i in range(len(z.files))]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: unreadable optimizer state ({exc}); use another out folder") from exc
+    variables = _optimizer_variables(opt)
+    if [tuple(v.shape) for v in variables] != [x.shape for x in values]:
+        raise CheckpointError(f"{path}: the optimizer state ({len(values)} arrays) does not fit the model's "
+                              f"optimizer ({len(variables)} variables); use another out folder")
+    for var, val in zip(variables, values):
+        var.assign(val)
+
+
+def _load_resume(keras, ckpt: Path) -> tuple[Any, int, float] | None:
+    """``(model, next epoch, best loss)`` from ``ckpt``'s state, or ``None`` for a fresh start."""
+    state_path, last = ckpt / "keras_state.json", ckpt / "last.keras"
+    if not (last.is_file() and state_path.is_file()):
+        return None
+    state = json.loads(state_path.read_text())
+    major = keras.__version__.split(".")[0]
+    if str(state.get("keras", major)) != major:
+        raise CheckpointError(f"{last}: written by Keras {state.get('keras')}, this process runs Keras {major} "
+                              "(tf_keras installed or not); use the same Keras or another out folder")
+    try:
+        model = keras.models.load_model(last, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{last}: cannot be loaded by Keras {keras.__version__} ({exc})") from exc
+    return model, int(state["epoch"]) + 1, float(state.get("best", math.inf))
+
+
+# -- the job -------------------------------------------------------------------------------------
 def run_keras_classify(spec, ctx) -> dict[str, Any]:
     """Train the Keras ``small_cnn`` on a TFRecord export (module docstring); returns the loop's summary."""
-    from wsi_lab.train.loop import _report, classification_metrics, emit_progress
-
     tf = _tf()
     if spec.model_name != "small_cnn":
         raise InvalidParameterError(f"job spec key 'model': the Keras/TFRecord path trains small_cnn, not "
                                     f"{spec.model_name!r}")
-    if spec.backend != "local":
-        raise InvalidParameterError(f"job spec key 'backend': the Keras/TFRecord path runs in one process (backend "
-                                    f"'local'), not {spec.backend!r} (Horovod 0.28.1's Keras callbacks do not work "
-                                    "with Keras 3)")
+    if spec.backend not in ("local", "horovod"):
+        raise InvalidParameterError(f"job spec key 'backend': the Keras/TFRecord path runs under 'local' or "
+                                    f"'horovod', not {spec.backend!r}")
+    keras = keras_api()
+    if spec.backend == "horovod":
+        from wsi_lab.train.keras_hvd import horovod_keras
+
+        hvd = horovod_keras(tf, keras)
+    else:
+        hvd = None
+    world, rank = (hvd.size(), hvd.rank()) if hvd is not None else (1, 0)
     folder = Path(spec.table)
     manifest = read_export(folder)
     variant = manifest["variant"]
@@ -154,69 +243,118 @@ def run_keras_classify(spec, ctx) -> dict[str, Any]:
                         "labelled table)")
     train_files, n_train = _split_files(folder, manifest, spec.train_split)
     val_files, n_val = _split_files(folder, manifest, spec.val_split)
-    if n_train == 0:
-        raise DataError(f"{folder}: no records in the training split {spec.train_split!r}")
+    if n_train < world:
+        raise DataError(f"{folder}: {n_train} record(s) in the training split {spec.train_split!r}, fewer than the "
+                        f"{world} process(es)")
     size = _tile_size(train_files[0], variant)
     given = spec.model_options.get("input_size")
     if given is not None and int(given) != size:
         raise InvalidParameterError(f"job spec key 'model': input_size {given} differs from the records' {size} px")
 
-    tf.keras.utils.set_random_seed(spec.seed)
+    keras.utils.set_random_seed(spec.seed)  # every rank builds the same model (rank 0's is broadcast anyway)
     out = Path(spec.out)
     ckpt = out / "checkpoints"
-    state_path, last, best_path = ckpt / "keras_state.json", ckpt / "last.keras", ckpt / "best.keras"
-    start, best = 1, float("inf")
-    if last.is_file() and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        model = tf.keras.models.load_model(last)
-        start, best = int(state["epoch"]) + 1, float(state.get("best", best))
-        print(f"resuming from {last} after epoch {start - 1}", flush=True)
+    resumed = _load_resume(keras, ckpt)
+    if resumed is not None:
+        model, start, best = resumed
+        if rank == 0:
+            from wsi_lab.train.loop import _trim_metrics
+
+            _trim_metrics(out / "metrics.jsonl", start - 1)
+            print(f"resuming from {ckpt / 'last.keras'} after epoch {start - 1}", flush=True)
     else:
         opts = {k: float(v) for k, v in spec.model_options.items() if k in ("dropout", "dense_dropout")}
-        model = keras_small_cnn(len(classes), size, **opts)
-    opt = tf.keras.optimizers.Adam(learning_rate=spec.lr, weight_decay=spec.weight_decay or None)
-    if start == 1:
-        model.compile(optimizer=opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    train_ds = tfrecord_dataset(train_files, variant, size, spec.batch_size, shuffle=True, seed=spec.seed)
-    val_ds = tfrecord_dataset(val_files, variant, size, spec.batch_size) if n_val else None
-    epochs_run = 0
-    for epoch in range(start, spec.epochs + 1):
-        t0 = time.perf_counter()
-        hist = model.fit(train_ds, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
-        dt = time.perf_counter() - t0
-        loss = float(hist.history["loss"][-1])
-        if not np.isfinite(loss):
-            raise TrainingError(f"the training loss is {loss:g} at epoch {epoch}; lower lr (now {spec.lr:g}) or check "
-                                "the inputs; no checkpoint was written for this epoch")
-        records: list[dict[str, Any]] = [{"epoch": epoch, "split": "train", "loss": loss, "tiles": n_train,
-                                          "tiles_per_s": n_train / dt if dt > 0 else 0.0}]
-        if val_ds is not None:
-            t1 = time.perf_counter()
-            probs, labels = _predict(tf, model, val_ds)
-            vdt = time.perf_counter() - t1
-            picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
-            rec = {"epoch": epoch, "split": "val", "loss": float(-np.log(picked).mean()), "tiles": len(labels),
-                   "tiles_per_s": len(labels) / vdt if vdt > 0 else 0.0}
-            rec.update(classification_metrics([(probs, labels)]))
-            records.append(rec)
-        score = float(records[-1]["loss"])
-        ckpt.mkdir(parents=True, exist_ok=True)
-        _report(records, out / "metrics.jsonl")
-        _save_atomic(model, last)
-        if score < best:
-            _save_atomic(model, best_path)
-        best = min(best, score)
-        _write_json_atomic(state_path, {"epoch": epoch, "best": best, "classes": classes, "variant": variant,
-                                        "input_size": size, "framework": "keras"})
-        emit_progress(epoch, spec.epochs, "epochs", f"epoch {epoch}/{spec.epochs} done",
-                      {k: v for k, v in records[-1].items() if isinstance(v, (int, float))})
-        epochs_run += 1
-    return {"epochs_run": epochs_run, "last_epoch": spec.epochs, "best": best, "checkpoint": str(last),
-            "framework": "keras"}
+        model, start, best = keras_small_cnn(len(classes), size, keras=keras, **opts), 1, math.inf
+    if start > spec.epochs:
+        if rank == 0:
+            print(f"nothing to do: {ckpt / 'last.keras'} already holds epoch {start - 1} of {spec.epochs}", flush=True)
+        return {"epochs_run": 0, "last_epoch": start - 1, "best": best, "checkpoint": str(ckpt / "last.keras"),
+                "framework": "keras"}
+    opt = keras.optimizers.Adam(learning_rate=spec.lr, weight_decay=spec.weight_decay or None)
+    callbacks: list[Any] = []
+    if hvd is not None:
+        compression = hvd.Compression.fp16 if spec.horovod.get("fp16_compression") else hvd.Compression.none
+        opt = hvd.DistributedOptimizer(opt, compression=compression)
+        callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
+        for cb in callbacks:  # Horovod hands its callbacks `keras.backend` (Keras 3's when installed): use Keras 2's
+            cb.backend = keras.backend
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if resumed is not None and (ckpt / "keras_optimizer.npz").is_file():
+        _restore_optimizer(opt, model, ckpt / "keras_optimizer.npz")
+    per_rank = spec.batch_size // world
+    steps = math.ceil(n_train / spec.batch_size)
+    shard = (world, rank) if world > 1 else None
+    train_ds = tfrecord_dataset(train_files, variant, size, per_rank, shuffle=True, seed=spec.seed, shard=shard,
+                                repeat=True)
+    val_ds = tfrecord_dataset(val_files, variant, size, per_rank, shard=shard) if n_val else None
+    meta = {"classes": classes, "variant": variant, "input_size": size, "framework": "keras",
+            "keras": keras.__version__.split(".")[0]}
+    recorder = _epoch_recorder(keras, tf, spec, hvd, rank, model, opt, val_ds, steps, best, meta)
+    model.fit(train_ds, epochs=spec.epochs, initial_epoch=start - 1, steps_per_epoch=steps, verbose=0,
+              callbacks=[*callbacks, recorder])
+    return {"epochs_run": spec.epochs - start + 1, "last_epoch": spec.epochs, "best": recorder.best,
+            "checkpoint": str(ckpt / "last.keras"), "framework": "keras"}
 
 
-def _predict(tf, model, ds) -> tuple[np.ndarray, np.ndarray]:
-    probs, labels = [], []
+def _epoch_recorder(keras, tf, spec, hvd, rank: int, model, opt, val_ds, steps: int, best: float, meta: dict):
+    """The Keras callback that ends each epoch: NaN guard, validation over every rank's share, and (rank
+    0) the metrics records, checkpoints and progress event. It runs after Horovod's MetricAverageCallback,
+    so the training loss it reads is the mean over the ranks."""
+    from wsi_lab.train.loop import _report, classification_metrics, emit_progress
+
+    out = Path(spec.out)
+    ckpt = out / "checkpoints"
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best, self.t0 = best, time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            n_epoch = epoch + 1
+            dt = time.perf_counter() - self.t0
+            loss = float((logs or {}).get("loss", math.nan))
+            if not np.isfinite(loss):
+                raise TrainingError(f"the training loss is {loss:g} at epoch {n_epoch}; lower lr (now {spec.lr:g}) or "
+                                    "check the inputs; no checkpoint was written for this epoch")
+            tiles = steps * spec.batch_size
+            records: list[dict[str, Any]] = [{"epoch": n_epoch, "split": "train", "loss": loss, "tiles": tiles,
+                                              "tiles_per_s": tiles / dt if dt > 0 else 0.0}]
+            if val_ds is not None:
+                t1 = time.perf_counter()
+                probs, labels = _predict(tf, model, val_ds, int(len(meta["classes"])))
+                if hvd is not None:  # every rank's share, in rank order
+                    from horovod.tensorflow import allgather_object
+
+                    parts = allgather_object((probs, labels))
+                    probs, labels = np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts])
+                vdt = time.perf_counter() - t1
+                picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+                rec = {"epoch": n_epoch, "split": "val", "loss": float(-np.log(picked).mean()), "tiles": len(labels),
+                       "tiles_per_s": len(labels) / vdt if vdt > 0 else 0.0}
+                rec.update(classification_metrics([(probs, labels)]))
+                records.append(rec)
+            score = float(records[-1]["loss"])
+            if rank == 0:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                _report(records, out / "metrics.jsonl")
+                _save_atomic(keras, model, ckpt / "last.keras")
+                _save_optimizer(opt, ckpt / "keras_optimizer.npz")
+                if score < self.best:
+                    _save_atomic(keras, model, ckpt / "best.keras")
+                _write_json_atomic(ckpt / "keras_state.json", {"epoch": n_epoch, "best": min(self.best, score), **meta})
+                emit_progress(n_epoch, spec.epochs, "epochs", f"epoch {n_epoch}/{spec.epochs} done",
+                              {k: v for k, v in records[-1].items() if isinstance(v, (int, float))})
+            self.best = min(self.best, score)
+
+    return EpochRecorder()
+
+
+def _predict(tf, model, ds, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = [np.zeros((0, n_classes), np.float32)], [np.zeros(0, np.int64)]
     for x, y in ds:
         probs.append(tf.nn.softmax(model(x, training=False)).numpy())
         labels.append(y.numpy())

@@ -54,7 +54,10 @@ def command_for(spec: JobSpec, spec_path: str | os.PathLike, python: str = sys.e
                                                 if (Path(python).parent / "horovodrun").exists() else None)
         if runner is None or importlib.util.find_spec("horovod") is None:
             raise MissingDependencyError("horovod", "horovod", f"backend 'horovod'; install it with {HOROVOD_INSTALL}")
-        return [runner, "-np", str(spec.nproc), "-H", f"localhost:{spec.nproc}", "--gloo", python, *entry]
+        # Gloo's rendezvous waits 30 s by default: ranks importing TensorFlow on a loaded machine can be further apart
+        timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "180")
+        return [runner, "-np", str(spec.nproc), "-H", f"localhost:{spec.nproc}", "--gloo", "--gloo-timeout-seconds",
+                timeout, python, *entry]
     raise errors.InvalidParameterError(f"job spec key 'backend': {spec.backend!r} cannot be launched here")
 
 

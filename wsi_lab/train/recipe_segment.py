@@ -2,7 +2,8 @@
 the fly from the slides' annotations (ASAP XML / QuPath GeoJSON, a :class:`LabelMap`), a cross
 entropy + soft Dice loss, per-class IoU and Dice (``miou``, ``dice``, ``iou_<class>``,
 ``dice_<class>``) in ``metrics.jsonl``, and optional balanced sampling on the tiles' ``tumor_ratio``
-(spec key ``sampler``: ``positive_fraction`` of each epoch's training tiles above ``threshold``)."""
+(spec key ``sampler``: ``positive_fraction`` of each epoch's training tiles above ``threshold``) with
+optional hard-negative mining (``sampler.hard_negatives``: :mod:`wsi_lab.train.mining`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from wsi_lab.annotations import AnnotationSet, LabelMap, annotations_by_slide, r
 from wsi_lab.errors import DataError
 from wsi_lab.train.data import check_slides, job_data, model_input_size
 from wsi_lab.train.loop import Parts, fit
+from wsi_lab.train.mining import HardNegativeMiner, check_hard_negatives
 from wsi_lab.train.recipes import _model_config, register_recipe
-from wsi_lab.train.sampling import balanced_train_set
+from wsi_lab.train.sampling import BalancedView, balanced_train_set
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,9 @@ def run_segment(spec, ctx) -> dict:
     model = build_model(opts)
     if spec.model.get("weights"):
         load_segmentation_weights(model, spec.model["weights"], spec.model.get("sha256"))  # type: ignore[arg-type]
+    if isinstance(train_set, BalancedView) and spec.sampler and spec.sampler.get("hard_negatives") is not None:
+        hn = check_hard_negatives(spec.sampler["hard_negatives"], spec.task)
+        train_set.miner = HardNegativeMiner(base, train_set.negative_rows, model, ctx, spec, hn)
     classes = list(label_map.classes)
     return fit(spec, ctx, Parts(model, train_set, val_set, _step(len(classes), dice_weight),
                                 metrics=lambda outs: segmentation_metrics(outs, classes), classes=classes,

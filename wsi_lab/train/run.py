@@ -54,7 +54,7 @@ def run_spec(spec: JobSpec) -> dict[str, Any]:
     from wsi_lab.train.recipes import get_recipe
 
     recipe = get_recipe(spec.task)
-    ctx = setup_context(spec.backend, spec.device)
+    ctx = setup_context(spec.backend, spec.device, "tensorflow" if spec.data.get("format") == "tfrecord" else "torch")
     try:
         if ctx.is_main:
             prepare_out(spec)

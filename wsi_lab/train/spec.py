@@ -24,7 +24,7 @@ MODEL_PRESETS = ("small_cnn", "resnet18", "resnet50", "timm:<name>", "vae", "abm
 TASK_MODELS = {"vae": ("vae",), "classify": ("small_cnn", "resnet18", "resnet50", "timm:"), "mil": ("abmil",),
                "segment": ("deeplabv3", "unet"), "features": ()}
 _DEFAULT_MODEL = {"vae": "vae", "classify": "small_cnn", "mil": "abmil", "segment": "unet"}
-SAMPLER_KEYS = ("positive_fraction", "threshold", "column")
+SAMPLER_KEYS = ("positive_fraction", "threshold", "column", "hard_negatives")
 # spec keys that may change between a run and its resumption (the rest must match the checkpoint's job)
 RESUMABLE_CHANGES = ("epochs", "backend", "nproc", "num_workers", "precision", "device")
 
@@ -114,6 +114,10 @@ class JobSpec(Spec):
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (pf, th)) or \
                     not (0 <= pf <= 1 and 0 <= th < 1):
                 raise bad("sampler", f"positive_fraction must be in [0, 1] and threshold in [0, 1), got {pf!r}, {th!r}")
+            if self.sampler.get("hard_negatives") is not None:
+                from wsi_lab.train.mining import check_hard_negatives  # no torch
+
+                check_hard_negatives(self.sampler["hard_negatives"], self.task)
         for key in ("table", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise bad(key, f"must be a non-empty path, got {getattr(self, key)!r}")
