@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="one repeat; the old k-means once")
     ap.add_argument("--no-browser", action="store_true", help="kernel-side numbers only")
+    ap.add_argument("--browser-only", action="store_true", help="the browser-side numbers only")
     args = ap.parse_args()
     repeat = 1 if args.quick else 3
     from wsi_lab.overlays.predictions import kmeans, project_latents
@@ -120,6 +121,11 @@ def main() -> None:
     def add(name: str, value: float, unit: str, target: str = "", vs: str = "") -> None:
         rows.append((name, value, unit, target, vs))
 
+    if args.browser_only:
+        for name, value, unit, target in browser_timings(t, repeat):
+            add(name, value, unit, target, "")
+        _print(rows)
+        return
     project_latents(x[:1000])
     new_pca = best(lambda: project_latents(x, n_components=2), repeat)
     new_pca3 = best(lambda: project_latents(x), repeat)
@@ -188,7 +194,12 @@ def main() -> None:
         for name, value, unit, target in browser_timings(t, repeat):
             add(name, value, unit, target, "")
 
-    print(f"\n{'measure':<44} {'value':>10} {'unit':<4} {'target':<10} vs (same run)")
+    _print(rows)
+
+
+def _print(rows: list[tuple[str, float, str, str, str]]) -> None:
+    print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"{'measure':<44} {'value':>10} {'unit':<4} {'target':<10} vs (same run)")
     for name, value, unit, target, vs in rows:
         print(f"{name:<44} {value:>10.3f} {unit:<4} {target:<10} {vs}")
 
@@ -206,8 +217,8 @@ _SCATTER_DRAWN = """() => {
 }"""
 _HIGHLIGHT_SHOWN = """() => {
     const v = document.querySelector('.wsi-explorer-viewer .wsi-viewer');
-    return v && v.querySelector(".wsi-legend-entry[data-layer='selected tiles']") && v.dataset.layersShown === '1'
-        && v.dataset.fullyLoaded === '1' ? performance.now() : false;
+    return v && v.querySelector(".wsi-legend-entry[data-layer='selected tiles']") && Number(v.dataset.highlightDrawn) > 0
+        ? performance.now() : false;
 }"""
 _HIGHLIGHT_GONE = "() => !document.querySelector(\".wsi-explorer-viewer .wsi-legend-entry[data-layer='selected tiles']\")"
 
@@ -254,11 +265,20 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
                                               "import jscatter"])
         out: list[tuple[str, float, str, str]] = []
         with jupyter_server(root, app="lab") as srv, browser_page((1280, 1000), timeout_ms=120_000) as page:
+            frames: list[tuple[float, int]] = []  # (Python clock, bytes) of every frame the page receives
+            page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append((time.perf_counter(), len(p)))))
             open_notebook(page, srv, "bench.ipynb")
             run_all_cells(page)  # the imports: not part of the draw
+            frames.clear()
+            py0 = time.perf_counter()
             t0 = _run_cell(page, "ex = LatentExplorer('preds.parquet', height=360)\nex")
             drawn = float(page.wait_for_function(_SCATTER_DRAWN, polling="raf", timeout=120_000).json_value())
-            out.append((f"explorer first draw (browser), {len(t):,} points", (drawn - t0) / 1000, "s", "< 1 s"))
+            total = (drawn - t0) / 1000
+            out.append((f"explorer first draw (browser), {len(t):,} points", total, "s", "< 1 s"))
+            big = max(frames, key=lambda f: f[1])  # the scatter's points (float32 buffers)
+            out.append(("  of which: cell start → points in the page", big[0] - py0, "s", ""))
+            out.append(("  of which: points in the page → drawn", total - (big[0] - py0), "s", ""))
+            out.append((f"  points message (all: {sum(n for _, n in frames) / 1e6:.1f} MB)", big[1] / 1e6, "MB", ""))
             page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
             wait_kernel_idle(page)
             times = []
@@ -271,6 +291,7 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
                 page.wait_for_function(_HIGHLIGHT_GONE, timeout=60_000)
                 wait_kernel_idle(page)
             out.append(("selection → tiles on the slide (browser, 10k)", statistics.median(times), "ms", "< 100 ms"))
+        print(f"load average during the run: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         return out
 
 

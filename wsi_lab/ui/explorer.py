@@ -4,8 +4,11 @@ scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a re
 slide (or the tiles in view) selects its points. Colour by any column. With ``decisions`` (a folder or
 the :class:`~wsi_lab.review.DecisionStore` a :class:`~wsi_lab.ui.review.ReviewPanel` writes to) the brushed
 set is accepted or relabelled in one action, one batch that one undo takes back. A thin view over
-:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``,
+:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_boxes``,
 ``region_layer``, ``DecisionStore``).
+
+The selection reaches the slide as one binary buffer of float32 level-0 boxes (the viewer's ``highlight``
+trait) that the browser draws over the slide itself: no overlay layer, no server-rendered tiles.
 """
 
 from __future__ import annotations
@@ -180,15 +183,13 @@ class LatentExplorer(widgets.VBox):
     def _show_selection(self) -> None:
         """Selected points → their tiles highlighted on the slide shown, and the gallery."""
         from wsi_lab.review import rows_of_points, tile_images
-        from wsi_lab.review.layers import HIGHLIGHT_NAME, highlight_layer
+        from wsi_lab.review.layers import highlight_boxes
 
         t0 = time.perf_counter()
         if self.viewer is None:
             return
         rows = rows_of_points(self.table, self.selected, str(self.slide.value))
-        self.viewer.layers = [e for e in self.viewer.layers if e["name"] != HIGHLIGHT_NAME]
-        if len(rows):
-            self.viewer.add_layer(highlight_layer(rows))
+        self.viewer.highlight = highlight_boxes(rows).tobytes()  # one binary buffer; the browser draws it
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
         self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
