@@ -10,7 +10,6 @@ import json
 import math
 
 import pandas as pd
-
 import pytest
 
 from tests.conftest import CMU
