@@ -5,7 +5,8 @@
  * layer is registered with the server and no overlay tile is rendered or fetched, so a selection shows
  * as soon as its buffer arrives. A legend entry ("selected tiles", with the count) sits in the viewer's
  * legend; its checkbox hides the boxes. `data-highlight-count` (boxes held) and `data-highlight-drawn`
- * (boxes in the last drawn frame) on the viewer's root are for tests and benchmarks.
+ * (boxes in the last drawn frame), `data-highlight-set-at` and `-drawn-at` (page clock, ms) on the viewer's
+root are for tests and benchmarks.
  */
 import OpenSeadragon from "openseadragon";
 
@@ -80,6 +81,7 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
       ctx.fill();
     }
     root.dataset.highlightDrawn = String(drawn);
+    root.dataset.highlightDrawnAt = String(performance.now());
   }
   const schedule = () => { if (!pending) pending = requestAnimationFrame(() => { pending = 0; draw(); }); };
 
@@ -118,10 +120,11 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
   viewer.addHandler("resize", schedule);
   return {
     set(value: unknown) {
+      root.dataset.highlightSetAt = String(performance.now());
       boxes = asFloat32(value);
       root.dataset.highlightCount = String(Math.floor(boxes.length / 4));
       appendLegend();
-      schedule();
+      draw(); // now, not at the next frame: a frame may be long (the scatter beside redrawing its points)
     },
     draw,
     appendLegend,

@@ -178,24 +178,36 @@ class LatentExplorer(widgets.VBox):
 
     def select(self, points: Any) -> None:
         """Select ``points`` (0-based rows of :attr:`table`) in the scatter; the slide and gallery follow."""
-        self.scatter.selection(np.asarray(points, np.int64))
+        pts = np.asarray(points, np.int64)
+        with self.errors.guard("selection"):  # the slide's boxes go out before the scatter redraws its points
+            self._show_boxes(pts)
+        self.scatter.selection(pts)
 
     def _show_selection(self) -> None:
         """Selected points → their tiles highlighted on the slide shown, and the gallery."""
-        from wsi_lab.review import rows_of_points, tile_images
-        from wsi_lab.review.layers import highlight_boxes
+        from wsi_lab.review import tile_images
 
         t0 = time.perf_counter()
         if self.viewer is None:
             return
-        rows = rows_of_points(self.table, self.selected, str(self.slide.value))
-        self.viewer.highlight = highlight_boxes(rows).tobytes()  # one binary buffer; the browser draws it
+        rows = self._show_boxes(self.selected)
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
         self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
                                [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
         self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
         self._update_status()
+
+    def _show_boxes(self, points: np.ndarray) -> pd.DataFrame:
+        """The tiles of ``points`` on the slide shown, sent to its viewer as one float32 buffer of level-0
+        boxes that the browser draws (unchanged boxes send nothing); returns their rows."""
+        from wsi_lab.review import rows_of_points
+        from wsi_lab.review.layers import highlight_boxes
+
+        rows = rows_of_points(self.table, points, str(self.slide.value))
+        if self.viewer is not None:
+            self.viewer.highlight = highlight_boxes(rows).tobytes()
+        return rows
 
     def color_by(self, column: str) -> None:
         """Colour the points by ``column``."""
