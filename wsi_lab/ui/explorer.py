@@ -118,6 +118,7 @@ class LatentExplorer(widgets.VBox):
         self.viewer_box = widgets.VBox(layout=widgets.Layout(width="50%"))
         self.region: list[tuple[float, float]] = []
         self.selected = np.zeros(0, np.int64)
+        self._shown: np.ndarray | None = None  # the sorted points last shown on the slide and in the gallery
         self.brush_ms = float("nan")
         super().__init__()
         self.add_class("wsi-lab-explorer")
@@ -172,15 +173,19 @@ class LatentExplorer(widgets.VBox):
     # -- brushing ------------------------------------------------------------------------------------
     def _on_selection(self, change: dict) -> None:
         new = change["new"]
-        self.selected = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+        sel = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+        if self._shown is not None and np.array_equal(np.sort(sel), self._shown):
+            return  # select() showed these points already
+        self.selected = sel
         with self.errors.guard("selection"):
             self._show_selection()
 
     def select(self, points: Any) -> None:
         """Select ``points`` (0-based rows of :attr:`table`) in the scatter; the slide and gallery follow."""
-        pts = np.asarray(points, np.int64)
-        with self.errors.guard("selection"):  # the slide's boxes go out before the scatter redraws its points
-            self._show_boxes(pts)
+        pts = np.asarray(points, np.int64).ravel()
+        self.selected = pts
+        with self.errors.guard("selection"):  # the slide and the gallery first: the browser paints them before
+            self._show_selection()            # the scatter's redraw of its points takes the frame
         self.scatter.selection(pts)
 
     def _show_selection(self) -> None:
@@ -191,6 +196,7 @@ class LatentExplorer(widgets.VBox):
         if self.viewer is None:
             return
         rows = self._show_boxes(self.selected)
+        self._shown = np.sort(self.selected)
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
         self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
