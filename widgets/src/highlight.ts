@@ -4,7 +4,8 @@
  * as filled rectangles on a canvas laid over OpenSeadragon's and redrawn as the view moves. No overlay
  * layer is registered with the server and no overlay tile is rendered or fetched, so a selection shows
  * as soon as its buffer arrives. A legend entry ("selected tiles", with the count) sits in the viewer's
- * legend; its checkbox hides the boxes. `data-highlight-count` (boxes held) and `data-highlight-drawn`
+ * legend; its checkbox hides the boxes. Once the frame with new boxes is on screen, `highlight_painted` is
+ * counted up (the explorer sends the scatter's own selection only then: see wsi_lab/ui/explorer.py). `data-highlight-count` (boxes held) and `data-highlight-drawn`
  * (boxes in the last drawn frame), `data-highlight-set-at` and `-drawn-at` (page clock, ms) on the viewer's
 root are for tests and benchmarks.
  */
@@ -36,7 +37,8 @@ export interface Highlight {
   dispose(): void;
 }
 
-export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLElement, getItem: () => any): Highlight {
+export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLElement, getItem: () => any,
+                                 model: any): Highlight {
   const canvas = document.createElement("canvas");
   canvas.className = "wsi-highlight";
   canvas.style.cssText = "position:absolute;left:0;top:0;pointer-events:none;z-index:1";
@@ -125,6 +127,11 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
       root.dataset.highlightCount = String(Math.floor(boxes.length / 4));
       appendLegend();
       draw(); // now, not at the next frame: a frame may be long (the scatter beside redrawing its points)
+      // once the frame holding it is on screen, tell the kernel (it holds the scatter's redraw until then)
+      requestAnimationFrame(() => setTimeout(() => {
+        model.set("highlight_painted", (model.get("highlight_painted") || 0) + 1);
+        model.save_changes();
+      }, 0));
     },
     draw,
     appendLegend,

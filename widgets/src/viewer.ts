@@ -92,7 +92,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   let slideItem: any = null;
   let disposed = false;
   let highlight: HTMLElement | null = null;
-  const boxes = highlightOverlay(viewer, root, legendEl, () => slideItem);
+  const boxes = highlightOverlay(viewer, root, legendEl, () => slideItem, model);
   const onHighlight = () => boxes.set(model.get("highlight"));
   let userMoved = false; // until the user pans/zooms (or Python sets a view), keep the whole slide in view
   const homeIfUntouched = () => {

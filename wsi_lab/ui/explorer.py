@@ -13,6 +13,7 @@ trait) that the browser draws over the slide itself: no overlay layer, no server
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -46,6 +47,14 @@ def colour_columns(table: pd.DataFrame) -> list[str]:
             cats.append(name)
     first = [c for c in ("cluster", "pred", "label", "slide_id", "split") if c in cats]
     return first + [c for c in cats if c not in first] + nums
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's event loop when code runs inside it (a cell, a button's handler), else None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class LatentExplorer(widgets.VBox):
@@ -119,6 +128,8 @@ class LatentExplorer(widgets.VBox):
         self.region: list[tuple[float, float]] = []
         self.selected = np.zeros(0, np.int64)
         self._shown: np.ndarray | None = None  # the sorted points last shown on the slide and in the gallery
+        self._pending: np.ndarray | None = None  # points for the scatter once the page painted the slide's boxes
+        self._fallback: Any = None
         self.brush_ms = float("nan")
         super().__init__()
         self.add_class("wsi-lab-explorer")
@@ -147,6 +158,7 @@ class LatentExplorer(widgets.VBox):
                                       height=f"{self.height}px")
             self.viewer.add_class("wsi-explorer-viewer")
             self.viewer.on_tile_click(self._on_click)
+            self.viewer.observe(self._on_painted, "highlight_painted")
             self.viewer_box.children = [self.viewer]
             self.region = []
             self._show_selection()
@@ -176,6 +188,7 @@ class LatentExplorer(widgets.VBox):
         sel = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
         if self._shown is not None and np.array_equal(np.sort(sel), self._shown):
             return  # select() showed these points already
+        self._cancel_pending()  # a lasso in the page wins over a selection still waiting for the slide
         self.selected = sel
         with self.errors.guard("selection"):
             self._show_selection()
@@ -183,19 +196,46 @@ class LatentExplorer(widgets.VBox):
     def select(self, points: Any) -> None:
         """Select ``points`` (0-based rows of :attr:`table`) in the scatter; the slide and gallery follow."""
         pts = np.asarray(points, np.int64).ravel()
+        self._cancel_pending()
         self.selected = pts
-        with self.errors.guard("selection"):  # the slide and the gallery first: the browser paints them before
-            self._show_selection()            # the scatter's redraw of its points takes the frame
-        self.scatter.selection(pts)
+        sent = False
+        with self.errors.guard("selection"):
+            sent = self._show_selection()
+        # the slide first: the scatter's selection goes out once the page has painted the slide's boxes (its
+        # redraw of the points can hold a frame for a long time: software WebGL), or after a second at most
+        loop = _running_loop() if sent else None
+        if loop is None:
+            self.scatter.selection(pts)
+            return
+        self._pending = pts
+        self._fallback = loop.call_later(1.0, self._flush_pending)
 
-    def _show_selection(self) -> None:
-        """Selected points → their tiles highlighted on the slide shown, and the gallery."""
+    def _on_painted(self, _change: dict) -> None:
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pts = self._pending
+        self._cancel_pending()
+        if pts is not None:
+            self.scatter.selection(pts)
+
+    def _cancel_pending(self) -> None:
+        self._pending = None
+        if self._fallback is not None:
+            self._fallback.cancel()
+            self._fallback = None
+
+    def _show_selection(self) -> bool:
+        """Selected points → their tiles highlighted on the slide shown, and the gallery. True when new boxes
+        went to a viewer shown in a page (it will report them painted)."""
         from wsi_lab.review import tile_images
 
         t0 = time.perf_counter()
         if self.viewer is None:
-            return
+            return False
+        before = self.viewer.highlight
         rows = self._show_boxes(self.selected)
+        sent = self.viewer.highlight != before and bool(self.viewer.active_source)
         self._shown = np.sort(self.selected)
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
@@ -203,6 +243,7 @@ class LatentExplorer(widgets.VBox):
                                [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
         self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
         self._update_status()
+        return sent
 
     def _show_boxes(self, points: np.ndarray) -> pd.DataFrame:
         """The tiles of ``points`` on the slide shown, sent to its viewer as one float32 buffer of level-0
@@ -261,6 +302,7 @@ class LatentExplorer(widgets.VBox):
             elif name == "clear":
                 self.region = []
                 self._show_region()
+                self._cancel_pending()
                 self.scatter.selection(None)
             self._update_status()
 
@@ -273,6 +315,7 @@ class LatentExplorer(widgets.VBox):
 
     def close(self) -> None:
         """Close the explorer, its scatter and its viewer (which releases the slide)."""
+        self._cancel_pending()
         if self.viewer is not None:
             self.viewer.close()
             self.viewer = None
