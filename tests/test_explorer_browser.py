@@ -34,6 +34,7 @@ ex
 REPORT = """
 import json
 print("REPORT" + json.dumps({"sel": len(ex.selected), "boxes": len(ex.viewer.highlight) // 16,
+                             "scatter": len(ex.plot.selection if ex.plot.selection is not None else []),
                              "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms}))
 """
 
@@ -94,7 +95,13 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         page.wait_for_function(f"() => Number(document.querySelector('.wsi-explorer-count').innerText) === {report['n']}",
                                timeout=20_000)
         again = _report(page)
-        assert again["sel"] == report["n"] and again["boxes"] == report["n"], again
+        for _ in range(20):  # the scatter's selection follows once the page reported the boxes painted
+            if again["scatter"] == report["n"]:
+                break
+            page.wait_for_timeout(250)
+            again = _report(page)
+        # the slide first, then the scatter: both hold every point
+        assert again["sel"] == again["scatter"] == report["n"] and again["boxes"] == report["n"], again
         # relabel every tile as "tumour" with the page's dropdown and button
         page.locator(".wsi-explorer-label select").select_option("tumour")
         page.locator(".wsi-explorer-relabel").click()
