@@ -6,8 +6,8 @@
  * as soon as its buffer arrives. A legend entry ("selected tiles", with the count) sits in the viewer's
  * legend; its checkbox hides the boxes. Once the frame with new boxes is on screen, `highlight_painted` is
  * counted up (the explorer sends the scatter's own selection only then: see wsi_lab/ui/explorer.py). `data-highlight-count` (boxes held) and `data-highlight-drawn`
- * (boxes in the last drawn frame), `data-highlight-set-at` and `-drawn-at` (page clock, ms) on the viewer's
-root are for tests and benchmarks.
+ * (boxes in the last drawn frame), `data-highlight-set-at`, `-drawn-at` and `-frame-at` (the next frame's
+start: the boxes are on screen with it; page clock, ms) on the viewer's root are for tests and benchmarks.
  */
 import OpenSeadragon from "openseadragon";
 
@@ -128,10 +128,10 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
       appendLegend();
       draw(); // now, not at the next frame: a frame may be long (the scatter beside redrawing its points)
       // once the frame holding it is on screen, tell the kernel (it holds the scatter's redraw until then)
-      requestAnimationFrame(() => setTimeout(() => {
+      requestAnimationFrame(() => { root.dataset.highlightFrameAt = String(performance.now()); setTimeout(() => {
         model.set("highlight_painted", (model.get("highlight_painted") || 0) + 1);
         model.save_changes();
-      }, 0));
+      }, 0); });
     },
     draw,
     appendLegend,
