@@ -1,5 +1,7 @@
 """The LatentExplorer in a REAL JupyterLab + Chromium: lasso points in the jupyter-scatter plot and see their
-tiles highlighted on the slide and in the gallery; then the other way: the tiles in view select their points.
+tiles highlighted on the slide (drawn in the page from one binary buffer of boxes) and in the gallery; accept
+them with the page's button; then the other way: the tiles in view select their points, relabelled with the
+page's dropdown and button; both decisions are read back from the DecisionStore's Parquet and GeoJSON.
 Screenshots go to ``out/test-artifacts/``."""
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from tests.conftest import CMU
@@ -25,12 +28,13 @@ pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing
 
 EXPLORER = """
 from wsi_lab.ui.explorer import LatentExplorer
-ex = LatentExplorer("preds.parquet", height=320, color_by="pred")
+ex = LatentExplorer("preds.parquet", height=320, color_by="pred", decisions="review", reviewer="dr-explorer")
 ex
 """
 REPORT = """
 import json
-print("REPORT" + json.dumps({"sel": len(ex.selected), "layers": [l["name"] for l in ex.viewer.layers],
+print("REPORT" + json.dumps({"sel": len(ex.selected), "boxes": len(ex.viewer.highlight) // 16,
+                             "scatter": len(ex.plot.selection if ex.plot.selection is not None else []),
                              "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms}))
 """
 
@@ -71,14 +75,43 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-gallery .wsi-gallery').dataset.count) > 0",
                                timeout=20_000)
         report = _report(page)
-        assert 0 < report["sel"] <= report["n"] and report["layers"] == ["selected tiles"], report
+        assert 0 < report["sel"] <= report["n"] and report["boxes"] == report["sel"], report  # one slide
         assert report["gallery"] == min(12, report["sel"]), report
+        viewer = page.locator(".wsi-explorer-viewer .wsi-viewer")
+        page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-viewer .wsi-viewer')"
+                               ".dataset.highlightDrawn) > 0", timeout=20_000)  # the boxes are on the page's canvas
+        assert viewer.get_attribute("data-highlight-count") == str(report["sel"])
         page.wait_for_timeout(1000)
         shot(page, ".wsi-lab-explorer", "explorer_lasso.png")
+        # accept the lassoed tiles with the page's button: one batch in the store's files
+        page.locator(".wsi-explorer-accept").click()
+        page.wait_for_function(f"() => document.querySelector('.wsi-explorer-decided')?.innerText === '{report['sel']}'",
+                               timeout=20_000)
+        decided = pd.read_parquet(root / "review" / "decisions.parquet")
+        assert len(decided) == report["sel"] and set(decided["action"]) == {"accept"}, decided
+        assert set(decided["reviewer"]) == {"dr-explorer"} and decided["batch"].nunique() == 1, decided
         # the other way: the whole slide is in view, so "Select tiles in view" selects every point
         page.locator(".wsi-explorer-view").click()
         page.wait_for_function(f"() => Number(document.querySelector('.wsi-explorer-count').innerText) === {report['n']}",
                                timeout=20_000)
         again = _report(page)
-        assert again["sel"] == report["n"] and again["layers"] == ["selected tiles"], again
+        for _ in range(20):  # the scatter's selection follows once the page reported the boxes painted
+            if again["scatter"] == report["n"]:
+                break
+            page.wait_for_timeout(250)
+            again = _report(page)
+        # the slide first, then the scatter: both hold every point
+        assert again["sel"] == again["scatter"] == report["n"] and again["boxes"] == report["n"], again
+        # relabel every tile as "tumour" with the page's dropdown and button
+        page.locator(".wsi-explorer-label select").select_option("tumour")
+        page.locator(".wsi-explorer-relabel").click()
+        page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-decided')?.innerText) === "
+                               f"{report['n']}", timeout=20_000)
+        decided = pd.read_parquet(root / "review" / "decisions.parquet")
+        last = decided[decided["batch"] == decided["batch"].max()]
+        assert len(last) == report["n"] and set(last["action"]) == {"relabel"} and set(last["label"]) == {"tumour"}, last
+        qupath = json.loads((root / "review" / "CMU.geojson").read_text())
+        tiles = [f for f in qupath["features"] if f["properties"]["objectType"] == "tile"]
+        assert len(tiles) == report["n"] and {f["properties"]["classification"]["name"] for f in tiles} == {"tumour"}
+        assert {f["properties"]["action"] for f in tiles} == {"relabel"}
     assert not [e for e in page.console_errors if "wsi" in e.lower()], page.console_errors

@@ -4,12 +4,14 @@
  *
  * Model state (see wsi_lab/ui/viewer.py): slide_info, tile_source ("auto" | "server" | "comm"),
  * layers [{key, name, opacity, visible, legend, payload}], viewport [x, y, w, h] (level-0 px),
- * selected_tile, height, display_state (channel picker: see display.ts); written here: active_source, status.
+ * selected_tile, height, display_state (channel picker: see display.ts), highlight (float32 level-0 boxes
+ * drawn in the browser: see highlight.ts); written here: active_source, status.
  * Comm protocol: {type: "tile"|"overlay", id, level, col, row[, layer]} -> reply {type, id, ok, error?}
  * + one binary buffer (JPEG / PNG); {type: "click", x, y} -> Python callbacks.
  */
 import OpenSeadragon from "openseadragon";
 import { displayPanel } from "./display";
+import { highlightOverlay } from "./highlight";
 import { legendHtml, niceLength } from "./legend";
 import { type AnyModel, CommClient, type LayerState, type ServerTarget, type SlideInfo, commTileSource,
   httpTileSource, probeServer } from "./sources";
@@ -90,6 +92,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   let slideItem: any = null;
   let disposed = false;
   let highlight: HTMLElement | null = null;
+  const boxes = highlightOverlay(viewer, root, legendEl, () => slideItem, model);
+  const onHighlight = () => boxes.set(model.get("highlight"));
   let userMoved = false; // until the user pans/zooms (or Python sets a view), keep the whole slide in view
   const homeIfUntouched = () => {
     if (slideItem && !userMoved) viewer.viewport.goHome(true);
@@ -238,6 +242,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
       legendEl.append(entry);
     }
     legendEl.style.display = layers.length ? "" : "none";
+    boxes.appendLegend();
   }
   /** Opacity / visibility changes only: restyle the existing items instead of reloading. */
   function onLayersChange() {
@@ -349,6 +354,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
         refit();
         onLayersChange();
         showSelected();
+        onHighlight();
       },
       error: (e: any) => setStatus(`could not open the slide: ${e.message ?? e}`, "error"),
     });
@@ -387,6 +393,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   model.on("change:layers", onLayersChange);
   model.on("change:viewport", applyViewport);
   model.on("change:selected_tile", showSelected);
+  model.on("change:highlight", onHighlight);
   void start();
 
   return () => {
@@ -396,6 +403,8 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     model.off("change:layers", onLayersChange);
     model.off("change:viewport", applyViewport);
     model.off("change:selected_tile", showSelected);
+    model.off("change:highlight", onHighlight);
+    boxes.dispose();
     comm.dispose();
     viewer.destroy();
   };

@@ -37,7 +37,7 @@ def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str
     out[EMBED_X], out[EMBED_Y] = xy[:, 0], xy[:, 1]
     if clusters:
         k = min(int(clusters), len(out))
-        out[CLUSTER] = pd.Categorical([f"c{c}" for c in kmeans(x, k, seed)], categories=[f"c{i}" for i in range(k)])
+        out[CLUSTER] = pd.Categorical.from_codes(kmeans(x, k, seed), categories=pd.Index([f"c{i}" for i in range(k)]))
     return out
 
 

@@ -17,7 +17,7 @@ from wsi_lab.overlays import MaskLayer, TileLayer, category_layer, tile_extent
 if TYPE_CHECKING:
     from wsi_lab.review.decisions import DecisionStore
 
-__all__ = ["decisions_layer", "highlight_layer", "region_layer"]
+__all__ = ["decisions_layer", "highlight_boxes", "highlight_layer", "region_layer"]
 
 HIGHLIGHT_NAME = "selected tiles"
 REGION_NAME = "drawn region"
@@ -32,6 +32,15 @@ def decisions_layer(store: DecisionStore, slide_id: str, classes: Sequence[str] 
                           "size0": eff["size"].fillna(1.0).to_numpy(float),
                           "label": pd.Categorical(eff["label"].astype(str), categories=labels)})
     return category_layer(frame, "label", opacity=opacity, name="decisions")
+
+
+def highlight_boxes(rows: pd.DataFrame) -> np.ndarray:
+    """The level-0 boxes ``(N, 4)`` float32 ``[x, y, width, height]`` of the tiles of ``rows``: what a viewer
+    draws in the browser as the selection (``SlideViewer.highlight``), without rendering overlay tiles."""
+    if not len(rows):
+        return np.zeros((0, 4), np.float32)
+    size = np.asarray(tile_extent(rows), np.float32)
+    return np.stack([rows["x"].to_numpy(np.float32), rows["y"].to_numpy(np.float32), size, size], axis=1)
 
 
 def highlight_layer(rows: pd.DataFrame, color: tuple[int, int, int] = (255, 230, 0), opacity: float = 0.55) -> TileLayer:

@@ -4,12 +4,16 @@ scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a re
 slide (or the tiles in view) selects its points. Colour by any column. With ``decisions`` (a folder or
 the :class:`~wsi_lab.review.DecisionStore` a :class:`~wsi_lab.ui.review.ReviewPanel` writes to) the brushed
 set is accepted or relabelled in one action, one batch that one undo takes back. A thin view over
-:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_layer``,
+:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_boxes``,
 ``region_layer``, ``DecisionStore``).
+
+The selection reaches the slide as one binary buffer of float32 level-0 boxes (the viewer's ``highlight``
+trait) that the browser draws over the slide itself: no overlay layer, no server-rendered tiles.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -43,6 +47,14 @@ def colour_columns(table: pd.DataFrame) -> list[str]:
             cats.append(name)
     first = [c for c in ("cluster", "pred", "label", "slide_id", "split") if c in cats]
     return first + [c for c in cats if c not in first] + nums
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's event loop when code runs inside it (a cell, a button's handler), else None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class LatentExplorer(widgets.VBox):
@@ -115,6 +127,9 @@ class LatentExplorer(widgets.VBox):
         self.viewer_box = widgets.VBox(layout=widgets.Layout(width="50%"))
         self.region: list[tuple[float, float]] = []
         self.selected = np.zeros(0, np.int64)
+        self._shown: np.ndarray | None = None  # the sorted points last shown on the slide and in the gallery
+        self._pending: np.ndarray | None = None  # points for the scatter once the page painted the slide's boxes
+        self._fallback: Any = None
         self.brush_ms = float("nan")
         super().__init__()
         self.add_class("wsi-lab-explorer")
@@ -143,6 +158,7 @@ class LatentExplorer(widgets.VBox):
                                       height=f"{self.height}px")
             self.viewer.add_class("wsi-explorer-viewer")
             self.viewer.on_tile_click(self._on_click)
+            self.viewer.observe(self._on_painted, "highlight_painted")
             self.viewer_box.children = [self.viewer]
             self.region = []
             self._show_selection()
@@ -169,32 +185,76 @@ class LatentExplorer(widgets.VBox):
     # -- brushing ------------------------------------------------------------------------------------
     def _on_selection(self, change: dict) -> None:
         new = change["new"]
-        self.selected = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+        sel = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+        if self._shown is not None and np.array_equal(np.sort(sel), self._shown):
+            return  # select() showed these points already
+        self._cancel_pending()  # a lasso in the page wins over a selection still waiting for the slide
+        self.selected = sel
         with self.errors.guard("selection"):
             self._show_selection()
 
     def select(self, points: Any) -> None:
         """Select ``points`` (0-based rows of :attr:`table`) in the scatter; the slide and gallery follow."""
-        self.scatter.selection(np.asarray(points, np.int64))
+        pts = np.asarray(points, np.int64).ravel()
+        self._cancel_pending()
+        self.selected = pts
+        sent = False
+        with self.errors.guard("selection"):
+            sent = self._show_selection()
+        # the slide first: the scatter's selection goes out once the page has painted the slide's boxes (its
+        # redraw of the points can hold a frame for a long time: software WebGL), or after a second at most
+        loop = _running_loop() if sent else None
+        if loop is None:
+            self.scatter.selection(pts)
+            return
+        self._pending = pts
+        self._fallback = loop.call_later(1.0, self._flush_pending)
 
-    def _show_selection(self) -> None:
-        """Selected points → their tiles highlighted on the slide shown, and the gallery."""
-        from wsi_lab.review import rows_of_points, tile_images
-        from wsi_lab.review.layers import HIGHLIGHT_NAME, highlight_layer
+    def _on_painted(self, _change: dict) -> None:
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pts = self._pending
+        self._cancel_pending()
+        if pts is not None:
+            self.scatter.selection(pts)
+
+    def _cancel_pending(self) -> None:
+        self._pending = None
+        if self._fallback is not None:
+            self._fallback.cancel()
+            self._fallback = None
+
+    def _show_selection(self) -> bool:
+        """Selected points → their tiles highlighted on the slide shown, and the gallery. True when new boxes
+        went to a viewer shown in a page (it will report them painted)."""
+        from wsi_lab.review import tile_images
 
         t0 = time.perf_counter()
         if self.viewer is None:
-            return
-        rows = rows_of_points(self.table, self.selected, str(self.slide.value))
-        self.viewer.layers = [e for e in self.viewer.layers if e["name"] != HIGHLIGHT_NAME]
-        if len(rows):
-            self.viewer.add_layer(highlight_layer(rows))
+            return False
+        before = self.viewer.highlight
+        rows = self._show_boxes(self.selected)
+        sent = self.viewer.highlight != before and bool(self.viewer.active_source)
+        self._shown = np.sort(self.selected)
         self.brush_ms = (time.perf_counter() - t0) * 1000
         shown = rows.iloc[:self.n]
         self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
                                [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
         self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
         self._update_status()
+        return sent
+
+    def _show_boxes(self, points: np.ndarray) -> pd.DataFrame:
+        """The tiles of ``points`` on the slide shown, sent to its viewer as one float32 buffer of level-0
+        boxes that the browser draws (unchanged boxes send nothing); returns their rows."""
+        from wsi_lab.review import rows_of_points
+        from wsi_lab.review.layers import highlight_boxes
+
+        rows = rows_of_points(self.table, points, str(self.slide.value))
+        if self.viewer is not None:
+            self.viewer.highlight = highlight_boxes(rows).tobytes()
+        return rows
 
     def color_by(self, column: str) -> None:
         """Colour the points by ``column``."""
@@ -242,6 +302,7 @@ class LatentExplorer(widgets.VBox):
             elif name == "clear":
                 self.region = []
                 self._show_region()
+                self._cancel_pending()
                 self.scatter.selection(None)
             self._update_status()
 
@@ -254,6 +315,7 @@ class LatentExplorer(widgets.VBox):
 
     def close(self) -> None:
         """Close the explorer, its scatter and its viewer (which releases the slide)."""
+        self._cancel_pending()
         if self.viewer is not None:
             self.viewer.close()
             self.viewer = None

@@ -9,14 +9,16 @@ Decisions (accept, relabel, a drawn region, undo) go straight to a :class:`~wsi_
 Shortcuts, while a gallery has focus: ``a`` accept, ``1``–``9`` relabel as the n-th class (both move on
 to the gallery's next tile), ``u``/``z`` undo, ``→``/``j`` next tile, ``←``/``k`` previous, ``n``
 neighbours of the tile in hand.
+
+One job per module: the queue's data (:mod:`~wsi_lab.ui.review_queue`), the keyboard
+(:mod:`~wsi_lab.ui.review_keys`), the decisions and status line (:mod:`~wsi_lab.ui.review_decisions`);
+this module builds the panel and shows the slide, its layers, the galleries and the tile in hand.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -26,37 +28,19 @@ import traitlets
 
 from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.gallery import TileGallery
+from wsi_lab.ui.review_decisions import ReviewDecisions
+from wsi_lab.ui.review_keys import ReviewKeys
+from wsi_lab.ui.review_queue import LAYER_KINDS, classes_of, kind_ok, load_predictions, queue_options
 from wsi_lab.ui.sync import SyncedViewers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReviewPanel", "LAYER_KINDS"]
+__all__ = ["ReviewPanel", "LAYER_KINDS", "classes_of"]
 
-LAYER_KINDS = ("pred", "heatmap", "attention", "latent", "clusters", "decisions", "none")
-
-
-def _load_predictions(predictions: Any) -> pd.DataFrame:
-    if isinstance(predictions, pd.DataFrame):
-        return predictions
-    from wsi_lab.infer import read_predictions
-
-    return read_predictions(Path(predictions).expanduser())
+_load_predictions = load_predictions  # the explorer's name for it
 
 
-def classes_of(table: pd.DataFrame) -> list[str]:
-    """The classes a reviewer chooses from: the model's, then any other label already in the table."""
-    from wsi_lab.infer.scores import class_names
-
-    try:
-        classes = list(class_names(table))
-    except Exception:  # noqa: BLE001 - a latents-only table has no model classes; labels may still exist
-        classes = []
-    if "label" in table.columns:
-        classes += sorted(set(table["label"].dropna().astype(str)) - set(classes))
-    return classes
-
-
-class ReviewPanel(widgets.VBox):
+class ReviewPanel(ReviewKeys, ReviewDecisions, widgets.VBox):
     """Review ``predictions`` (a predictions table or its Parquet path) and keep decisions in ``decisions``
     (a folder or a :class:`~wsi_lab.review.DecisionStore`) as ``reviewer``. ``n`` tiles per gallery."""
 
@@ -67,7 +51,7 @@ class ReviewPanel(widgets.VBox):
         from wsi_lab.review import DecisionStore
 
         self.errors = ErrorBox()
-        self.table = _load_predictions(predictions)
+        self.table = load_predictions(predictions)
         self.store = decisions if isinstance(decisions, DecisionStore) else DecisionStore(decisions, reviewer)
         self.classes = classes_of(self.table)
         self.n, self.tile_source, self.height, self.gallery_size = int(n), tile_source, height, int(gallery_size)
@@ -128,19 +112,10 @@ class ReviewPanel(widgets.VBox):
 
     # -- slides --------------------------------------------------------------------------------------
     def _queue_options(self) -> list[tuple[str, str]]:
-        if "slide_id" not in self.table.columns or not len(self.table):
-            return []
-        out = []
-        decided = self.store.effective()["slide_id"].value_counts()
-        for sid, g in self.table.groupby("slide_id", sort=True):
-            out.append((f"{sid} · {len(g)} tiles · {int(decided.get(str(sid), 0))} reviewed", str(sid)))
-        return out
+        return queue_options(self.table, self.store)
 
     def _kind_ok(self, kind: str) -> bool:
-        cols = [str(c) for c in self.table.columns]
-        return {"pred": "pred" in cols, "heatmap": any(c.startswith("prob_") for c in cols),
-                "attention": "attention" in cols, "latent": any(c.startswith("z_") for c in cols),
-                "clusters": any(c.startswith("z_") for c in cols), "decisions": True, "none": True}[kind]
+        return kind_ok(self.table, kind)
 
     def _on_queue(self, change: dict) -> None:
         if not self._queue_busy and change["new"] and change["new"] != self._shown:
@@ -276,15 +251,6 @@ class ReviewPanel(widgets.VBox):
                 self.hold(row, zoom=False)
                 self.neighbours()
 
-    def step(self, delta: int) -> None:
-        """Hold the next (``delta=1``) or previous tile of the active gallery."""
-        g = {"top": self.top, "bottom": self.bottom, "near": self.near}[self.active]
-        rows = self._gallery_rows[self.active]
-        if len(rows):
-            g.index = int(np.clip(g.index + delta, 0, len(rows) - 1)) if g.index >= 0 else 0
-            if self.current is None:
-                self._pick(self.active, g.index)
-
     def neighbours(self) -> None:
         """Fill the neighbours gallery with the tiles nearest to the one in hand (latents or features)."""
         from wsi_lab.review import NeighbourIndex, feature_columns
@@ -301,98 +267,6 @@ class ReviewPanel(widgets.VBox):
         if len(pos):
             self._set_gallery("near", self._index.query(int(pos[0]), self.n), f"nearest to x={int(self.current['x'])} "
                               f"y={int(self.current['y'])} ({self._index.backend})")
-
-    # -- decisions -----------------------------------------------------------------------------------
-    def key(self, key: str) -> None:
-        """Handle one shortcut key (see the module docstring)."""
-        t0 = time.perf_counter()
-        with self.errors.guard("shortcut"):
-            if key in ("ArrowRight", "j"):
-                self.step(1)
-            elif key in ("ArrowLeft", "k"):
-                self.step(-1)
-            elif key == "a":
-                self.action("accept")
-            elif key in ("u", "z"):
-                self.action("undo")
-            elif key == "n":
-                self.neighbours()
-            elif key.isdigit() and 1 <= int(key) <= len(self.classes):
-                self.label.value = self.classes[int(key) - 1]
-                self.action("relabel")
-        self.last_key_ms = (time.perf_counter() - t0) * 1000
-
-    def action(self, name: str) -> None:
-        """Run a button's action: ``accept``, ``relabel``, ``undo``, ``draw``, ``region``, ``clear``."""
-        with self.errors.guard(name):
-            if name == "draw":
-                drawing = self.buttons["draw"].button_style != "warning"
-                self.buttons["draw"].button_style = "warning" if drawing else ""
-                self.region = [] if drawing else self.region
-                self._show_region()
-            elif name == "clear":
-                self.region = []
-                self._show_region()
-            elif name == "undo":
-                self.store.undo()
-            elif name == "region":
-                if len(self.region) < 3:
-                    raise ValueError("draw a region first: press 'Draw region' and click at least three corners")
-                self.store.decide_region(self.rows, self.region, str(self.label.value), slide_id=str(self.queue.value))
-                self.region = []
-                self.buttons["draw"].button_style = ""
-                self._show_region()
-            elif name in ("accept", "relabel"):
-                if self.current is None:
-                    raise ValueError("no tile in hand: click one on the slide or in a gallery")
-                rows = self.rows.loc[[self.current.name]] if self.current.name in self.rows.index else self.current
-                if name == "accept":
-                    self.store.accept(rows)
-                else:
-                    self.store.relabel(rows, str(self.label.value))
-                self._after_decision(name)
-                if not self._advance():
-                    self.hold(self.current, zoom=False)
-                return
-            self._after_decision(name)
-
-    def _advance(self) -> bool:
-        """After a decision on a gallery's tile: hold that gallery's next tile (True), else False."""
-        g = {"top": self.top, "bottom": self.bottom, "near": self.near}[self.active]
-        rows = self._gallery_rows[self.active]
-        cur = self.current
-        if cur is None or not (0 <= g.index < len(rows) - 1):
-            return False
-        here = rows.iloc[g.index]
-        if (int(here["x"]), int(here["y"])) != (int(cur["x"]), int(cur["y"])):
-            return False
-        g.index += 1
-        return True
-
-    def _after_decision(self, name: str) -> None:
-        if name in ("accept", "relabel", "undo", "region"):
-            for key in self._gallery_rows:
-                self._mark(key)
-            if self.layer_kind.value == "decisions":
-                self._refresh_layers()
-            value = self.queue.value
-            self._queue_busy = True  # new counts in the labels; the slide shown stays
-            try:
-                self.queue.options = self._queue_options()
-                self.queue.value = value
-            finally:
-                self._queue_busy = False
-        self._update_status()
-
-    def _update_status(self) -> None:
-        eff = self.store.effective()
-        sid = str(self.queue.value) if self.queue.value else None
-        gj = self.store.geojson_path(sid) if sid else None
-        drawing = f" · drawing a region: {len(self.region)} corner(s)" if self.buttons["draw"].button_style else ""
-        self.status.value = (f"<span class='wsi-review-count'>{len(eff)}</span> decision(s) by "
-                             f"{html.escape(self.store.reviewer)} in <code>{html.escape(str(self.store.path))}</code>"
-                             + (f" · GeoJSON <code>{html.escape(gj.name)}</code>" if gj is not None and gj.exists() else "")
-                             + drawing)
 
     def close(self) -> None:
         """Close the panel and its viewers (which release their slide)."""

@@ -78,6 +78,8 @@ class SlideViewer(anywidget.AnyWidget):
     status = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Unicode("500px").tag(sync=True)
     display_state = traitlets.Dict().tag(sync=True)  # channel picker, contrast, gamma: ui/display_controls.py
+    highlight = traitlets.Bytes(b"").tag(sync=True)  # float32 level-0 boxes [x, y, w, h]*N drawn in the browser
+    highlight_painted = traitlets.Int(0).tag(sync=True)  # counted up by the browser once a highlight is on screen
 
     def __init__(self, slide_or_path: Any, layers: Any = (), tile_source: str = "auto", table: Any = None,
                  height: str = "500px", **kwargs: Any) -> None:
