@@ -1,6 +1,6 @@
 """Training-side benchmark: data-loader tiles/s, model steps/s on the CPU, torchrun scaling.
 
-    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun]
+    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers]
 
 Prints one table. Loaders: one epoch over every 64² tile of ``--copies`` copies of
 CMU-1-Small-Region.svs (224²: 4× as many copies with ``--quick``, else 8×) (separate files, so no loader can reuse one copy's decoded tiles for another:
@@ -254,18 +254,15 @@ def torchrun_rates(folder: Path, quick: bool) -> list[tuple[str, float]]:
     return out
 
 
-def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int) -> None:
+def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, peers: bool = True) -> None:
     """The loader cases at one tile size: tiles/s and tiles per CPU-second of each. Ours and the decode
-    limit are measured in alternation (same load), the others after."""
+    limit are measured in alternation (same load), the others after (unless ``peers`` is False)."""
     from wsi_lab.data.export_jpeg import export_jpeg
 
     limit = f"raw JPEG decode limit {tile}² ({workers} processes, same source tiles)"
     ours = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} workers"
     slide_of = {sid: v["path"] for sid, v in table.attrs["wsi_lab"]["slides"].items()}
     per_row = [slide_of[s] for s in table["slide_id"]]
-    jpeg_dir = tmp / f"jpeg{tile}"
-    export_jpeg(table, jpeg_dir, workers=2)
-    files = sorted(jpeg_dir.rglob("*.jpg"))
     fast_u8 = TileDataset(table, dtype="uint8")
     dl = DecodeLimit(table, workers)
     print(f"  {tile}²: {len(table)} rows over {dl.tiles} source tiles ({dl.tiles / len(table):.2f} per row)",
@@ -279,6 +276,15 @@ def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int) -> 
     def each(ds, fast: bool = False):
         return lambda: rates([loader_epoch(ds, workers, e, fast=fast) for e in range(epochs)])
 
+    if not peers:
+        for case, runs, vs in ((ours, paired[ours], limit), (limit, paired[limit], "")):
+            rate, cpu_rate = rates(runs)
+            add(case, rate, "tiles/s", vs)
+            add(case + " ", cpu_rate, "tiles/CPU-s", (vs + " ") if vs else "")
+        return
+    jpeg_dir = tmp / f"jpeg{tile}"
+    export_jpeg(table, jpeg_dir, workers=2)
+    files = sorted(jpeg_dir.rglob("*.jpg"))
     cases = [
         (ours, lambda: rates(paired[ours]), limit),
         (f"TileDataset batched {tile}², float32", each(TileDataset(table), fast=True), ours),
@@ -301,6 +307,9 @@ def main() -> None:
     ap.add_argument("--no-torchrun", action="store_true")
     ap.add_argument("--no-loaders", action="store_true")
     ap.add_argument("--no-models", action="store_true")
+    ap.add_argument("--sizes", default="64,224", help="loader tile sizes to run (comma-separated: 64, 224)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="loader rows: only the batched loader and the decode limit (no other loaders)")
     args = ap.parse_args()
     if not CMU.exists():
         sys.exit(f"{CMU} not found (set WSI_LAB_SHARED_SLIDES)")
@@ -318,9 +327,12 @@ def main() -> None:
         # 224² tiles: 4x (quick) or 8x the copies, so that an epoch (117 tiles per copy) is long enough
         # for the per-epoch cost of starting workers not to dominate
         copies = slide_copies(tmp, max(args.copies, 1) * (4 if args.quick else 8))
-        for tile in () if args.no_loaders else (64, 224):
+        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+        if bad := [v for v in sizes if v not in (64, 224)]:
+            sys.exit(f"--sizes: only 64 and 224, got {bad}")
+        for tile in () if args.no_loaders else sizes:
             paths = copies[: args.copies] if tile == 64 else copies
-            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs)
+            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs, peers=not args.no_peers)
         if not args.no_torchrun:
             runs = torchrun_rates(tmp, args.quick)
             for name, rate in runs:
