@@ -1,6 +1,6 @@
 """Training-side benchmark: data-loader tiles/s, model steps/s on the CPU, torchrun scaling.
 
-    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers]
+    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers] [--epochs N]
 
 Prints one table. Loaders: one epoch over every 64² tile of ``--copies`` copies of
 CMU-1-Small-Region.svs (224²: 4× as many copies with ``--quick``, else 8×) (separate files, so no loader can reuse one copy's decoded tiles for another:
@@ -348,6 +348,7 @@ def main() -> None:
     ap.add_argument("--no-torchrun", action="store_true")
     ap.add_argument("--no-loaders", action="store_true")
     ap.add_argument("--no-models", action="store_true")
+    ap.add_argument("--epochs", type=int, default=0, help="loader epochs per case (default 2 with --quick, else 3)")
     ap.add_argument("--sizes", default="64,224", help="loader tile sizes to run (comma-separated: 64, 224)")
     ap.add_argument("--no-peers", action="store_true",
                     help="loader rows: only the batched loader and the decode limit (no other loaders)")
@@ -357,7 +358,7 @@ def main() -> None:
     torch.set_num_threads(2)
     load0 = os.getloadavg()
     rows: list[tuple[str, float, str, str]] = []
-    epochs = 2 if args.quick else 3
+    epochs = args.epochs if args.epochs > 0 else (2 if args.quick else 3)
 
     def add(case: str, value: float, unit: str, vs: str = "") -> None:
         rows.append((case, value, unit, vs))
