@@ -1,13 +1,13 @@
 """Training-side benchmark: data-loader tiles/s, model steps/s on the CPU, torchrun scaling.
 
-    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun]
+    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers] [--epochs N]
 
 Prints one table. Loaders: one epoch over every 64² tile of ``--copies`` copies of
 CMU-1-Small-Region.svs (224²: 4× as many copies with ``--quick``, else 8×) (separate files, so no loader can reuse one copy's decoded tiles for another:
-an epoch decodes every source tile of every copy), with ``--workers`` DataLoader workers that start
-fresh each epoch (as the training loop's ``persistent_workers=False``), batch 128; the median of the
-epochs run. Cases: the batched ``TileDataset`` behind ``tile_loader`` (locality-shuffled, each source
-tile decoded once per epoch; uint8 and float32 batches), the same dataset read one item at a time (how
+an epoch decodes every source tile of every copy), with ``--workers`` DataLoader workers, batch 128; the
+median of the epochs run. Cases: the batched ``TileDataset`` behind ``tile_loader`` (locality-shuffled,
+each source tile decoded once per epoch; uint8 batches with persistent workers, as the training loop has
+them, counted after a warm-up epoch; uint8 and float32 with workers started fresh each epoch), the same dataset read one item at a time (how
 it read before), the usual user code (a plain ``openslide`` + ``torch.utils.data.Dataset``),
 materialised JPEG tiles read with PIL, and the raw JPEG decode limit: every source tile the table's
 rows touch decoded once with imagecodecs, split over ``--workers`` processes (the same cores the
@@ -150,6 +150,42 @@ def loader_epoch(ds, workers: int, epoch: int, batch: int = 128, fast: bool = Fa
     return n, time.perf_counter() - t0, _cpu_s() - c0
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a live process, from ``/proc`` (0 where it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PersistentEpochs:
+    """The batched loader with ``persistent_workers=True`` (as the training loop builds it): the workers start
+    once, in a warm-up epoch that is not counted (the decode limit's pool is warmed alike), and keep their
+    open slides between epochs. :meth:`epoch` gives ``(tiles, wall s, CPU s)``, the CPU of the main process
+    plus its live workers."""
+
+    def __init__(self, ds, workers: int, batch: int = 128, seed: int = 0) -> None:
+        self.loader = tile_loader(ds, batch_size=batch, shuffle=True, seed=seed, num_workers=workers,
+                                  persistent_workers=workers > 0)
+        self.epoch(10_000)  # warm-up: an epoch order not among the counted ones
+
+    def _cpu(self) -> float:
+        it = getattr(self.loader, "_iterator", None)
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return me.ru_utime + me.ru_stime + sum(_proc_cpu_s(p) for p in pids)
+
+    def epoch(self, epoch: int) -> tuple[int, float, float]:
+        self.loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        c0, t0 = self._cpu(), time.perf_counter()
+        n = sum(len(x) for x, _ in self.loader)
+        return n, time.perf_counter() - t0, self._cpu() - c0
+
+    def close(self) -> None:
+        del self.loader
+
+
 def rates(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
     """``(tiles/s, tiles per CPU-second)``: medians over the runs."""
     return (statistics.median(n / dt for n, dt, _ in runs), statistics.median(n / max(c, 1e-9) for n, _, c in runs))
@@ -254,33 +290,44 @@ def torchrun_rates(folder: Path, quick: bool) -> list[tuple[str, float]]:
     return out
 
 
-def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int) -> None:
+def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, peers: bool = True) -> None:
     """The loader cases at one tile size: tiles/s and tiles per CPU-second of each. Ours and the decode
-    limit are measured in alternation (same load), the others after."""
+    limit are measured in alternation (same load), the others after (unless ``peers`` is False)."""
     from wsi_lab.data.export_jpeg import export_jpeg
 
     limit = f"raw JPEG decode limit {tile}² ({workers} processes, same source tiles)"
-    ours = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} workers"
+    ours = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} persistent workers"
+    fresh = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} fresh workers each epoch"
     slide_of = {sid: v["path"] for sid, v in table.attrs["wsi_lab"]["slides"].items()}
     per_row = [slide_of[s] for s in table["slide_id"]]
-    jpeg_dir = tmp / f"jpeg{tile}"
-    export_jpeg(table, jpeg_dir, workers=2)
-    files = sorted(jpeg_dir.rglob("*.jpg"))
     fast_u8 = TileDataset(table, dtype="uint8")
     dl = DecodeLimit(table, workers)
     print(f"  {tile}²: {len(table)} rows over {dl.tiles} source tiles ({dl.tiles / len(table):.2f} per row)",
           file=sys.stderr)
-    paired: dict[str, list] = {ours: [], limit: []}
+    paired: dict[str, list] = {ours: [], fresh: [], limit: []}
+    persistent = PersistentEpochs(fast_u8, workers)
     for epoch in range(epochs):
-        paired[ours].append(loader_epoch(fast_u8, workers, epoch, fast=True))
+        paired[ours].append(persistent.epoch(epoch))
+        paired[fresh].append(loader_epoch(fast_u8, workers, epoch, fast=True))
         paired[limit].append(dl.run())
+    persistent.close()
     dl.close()
 
     def each(ds, fast: bool = False):
         return lambda: rates([loader_epoch(ds, workers, e, fast=fast) for e in range(epochs)])
 
+    if not peers:
+        for case, runs, vs in ((ours, paired[ours], limit), (fresh, paired[fresh], limit), (limit, paired[limit], "")):
+            rate, cpu_rate = rates(runs)
+            add(case, rate, "tiles/s", vs)
+            add(case + " ", cpu_rate, "tiles/CPU-s", (vs + " ") if vs else "")
+        return
+    jpeg_dir = tmp / f"jpeg{tile}"
+    export_jpeg(table, jpeg_dir, workers=2)
+    files = sorted(jpeg_dir.rglob("*.jpg"))
     cases = [
         (ours, lambda: rates(paired[ours]), limit),
+        (fresh, lambda: rates(paired[fresh]), limit),
         (f"TileDataset batched {tile}², float32", each(TileDataset(table), fast=True), ours),
         (f"TileDataset per item {tile}² (before)", each(PerItem(TileDataset(table))), ours),
         (f"plain openslide Dataset {tile}²", each(OpenSlideDataset(per_row, table[["x", "y"]].to_numpy(), tile)), ours),
@@ -301,13 +348,17 @@ def main() -> None:
     ap.add_argument("--no-torchrun", action="store_true")
     ap.add_argument("--no-loaders", action="store_true")
     ap.add_argument("--no-models", action="store_true")
+    ap.add_argument("--epochs", type=int, default=0, help="loader epochs per case (default 2 with --quick, else 3)")
+    ap.add_argument("--sizes", default="64,224", help="loader tile sizes to run (comma-separated: 64, 224)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="loader rows: only the batched loader and the decode limit (no other loaders)")
     args = ap.parse_args()
     if not CMU.exists():
         sys.exit(f"{CMU} not found (set WSI_LAB_SHARED_SLIDES)")
     torch.set_num_threads(2)
     load0 = os.getloadavg()
     rows: list[tuple[str, float, str, str]] = []
-    epochs = 2 if args.quick else 3
+    epochs = args.epochs if args.epochs > 0 else (2 if args.quick else 3)
 
     def add(case: str, value: float, unit: str, vs: str = "") -> None:
         rows.append((case, value, unit, vs))
@@ -318,9 +369,12 @@ def main() -> None:
         # 224² tiles: 4x (quick) or 8x the copies, so that an epoch (117 tiles per copy) is long enough
         # for the per-epoch cost of starting workers not to dominate
         copies = slide_copies(tmp, max(args.copies, 1) * (4 if args.quick else 8))
-        for tile in () if args.no_loaders else (64, 224):
+        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+        if bad := [v for v in sizes if v not in (64, 224)]:
+            sys.exit(f"--sizes: only 64 and 224, got {bad}")
+        for tile in () if args.no_loaders else sizes:
             paths = copies[: args.copies] if tile == 64 else copies
-            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs)
+            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs, peers=not args.no_peers)
         if not args.no_torchrun:
             runs = torchrun_rates(tmp, args.quick)
             for name, rate in runs:

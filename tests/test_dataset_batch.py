@@ -197,3 +197,19 @@ def test_the_tile_lru_stays_within_its_bytes(mixed):
     assert small.read_batch([0, 1], out=out) is out and np.array_equal(out, ds.read_batch([0, 1]))
     with pytest.raises(InvalidParameterError, match="out must be"):
         small.read_batch([0, 1], out=np.zeros((3, 64, 64, 3), np.uint8))
+
+
+def test_dropped_tiles_are_decoded_into_again_without_changing_pixels(mixed):
+    from wsi_lab.data.fast_loader import BatchReader
+
+    ds = TileDataset(mixed, dtype="uint8")
+    expect = ds.read_batch(range(len(ds)))
+    # one tile held at a time: every miss decodes into the array of the tile just dropped, also between the
+    # up-to-four tiles of one straddling row
+    one = BatchReader(ds._slide_ids, ds._geom, ds.slide_paths, ds._cache, tile_cache_bytes=1)
+    spare_ids: set[int] = set()
+    for _ in range(2):
+        assert np.array_equal(one.read_batch(np.arange(len(ds))), expect)
+        spare_ids |= {id(a) for a in one._tiles._spare}
+    assert len(one._tiles) == 1 and spare_ids  # buffers were recycled
+    assert np.array_equal(one.read_batch(np.arange(len(ds))[::-1]), expect[::-1])

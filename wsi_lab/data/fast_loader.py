@@ -60,26 +60,33 @@ class _TileLRU:
     purpose (one process, one thread: no locks, O(1) per step): a batch of 224² rows looks up ~4 tiles
     per row, and :class:`wsi_lab.io.LRUCache`'s thread-safe bookkeeping cost a tenth of a decode each."""
 
-    __slots__ = ("max_bytes", "nbytes", "_data")
+    __slots__ = ("max_bytes", "nbytes", "_data", "_spare")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.nbytes = int(max_bytes), 0
         self._data: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._spare: list[np.ndarray] = []  # arrays dropped from the LRU, decoded into again (pages already faulted)
 
-    def get_or_load(self, key: tuple[str, int, int], load: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_load(self, key: tuple[str, int, int], load: Callable[[np.ndarray | None], np.ndarray]) -> np.ndarray:
+        """The tile of ``key``; on a miss ``load(buffer)`` decodes it, into ``buffer`` (a dropped tile's array,
+        or None) where it can. Callers must not hold a tile across a later miss: its array may be reused."""
         tile = self._data.get(key)
         if tile is not None:
             self._data.move_to_end(key)
             return tile
-        tile = load()
+        tile = load(self._spare.pop() if self._spare else None)
         self._data[key] = tile
         self.nbytes += tile.nbytes
         while self.nbytes > self.max_bytes and len(self._data) > 1:
-            self.nbytes -= self._data.popitem(last=False)[1].nbytes
+            dropped = self._data.popitem(last=False)[1]
+            self.nbytes -= dropped.nbytes
+            if len(self._spare) < 4 and dropped.flags.writeable and dropped.flags.c_contiguous:
+                self._spare.append(dropped)
         return tile
 
     def clear(self) -> None:
         self._data.clear()
+        self._spare.clear()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -93,7 +100,7 @@ class _Grid:
 
     def __init__(self, ds: float, tw: int, th: int, width: int, height: int, across: int, decode: Any) -> None:
         self.ds, self.tw, self.th, self.width, self.height, self.across = ds, tw, th, width, height, across
-        self.decode = decode  # decode(index) -> (th, tw, 3) uint8, or None: no raw tile access
+        self.decode = decode  # decode(index, out=None) -> (th, tw, 3) uint8, or None: no raw tile access
 
 
 def _grid_of(slide: Any, level: int) -> _Grid:
@@ -181,7 +188,8 @@ class BatchReader:
         last = self._last
         if last is not None and last[0] == key:
             return last[1]
-        tile = self._tiles.get_or_load(key, lambda: grid.decode(index))
+        self._last = None  # a miss may decode into the array of a dropped tile: hold none across it
+        tile = self._tiles.get_or_load(key, lambda buf: grid.decode(index, out=buf))
         self._last = (key, tile)
         return tile
 

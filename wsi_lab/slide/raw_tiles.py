@@ -133,17 +133,18 @@ class RawTileLevel:
     fd: int
     file_size: int
     path: str
-    decode: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
+    decode: Callable[..., np.ndarray] | None = field(default=None, repr=False)  # decode(index, out=None)
     _verified: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_reader_level(cls, level: int, lv: Any, fd: int, file_size: int, path: str,
-                          decode: Callable[[int], np.ndarray] | None = None) -> RawTileLevel | None:
+                          decode: Callable[..., np.ndarray] | None = None) -> RawTileLevel | None:
         """From the tifffile backend's per-level record (``_Level``); None unless the level is plain 8-bit
         JPEG of 3 samples (RGB or YCbCr) decoded to RGB, the case a stand-alone JPEG can reproduce.
         ``decode(index)`` is the reader's own decode of one whole tile (exactly what ``read_region``
-        returns for that tile's box), uncached."""
+        returns for that tile's box), uncached; ``decode(index, out=buffer)`` may decode into a recycled
+        (th, tw, 3) uint8 buffer."""
         page = getattr(lv, "page", None)
         if lv is None or lv.jpeg is None or page is None:
             return None

@@ -167,8 +167,10 @@ class TifffileReader:
             return None
 
     # -- pixels -------------------------------------------------------------------------------
-    def _decode(self, level: int, lv: _Level, index: int) -> np.ndarray:
-        """Decode tile ``index`` of ``level`` straight from the file: (th, tw, 3) uint8."""
+    def _decode(self, level: int, lv: _Level, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode tile ``index`` of ``level`` straight from the file: (th, tw, 3) uint8. ``out``: a writable
+        C-contiguous (th, tw, 3) uint8 array that plain JPEG tiles are decoded into (a recycled buffer: no
+        new pages to fault in); the result may be another array (other codecs, unusual streams)."""
         offset, count = lv.offsets[index], lv.counts[index]
         if count == 0 or offset == 0:
             return np.full((lv.th, lv.tw, 3), 255, np.uint8)  # sparse tile: background
@@ -182,7 +184,14 @@ class TifffileReader:
             if lv.jpeg is not None:
                 import imagecodecs
 
-                segment = imagecodecs.jpeg_decode(data, **lv.jpeg)
+                fits = out is not None and out.shape == (lv.th, lv.tw, 3) and out.dtype == np.uint8 \
+                    and out.flags.writeable and out.flags.c_contiguous
+                try:
+                    segment = imagecodecs.jpeg_decode(data, **lv.jpeg, out=out if fits else None)
+                except Exception:
+                    if not fits:
+                        raise
+                    segment = imagecodecs.jpeg_decode(data, **lv.jpeg)  # a stream of another size than out
                 if segment.shape[:2] != (lv.th, lv.tw):  # unusual stream: let tifffile pad it
                     segment, _, _ = lv.page.decode(data, index, **lv.decode_args)
             else:
@@ -238,7 +247,7 @@ class TifffileReader:
         if lv is None:  # a level tifffile cannot address by tiles
             return None
         return RawTileLevel.from_reader_level(level, lv, self._fd, self._size, str(self.path),
-                                              decode=lambda index: self._decode(level, lv, index))
+                                              decode=lambda index, out=None: self._decode(level, lv, index, out))
 
     def _raw_via_tiffslide(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         """The box in level pixels as (H, W, C) in the file's own dtype."""

@@ -71,7 +71,10 @@ def emit_progress(done: int, total: int, unit: str, message: str = "", metrics: 
     print(PROGRESS_PREFIX + json.dumps(ev), flush=True)
 
 
-def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate) -> torch.utils.data.DataLoader:
+def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate,
+            persistent: bool = False) -> torch.utils.data.DataLoader:
+    """``persistent``: keep the workers (and their open slides, decoded tiles) between epochs; only where the
+    dataset is not changed each epoch in this process (``Parts.on_epoch``), which fresh workers must see."""
     sampler: Any
     if isinstance(ds, torch.utils.data.IterableDataset):  # a stream (SageMaker Pipe mode): each rank reads its own
         return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=0, collate_fn=collate)
@@ -87,7 +90,7 @@ def _loader(ds, batch: int, shuffle: bool, ctx: DistContext, spec, collate) -> t
         sampler = list(range(ctx.rank, len(ds), ctx.world_size))
     return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=spec.num_workers,
                                        collate_fn=collate, pin_memory=ctx.device.type == "cuda",
-                                       persistent_workers=False)
+                                       persistent_workers=spec.num_workers > 0 and persistent)
 
 
 def _wrap(model: nn.Module, opt: torch.optim.Optimizer, ctx: DistContext, spec):
@@ -188,8 +191,9 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" and ctx.device.type == "cuda" else None
     net, opt = _wrap(model, opt, ctx, spec)
     per_rank = spec.batch_size // ctx.world_size
-    train_loader = _loader(parts.train_set, per_rank, True, ctx, spec, parts.collate)
-    val_loader = _loader(parts.val_set, per_rank, False, ctx, spec, parts.collate) \
+    keep = parts.on_epoch is None
+    train_loader = _loader(parts.train_set, per_rank, True, ctx, spec, parts.collate, keep)
+    val_loader = _loader(parts.val_set, per_rank, False, ctx, spec, parts.collate, keep) \
         if parts.val_set is not None and len(parts.val_set) else None  # type: ignore[arg-type]
     for epoch in range(start, spec.epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):  # not on a stream's loader
