@@ -94,7 +94,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     full = new Uint32Array(256); faded = new Uint32Array(256);
     for (let i = 0; i < 256; i++) {
       const c = pal[i] || pal[pal.length - 1] || "#1f77b4";
-      full[i] = rgba(c, 0); faded[i] = rgba(c, 0.75);
+      full[i] = rgba(c, 0); faded[i] = rgba(c, 0.65);
     }
     const lg = model.get("legend") || {}, title = esc(model.get("title") || "");
     let h = title ? `<b>${title}</b><br>` : "";
