@@ -5,6 +5,7 @@ directions of brushing: points → the tiles of one slide, a slide region → th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,8 @@ def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str
     return out
 
 
-def _clusters(x: np.ndarray, clusters: int, seed: int) -> pd.Categorical:
+def _clusters(x: np.ndarray, clusters: int, seed: int) -> Any:
+    """k-means labels as a categorical of ``c0``.. (numbered by size)."""
     from wsi_lab.overlays.predictions import kmeans
 
     k = min(int(clusters), len(x))
@@ -48,7 +50,7 @@ def _clusters(x: np.ndarray, clusters: int, seed: int) -> pd.Categorical:
 
 
 def cluster_labels(table: pd.DataFrame, columns: Sequence[str] | None = None, clusters: int = 6,
-                   seed: int = 0) -> pd.Categorical:
+                   seed: int = 0) -> Any:
     """The ``cluster`` column :func:`embed` adds (k-means labels ``c0``.. of the same ``columns``), on its own."""
     from wsi_lab.review.galleries import feature_columns
 

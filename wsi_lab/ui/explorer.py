@@ -26,8 +26,8 @@ import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.ui.common import ErrorBox
-from wsi_lab.ui.scatter import ScatterPlot
 from wsi_lab.ui.gallery import TileGallery
+from wsi_lab.ui.scatter import ScatterPlot
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,13 @@ class LatentExplorer(widgets.VBox):
             color_by = next((c for c in options if c != CLUSTER), options[0] if options else None)
         self._colour_source(CLUSTER if scatter == "jupyter-scatter" else color_by)  # its data: every column
         xy = self.table[["embed_x", "embed_y"]].to_numpy(np.float32)
-        self.scatter: Any = (ScatterPlot(xy[:, 0], xy[:, 1], height=self.height) if scatter == "canvas"
-                             else _JScatter(self.table, options, color_by, self.height))
-        if color_by and scatter == "canvas":
-            self.scatter.color(self.table[color_by], title=color_by)
+        self.scatter: ScatterPlot | _JScatter
+        if scatter == "canvas":
+            self.scatter = ScatterPlot(xy[:, 0], xy[:, 1], height=self.height)
+            if color_by:
+                self.scatter.color(self.table[color_by], title=color_by)
+        else:
+            self.scatter = _JScatter(self.table, options, color_by, self.height)
         self.plot = self.scatter.widget
         self.scatter.on_select(self._on_selection)
         self.build_s = time.perf_counter() - t0
