@@ -295,6 +295,7 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
             open_notebook(page, srv, "bench.ipynb")
             run_all_cells(page)  # the imports: not part of the draw
             draws: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in SCATTERS}
+            views: list[tuple[float, float]] = []
             reps = max(2, repeat)
             for rep in range(reps):  # interleaved: jupyter-scatter's, then ours, in the same page
                 for kind in SCATTERS[::-1]:
@@ -305,6 +306,10 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
                     drawn = float(page.wait_for_function(check, polling="raf", timeout=120_000).json_value())
                     big = max(frames, key=lambda f: f[1])  # the scatter's points (binary buffers)
                     draws[kind].append(((drawn - t0) / 1000, big[0] - py0, big[1], sum(n for _, n in frames)))
+                    if kind == "canvas":  # the page's clock: the scatter's view made, its points rasterised
+                        at = page.evaluate("() => { const d = [...document.querySelectorAll('.wsi-scatter')].pop()"
+                                           ".dataset; return [Number(d.renderAt), Number(d.drawMs)]; }")
+                        views.append(((at[0] - t0) / 1000, at[1]))
                     wait_kernel_idle(page)
                     page.evaluate(_SETTLED)
                     if rep < reps - 1 or kind != SCATTERS[0]:  # ours stays, the last time, for the selections
@@ -318,6 +323,9 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
                 out.append(("  of which: cell start → points in the page", arrived, "s", ""))
                 out.append(("  of which: points in the page → drawn", total - arrived, "s", ""))
                 out.append((f"  points message (all: {all_n / 1e6:.1f} MB)", big_n / 1e6, "MB", ""))
+                if kind == "canvas" and views:
+                    out.append(("  cell start → the scatter's view made (page)", statistics.median(v[0] for v in views), "s", ""))
+                    out.append(("  rasterising the points (JS)", statistics.median(v[1] for v in views), "ms", ""))
             page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
             wait_kernel_idle(page)
             page.evaluate(_SETTLED)

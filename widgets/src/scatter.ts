@@ -5,8 +5,8 @@
  * ms with no GPU. Selected points (`selection`, uint32 indices) are drawn on top in their colours, the
  * others faded. Mouse: drag = lasso (point-in-polygon here, the indices go to the kernel as ONE binary
  * buffer: message {type: "select"}), shift-drag or the pan tool = pan, wheel = zoom, double click = reset.
- * `data-points`, `data-drawn` (frames drawn), `data-drawn-at` (page clock, ms) and `data-selected` on the
- * root are for tests and benchmarks.
+ * `data-points`, `data-drawn` (frames drawn), `data-render-at` / `data-drawn-at` (page clock, ms),
+ * `data-draw-ms` (the last frame's rasterising) and `data-selected` on the root are for tests and benchmarks.
  */
 
 interface Model {
@@ -39,6 +39,7 @@ function esc(s: string): string {
 function render({ model, el }: { model: Model; el: HTMLElement }) {
   const root = document.createElement("div");
   root.className = "wsi-scatter";
+  root.dataset.renderAt = String(performance.now());
   root.style.cssText = "position:relative;width:100%;user-select:none;background:#fff;";
   const canvas = document.createElement("canvas");
   canvas.style.cssText = "display:block;width:100%;cursor:crosshair;touch-action:none;";
@@ -124,6 +125,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   }
 
   function draw() {
+    const t0 = performance.now();
     pending = 0;
     const w = canvas.clientWidth || el.clientWidth || 400, h = Number(model.get("height")) || 420;
     const r = dpr(), W = Math.max(1, Math.round(w * r)), H = Math.max(1, Math.round(h * r));
@@ -152,6 +154,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     frames++;
     root.dataset.drawn = String(frames);
     root.dataset.drawnAt = String(performance.now());
+    root.dataset.drawMs = (performance.now() - t0).toFixed(1);
   }
   const redraw = () => { if (!pending) pending = requestAnimationFrame(draw); };
 
