@@ -55,6 +55,7 @@ def test_explorer_brushes_both_ways(tmp_path, preds):
         # k-means only once the clusters are coloured: the default colour is the first other column
         assert ex.color.value == "pred" and {"cluster", "label", "slide_id", "prob_b"} <= set(ex.color.options)
         assert "cluster" not in ex.table.columns and ex.scatter.legend["kind"] == "categorical"
+        assert "embed_x" in ex.table.columns and "embed_x" not in preds.columns  # the caller's table untouched
         ex.color.value = "cluster"
         assert ex.table["cluster"].astype(str).str.startswith("c").all()
         assert [e[0] for e in ex.scatter.legend["entries"]] == list(ex.table["cluster"].cat.categories)

@@ -33,7 +33,7 @@ def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str
         raise InvalidParameterError("nothing to embed: the table is empty")
     x = table[cols].to_numpy(np.float32)
     xy = project_latents(x, method, seed, n_components=2)
-    out = table.reset_index(drop=True).copy()
+    out = table.reset_index(drop=True)  # a new frame (the columns added below do not reach `table`)
     out.attrs = table.attrs
     out[EMBED_X], out[EMBED_Y] = xy[:, 0], xy[:, 1]
     if clusters:
