@@ -178,3 +178,22 @@ def test_a_brushed_set_is_accepted_or_relabelled_as_one_batch(tmp_path, preds):
     finally:
         ex.close()
         panel.close()
+
+
+def test_explorer_reads_only_the_embedded_latents_from_parquet(tmp_path, preds):
+    from wsi_lab.data.table import write_table
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    t = preds.assign(feat_0=1.0, feat_1=2.0)
+    t.attrs = preds.attrs
+    write_table(t, tmp_path / "p.parquet")
+    ex = LatentExplorer(str(tmp_path / "p.parquet"), tile_source="comm")  # z_NN first: feat_NN not read
+    try:
+        assert "feat_0" not in ex.table.columns and {"z_00", "pred", "slide_id"} <= set(ex.table.columns)
+    finally:
+        ex.close()
+    ex = LatentExplorer(str(tmp_path / "p.parquet"), columns=["feat_0", "feat_1"], tile_source="comm")
+    try:
+        assert "feat_1" in ex.table.columns and not [c for c in ex.table.columns if c.startswith("z_")]
+    finally:
+        ex.close()

@@ -54,6 +54,29 @@ def colour_columns(table: pd.DataFrame) -> list[str]:
     return first + [c for c in cats if c not in first] + nums
 
 
+def _read(predictions: Any, columns: Any) -> pd.DataFrame:
+    """The predictions table; from Parquet without the latent/feature columns that are not embedded."""
+    from pathlib import Path
+
+    from wsi_lab.ui.review import _load_predictions
+
+    path = Path(predictions).expanduser() if isinstance(predictions, (str, Path)) else None
+    if path is None or path.suffix.lower() != ".parquet" or not path.is_file():
+        return _load_predictions(predictions)
+    import pyarrow.parquet as pq
+
+    from wsi_lab.data.table import read_table
+    from wsi_lab.review.galleries import feature_columns
+
+    names = [n for n in pq.read_schema(path).names if not n.startswith("__index_level_")]
+    families = [n for n in names if n.startswith(("z_", "feat_", "f_")) and n.split("_", 1)[1].isdigit()]
+    try:
+        keep = set(columns) if columns else set(feature_columns(pd.DataFrame(columns=families)))
+    except Exception:  # noqa: BLE001 - no latents: embed() says so, with the whole table's columns
+        return _load_predictions(predictions)
+    return read_table(path, [n for n in names if n not in set(families) - keep])
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The kernel's event loop when code runs inside it (a cell, a button's handler), else None."""
     try:
@@ -104,14 +127,14 @@ class LatentExplorer(widgets.VBox):
                  clusters: int = 6, n: int = 12, tile_source: str = "auto", height: int = 420,
                  decisions: Any = None, reviewer: str | None = None, scatter: str = "canvas") -> None:
         from wsi_lab.review import DecisionStore, embed
-        from wsi_lab.ui.review import _load_predictions, classes_of
+        from wsi_lab.ui.review import classes_of
 
         if scatter not in SCATTERS:
             raise InvalidParameterError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
         self.errors = ErrorBox()
         t0 = time.perf_counter()
         # k-means only when the clusters are coloured (below: the default colour is the first other column)
-        self.table = embed(_load_predictions(predictions), columns, method, clusters=None)
+        self.table = embed(_read(predictions, columns), columns, method, clusters=None)
         self._columns, self._clusters = columns, int(clusters)
         self.n = int(n)
         self.tile_source, self.height = tile_source, int(height)
