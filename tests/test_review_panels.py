@@ -197,3 +197,21 @@ def test_explorer_reads_only_the_embedded_latents_from_parquet(tmp_path, preds):
         assert "feat_1" in ex.table.columns and not [c for c in ex.table.columns if c.startswith("z_")]
     finally:
         ex.close()
+
+
+def test_explorer_keeps_jupyter_scatter_selectable(preds):
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    with pytest.raises(InvalidParameterError, match="scatter must be one of"):
+        LatentExplorer(preds, scatter="bokeh")
+    ex = LatentExplorer(preds, tile_source="comm", scatter="jupyter-scatter")
+    try:
+        assert type(ex.plot).__name__ == "JupyterScatter" and "cluster" in ex.table.columns  # its data: every column
+        ex.plot.selection = np.array([0, 1], np.uint32)  # as its lasso sets it
+        assert ex.selected.tolist() == [0, 1]
+        ex.select([2])
+        assert ex.scatter.selected.tolist() == [2]
+        ex.color_by("prob_b")
+    finally:
+        ex.close()

@@ -391,12 +391,14 @@ class LatentExplorer(widgets.VBox):
                              f"points selected · slide <code>{html.escape(str(self.slide.value))}</code>{drawing}{decided}")
 
     def close(self) -> None:
-        """Close the explorer, its scatter and its viewer (which releases the slide)."""
-        self._cancel_pending()
-        if self.viewer is not None:
-            self.viewer.close()
-            self.viewer = None
-        self.plot.close()
-        self.gallery.close()
+        """Close the explorer, its scatter and its viewer (which releases the slide); also of one whose
+        construction failed part way (the widget's finaliser calls this)."""
+        if getattr(self, "_fallback", None) is not None:
+            self._cancel_pending()
+        for name in ("viewer", "plot", "gallery"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
+        self.viewer = None
         super().close()
 
