@@ -87,8 +87,20 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-viewer .wsi-viewer')"
                                ".dataset.highlightDrawn) > 0", timeout=20_000)  # the boxes are on the page's canvas
         assert viewer.get_attribute("data-highlight-count") == str(report["sel"])
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(500)
         shot(page, ".wsi-lab-explorer", "explorer_lasso.png")
+        # the wheel zooms and a shift-drag pans: redrawn in the page, the selection kept
+        frames = int(scatter.get_attribute("data-drawn"))
+        page.mouse.move(cx, cy)
+        page.mouse.wheel(0, -400)
+        page.wait_for_function(f"() => Number(document.querySelector('.wsi-scatter').dataset.drawn) > {frames}")
+        page.keyboard.down("Shift")
+        page.mouse.down()
+        page.mouse.move(cx + 40, cy + 30, steps=4)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+        page.wait_for_function(f"() => Number(document.querySelector('.wsi-scatter').dataset.drawn) > {frames + 1}")
+        assert scatter.get_attribute("data-selected") == str(report["sel"]) and _report(page)["sel"] == report["sel"]
         # accept the lassoed tiles with the page's button: one batch in the store's files
         page.locator(".wsi-explorer-accept").click()
         page.wait_for_function(f"() => document.querySelector('.wsi-explorer-decided')?.innerText === '{report['sel']}'",

@@ -5,7 +5,8 @@
  * ms with no GPU. Selected points (`selection`, uint32 indices) are drawn on top in their colours, the
  * others faded. Mouse: drag = lasso (point-in-polygon here, the indices go to the kernel as ONE binary
  * buffer: message {type: "select"}), shift-drag or the pan tool = pan, wheel = zoom, double click = reset.
- * `data-points`, `data-drawn` (frames drawn), `data-render-at` / `data-drawn-at` (page clock, ms),
+ * `data-points`, `data-drawn` (frames drawn), `data-render-at` / `data-first-drawn-at` (the first frame
+ * with points) / `data-drawn-at` (page clock, ms),
  * `data-draw-ms` (the last frame's rasterising) and `data-selected` on the root are for tests and benchmarks.
  */
 
@@ -127,10 +128,11 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   function draw() {
     const t0 = performance.now();
     pending = 0;
-    const w = canvas.clientWidth || el.clientWidth || 400, h = Number(model.get("height")) || 420;
+    const w = canvas.clientWidth, h = Number(model.get("height")) || 420;
+    canvas.style.height = `${h}px`;
+    if (!canvas.isConnected || !w) return;  // not laid out yet: the ResizeObserver draws once it is
     const r = dpr(), W = Math.max(1, Math.round(w * r)), H = Math.max(1, Math.round(h * r));
     if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
-    canvas.style.height = `${h}px`;
     const ctx = canvas.getContext("2d");
     if (!ctx) return;
     const img = ctx.createImageData(W, H);
@@ -154,6 +156,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     frames++;
     root.dataset.drawn = String(frames);
     root.dataset.drawnAt = String(performance.now());
+    if (!root.dataset.firstDrawnAt && n) root.dataset.firstDrawnAt = root.dataset.drawnAt;
     root.dataset.drawMs = (performance.now() - t0).toFixed(1);
   }
   const redraw = () => { if (!pending) pending = requestAnimationFrame(draw); };
