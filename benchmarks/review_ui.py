@@ -9,16 +9,19 @@ point lands on the slide shown) with 32 latents drawn around 6 centres, ``prob_*
 - PCA (2 and 3 components) and k-means (k=6) of the 200k × 32 latents: ``wsi_lab.overlays.predictions``
   (``project_latents``, ``kmeans``: the one implementation the overlays and the explorer call) against the
   implementation before this change (float64 eigh of the centred data; Lloyd over all rows in float64), measured in the same run: ``×`` is old time / new time.
-- Explorer first draw (kernel side): embed (PCA + k-means) + the jupyter-scatter widget + its state
-  serialised for the browser (the points buffer) + the slide viewer; target < 1 s.
+- Explorer first draw (kernel side): read, embed (PCA; no k-means: the clusters are computed when
+  coloured by) + the scatter widget + its state serialised for the browser (the points buffers) + the
+  slide viewer; target < 1 s. Ours (``scatter="canvas"``: Canvas 2D, binary buffers) against
+  jupyter-scatter's (which needs every colour column, the clusters too), interleaved in the same run.
 - Brush round trip (kernel side): a selection of 10,000 points arriving from the browser → their tiles as
   the viewer's highlight layer (state ready to sync) ; gallery pictures counted separately; target < 100 ms.
 - Review: next tile after a key press (``→``: the gallery's next tile in hand, both viewers told); a
   decision key (``1``: relabel, saved to Parquet + GeoJSON, then the next tile); target < 100 ms.
 - Browser side (a real JupyterLab + headless Chromium, unless ``--no-browser`` or Chromium is missing): from
-  the explorer cell's execution to the scatter's canvas holding drawn points (``--tiles`` points); target
-  < 1 s. From a programmatic selection (``ex.select(...)`` run in a cell, 10,000 points) to the highlight
-  highlight drawn on the slide (the viewer's canvas holding the boxes, its legend entry shown); target < 100 ms.
+  the explorer cell's execution to the scatter's canvas holding drawn points (``--tiles`` points), ours
+  and jupyter-scatter's interleaved (median of ≥ 2 each); target < 1 s. From a programmatic selection
+  (``ex.select(...)`` run in a cell, 10,000 points) to the highlight drawn on the slide (the viewer's
+  canvas holding the boxes, its legend entry shown); target < 100 ms.
   Both timed in the page (``performance.now()``), the drawn check polled every animation frame, so a long
   frame (jupyter-scatter redrawing through software WebGL in headless Chromium) delays what is counted.
   The polled check starts only once the cell's run has returned to Playwright, so a long frame after that
@@ -150,29 +153,30 @@ def main() -> None:
     new_i, old_i = inertia(kmeans(x, 6)), inertia(old_kmeans(x, 6))
     add("k-means inertia per tile (lower: better)", new_i, "", "≤ old", f"old {old_i:.2f}: {old_i / new_i:.2f}×")
 
-    from wsi_lab.ui.explorer import LatentExplorer
+    from wsi_lab.ui.explorer import SCATTERS, LatentExplorer
 
-    def first_draw() -> LatentExplorer:
-        ex = LatentExplorer(t, tile_source="server")
-        ex.plot.get_state()  # what goes to the browser: the points buffer and the encodings
+    def first_draw(kind: str) -> LatentExplorer:
+        ex = LatentExplorer(t, tile_source="server", scatter=kind)
+        ex.plot.get_state()  # what goes to the browser: the points buffers and the encodings
         return ex
 
-    first_draw().close()  # warm-up (imports)
-    times, ex = [], None
-    for _ in range(repeat):
-        if ex is not None:
-            ex.close()
-        t0 = time.perf_counter()
-        ex = first_draw()
-        times.append(time.perf_counter() - t0)
-    assert ex is not None
-    add(f"explorer first draw (kernel), {len(t):,} points", min(times), "s", "< 1 s", "")
+    for kind in SCATTERS:
+        first_draw(kind).close()  # warm-up (imports)
+    draw_times: dict[str, list[float]] = {k: [] for k in SCATTERS}
+    for _ in range(repeat):  # interleaved
+        for kind in SCATTERS:
+            t0 = time.perf_counter()
+            first_draw(kind).close()
+            draw_times[kind].append(time.perf_counter() - t0)
+    ours, theirs = min(draw_times["canvas"]), min(draw_times["jupyter-scatter"])
+    add(f"explorer first draw (kernel), {len(t):,} points", ours, "s", "< 1 s", f"jupyter-scatter {theirs:.2f} s: {theirs / ours:.1f}×")
+    ex = first_draw("canvas")
     rng = np.random.default_rng(1)
     brush, total = [], []
     for _ in range(5):
         sel = np.sort(rng.choice(len(t), 10_000, replace=False)).astype(np.uint32)
         t0 = time.perf_counter()
-        ex.plot.selection = sel  # as the browser's lasso sets it
+        ex.scatter._on_msg(ex.scatter, {"type": "select"}, [sel.tobytes()])  # as the browser's lasso sends it
         total.append(time.perf_counter() - t0)
         brush.append(ex.brush_ms / 1000)
     add("brush → tiles on the slide (10k points)", statistics.median(brush) * 1000, "ms", "< 100 ms", "")
@@ -212,8 +216,13 @@ def _print(rows: list[tuple[str, float, str, str, str]]) -> None:
         print(f"{name:<44} {value:>10.3f} {unit:<4} {target:<10} {vs}")
 
 
+_CANVAS_DRAWN = """() => {  // our scatter: the last explorer's canvas holds its points (set when drawn)
+    const e = [...document.querySelectorAll('.wsi-lab-explorer .wsi-scatter')].pop();
+    return e && Number(e.dataset.points) > 0 && e.dataset.firstDrawnAt ? Number(e.dataset.firstDrawnAt) : false;
+}"""
 _SCATTER_DRAWN = """() => {
-    const c = [...document.querySelectorAll('.wsi-lab-explorer canvas')].filter(e => !e.closest('.wsi-viewer'))
+    const ex = [...document.querySelectorAll('.wsi-lab-explorer')].pop();
+    const c = [...(ex ? ex.querySelectorAll('canvas') : [])].filter(e => !e.closest('.wsi-viewer'))
         .sort((a, b) => b.width * b.height - a.width * a.height)[0];
     if (!c || !c.width || !c.height) return false;
     const ctx = c.getContext('2d');  // jupyter-scatter copies its WebGL frame to a 2-D canvas
@@ -262,10 +271,12 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
         jupyter_server,
         open_notebook,
         run_all_cells,
+        run_code,
         wait_kernel_idle,
         write_notebook,
     )
     from wsi_lab.data.table import write_table
+    from wsi_lab.ui.explorer import SCATTERS
 
     if not browser_available():
         print("browser timings skipped: playwright or Chromium missing", file=sys.stderr)
@@ -284,16 +295,47 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
             page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append((time.perf_counter(), len(p)))))
             open_notebook(page, srv, "bench.ipynb")
             run_all_cells(page)  # the imports: not part of the draw
-            frames.clear()
-            py0 = time.perf_counter()
-            t0 = _run_cell(page, "ex = LatentExplorer('preds.parquet', height=360)\nex")
-            drawn = float(page.wait_for_function(_SCATTER_DRAWN, polling="raf", timeout=120_000).json_value())
-            total = (drawn - t0) / 1000
-            out.append((f"explorer first draw (browser), {len(t):,} points", total, "s", "< 1 s"))
-            big = max(frames, key=lambda f: f[1])  # the scatter's points (float32 buffers)
-            out.append(("  of which: cell start → points in the page", big[0] - py0, "s", ""))
-            out.append(("  of which: points in the page → drawn", total - (big[0] - py0), "s", ""))
-            out.append((f"  points message (all: {sum(n for _, n in frames) / 1e6:.1f} MB)", big[1] / 1e6, "MB", ""))
+            draws: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in SCATTERS}
+            views: list[tuple[float, float]] = []
+            reps = max(2, repeat)
+            for rep in range(reps):  # interleaved: jupyter-scatter's, then ours, in the same page
+                for kind in SCATTERS[::-1]:
+                    frames.clear()
+                    py0 = time.perf_counter()
+                    t0 = _run_cell(page, f"ex = LatentExplorer('preds.parquet', height=360, scatter={kind!r})\nex")
+                    check = _CANVAS_DRAWN if kind == "canvas" else _SCATTER_DRAWN
+                    drawn = float(page.wait_for_function(check, polling="raf", timeout=120_000).json_value())
+                    big = max(frames, key=lambda f: f[1])  # the scatter's points (binary buffers)
+                    draws[kind].append(((drawn - t0) / 1000, big[0] - py0, big[1], sum(n for _, n in frames)))
+                    if kind == "canvas":  # the page's clock: the scatter's view made, its points rasterised
+                        at = page.evaluate("() => { const d = [...document.querySelectorAll('.wsi-scatter')].pop()"
+                                           ".dataset; return [Number(d.renderAt), Number(d.drawMs)]; }")
+                        views.append(((at[0] - t0) / 1000, at[1]))
+                    wait_kernel_idle(page)
+                    page.evaluate(_SETTLED)
+                    if rep < reps - 1 or kind != SCATTERS[0]:  # ours stays, the last time, for the selections
+                        _run_cell(page, "ex.close()")
+                        wait_kernel_idle(page)
+                        page.evaluate(_SETTLED)
+            wait_kernel_idle(page)
+            kernel = run_code(page, "import time\n_t = time.perf_counter()\n"  # the same build, not shown
+                              "_e = LatentExplorer('preds.parquet', height=360); _e.plot.get_state()\n"
+                              "print('KERNEL', time.perf_counter() - _t); _e.close()")
+            kernel_s = float(kernel[kernel.index("KERNEL") + 6:].split()[0])
+            for kind in SCATTERS:
+                total, arrived, big_n, all_n = sorted(draws[kind])[len(draws[kind]) // 2]  # the median run
+                out.append((f"explorer first draw (browser, {kind}), {len(t):,} points", total, "s",
+                            "< 1 s" if kind == "canvas" else ""))
+                if kind == "canvas" and views:  # the page's clock only
+                    made = statistics.median(v[0] for v in views)
+                    out.append(("  of which: the explorer built in the page's kernel", kernel_s, "s", ""))
+                    out.append(("  of which: cell start → the scatter's view made", made, "s", ""))
+                    out.append(("  of which: view made → points drawn", total - made, "s", ""))
+                    out.append(("  rasterising the points (JS)", statistics.median(v[1] for v in views), "ms", ""))
+                else:  # the Python clock (websocket frames) against the page's
+                    out.append(("  of which: cell start → points in the page", arrived, "s", ""))
+                    out.append(("  of which: points in the page → drawn", total - arrived, "s", ""))
+                out.append((f"  points message (all: {all_n / 1e6:.1f} MB)", big_n / 1e6, "MB", ""))
             page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
             wait_kernel_idle(page)
             page.evaluate(_SETTLED)

@@ -1,4 +1,4 @@
-"""The LatentExplorer in a REAL JupyterLab + Chromium: lasso points in the jupyter-scatter plot and see their
+"""The LatentExplorer in a REAL JupyterLab + Chromium: lasso points (a mouse drag) in our Canvas-2D scatter and see their
 tiles highlighted on the slide (drawn in the page from one binary buffer of boxes) and in the gallery; accept
 them with the page's button; then the other way: the tiles in view select their points, relabelled with the
 page's dropdown and button; both decisions are read back from the DecisionStore's Parquet and GeoJSON.
@@ -34,7 +34,7 @@ ex
 REPORT = """
 import json
 print("REPORT" + json.dumps({"sel": len(ex.selected), "boxes": len(ex.viewer.highlight) // 16,
-                             "scatter": len(ex.plot.selection if ex.plot.selection is not None else []),
+                             "scatter": len(ex.scatter.selected),
                              "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms}))
 """
 
@@ -52,9 +52,14 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         open_notebook(page, srv, "explore.ipynb")
         run_all_cells(page)
         page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
-        canvas = page.locator(".wsi-lab-explorer canvas").first
-        canvas.wait_for()
-        page.wait_for_timeout(1500)  # the scatter draws its points
+        page.wait_for_selector(".wsi-lab-explorer .wsi-scatter[data-drawn]", timeout=60_000)  # its points drawn
+        scatter = page.locator(".wsi-lab-explorer .wsi-scatter")
+        assert scatter.get_attribute("data-points") == str(len(pd.read_parquet(root / "preds.parquet")))
+        canvas = scatter.locator("canvas").first
+        drawn = page.evaluate("""() => { const c = document.querySelector('.wsi-scatter canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+        assert drawn > 50, drawn  # pixels of points on the canvas
         box = canvas.bounding_box()
         assert box and box["width"] > 200, box
         # a lasso (drag) around most of the plot
@@ -76,13 +81,26 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
                                timeout=20_000)
         report = _report(page)
         assert 0 < report["sel"] <= report["n"] and report["boxes"] == report["sel"], report  # one slide
+        assert report["scatter"] == report["sel"] and scatter.get_attribute("data-selected") == str(report["sel"])
         assert report["gallery"] == min(12, report["sel"]), report
         viewer = page.locator(".wsi-explorer-viewer .wsi-viewer")
         page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-viewer .wsi-viewer')"
                                ".dataset.highlightDrawn) > 0", timeout=20_000)  # the boxes are on the page's canvas
         assert viewer.get_attribute("data-highlight-count") == str(report["sel"])
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(500)
         shot(page, ".wsi-lab-explorer", "explorer_lasso.png")
+        # the wheel zooms and a shift-drag pans: redrawn in the page, the selection kept
+        frames = int(scatter.get_attribute("data-drawn"))
+        page.mouse.move(cx, cy)
+        page.mouse.wheel(0, -400)
+        page.wait_for_function(f"() => Number(document.querySelector('.wsi-scatter').dataset.drawn) > {frames}")
+        page.keyboard.down("Shift")
+        page.mouse.down()
+        page.mouse.move(cx + 40, cy + 30, steps=4)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+        page.wait_for_function(f"() => Number(document.querySelector('.wsi-scatter').dataset.drawn) > {frames + 1}")
+        assert scatter.get_attribute("data-selected") == str(report["sel"]) and _report(page)["sel"] == report["sel"]
         # accept the lassoed tiles with the page's button: one batch in the store's files
         page.locator(".wsi-explorer-accept").click()
         page.wait_for_function(f"() => document.querySelector('.wsi-explorer-decided')?.innerText === '{report['sel']}'",
@@ -94,13 +112,10 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         page.locator(".wsi-explorer-view").click()
         page.wait_for_function(f"() => Number(document.querySelector('.wsi-explorer-count').innerText) === {report['n']}",
                                timeout=20_000)
+        # the slide first, then the scatter (drawn highlighted in the page): both hold every point
+        page.wait_for_function(f"() => document.querySelector('.wsi-scatter').dataset.selected === '{report['n']}'",
+                               timeout=20_000)
         again = _report(page)
-        for _ in range(20):  # the scatter's selection follows once the page reported the boxes painted
-            if again["scatter"] == report["n"]:
-                break
-            page.wait_for_timeout(250)
-            again = _report(page)
-        # the slide first, then the scatter: both hold every point
         assert again["sel"] == again["scatter"] == report["n"] and again["boxes"] == report["n"], again
         # relabel every tile as "tumour" with the page's dropdown and button
         page.locator(".wsi-explorer-label select").select_option("tumour")

@@ -52,12 +52,26 @@ def test_explorer_brushes_both_ways(tmp_path, preds):
 
     ex = LatentExplorer(preds, tile_source="comm", n=5)
     try:
-        assert ex.color.value == "cluster" and {"pred", "label", "slide_id", "prob_b"} <= set(ex.color.options)
+        # k-means only once the clusters are coloured: the default colour is the first other column
+        assert ex.color.value == "pred" and {"cluster", "label", "slide_id", "prob_b"} <= set(ex.color.options)
+        assert "cluster" not in ex.table.columns and ex.scatter.legend["kind"] == "categorical"
+        assert "embed_x" in ex.table.columns and "embed_x" not in preds.columns  # the caller's table untouched
+        ex.color.value = "cluster"
+        assert ex.table["cluster"].astype(str).str.startswith("c").all()
+        assert [e[0] for e in ex.scatter.legend["entries"]] == list(ex.table["cluster"].cat.categories)
+        ex.color.value = "prob_b"  # a number: 255 levels of a colormap
+        codes = np.frombuffer(ex.scatter.codes, np.uint8)
+        assert ex.scatter.legend["kind"] == "continuous" and len(codes) == len(ex.table)
+        assert codes[np.argmax(ex.table["prob_b"].to_numpy())] == 254
+        # a lasso in the page: its indices arrive as one uint32 buffer
+        ex.scatter._on_msg(ex.scatter, {"type": "select"}, [np.array([1, 2], np.uint32).tobytes()])
+        assert ex.selected.tolist() == [1, 2] and len(ex.gallery.images) == sum(ex.table.slide_id.iloc[[1, 2]] == "s0")
         s0 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s0")
         s1 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s1")
         ex.select([*s0[:3], *s1[:4]])  # points of both slides: only the shown slide's are drawn on it
         boxes = np.frombuffer(ex.viewer.highlight, np.float32).reshape(-1, 4)  # drawn by the browser
         on_s0 = ex.table.iloc[s0[:3]]
+        assert sorted(ex.scatter.selected.tolist()) == sorted([*s0[:3], *s1[:4]])  # drawn highlighted in the page
         assert len(ex.selected) == 7 and boxes.tolist() == [[r.x, r.y, r.read_size, r.read_size] for r in on_s0.itertuples()]
         assert not ex.viewer.layers  # no overlay layer: no server-rendered tiles for a selection
         assert len(ex.gallery.images) == 3
@@ -164,3 +178,40 @@ def test_a_brushed_set_is_accepted_or_relabelled_as_one_batch(tmp_path, preds):
     finally:
         ex.close()
         panel.close()
+
+
+def test_explorer_reads_only_the_embedded_latents_from_parquet(tmp_path, preds):
+    from wsi_lab.data.table import write_table
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    t = preds.assign(feat_0=1.0, feat_1=2.0)
+    t.attrs = preds.attrs
+    write_table(t, tmp_path / "p.parquet")
+    ex = LatentExplorer(str(tmp_path / "p.parquet"), tile_source="comm")  # z_NN first: feat_NN not read
+    try:
+        assert "feat_0" not in ex.table.columns and {"z_00", "pred", "slide_id"} <= set(ex.table.columns)
+    finally:
+        ex.close()
+    ex = LatentExplorer(str(tmp_path / "p.parquet"), columns=["feat_0", "feat_1"], tile_source="comm")
+    try:
+        assert "feat_1" in ex.table.columns and not [c for c in ex.table.columns if c.startswith("z_")]
+    finally:
+        ex.close()
+
+
+def test_explorer_keeps_jupyter_scatter_selectable(preds):
+    from wsi_lab.errors import InvalidParameterError
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    with pytest.raises(InvalidParameterError, match="scatter must be one of"):
+        LatentExplorer(preds, scatter="bokeh")
+    ex = LatentExplorer(preds, tile_source="comm", scatter="jupyter-scatter")
+    try:
+        assert type(ex.plot).__name__ == "JupyterScatter" and "cluster" in ex.table.columns  # its data: every column
+        ex.plot.selection = np.array([0, 1], np.uint32)  # as its lasso sets it
+        assert ex.selected.tolist() == [0, 1]
+        ex.select([2])
+        assert ex.scatter.selected.tolist() == [2]
+        ex.color_by("prob_b")
+    finally:
+        ex.close()

@@ -2,16 +2,18 @@
 import { build } from "esbuild";
 import { copyFileSync } from "node:fs";
 
-await build({
-  entryPoints: ["src/viewer.ts"],
-  bundle: true,
-  format: "esm",
-  minify: true,
-  target: "es2020",
-  outfile: "../wsi_lab/static/viewer.js",
-  legalComments: "eof",
-  logLevel: "info",
-});
+for (const name of ["viewer", "scatter"]) {
+  await build({
+    entryPoints: [`src/${name}.ts`],
+    bundle: true,
+    format: "esm",
+    minify: true,
+    target: "es2020",
+    outfile: `../wsi_lab/static/${name}.js`,
+    legalComments: "eof",
+    logLevel: "info",
+  });
+}
 copyFileSync("src/viewer.css", "../wsi_lab/static/viewer.css");
 // the slide browser's channel picker: the viewer's display panel on its own
 await build({

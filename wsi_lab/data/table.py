@@ -113,16 +113,16 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[
     return target
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a TileTable written by :func:`write_table` (or any Parquet with the required columns);
-    provenance comes back as ``table.attrs["wsi_lab"]`` (a dict, empty when absent)."""
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a TileTable written by :func:`write_table` (or any Parquet with the required columns), only
+    ``columns`` when given; provenance comes back as ``table.attrs["wsi_lab"]`` (a dict, empty when absent)."""
     import pyarrow.parquet as pq
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such TileTable file; write one with wsi_lab.write_table or `wsi-lab tile`")
     try:
-        arrow = pq.read_table(p)
+        arrow = pq.read_table(p, columns=columns)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or non-Parquet files
         raise DataError(f"{p}: not a readable Parquet file ({exc}); re-create it") from exc
     raw = (arrow.schema.metadata or {}).get(META_KEY)

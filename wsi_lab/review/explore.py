@@ -5,13 +5,14 @@ directions of brushing: points → the tiles of one slide, a slide region → th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["embed", "rows_of_points", "points_in_region", "EMBED_X", "EMBED_Y", "CLUSTER"]
+__all__ = ["embed", "cluster_labels", "rows_of_points", "points_in_region", "EMBED_X", "EMBED_Y", "CLUSTER"]
 
 EMBED_X, EMBED_Y, CLUSTER = "embed_x", "embed_y", "cluster"
 
@@ -21,7 +22,7 @@ def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str
     """``table`` (positional index 0..N-1) with ``embed_x``/``embed_y``, the 2-D embedding of its latent or
     feature ``columns`` (default: :func:`~wsi_lab.review.feature_columns`), and, unless ``clusters`` is
     None, ``cluster``: k-means labels (as strings, for colouring) of the same columns."""
-    from wsi_lab.overlays.predictions import kmeans, project_latents
+    from wsi_lab.overlays.predictions import project_latents
     from wsi_lab.review.galleries import feature_columns
 
     cols = list(columns) if columns else feature_columns(table)
@@ -32,13 +33,29 @@ def embed(table: pd.DataFrame, columns: Sequence[str] | None = None, method: str
         raise InvalidParameterError("nothing to embed: the table is empty")
     x = table[cols].to_numpy(np.float32)
     xy = project_latents(x, method, seed, n_components=2)
-    out = table.reset_index(drop=True).copy()
+    out = table.reset_index(drop=True)  # a new frame (the columns added below do not reach `table`)
     out.attrs = table.attrs
     out[EMBED_X], out[EMBED_Y] = xy[:, 0], xy[:, 1]
     if clusters:
-        k = min(int(clusters), len(out))
-        out[CLUSTER] = pd.Categorical.from_codes(kmeans(x, k, seed), categories=pd.Index([f"c{i}" for i in range(k)]))
+        out[CLUSTER] = _clusters(x, int(clusters), seed)
     return out
+
+
+def _clusters(x: np.ndarray, clusters: int, seed: int) -> Any:
+    """k-means labels as a categorical of ``c0``.. (numbered by size)."""
+    from wsi_lab.overlays.predictions import kmeans
+
+    k = min(int(clusters), len(x))
+    return pd.Categorical.from_codes(kmeans(x, k, seed), categories=pd.Index([f"c{i}" for i in range(k)]))
+
+
+def cluster_labels(table: pd.DataFrame, columns: Sequence[str] | None = None, clusters: int = 6,
+                   seed: int = 0) -> Any:
+    """The ``cluster`` column :func:`embed` adds (k-means labels ``c0``.. of the same ``columns``), on its own."""
+    from wsi_lab.review.galleries import feature_columns
+
+    cols = list(columns) if columns else feature_columns(table)
+    return _clusters(table[cols].to_numpy(np.float32), clusters, seed)
 
 
 def rows_of_points(table: pd.DataFrame, points: Sequence[int] | np.ndarray, slide_id: str | None = None) -> pd.DataFrame:

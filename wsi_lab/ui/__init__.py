@@ -17,6 +17,7 @@ _NAMES = {
     "SlideViewer": "wsi_lab.ui.viewer", "SlideBrowser": "wsi_lab.ui.browser",
     "ThresholdTuner": "wsi_lab.ui.tuner", "TilingPanel": "wsi_lab.ui.tiling_panel",
     "ReviewPanel": "wsi_lab.ui.review", "LatentExplorer": "wsi_lab.ui.explorer", "TileGallery": "wsi_lab.ui.gallery",
+    "ScatterPlot": "wsi_lab.ui.scatter",
     "JobConsole": "wsi_lab.ui.console", "TrainingPanel": "wsi_lab.ui.console", "DoctorPanel": "wsi_lab.ui.doctor_panel",
     "register_job": "wsi_lab.ui.jobs", "registered_jobs": "wsi_lab.ui.jobs",
 }

@@ -1,5 +1,6 @@
-"""``LatentExplorer``: a 2-D embedding (PCA, UMAP when installed) of latents or features drawn with
-jupyter-scatter (WebGL, millions of points), brushed both ways with the slide: points selected in the
+"""``LatentExplorer``: a 2-D embedding (PCA, UMAP when installed) of latents or features drawn by our
+Canvas-2D scatter (:class:`~wsi_lab.ui.scatter.ScatterPlot`: binary buffers, no GPU needed; or
+jupyter-scatter's WebGL one with ``scatter="jupyter-scatter"``), brushed both ways with the slide: points selected in the
 scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a region drawn on the
 slide (or the tiles in view) selects its points. Colour by any column. With ``decisions`` (a folder or
 the :class:`~wsi_lab.review.DecisionStore` a :class:`~wsi_lab.ui.review.ReviewPanel` writes to) the brushed
@@ -23,13 +24,17 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
+from wsi_lab.errors import InvalidParameterError
 from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.gallery import TileGallery
+from wsi_lab.ui.scatter import ScatterPlot
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LatentExplorer", "colour_columns"]
 
+CLUSTER = "cluster"
+SCATTERS = ("canvas", "jupyter-scatter")  # our Canvas-2D scatter (default), or jupyter-scatter's WebGL one
 _SKIP = {"x", "y", "level", "read_size", "tile_size", "size0", "embed_x", "embed_y", "mpp", "patient_id"}
 
 
@@ -49,6 +54,29 @@ def colour_columns(table: pd.DataFrame) -> list[str]:
     return first + [c for c in cats if c not in first] + nums
 
 
+def _read(predictions: Any, columns: Any) -> pd.DataFrame:
+    """The predictions table; from Parquet without the latent/feature columns that are not embedded."""
+    from pathlib import Path
+
+    from wsi_lab.ui.review import _load_predictions
+
+    path = Path(predictions).expanduser() if isinstance(predictions, (str, Path)) else None
+    if path is None or path.suffix.lower() != ".parquet" or not path.is_file():
+        return _load_predictions(predictions)
+    import pyarrow.parquet as pq
+
+    from wsi_lab.data.table import read_table
+    from wsi_lab.review.galleries import feature_columns
+
+    names = [n for n in pq.read_schema(path).names if not n.startswith("__index_level_")]
+    families = [n for n in names if n.startswith(("z_", "feat_", "f_")) and n.split("_", 1)[1].isdigit()]
+    try:
+        keep = set(columns) if columns else set(feature_columns(pd.DataFrame(columns=families)))
+    except Exception:  # noqa: BLE001 - no latents: embed() says so, with the whole table's columns
+        return _load_predictions(predictions)
+    return read_table(path, [n for n in names if n not in set(families) - keep])
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The kernel's event loop when code runs inside it (a cell, a button's handler), else None."""
     try:
@@ -57,36 +85,75 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+class _JScatter:
+    """jupyter-scatter (WebGL) behind the same small interface as :class:`~wsi_lab.ui.scatter.ScatterPlot`."""
+
+    def __init__(self, table: pd.DataFrame, options: list[str], color_by: str | None, height: int) -> None:
+        import jscatter
+
+        data = table[["embed_x", "embed_y", *[c for c in options if c in table.columns]]].copy()
+        for c in data.columns[2:]:  # strings as categories: jupyter-scatter colours them by code
+            if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype):
+                data[c] = data[c].astype(str).astype("category")
+        self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=height, axes=False, size=2,
+                                        opacity=0.6, legend=bool(color_by), **({"color_by": color_by} if color_by else {}))
+        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
+        self.widget = self.scatter.widget
+
+    @property
+    def selected(self) -> np.ndarray:
+        sel = self.widget.selection
+        return np.zeros(0, np.int64) if sel is None else np.asarray(sel, np.int64)
+
+    def select(self, points: Any) -> None:
+        self.scatter.selection(points)
+
+    def color(self, column: str) -> None:
+        self.scatter.color(by=column)
+
+    def on_select(self, callback: Any) -> None:
+        self.widget.observe(lambda ch: callback(np.zeros(0, np.int64) if ch["new"] is None
+                                                else np.asarray(ch["new"], np.int64)), "selection")
+
+
 class LatentExplorer(widgets.VBox):
     """Explore ``predictions`` (a table with ``z_NN``/feature columns, or its Parquet path) in 2-D.
     ``method``: ``pca`` | ``umap``; ``color_by``: a column (default ``cluster``); ``n``: gallery size;
-    ``decisions``: where the review decisions go (a folder or a ``DecisionStore``; none: no decision buttons)."""
+    ``decisions``: where the review decisions go (a folder or a ``DecisionStore``; none: no decision buttons);
+    ``scatter``: ``canvas`` (default) | ``jupyter-scatter``. The ``cluster`` column (k-means, ``clusters``
+    of them) is computed when first coloured by (jupyter-scatter: at once)."""
 
     def __init__(self, predictions: Any, columns: Any = None, method: str = "pca", color_by: str | None = None,
                  clusters: int = 6, n: int = 12, tile_source: str = "auto", height: int = 420,
-                 decisions: Any = None, reviewer: str | None = None) -> None:
-        import jscatter
-
+                 decisions: Any = None, reviewer: str | None = None, scatter: str = "canvas") -> None:
         from wsi_lab.review import DecisionStore, embed
-        from wsi_lab.ui.review import _load_predictions, classes_of
+        from wsi_lab.ui.review import classes_of
 
+        if scatter not in SCATTERS:
+            raise InvalidParameterError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
         self.errors = ErrorBox()
         t0 = time.perf_counter()
-        self.table = embed(_load_predictions(predictions), columns, method, clusters=clusters)
+        # k-means only when the clusters are coloured (below: the default colour is the first other column)
+        self.table = embed(_read(predictions, columns), columns, method, clusters=None)
+        self._columns, self._clusters = columns, int(clusters)
         self.n = int(n)
         self.tile_source, self.height = tile_source, int(height)
         options = colour_columns(self.table)
-        color_by = color_by if color_by in options else (options[0] if options else None)
-        data = self.table[["embed_x", "embed_y", *options]].copy()
-        for c in options:  # strings as categories: jupyter-scatter colours them by code
-            if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype):
-                data[c] = data[c].astype(str).astype("category")
-        self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=self.height,
-                                        axes=False, size=2, opacity=0.6, legend=bool(color_by),
-                                        **({"color_by": color_by} if color_by else {}))
-        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
+        if self._clusters and CLUSTER not in options:
+            options.insert(0, CLUSTER)  # computed on first use
+        if color_by not in options:
+            color_by = next((c for c in options if c != CLUSTER), options[0] if options else None)
+        self._colour_source(CLUSTER if scatter == "jupyter-scatter" else color_by)  # its data: every column
+        xy = self.table[["embed_x", "embed_y"]].to_numpy(np.float32)
+        self.scatter: ScatterPlot | _JScatter
+        if scatter == "canvas":
+            self.scatter = ScatterPlot(xy[:, 0], xy[:, 1], height=self.height)
+            if color_by:
+                self.scatter.color(self.table[color_by], title=color_by)
+        else:
+            self.scatter = _JScatter(self.table, options, color_by, self.height)
         self.plot = self.scatter.widget
-        self.plot.observe(self._on_selection, "selection")
+        self.scatter.on_select(self._on_selection)
         self.build_s = time.perf_counter() - t0
         self.color = widgets.Dropdown(options=options, value=color_by, description="Colour by",
                                       layout=widgets.Layout(width="260px"))
@@ -183,9 +250,8 @@ class LatentExplorer(widgets.VBox):
             self._update_status()
 
     # -- brushing ------------------------------------------------------------------------------------
-    def _on_selection(self, change: dict) -> None:
-        new = change["new"]
-        sel = np.zeros(0, np.int64) if new is None else np.asarray(new, np.int64)
+    def _on_selection(self, points: np.ndarray) -> None:
+        sel = np.asarray(points, np.int64)
         if self._shown is not None and np.array_equal(np.sort(sel), self._shown):
             return  # select() showed these points already
         self._cancel_pending()  # a lasso in the page wins over a selection still waiting for the slide
@@ -205,7 +271,7 @@ class LatentExplorer(widgets.VBox):
         # redraw of the points can hold a frame for a long time: software WebGL), or after a second at most
         loop = _running_loop() if sent else None
         if loop is None:
-            self.scatter.selection(pts)
+            self.scatter.select(pts)
             return
         self._pending = pts
         self._fallback = loop.call_later(1.0, self._flush_pending)
@@ -217,7 +283,7 @@ class LatentExplorer(widgets.VBox):
         pts = self._pending
         self._cancel_pending()
         if pts is not None:
-            self.scatter.selection(pts)
+            self.scatter.select(pts)
 
     def _cancel_pending(self) -> None:
         self._pending = None
@@ -259,9 +325,20 @@ class LatentExplorer(widgets.VBox):
     def color_by(self, column: str) -> None:
         """Colour the points by ``column``."""
         with self.errors.guard("colour"):
-            self.scatter.color(by=column)
+            self._colour_source(column)
+            if isinstance(self.scatter, ScatterPlot):
+                self.scatter.color(self.table[column], title=column)
+            else:
+                self.scatter.color(column)
             if self.color.value != column:
                 self.color.value = column
+
+    def _colour_source(self, column: str | None) -> None:
+        """Compute the ``cluster`` column (k-means of the embedded columns) the first time it is coloured."""
+        if column == CLUSTER and CLUSTER not in self.table.columns:
+            from wsi_lab.review import cluster_labels
+
+            self.table[CLUSTER] = cluster_labels(self.table, self._columns, self._clusters)
 
     def decide(self, action: str) -> int | None:
         """``accept`` or ``relabel`` (as the chosen label) every selected tile, of every slide, as one batch
@@ -303,7 +380,7 @@ class LatentExplorer(widgets.VBox):
                 self.region = []
                 self._show_region()
                 self._cancel_pending()
-                self.scatter.selection(None)
+                self.scatter.select(None)
             self._update_status()
 
     def _update_status(self) -> None:
@@ -314,12 +391,14 @@ class LatentExplorer(widgets.VBox):
                              f"points selected · slide <code>{html.escape(str(self.slide.value))}</code>{drawing}{decided}")
 
     def close(self) -> None:
-        """Close the explorer, its scatter and its viewer (which releases the slide)."""
-        self._cancel_pending()
-        if self.viewer is not None:
-            self.viewer.close()
-            self.viewer = None
-        self.plot.close()
-        self.gallery.close()
+        """Close the explorer, its scatter and its viewer (which releases the slide); also of one whose
+        construction failed part way (the widget's finaliser calls this)."""
+        if getattr(self, "_fallback", None) is not None:
+            self._cancel_pending()
+        for name in ("viewer", "plot", "gallery"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
+        self.viewer = None
         super().close()
 
