@@ -399,7 +399,7 @@ def main() -> None:
 
     def add(case: str, value: float, unit: str, vs: str = "") -> None:
         rows.append((case, value, unit, vs))
-        print(f"  {case}: {value:,.1f} {unit}", file=sys.stderr)
+        print(f"  {case}: {value:,.3f} {unit}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -455,7 +455,8 @@ def print_table(rows: list[tuple[str, float, str, str]]) -> None:
     print(f"\n{'case':<{width}} {'value':>10}  {'unit':<8} {'×':>6}  vs")
     for case, value, unit, vs in rows:
         ratio = f"{value / by_name[vs]:.2f}" if vs else ""
-        print(f"{case:<{width}} {value:>10,.1f}  {unit:<8} {ratio:>6}  {vs}")
+        shown = f"{value:>10.3f}" if value < 10 else f"{value:>10,.1f}"
+        print(f"{case:<{width}} {shown}  {unit:<8} {ratio:>6}  {vs}")
 
 
 if __name__ == "__main__":
