@@ -14,10 +14,13 @@ tile again for every row and pays the per-item cost of ``read_region`` and of th
   the pixels equal :func:`read_tile`'s (tested).
 - :func:`source_groups` gives each row the id of the block of source tiles holding its top-left corner
   (a virtual 256-px grid where the level has no tile grid; a block spans at least 2 tiles and 7 rows'
-  read size, so a group holds ~50 rows at 64² and at 224² alike), and :class:`LocalitySampler` shuffles
-  the groups, then the rows within small windows of consecutive groups: batches still mix many source
-  tiles, yet a worker decodes each of them about once per epoch (rows that cross a block's border
-  decode the neighbour block's tiles again unless the LRU still holds them: ~15% more decodes at 224²). It shards like PyTorch's
+  read size, so a group holds ~50 rows at 64² and at 224² alike), numbered in Hilbert order within each
+  slide level (consecutive ids are neighbouring blocks). :class:`LocalitySampler` shuffles areas of a few
+  consecutive groups, lays them end to end and splits that into ``window`` streams; each window takes
+  the next group of every stream and shuffles its rows: batches still mix ``window`` groups from random
+  areas, yet a worker decodes each source tile about once per epoch, including the tiles on a border
+  between two groups (rows reach into the right and lower neighbour's tiles), since the stream's next
+  group is mostly that neighbour and the LRU still holds them. It shards like PyTorch's
   ``DistributedSampler`` (pad to a multiple of ``num_replicas``, rank ``r`` takes every N-th index), so
   N processes together see the batches one process sees.
 
