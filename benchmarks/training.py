@@ -1,6 +1,6 @@
 """Training-side benchmark: data-loader tiles/s, model steps/s on the CPU, torchrun scaling.
 
-    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers] [--epochs N]
+    python benchmarks/training.py [--quick] [--workers 2] [--copies 8] [--no-torchrun] [--sizes 64,224] [--no-peers] [--epochs N] [--areas 1,4]
 
 Prints one table. Loaders: one epoch over every 64² tile of ``--copies`` copies of
 CMU-1-Small-Region.svs (224²: 4× as many copies with ``--quick``, else 8×) (separate files, so no loader can reuse one copy's decoded tiles for another:
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import resource
 import shutil
 import statistics
@@ -40,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from wsi_lab.data.dataset import TileDataset, tile_loader
+from wsi_lab.data.dataset import TileDataset, locality_sampler, tile_loader
+from wsi_lab.data.fast_loader import AREA, WorkerBatches
 from wsi_lab.slide import open_slide
 
 # the plain openslide Dataset below is the usual user code (a read-only PIL array into torch): no copy added
@@ -165,9 +167,9 @@ class PersistentEpochs:
     open slides between epochs. :meth:`epoch` gives ``(tiles, wall s, CPU s)``, the CPU of the main process
     plus its live workers."""
 
-    def __init__(self, ds, workers: int, batch: int = 128, seed: int = 0) -> None:
+    def __init__(self, ds, workers: int, batch: int = 128, seed: int = 0, area: int = AREA) -> None:
         self.loader = tile_loader(ds, batch_size=batch, shuffle=True, seed=seed, num_workers=workers,
-                                  persistent_workers=workers > 0)
+                                  persistent_workers=workers > 0, area=area)
         self.epoch(10_000)  # warm-up: an epoch order not among the counted ones
 
     def _cpu(self) -> float:
@@ -184,6 +186,22 @@ class PersistentEpochs:
 
     def close(self) -> None:
         del self.loader
+
+
+def decodes_per_row(ds, workers: int, epoch: int, batch: int = 128, seed: int = 0, area: int = AREA) -> float:
+    """Source-tile decodes per row of one epoch as the loader's workers do them: each worker's batches
+    (:class:`WorkerBatches` hands worker ``w`` batches ``w::workers``) read in order through a fresh copy of
+    the dataset's batch reader (its own tile LRU, as in a worker process), in this process."""
+    sampler = WorkerBatches(locality_sampler(ds, True, seed, area=area), batch, workers)
+    sampler.set_epoch(epoch)
+    batches, decodes = list(sampler), 0
+    for w in range(max(workers, 1)):
+        reader = pickle.loads(pickle.dumps(ds._batch))
+        for b in batches[w::max(workers, 1)]:
+            reader.read_batch(np.asarray(b))
+        decodes += reader._tiles.misses
+        reader.close()
+    return decodes / max(len(ds), 1)
 
 
 def rates(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -290,13 +308,20 @@ def torchrun_rates(folder: Path, quick: bool) -> list[tuple[str, float]]:
     return out
 
 
-def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, peers: bool = True) -> None:
-    """The loader cases at one tile size: tiles/s and tiles per CPU-second of each. Ours and the decode
-    limit are measured in alternation (same load), the others after (unless ``peers`` is False)."""
+def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, peers: bool = True,
+                areas: tuple[int, ...] = (AREA,)) -> None:
+    """The loader cases at one tile size: tiles/s and tiles per CPU-second of each. Ours (one persistent
+    loader per sampler ``area`` in ``areas``) and the decode limit are measured in alternation (same
+    load), the others after (unless ``peers`` is False). Also source-tile decodes per row for each area."""
     from wsi_lab.data.export_jpeg import export_jpeg
 
     limit = f"raw JPEG decode limit {tile}² ({workers} processes, same source tiles)"
-    ours = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} persistent workers"
+
+    def ours_of(area: int) -> str:
+        return (f"TileDataset batched {tile}², uint8, locality shuffle, {workers} persistent workers"
+                + ("" if area == AREA else f", area {area}"))
+
+    ours = ours_of(AREA)
     fresh = f"TileDataset batched {tile}², uint8, locality shuffle, {workers} fresh workers each epoch"
     slide_of = {sid: v["path"] for sid, v in table.attrs["wsi_lab"]["slides"].items()}
     per_row = [slide_of[s] for s in table["slide_id"]]
@@ -304,20 +329,30 @@ def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, pee
     dl = DecodeLimit(table, workers)
     print(f"  {tile}²: {len(table)} rows over {dl.tiles} source tiles ({dl.tiles / len(table):.2f} per row)",
           file=sys.stderr)
-    paired: dict[str, list] = {ours: [], fresh: [], limit: []}
-    persistent = PersistentEpochs(fast_u8, workers)
+    for area in areas:
+        per = statistics.median(decodes_per_row(fast_u8, workers, e, area=area) for e in range(epochs))
+        add(f"source-tile decodes per row {tile}², area {area} ({dl.tiles / len(table):.3f} at the limit)", per,
+            "decodes/row", "")
+    paired: dict[str, list] = {ours_of(a): [] for a in areas} | {fresh: [], limit: []}
+    persistent = {a: PersistentEpochs(fast_u8, workers, area=a) for a in areas}
     for epoch in range(epochs):
-        paired[ours].append(persistent.epoch(epoch))
-        paired[fresh].append(loader_epoch(fast_u8, workers, epoch, fast=True))
+        for a, loader in persistent.items():
+            paired[ours_of(a)].append(loader.epoch(epoch))
+        if AREA in areas:
+            paired[fresh].append(loader_epoch(fast_u8, workers, epoch, fast=True))
         paired[limit].append(dl.run())
-    persistent.close()
+    for loader in persistent.values():
+        loader.close()
     dl.close()
+    mine = [(ours_of(a), paired[ours_of(a)], limit) for a in areas]
+    if AREA in areas:
+        mine.append((fresh, paired[fresh], limit))
 
     def each(ds, fast: bool = False):
         return lambda: rates([loader_epoch(ds, workers, e, fast=fast) for e in range(epochs)])
 
-    if not peers:
-        for case, runs, vs in ((ours, paired[ours], limit), (fresh, paired[fresh], limit), (limit, paired[limit], "")):
+    if not peers or AREA not in areas:
+        for case, runs, vs in (*mine, (limit, paired[limit], "")):
             rate, cpu_rate = rates(runs)
             add(case, rate, "tiles/s", vs)
             add(case + " ", cpu_rate, "tiles/CPU-s", (vs + " ") if vs else "")
@@ -326,8 +361,7 @@ def loader_rows(add, tile: int, table, tmp: Path, workers: int, epochs: int, pee
     export_jpeg(table, jpeg_dir, workers=2)
     files = sorted(jpeg_dir.rglob("*.jpg"))
     cases = [
-        (ours, lambda: rates(paired[ours]), limit),
-        (fresh, lambda: rates(paired[fresh]), limit),
+        *((case, lambda runs=runs: rates(runs), vs) for case, runs, vs in mine),
         (f"TileDataset batched {tile}², float32", each(TileDataset(table), fast=True), ours),
         (f"TileDataset per item {tile}² (before)", each(PerItem(TileDataset(table))), ours),
         (f"plain openslide Dataset {tile}²", each(OpenSlideDataset(per_row, table[["x", "y"]].to_numpy(), tile)), ours),
@@ -350,6 +384,9 @@ def main() -> None:
     ap.add_argument("--no-models", action="store_true")
     ap.add_argument("--epochs", type=int, default=0, help="loader epochs per case (default 2 with --quick, else 3)")
     ap.add_argument("--sizes", default="64,224", help="loader tile sizes to run (comma-separated: 64, 224)")
+    ap.add_argument("--areas", default=str(AREA),
+                    help=f"locality-sampler areas (groups) to run the persistent loader with, e.g. 1,{AREA} "
+                         f"(1: groups shuffled freely, the loader before areas; default {AREA})")
     ap.add_argument("--no-peers", action="store_true",
                     help="loader rows: only the batched loader and the decode limit (no other loaders)")
     args = ap.parse_args()
@@ -362,7 +399,7 @@ def main() -> None:
 
     def add(case: str, value: float, unit: str, vs: str = "") -> None:
         rows.append((case, value, unit, vs))
-        print(f"  {case}: {value:,.1f} {unit}", file=sys.stderr)
+        print(f"  {case}: {value:,.3f} {unit}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -374,7 +411,8 @@ def main() -> None:
             sys.exit(f"--sizes: only 64 and 224, got {bad}")
         for tile in () if args.no_loaders else sizes:
             paths = copies[: args.copies] if tile == 64 else copies
-            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs, peers=not args.no_peers)
+            loader_rows(add, tile, grid_table(tile, paths), tmp, args.workers, epochs, peers=not args.no_peers,
+                        areas=tuple(int(v) for v in args.areas.split(",") if v.strip()))
         if not args.no_torchrun:
             runs = torchrun_rates(tmp, args.quick)
             for name, rate in runs:
@@ -417,7 +455,8 @@ def print_table(rows: list[tuple[str, float, str, str]]) -> None:
     print(f"\n{'case':<{width}} {'value':>10}  {'unit':<8} {'×':>6}  vs")
     for case, value, unit, vs in rows:
         ratio = f"{value / by_name[vs]:.2f}" if vs else ""
-        print(f"{case:<{width}} {value:>10,.1f}  {unit:<8} {ratio:>6}  {vs}")
+        shown = f"{value:>10.3f}" if value < 10 else f"{value:>10,.1f}"
+        print(f"{case:<{width}} {shown}  {unit:<8} {ratio:>6}  {vs}")
 
 
 if __name__ == "__main__":

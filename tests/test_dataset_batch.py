@@ -112,6 +112,18 @@ def test_locality_sampler_shuffles_groups_and_shards_like_distributed_sampler():
     batches = list(WorkerBatches(LocalitySampler(groups, seed=3, window=2), 10, num_workers=2))
     assert [len(b) for b in batches] == [10] * 14 and sum(batches, []) != a and sorted(sum(batches, [])) == sorted(a)
     assert batches[0::2] + batches[1::2] == [a[i:i + 10] for i in range(0, 140, 10)]  # one stretch per worker
+    # areas: windows of 2 groups from 2 streams; the next window takes each stream's next group, and within
+    # an area of 4 consecutive ids the groups follow each other
+    arr = LocalitySampler(groups, seed=3, window=2, area=4).order()
+    wins = [sorted(set(groups[arr[w:w + 14]].tolist())) for w in range(0, 140, 14)]
+    assert all(len(x) == 2 for x in wins) and sorted(sum(wins, [])) == list(range(20))
+    assert all(len({g // 4 for g in x}) == 2 for x in wins)  # a window mixes two areas
+    steps = [min(abs(a - b) for a in x for b in y) for x, y in zip(wins, wins[1:])]
+    assert sum(s == 1 for s in steps) >= 6  # mostly each stream's next group (not so with area=1)
+    free = LocalitySampler(groups, seed=3, window=2, area=1).order()
+    assert sorted(free.tolist()) == list(range(140)) and not np.array_equal(free, arr)
+    with pytest.raises(InvalidParameterError):
+        LocalitySampler(groups, area=0)
     plain = LocalitySampler(groups, shuffle=False)
     assert [groups[i] for i in plain] == sorted(groups.tolist())
     parts = [list(LocalitySampler(groups[:137], seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
@@ -128,9 +140,13 @@ def test_source_groups_follow_the_slide_tile_grid(cmu_path):
     t = _table([("cmu", int(x), int(y), 0, 64, 64) for x, y in zip(xs.ravel(), ys.ravel())], {"cmu": str(cmu_path)})
     ds = TileDataset(t)
     g = ds.source_groups()
-    # blocks of 2 x 2 source tiles of 240 px: rows by their top-left corner
-    expect = np.unique(np.stack([t["y"] // 480, t["x"] // 480], 1), axis=0, return_inverse=True)[1].ravel()
-    assert np.array_equal(g, expect)
+    # blocks of 2 x 2 source tiles of 240 px: rows by their top-left corner; ids in Hilbert order
+    by, bx = (t["y"] // 480).to_numpy(), (t["x"] // 480).to_numpy()
+    expect = np.unique(np.stack([by, bx], 1), axis=0, return_inverse=True)[1].ravel()
+    assert len(np.unique(np.stack([g, expect], 1), axis=0)) == len(set(g)) == len(set(expect))  # same blocks
+    cells = {int(k): (int(by[g == k][0]), int(bx[g == k][0])) for k in set(g)}
+    for k in range(len(cells) - 1):  # consecutive ids are neighbouring blocks
+        assert abs(cells[k][0] - cells[k + 1][0]) + abs(cells[k][1] - cells[k + 1][1]) == 1
     sub = torch.utils.data.Subset(ds, list(range(0, len(ds), 2)))
     sampler = locality_sampler(sub, seed=0)
     assert sorted(sampler) == list(range(len(sub)))
@@ -183,7 +199,7 @@ def test_source_groups_of_large_tiles_span_several_rows(cmu_path):
     t = _table([("cmu", int(x), int(y), 0, 224, 224) for x, y in zip(xs.ravel(), ys.ravel())], {"cmu": str(cmu_path)})
     g = TileDataset(t).source_groups()
     expect = np.unique(np.stack([t["y"] // 1680, t["x"] // 1680], 1), axis=0, return_inverse=True)[1].ravel()
-    assert np.array_equal(g, expect) and len(np.unique(g)) == 4
+    assert len(np.unique(np.stack([g, expect], 1), axis=0)) == len(np.unique(g)) == 4  # the same 4 blocks
 
 
 def test_the_tile_lru_stays_within_its_bytes(mixed):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from wsi_lab.data.fast_loader import BatchReader, LocalitySampler, WorkerBatches, source_groups
+from wsi_lab.data.fast_loader import AREA, BatchReader, LocalitySampler, WorkerBatches, source_groups
 from wsi_lab.data.tile_reader import (
     TILE_COLUMNS,
     SlideCache,
@@ -191,7 +191,7 @@ class TileDataset(torch.utils.data.Dataset):
 
 
 def locality_sampler(dataset, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                     window: int = 4, drop_last: bool = False) -> LocalitySampler:
+                     window: int = 4, drop_last: bool = False, area: int = AREA) -> LocalitySampler:
     """A :class:`~wsi_lab.data.fast_loader.LocalitySampler` over a :class:`TileDataset` or a
     ``torch.utils.data.Subset`` of one (its indices are the subset's positions)."""
     base, positions = dataset, None
@@ -202,17 +202,18 @@ def locality_sampler(dataset, shuffle: bool = True, seed: int = 0, num_replicas:
                                     f"{type(base).__name__}")
     groups = base.source_groups()
     return LocalitySampler(groups if positions is None else groups[positions], shuffle=shuffle, seed=seed,
-                           num_replicas=num_replicas, rank=rank, window=window, drop_last=drop_last)
+                           num_replicas=num_replicas, rank=rank, window=window, drop_last=drop_last, area=area)
 
 
 def tile_loader(dataset, batch_size: int = 128, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
-                num_replicas: int = 1, rank: int = 0, drop_last: bool = False, **kwargs) -> torch.utils.data.DataLoader:
+                num_replicas: int = 1, rank: int = 0, drop_last: bool = False, area: int = AREA,
+                **kwargs) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over a :class:`TileDataset` (or a Subset of one) that reads batches with each source
     tile decoded about once per epoch: the locality sampler (shuffled by ``seed``; call
     ``loader.batch_sampler.set_epoch(e)`` each epoch), batches laid out so that each worker reads its own
     stretch of the epoch (:class:`~wsi_lab.data.fast_loader.WorkerBatches`), batch reads and
     :func:`collate_tiles`. ``kwargs`` go to ``DataLoader`` (``pin_memory``, ``persistent_workers``, ...)."""
-    sampler = locality_sampler(dataset, shuffle, seed, num_replicas, rank, drop_last=drop_last)
+    sampler = locality_sampler(dataset, shuffle, seed, num_replicas, rank, drop_last=drop_last, area=area)
     kwargs.setdefault("collate_fn", collate_tiles)
     return torch.utils.data.DataLoader(dataset, batch_sampler=WorkerBatches(sampler, batch_size, num_workers, drop_last),
                                        num_workers=num_workers, **kwargs)

@@ -14,10 +14,13 @@ tile again for every row and pays the per-item cost of ``read_region`` and of th
   the pixels equal :func:`read_tile`'s (tested).
 - :func:`source_groups` gives each row the id of the block of source tiles holding its top-left corner
   (a virtual 256-px grid where the level has no tile grid; a block spans at least 2 tiles and 7 rows'
-  read size, so a group holds ~50 rows at 64² and at 224² alike), and :class:`LocalitySampler` shuffles
-  the groups, then the rows within small windows of consecutive groups: batches still mix many source
-  tiles, yet a worker decodes each of them about once per epoch (rows that cross a block's border
-  decode the neighbour block's tiles again unless the LRU still holds them: ~15% more decodes at 224²). It shards like PyTorch's
+  read size, so a group holds ~50 rows at 64² and at 224² alike), numbered in Hilbert order within each
+  slide level (consecutive ids are neighbouring blocks). :class:`LocalitySampler` shuffles areas of a few
+  consecutive groups, lays them end to end and splits that into ``window`` streams; each window takes
+  the next group of every stream and shuffles its rows: batches still mix ``window`` groups from random
+  areas, yet a worker decodes each source tile about once per epoch, including the tiles on a border
+  between two groups (rows reach into the right and lower neighbour's tiles), since the stream's next
+  group is mostly that neighbour and the LRU still holds them. It shards like PyTorch's
   ``DistributedSampler`` (pad to a multiple of ``num_replicas``, rank ``r`` takes every N-th index), so
   N processes together see the batches one process sees.
 
@@ -53,6 +56,8 @@ REGION = 2
 GROUP_ROWS = 7
 #: decoded source tiles kept per process (bytes)
 TILE_CACHE_BYTES = 96 * 2**20
+#: neighbouring groups per area of the locality sampler (a run of the Hilbert curve: 4 groups are 2 x 2 blocks)
+AREA = 4
 
 
 class _TileLRU:
@@ -60,10 +65,10 @@ class _TileLRU:
     purpose (one process, one thread: no locks, O(1) per step): a batch of 224² rows looks up ~4 tiles
     per row, and :class:`wsi_lab.io.LRUCache`'s thread-safe bookkeeping cost a tenth of a decode each."""
 
-    __slots__ = ("max_bytes", "nbytes", "_data", "_spare")
+    __slots__ = ("max_bytes", "nbytes", "misses", "_data", "_spare")
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.nbytes = int(max_bytes), 0
+        self.max_bytes, self.nbytes, self.misses = int(max_bytes), 0, 0  # misses: decodes so far
         self._data: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._spare: list[np.ndarray] = []  # arrays dropped from the LRU, decoded into again (pages already faulted)
 
@@ -75,6 +80,7 @@ class _TileLRU:
             self._data.move_to_end(key)
             return tile
         tile = load(self._spare.pop() if self._spare else None)
+        self.misses += 1
         self._data[key] = tile
         self.nbytes += tile.nbytes
         while self.nbytes > self.max_bytes and len(self._data) > 1:
@@ -139,8 +145,28 @@ def source_groups(slide_ids: np.ndarray, geom: np.ndarray, slide_paths: Mapping[
                 keys[sel, 3] = np.floor(geom[sel, 0] / g.ds).astype(np.int64) // bw
     if n == 0:
         return np.zeros(0, np.int64)
-    _, ids = np.unique(keys, axis=0, return_inverse=True)
+    # ids in Hilbert order of the blocks within each slide level: consecutive ids are (mostly) neighbours
+    keys[:, 2] = hilbert_index(keys[:, 3], keys[:, 2])
+    _, ids = np.unique(keys[:, :3], axis=0, return_inverse=True)
     return ids.reshape(-1).astype(np.int64)
+
+
+def hilbert_index(x: np.ndarray, y: np.ndarray, order: int = 16) -> np.ndarray:
+    """Position of each grid cell ``(x, y)`` (ints in ``0..2**order-1``) along the Hilbert curve: cells
+    with consecutive positions are edge neighbours, and any run of positions covers a compact area."""
+    x, y = np.asarray(x, np.int64).copy(), np.asarray(y, np.int64).copy()
+    d = np.zeros(x.shape, np.int64)
+    n = 1 << order
+    s = n >> 1
+    while s > 0:
+        rx, ry = (x & s) > 0, (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        flip = rx & ~ry
+        x, y = np.where(flip, n - 1 - x, x), np.where(flip, n - 1 - y, y)
+        swap = ~ry
+        x, y = np.where(swap, y, x), np.where(swap, x, y)
+        s >>= 1
+    return d
 
 
 class BatchReader:
@@ -280,19 +306,27 @@ class BatchReader:
 class LocalitySampler:
     """Indices ``0..len(groups)-1`` in an order that keeps source-tile locality (module docstring).
 
-    ``groups``: the group id of each index (:func:`source_groups`). With ``shuffle`` the groups are
-    shuffled (seeded by ``seed`` and the epoch of :meth:`set_epoch`), then the rows inside each window of
-    ``window`` consecutive groups; without it the order is by group. Sharded over ``num_replicas`` like
+    ``groups``: the group id of each index (:func:`source_groups`: consecutive ids are neighbouring blocks).
+    With ``shuffle`` the groups are cut into areas of ``area`` consecutive ids (compact: a run of the
+    Hilbert curve), the areas shuffled (seeded by ``seed`` and the epoch of :meth:`set_epoch`) and laid end
+    to end, and that sequence is split into ``window`` streams; window ``j`` takes the ``j``-th group of
+    every stream, and its rows are shuffled. So each window still mixes ``window`` groups from different
+    random areas (slides), while the next window takes each stream's next group, a neighbour of the one
+    before: the source tiles on their shared border are still in the reader's LRU. ``area=1`` shuffles
+    the groups freely. Without ``shuffle`` the order is by group. Sharded over ``num_replicas`` like
     ``DistributedSampler`` (padded by repeating the first indices unless ``drop_last``)."""
 
     def __init__(self, groups: np.ndarray, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 window: int = 4, drop_last: bool = False) -> None:
+                 window: int = 4, drop_last: bool = False, area: int = AREA) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise InvalidParameterError(f"rank {rank} of num_replicas {num_replicas} is not valid")
         if window < 1:
             raise InvalidParameterError(f"window must be >= 1 group, got {window}")
+        if area < 1:
+            raise InvalidParameterError(f"area must be >= 1 group, got {area}")
         self.groups = np.asarray(groups, np.int64)
         self.shuffle, self.seed, self.window, self.drop_last = shuffle, int(seed), int(window), drop_last
+        self.area = int(area)
         self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), 0
         n = len(self.groups)
         self.num_samples = n // self.num_replicas if drop_last else -(-n // self.num_replicas)
@@ -310,11 +344,15 @@ class LocalitySampler:
         g_sorted = self.groups[by_group]
         starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
         bounds = np.r_[starts, n]
-        perm = rng.permutation(len(starts))
+        n_groups = len(starts)
+        seq = (rng.permutation(n_groups) if self.area == 1 else
+               np.concatenate([np.arange(a, min(a + self.area, n_groups))
+                               for a in rng.permutation(np.arange(0, n_groups, self.area))]))
+        streams = np.array_split(seq, min(self.window, n_groups))
         out = np.empty(n, np.int64)
         pos = 0
-        for w in range(0, len(perm), self.window):
-            chunk = np.concatenate([by_group[bounds[g]:bounds[g + 1]] for g in perm[w:w + self.window]])
+        for j in range(len(streams[0])):
+            chunk = np.concatenate([by_group[bounds[st[j]]:bounds[st[j] + 1]] for st in streams if j < len(st)])
             out[pos:pos + len(chunk)] = chunk[rng.permutation(len(chunk))]
             pos += len(chunk)
         return out
