@@ -30,6 +30,9 @@ point lands on the slide shown) with 32 latents drawn around 6 centres, ``prob_*
   Broken down: the first draw into cell start → the points message in the page (the kernel: read, embed,
   build, serialise) and → drawn (the browser), with the message sizes; the selection into cell start → the
   boxes' buffer in the page and → drawn by the viewer's code (before the frame is painted).
+  The whole brush round trip from the page: a lasso drawn with the mouse around a patch of points in our
+  scatter → the first frame with their tiles' boxes on the slide, timed from the mouse-up (the browser's
+  point-in-polygon, the indices to the kernel, the boxes back, the viewer's draw); target < 100 ms.
 - ``--browser-only``: only the browser rows (a few minutes less).
 """
 
@@ -361,8 +364,63 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
                 out.append(("  of which: cell start → boxes in the page", statistics.median(arrive), "ms", ""))
                 out.append(("  of which: cell start → boxes drawn (JS)", statistics.median(painted), "ms", ""))
                 out.append(("  cell start → next frame (boxes on screen)", statistics.median(frame), "ms", "< 100 ms"))
+            out.extend(_lasso_timings(page, max(3, repeat)))
         print(f"load average during the run: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         return out
+
+
+_LASSO_UP = """() => { window._lassoUpAt = 0;
+    const up = () => { if (!window._lassoUpAt) window._lassoUpAt = performance.now(); };
+    document.addEventListener('pointerup', up, {capture: true, once: true});
+    document.addEventListener('mouseup', up, {capture: true, once: true}); }"""
+_POINT_AT = """(q) => {  // CSS (x, y) in the scatter's canvas of a drawn point: the q-quantile by x of the drawn pixels
+    const c = document.querySelector('.wsi-lab-explorer .wsi-scatter canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, pts = [];
+    for (let i = 3; i < d.length; i += 4 * 7) if (d[i] > 0) pts.push((i - 3) / 4);
+    pts.sort((a, b) => a % c.width - b % c.width);
+    const p = pts[Math.floor(q * (pts.length - 1))], s = c.getBoundingClientRect().width / c.width;
+    return [(p % c.width) * s, Math.floor(p / c.width) * s]; }"""
+_LASSO_SHOWN = """() => { const d = document.querySelector('.wsi-explorer-viewer .wsi-viewer').dataset;
+    const up = window._lassoUpAt, at = Number(d.highlightFrameAt);
+    return up && at > up && Number(d.highlightCount) > 0 ? [at - up, Number(d.highlightDrawnAt) - up,
+                                                            Number(d.highlightCount)] : false; }"""
+
+
+def _lasso_timings(page, reps: int) -> list[tuple[str, float, str, str]]:
+    """A lasso drawn with the mouse in our scatter → its tiles' boxes on the slide's next frame: the page's clock from
+    the mouse-up (the browser's selection, the kernel's boxes, the viewer's draw: the whole brush round trip)."""
+    import math
+
+    from tests.jupyter_env import wait_kernel_idle
+
+    canvas = page.locator(".wsi-lab-explorer .wsi-scatter canvas").first
+    frames, drawn, counts = [], [], []
+    for k in range(reps):
+        _run_cell(page, "ex.action('clear')")
+        page.wait_for_function(_HIGHLIGHT_GONE, timeout=60_000)
+        wait_kernel_idle(page)
+        canvas.scroll_into_view_if_needed()  # a new cell scrolls the notebook: find the plot again
+        page.evaluate(_SETTLED)
+        box = canvas.bounding_box()
+        if not box:
+            return []
+        r = min(box["width"], box["height"]) * 0.1
+        px, py = page.evaluate(_POINT_AT, (k % 3 + 1) / 4)  # a different patch of points each time
+        cx, cy = box["x"] + px, box["y"] + py
+        page.mouse.move(cx + r, cy)
+        page.mouse.down()
+        for j in range(1, 25):
+            a = 2 * math.pi * j / 24
+            page.mouse.move(cx + r * math.cos(a), cy + r * math.sin(a))
+        page.evaluate(_LASSO_UP)
+        page.mouse.up()
+        got = page.wait_for_function(_LASSO_SHOWN, polling="raf", timeout=60_000).json_value()
+        frames.append(float(got[0]))
+        drawn.append(float(got[1]))
+        counts.append(int(got[2]))
+    return [(f"lasso in the scatter → tiles on the slide (browser, median {int(statistics.median(counts)):,} tiles)",
+             statistics.median(frames), "ms", "< 100 ms"),
+            ("  of which: mouse-up → boxes drawn (JS)", statistics.median(drawn), "ms", "")]
 
 
 if __name__ == "__main__":
