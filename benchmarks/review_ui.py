@@ -174,6 +174,9 @@ def main() -> None:
     ours, theirs = min(draw_times["canvas"]), min(draw_times["jupyter-scatter"])
     add(f"explorer first draw (kernel), {len(t):,} points", ours, "s", "< 1 s", f"jupyter-scatter {theirs:.2f} s: {theirs / ours:.1f}×")
     ex = first_draw("canvas")
+    from wsi_lab.ui.scatter import ScatterPlot
+
+    assert isinstance(ex.scatter, ScatterPlot)
     rng = np.random.default_rng(1)
     brush, total = [], []
     for _ in range(5):
