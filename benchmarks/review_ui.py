@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repeat; the old k-means once")
     ap.add_argument("--no-browser", action="store_true", help="kernel-side numbers only")
     ap.add_argument("--browser-only", action="store_true", help="the browser-side numbers only")
+    ap.add_argument("--lasso-only", action="store_true", help="only the lasso round trip, broken down (browser)")
     args = ap.parse_args()
     repeat = 1 if args.quick else 3
     from wsi_lab.overlays.predictions import kmeans, project_latents
@@ -135,8 +136,8 @@ def main() -> None:
     def add(name: str, value: float, unit: str, target: str = "", vs: str = "") -> None:
         rows.append((name, value, unit, target, vs))
 
-    if args.browser_only:
-        for name, value, unit, target in browser_timings(t, repeat):
+    if args.browser_only or args.lasso_only:
+        for name, value, unit, target in browser_timings(t, repeat, lasso_only=args.lasso_only):
             add(name, value, unit, target, "")
         _print(rows)
         return
@@ -182,7 +183,7 @@ def main() -> None:
     for _ in range(5):
         sel = np.sort(rng.choice(len(t), 10_000, replace=False)).astype(np.uint32)
         t0 = time.perf_counter()
-        ex.scatter._on_msg(ex.scatter, {"type": "select"}, [sel.tobytes()])  # as the browser's lasso sends it
+        ex.scatter.set_state({"selection": memoryview(sel.tobytes())})  # as the browser's lasso sends it
         total.append(time.perf_counter() - t0)
         brush.append(ex.brush_ms / 1000)
     add("brush → tiles on the slide (10k points)", statistics.median(brush) * 1000, "ms", "< 100 ms", "")
@@ -267,7 +268,7 @@ def _run_cell(page, code: str) -> float:
     return t0
 
 
-def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str, str]]:
+def browser_timings(t: pd.DataFrame, repeat: int, lasso_only: bool = False) -> list[tuple[str, float, str, str]]:
     """The explorer's first draw and a selection's highlight, in a real JupyterLab + headless Chromium."""
     import shutil
 
@@ -301,6 +302,15 @@ def browser_timings(t: pd.DataFrame, repeat: int) -> list[tuple[str, float, str,
             page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append((time.perf_counter(), len(p)))))
             open_notebook(page, srv, "bench.ipynb")
             run_all_cells(page)  # the imports: not part of the draw
+            if lasso_only:
+                _run_cell(page, "ex = LatentExplorer('preds.parquet', height=360)\nex")
+                page.wait_for_function(_CANVAS_DRAWN, polling="raf", timeout=120_000)
+                page.wait_for_selector(".wsi-explorer-viewer .wsi-viewer[data-ready='1']", timeout=60_000)
+                wait_kernel_idle(page)
+                page.evaluate(_SETTLED)
+                out.extend(_lasso_timings(page, max(5, 3 * repeat)))
+                print(f"load average during the run: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+                return out
             draws: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in SCATTERS}
             views: list[tuple[float, float]] = []
             reps = max(2, repeat)
@@ -384,9 +394,11 @@ _POINT_AT = """(q) => {  // CSS (x, y) in the scatter's canvas of a drawn point:
     const p = pts[Math.floor(q * (pts.length - 1))], s = c.getBoundingClientRect().width / c.width;
     return [(p % c.width) * s, Math.floor(p / c.width) * s]; }"""
 _LASSO_SHOWN = """() => { const d = document.querySelector('.wsi-explorer-viewer .wsi-viewer').dataset;
+    const s = document.querySelector('.wsi-lab-explorer .wsi-scatter').dataset;
     const up = window._lassoUpAt, at = Number(d.highlightFrameAt);
     return up && at > up && Number(d.highlightCount) > 0 ? [at - up, Number(d.highlightDrawnAt) - up,
-                                                            Number(d.highlightCount)] : false; }"""
+        Number(d.highlightCount), ...s.lassoMs.split(' ').map(Number), Number(s.lassoSentAt) - up,
+        Number(d.highlightSetAt) - up, Number(s.drawMs), Number(d.highlightFrameT) - up] : false; }"""
 
 
 def _lasso_timings(page, reps: int) -> list[tuple[str, float, str, str]]:
@@ -397,7 +409,9 @@ def _lasso_timings(page, reps: int) -> list[tuple[str, float, str, str]]:
     from tests.jupyter_env import wait_kernel_idle
 
     canvas = page.locator(".wsi-lab-explorer .wsi-scatter canvas").first
-    frames, drawn, counts = [], [], []
+    from tests.jupyter_env import run_code
+
+    frames, drawn, counts, parts = [], [], [], []
     for k in range(reps):
         _run_cell(page, "ex.action('clear')")
         page.wait_for_function(_HIGHLIGHT_GONE, timeout=60_000)
@@ -421,9 +435,24 @@ def _lasso_timings(page, reps: int) -> list[tuple[str, float, str, str]]:
         frames.append(float(got[0]))
         drawn.append(float(got[1]))
         counts.append(int(got[2]))
+        wait_kernel_idle(page)
+        kernel = run_code(page, "print('KERNEL', ex.scatter.select_ms, ex.brush_ms, ex.gallery_ms)")
+        parts.append([*got[3:], *map(float, kernel[kernel.index("KERNEL") + 6:].split()[:3])])
+    print("lasso parts (JS ms: PIP, sent, boxes in; kernel ms: all, boxes, gallery):", parts, file=sys.stderr)
+    med = [statistics.median(p[i] for p in parts) for i in range(len(parts[0]))]
     return [(f"lasso in the scatter → tiles on the slide (browser, median {int(statistics.median(counts)):,} tiles)",
              statistics.median(frames), "ms", "< 100 ms"),
-            ("  of which: mouse-up → boxes drawn (JS)", statistics.median(drawn), "ms", "")]
+            ("  of which: mouse-up → boxes drawn (JS)", statistics.median(drawn), "ms", ""),
+            ("  the browser's point-in-polygon (JS)", med[0], "ms", ""),
+            ("  the boxes handed to the viewer + drawn (JS)", med[1], "ms", ""),
+            ("  both sent to the kernel (JS)", med[2], "ms", ""),
+            ("  mouse-up → the points sent (JS)", med[3], "ms", ""),
+            ("  mouse-up → the boxes in the viewer", med[4], "ms", ""),
+            ("  the scatter's redraw (JS)", med[5], "ms", ""),
+            ("  mouse-up → the next frame's start", med[6], "ms", ""),
+            ("  kernel: the lasso handled (all)", med[7], "ms", ""),
+            ("  kernel: of which the boxes", med[8], "ms", ""),
+            ("  kernel: of which the gallery", med[9], "ms", "")]
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ REPORT = """
 import json
 print("REPORT" + json.dumps({"sel": len(ex.selected), "boxes": len(ex.viewer.highlight) // 16,
                              "scatter": len(ex.scatter.selected),
-                             "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms}))
+                             "gallery": len(ex.gallery.images), "n": len(ex.table), "brush_ms": ex.brush_ms,
+                             "same": ex.viewer.highlight == ex._on_slide.boxes_of(ex._on_slide.positions(ex.selected)).tobytes()}))
 """
 
 
@@ -87,6 +88,15 @@ def test_lasso_points_light_up_their_tiles_and_the_view_selects_its_points(tmp_p
         page.wait_for_function("() => Number(document.querySelector('.wsi-explorer-viewer .wsi-viewer')"
                                ".dataset.highlightDrawn) > 0", timeout=20_000)  # the boxes are on the page's canvas
         assert viewer.get_attribute("data-highlight-count") == str(report["sel"])
+        # drawn from the scatter's own boxes in the page, before anything went to the kernel; the kernel's
+        # viewer then holds the very bytes its own rule gives for the selection (so it sent none back)
+        assert float(viewer.get_attribute("data-highlight-set-at")) <= float(scatter.get_attribute("data-lasso-sent-at"))
+        assert report["same"], report
+        yellow = page.evaluate("""() => { const c = document.querySelector('.wsi-explorer-viewer canvas.wsi-highlight');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 230 && d[i + 2] === 0
+                && d[i + 3] === 140) n++; return [n, c.width * c.height]; }""")
+        assert 0 < yellow[0] < yellow[1], yellow  # the tiles' boxes filled on the slide, not the whole canvas
         page.wait_for_timeout(500)
         shot(page, ".wsi-lab-explorer", "explorer_lasso.png")
         # the wheel zooms and a shift-drag pans: redrawn in the page, the selection kept

@@ -13,7 +13,15 @@ import pytest
 from tests._traindata import make_cohort
 from wsi_lab.data.table import read_table
 from wsi_lab.errors import DataError, InvalidParameterError
-from wsi_lab.review import DecisionStore, NeighbourIndex, apply_decisions, tile_images, tiles_in_polygon, top_tiles
+from wsi_lab.review import (
+    DecisionStore,
+    NeighbourIndex,
+    SlidePoints,
+    apply_decisions,
+    tile_images,
+    tiles_in_polygon,
+    top_tiles,
+)
 
 
 def predictions(folder, seed: int = 0) -> pd.DataFrame:
@@ -133,3 +141,25 @@ def test_galleries_rank_by_score_and_neighbours_come_nearest_first(preds):
         index.query(len(preds), 3)
     pics = tile_images(top.iloc[:2], 32)
     assert len(pics) == 2 and pics[0].shape == (32, 32, 3) and pics[0].dtype == np.uint8 and pics[0].std() > 0
+    from wsi_lab.data.tile_reader import SlideCache
+
+    cache = SlideCache()
+    again = tile_images(top.iloc[:2], 32, cache=cache)  # through the caller's cache, left open for the next call
+    assert len(cache) == 1 and np.array_equal(again[0], pics[0])
+    cache.close()
+
+
+def test_slide_points_pick_one_slides_tiles_of_a_selection_and_their_boxes(preds):
+    from wsi_lab.review.layers import highlight_boxes
+
+    table = preds.reset_index(drop=True)
+    slide = str(table["slide_id"].iloc[-1])
+    on = SlidePoints(table, slide)
+    points = np.array([len(table) - 1, 0, 3, len(table) - 2])
+    mine = on.positions(points)
+    expected = [p for p in points if str(table["slide_id"].iloc[p]) == slide]
+    assert mine.tolist() == expected and 0 < len(mine) < len(points)  # both slides among the points, order kept
+    assert np.array_equal(on.boxes_of(mine), highlight_boxes(table.iloc[mine]))
+    assert on.positions([]).tolist() == [] and on.boxes_of(on.positions([])).shape == (0, 4)
+    with pytest.raises(InvalidParameterError, match="point positions"):
+        on.positions([len(table)])

@@ -64,7 +64,7 @@ def test_explorer_brushes_both_ways(tmp_path, preds):
         assert ex.scatter.legend["kind"] == "continuous" and len(codes) == len(ex.table)
         assert codes[np.argmax(ex.table["prob_b"].to_numpy())] == 254
         # a lasso in the page: its indices arrive as one uint32 buffer
-        ex.scatter._on_msg(ex.scatter, {"type": "select"}, [np.array([1, 2], np.uint32).tobytes()])
+        ex.scatter.set_state({"selection": memoryview(np.array([1, 2], np.uint32).tobytes())})
         assert ex.selected.tolist() == [1, 2] and len(ex.gallery.images) == sum(ex.table.slide_id.iloc[[1, 2]] == "s0")
         s0 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s0")
         s1 = np.flatnonzero(ex.table["slide_id"].to_numpy() == "s1")

@@ -31,8 +31,11 @@ def test_selection_goes_both_ways_as_uint32_buffers():
     sp.on_select(lambda pts: got.append(pts.tolist()))
     sp.select([3, 1, 3])
     assert np.frombuffer(sp.selection, np.uint32).tolist() == [1, 3] and got == [[1, 3]]
-    sp._on_msg(sp, {"type": "select"}, [memoryview(np.array([4, 0], np.uint32).tobytes())])  # the page's lasso
+    sent: list = []
+    sp._send = lambda msg, buffers=None: sent.append(msg)  # what would go back to the page
+    sp.set_state({"selection": memoryview(np.array([4, 0], np.uint32).tobytes())})  # the page's lasso
     assert sp.selected.tolist() == [4, 0] and got[-1] == [4, 0]
+    assert sent == []  # not echoed: the page holds it already (a 32k-point lasso is 128 KB)
     with pytest.raises(InvalidParameterError, match="0..4"):
         sp.select([5])
     with pytest.raises(InvalidParameterError, match="colour values"):

@@ -1,18 +1,22 @@
 /**
  * Tiles highlighted on the slide, drawn in the browser: the model's `highlight` is ONE binary buffer of
- * float32 level-0 boxes `[x, y, width, height] * N` (set by wsi_lab/ui/explorer.py from a selection), drawn
- * as filled rectangles on a canvas laid over OpenSeadragon's and redrawn as the view moves. No overlay
- * layer is registered with the server and no overlay tile is rendered or fetched, so a selection shows
- * as soon as its buffer arrives. A legend entry ("selected tiles", with the count) sits in the viewer's
- * legend; its checkbox hides the boxes. Once the frame with new boxes is on screen, `highlight_painted` is
- * counted up (the explorer sends the scatter's own selection only then: see wsi_lab/ui/explorer.py). `data-highlight-count` (boxes held) and `data-highlight-drawn`
- * (boxes in the last drawn frame), `data-highlight-set-at`, `-drawn-at` and `-frame-at` (the next frame's
-start: the boxes are on screen with it; page clock, ms) on the viewer's root are for tests and benchmarks.
+ * float32 level-0 boxes `[x, y, width, height] * N` (set by wsi_lab/ui/explorer.py from a selection, or in
+ * the page from a linked scatter's lasso: see link.ts), filled as pixels of an ImageData on a canvas laid
+ * over OpenSeadragon's and redrawn as the view moves. No overlay layer is registered with the server and no
+ * overlay tile is rendered or fetched, so a selection shows as soon as its buffer arrives. A legend entry
+ * ("selected tiles", with the count) sits in the viewer's legend; its checkbox hides the boxes. Once the
+ * frame with new boxes is on screen, `highlight_painted` is counted up (the explorer sends the scatter's
+ * own selection only then: see wsi_lab/ui/explorer.py).
+ * `data-highlight-count` (boxes held), `data-highlight-drawn` (boxes in the last drawn frame),
+ * `data-highlight-set-at`, `-drawn-at` and `-frame-at` (the next frame's start: the boxes are on screen
+ * with it; page clock, ms; `-frame-t`: that frame's own timestamp) on the viewer's root are for tests and
+ * benchmarks.
  */
 import OpenSeadragon from "openseadragon";
 
 export const HIGHLIGHT_NAME = "selected tiles";
-const FILL = "rgba(255, 230, 0, 0.55)";
+const FILL = ((140 << 24) | (0 << 16) | (230 << 8) | 255) >>> 0; // rgba(255, 230, 0, 0.55): RGBA bytes, little-endian
+
 const SWATCH = "#ffe600";
 
 /** A synced bytes trait (DataView / ArrayBuffer / typed array, or null) as float32 values (copied: the
@@ -50,6 +54,10 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
   root.dataset.highlightCount = "0";
   root.dataset.highlightDrawn = "0";
 
+  let img: ImageData | null = null;
+  // Boxes are filled into an ImageData here (one row fill per box and pixel row) rather than as a canvas
+  // path: a software canvas rasterises a 32k-rectangle path at the frame, tens of ms; this costs the
+  // pixels covered, a few ms, and overlapping boxes do not darken each other.
   function draw() {
     if (pending) { cancelAnimationFrame(pending); pending = 0; }
     const dpr = window.devicePixelRatio || 1;
@@ -61,26 +69,30 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
     }
     const ctx = canvas.getContext("2d");
     if (!ctx) return;
-    ctx.clearRect(0, 0, cw, ch);
     const item = getItem();
     const n = Math.floor(boxes.length / 4);
     let drawn = 0;
     if (item && n && visible) {
+      if (!img || img.width !== cw || img.height !== ch) img = ctx.createImageData(cw, ch);
+      const px = new Uint32Array(img.data.buffer);
+      px.fill(0);
       // level-0 px -> canvas px: a scale and an offset (OpenSeadragon's current, animated view)
       const p0 = item.imageToViewerElementCoordinates(new (OpenSeadragon as any).Point(0, 0));
       const p1 = item.imageToViewerElementCoordinates(new (OpenSeadragon as any).Point(1e4, 1e4));
       const sx = ((p1.x - p0.x) / 1e4) * dpr, sy = ((p1.y - p0.y) / 1e4) * dpr;
       const ox = p0.x * dpr, oy = p0.y * dpr;
-      ctx.fillStyle = FILL;
-      ctx.beginPath(); // one path, one fill: overlapping boxes do not darken each other
       for (let i = 0; i < n; i++) {
         const x = ox + boxes[4 * i] * sx, y = oy + boxes[4 * i + 1] * sy;
-        const bw = Math.max(1, boxes[4 * i + 2] * sx), bh = Math.max(1, boxes[4 * i + 3] * sy);
-        if (x > cw || y > ch || x + bw < 0 || y + bh < 0) continue;
-        ctx.rect(x, y, bw, bh);
+        const x0 = Math.max(0, Math.floor(x)), y0 = Math.max(0, Math.floor(y));
+        const x1 = Math.min(cw, Math.max(Math.floor(x) + 1, Math.ceil(x + boxes[4 * i + 2] * sx)));
+        const y1 = Math.min(ch, Math.max(Math.floor(y) + 1, Math.ceil(y + boxes[4 * i + 3] * sy)));
+        if (x1 <= x0 || y1 <= y0) continue;  // outside the view
+        for (let r = y0; r < y1; r++) px.fill(FILL, r * cw + x0, r * cw + x1);
         drawn++;
       }
-      ctx.fill();
+      ctx.putImageData(img, 0, 0);
+    } else {
+      ctx.clearRect(0, 0, cw, ch);
     }
     root.dataset.highlightDrawn = String(drawn);
     root.dataset.highlightDrawnAt = String(performance.now());
@@ -128,7 +140,8 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
       appendLegend();
       draw(); // now, not at the next frame: a frame may be long (the scatter beside redrawing its points)
       // once the frame holding it is on screen, tell the kernel (it holds the scatter's redraw until then)
-      requestAnimationFrame(() => { root.dataset.highlightFrameAt = String(performance.now()); setTimeout(() => {
+      requestAnimationFrame((t) => { root.dataset.highlightFrameAt = String(performance.now());
+        root.dataset.highlightFrameT = String(t); setTimeout(() => {
         model.set("highlight_painted", (model.get("highlight_painted") || 0) + 1);
         model.save_changes();
       }, 0); });

@@ -4,17 +4,24 @@
  * one pass over the points into an ImageData (a `point_size` square each), so 200k points take tens of
  * ms with no GPU. Selected points (`selection`, uint32 indices) are drawn on top in their colours, the
  * others faded. Mouse: drag = lasso (point-in-polygon here, the indices go to the kernel as ONE binary
- * buffer: message {type: "select"}), shift-drag or the pan tool = pan, wheel = zoom, double click = reset.
+ * buffer: the `selection` trait, which the kernel does not echo back), shift-drag or the pan tool = pan,
+ * wheel = zoom, double click = reset. With `link` and `boxes` (float32 [x, y, w, h] per point: its tile on
+ * the linked viewer's slide, NaN when on another), a lasso also hands the selected tiles' boxes to that
+ * viewer in the page at once (link.ts), before the kernel hears of it.
  * `data-points`, `data-drawn` (frames drawn), `data-render-at` / `data-first-drawn-at` (the first frame
- * with points) / `data-drawn-at` (page clock, ms),
- * `data-draw-ms` (the last frame's rasterising) and `data-selected` on the root are for tests and benchmarks.
+ * with points) / `data-drawn-at` (page clock, ms), `data-draw-ms` (the last frame's rasterising),
+ * `data-selected`, `data-lasso-ms` (the last lasso's point-in-polygon, hand-over to the linked viewer and
+ * send to the kernel, ms, space-separated) and `data-lasso-sent-at` on the root are for tests and benchmarks.
  */
+
+import { publishBoxes } from "./link";
 
 interface Model {
   get(name: string): any;
   on(event: string, cb: () => void): void;
   off(event?: string | null, cb?: (() => void) | null): void;
-  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+  set(name: string, value: unknown): void;
+  save_changes(): void;
 }
 
 function typed<T>(value: unknown, make: (b: ArrayBuffer) => T, size: number): T {
@@ -69,11 +76,15 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
 
   let xs = new Float32Array(0), ys = new Float32Array(0), codes = new Uint8Array(0);
   let sel = new Uint32Array(0);
+  let boxes = new Float32Array(0);  // the points' tiles on the linked viewer's slide (NaN: not on it)
   let full = new Uint32Array(256), faded = new Uint32Array(256);
   let bx0 = 0, by0 = 0, bspan = 1;  // data bounds: the square of side bspan from (bx0, by0)
   let zoom = 1, cx = 0.5, cy = 0.5;  // view: centre (fraction of the bounds square) and zoom
   let mode: "lasso" | "pan" = "lasso";
   let frames = 0, pending = 0;
+  // the points' rasters (every point, in full and in faded colours) for the current view and colouring
+  let generation = 0, lastKey = "";
+  const fullBase = { key: "", px: new Uint32Array(0) }, fadedBase = { key: "", px: new Uint32Array(0) };
   const dpr = () => window.devicePixelRatio || 1;
 
   function loadPoints() {
@@ -89,6 +100,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     bx0 = (x0 + x1) / 2 - bspan / 2;
     by0 = (y0 + y1) / 2 - bspan / 2;
     root.dataset.points = String(xs.length);
+    generation++;
   }
   function loadColours() {
     codes = typed(model.get("codes"), (b) => new Uint8Array(b), 1);
@@ -108,8 +120,24 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
       h += `<div style="width:90px;height:8px;background:linear-gradient(to right,${cs})"></div>`
         + `<div style="display:flex;justify-content:space-between;width:90px"><span>${Number(lg.min).toPrecision(3)}</span><span>${Number(lg.max).toPrecision(3)}</span></div>`;
     }
+    generation++;
     legend.innerHTML = h;
     legend.style.display = h ? "" : "none";
+  }
+  function loadBoxes() {
+    boxes = typed(model.get("boxes"), (b) => new Float32Array(b), 4);
+  }
+  /** The selected points' boxes to the linked viewer in this page (those on its slide, in point order). */
+  function publishSelection() {
+    const link = model.get("link") || "";
+    if (!link || boxes.length < 4 * xs.length) return;
+    const picked = new Float32Array(4 * sel.length);
+    let m = 0;
+    for (let j = 0; j < sel.length; j++) {
+      const i = 4 * sel[j];
+      if (boxes[i] === boxes[i]) { picked.set(boxes.subarray(i, i + 4), 4 * m); m++; }  // NaN !== NaN
+    }
+    publishBoxes(link, picked.slice(0, 4 * m));
   }
   function loadSelection() {
     sel = typed(model.get("selection"), (b) => new Uint32Array(b), 4);
@@ -140,8 +168,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     const { s, ox, oy } = transform(w, h);
     const k = s * r, size = Math.max(1, Math.round((Number(model.get("point_size")) || 2) * r));
     const n = Math.min(xs.length, ys.length), hasCodes = codes.length >= n;
-    const base = sel.length ? faded : full;
-    const put = (i: number, table: Uint32Array, sz: number) => {
+    const put = (i: number, table: Uint32Array, sz: number, px: Uint32Array) => {
       const X = Math.floor((xs[i] - ox) * k), Y = Math.floor((oy - ys[i]) * k);
       if (X < 0 || Y < 0 || X + sz > W || Y + sz > H) return;
       const c = table[hasCodes ? codes[i] : 0];
@@ -150,8 +177,25 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
         for (let dx = 0; dx < sz; dx++) px[row + dx] = c;
       }
     };
-    for (let i = 0; i < n; i++) put(i, base, size);
-    for (let j = 0; j < sel.length; j++) if (sel[j] < n) put(sel[j], full, size + 1);
+    // every point is rasterised once per view, size and colouring, in full and faded colours, and kept: a
+    // new selection only copies the faded raster and draws its own points on top
+    const key = `${W},${H},${k},${ox},${oy},${size},${n},${generation}`;
+    const raster = (fade: boolean) => {
+      const cache = fade ? fadedBase : fullBase;
+      if (cache.key !== key || cache.px.length !== W * H) {
+        cache.px = new Uint32Array(W * H);
+        const table = fade ? faded : full;
+        for (let i = 0; i < n; i++) put(i, table, size, cache.px);
+        cache.key = key;
+      }
+      return cache.px;
+    };
+    const baseImg = raster(sel.length > 0);
+    // the other raster when the page is idle: the first lasso (or clear) after a new view copies it too
+    setTimeout(() => { if (key === lastKey) raster(sel.length === 0); }, 30);
+    lastKey = key;
+    px.set(baseImg);
+    for (let j = 0; j < sel.length; j++) if (sel[j] < n) put(sel[j], full, size + 1, px);
     ctx.putImageData(img, 0, 0);
     frames++;
     root.dataset.drawn = String(frames);
@@ -162,27 +206,38 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   const redraw = () => { if (!pending) pending = requestAnimationFrame(draw); };
 
   function lassoSelect(poly: [number, number][]) {
+    const t0 = performance.now();
     const w = canvas.clientWidth, h = Number(model.get("height")) || 420;
     const { s, ox, oy } = transform(w, h);
-    const P = poly.map(([a, b]) => [a / s + ox, oy - b / s]);
+    const m = poly.length, PX = new Float64Array(m), PY = new Float64Array(m);
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-    for (const [a, b] of P) { x0 = Math.min(x0, a); x1 = Math.max(x1, a); y0 = Math.min(y0, b); y1 = Math.max(y1, b); }
-    const out: number[] = [];
-    const m = P.length;
+    for (let a = 0; a < m; a++) {
+      PX[a] = poly[a][0] / s + ox; PY[a] = oy - poly[a][1] / s;
+      x0 = Math.min(x0, PX[a]); x1 = Math.max(x1, PX[a]); y0 = Math.min(y0, PY[a]); y1 = Math.max(y1, PY[a]);
+    }
+    const found = new Uint32Array(xs.length);
+    let count = 0;
     for (let i = 0; i < xs.length; i++) {
       const x = xs[i], y = ys[i];
       if (x < x0 || x > x1 || y < y0 || y > y1) continue;
       let inside = false;
       for (let a = 0, b = m - 1; a < m; b = a++) {
-        const ya = P[a][1], yb = P[b][1];
-        if ((ya > y) !== (yb > y) && x < ((P[b][0] - P[a][0]) * (y - ya)) / (yb - ya) + P[a][0]) inside = !inside;
+        const ya = PY[a], yb = PY[b];
+        if ((ya > y) !== (yb > y) && x < ((PX[b] - PX[a]) * (y - ya)) / (yb - ya) + PX[a]) inside = !inside;
       }
-      if (inside) out.push(i);
+      if (inside) found[count++] = i;
     }
-    sel = Uint32Array.from(out);
+    sel = found.slice(0, count);
     root.dataset.selected = String(sel.length);
+    const t1 = performance.now();
     redraw();
-    model.send({ type: "select", count: sel.length }, undefined, [sel.buffer]);
+    publishSelection();  // the slide beside shows the tiles now; the kernel hears of both next
+    const t2 = performance.now();
+    model.set("selection", new DataView(sel.buffer));
+    model.save_changes();
+    const t3 = performance.now();
+    root.dataset.lassoMs = `${(t1 - t0).toFixed(1)} ${(t2 - t1).toFixed(1)} ${(t3 - t2).toFixed(1)}`;
+    root.dataset.lassoSentAt = String(t3);
   }
 
   // -- mouse ------------------------------------------------------------------------------------
@@ -267,11 +322,12 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   model.on("change:palette", onColours);
   model.on("change:legend", onColours);
   model.on("change:selection", onSelection);
+  model.on("change:boxes", loadBoxes);
   model.on("change:height", redraw);
   model.on("change:point_size", redraw);
   const resize = new ResizeObserver(() => redraw());
   resize.observe(root);
-  loadPoints(); loadColours(); loadSelection();
+  loadPoints(); loadColours(); loadSelection(); loadBoxes();
   draw();
   return () => {
     resize.disconnect();
@@ -279,7 +335,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     window.removeEventListener("mouseup", onUp);
     model.off("change:x", onPoints); model.off("change:y", onPoints);
     model.off("change:codes", onColours); model.off("change:palette", onColours); model.off("change:legend", onColours);
-    model.off("change:selection", onSelection); model.off("change:height", redraw); model.off("change:point_size", redraw);
+    model.off("change:selection", onSelection); model.off("change:boxes", loadBoxes); model.off("change:height", redraw); model.off("change:point_size", redraw);
   };
 }
 

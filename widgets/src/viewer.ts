@@ -5,13 +5,15 @@
  * Model state (see wsi_lab/ui/viewer.py): slide_info, tile_source ("auto" | "server" | "comm"),
  * layers [{key, name, opacity, visible, legend, payload}], viewport [x, y, w, h] (level-0 px),
  * selected_tile, height, display_state (channel picker: see display.ts), highlight (float32 level-0 boxes
- * drawn in the browser: see highlight.ts); written here: active_source, status.
+ * drawn in the browser: see highlight.ts), link (a token: boxes a linked scatter publishes in the page, see
+ * link.ts, become the highlight at once); written here: active_source, status, highlight (from a link).
  * Comm protocol: {type: "tile"|"overlay", id, level, col, row[, layer]} -> reply {type, id, ok, error?}
  * + one binary buffer (JPEG / PNG); {type: "click", x, y} -> Python callbacks.
  */
 import OpenSeadragon from "openseadragon";
 import { displayPanel } from "./display";
 import { highlightOverlay } from "./highlight";
+import { onLinkedBoxes } from "./link";
 import { legendHtml, niceLength } from "./legend";
 import { type AnyModel, CommClient, type LayerState, type ServerTarget, type SlideInfo, commTileSource,
   httpTileSource, probeServer } from "./sources";
@@ -94,6 +96,11 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
   let highlight: HTMLElement | null = null;
   const boxes = highlightOverlay(viewer, root, legendEl, () => slideItem, model);
   const onHighlight = () => boxes.set(model.get("highlight"));
+  // a linked scatter's lasso in this page: shown now (change:highlight draws it), then saved to the kernel
+  const unlink = onLinkedBoxes(() => model.get("link") || "", (b) => {
+    model.set("highlight", new DataView(b.buffer, b.byteOffset, b.byteLength));
+    model.save_changes();
+  });
   let userMoved = false; // until the user pans/zooms (or Python sets a view), keep the whole slide in view
   const homeIfUntouched = () => {
     if (slideItem && !userMoved) viewer.viewport.goHome(true);
@@ -404,6 +411,7 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }) {
     model.off("change:viewport", applyViewport);
     model.off("change:selected_tile", showSelected);
     model.off("change:highlight", onHighlight);
+    unlink();
     boxes.dispose();
     comm.dispose();
     viewer.destroy();

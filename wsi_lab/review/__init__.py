@@ -11,9 +11,9 @@ from wsi_lab.review.decisions import (
            apply_decisions,
            tiles_in_polygon,
 )
-from wsi_lab.review.explore import cluster_labels, embed, points_in_region, rows_of_points
+from wsi_lab.review.explore import SlidePoints, cluster_labels, embed, points_in_region
 from wsi_lab.review.galleries import NeighbourIndex, feature_columns, score_column, tile_images, top_tiles
 
 __all__ = ["DecisionStore", "apply_decisions", "tiles_in_polygon", "DECISION_COLUMNS", "ACTIONS", "SOURCES",
            "NeighbourIndex", "feature_columns", "score_column", "tile_images", "top_tiles", "embed", "cluster_labels",
-           "points_in_region", "rows_of_points"]
+           "points_in_region", "SlidePoints"]

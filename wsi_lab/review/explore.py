@@ -12,7 +12,7 @@ import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["embed", "cluster_labels", "rows_of_points", "points_in_region", "EMBED_X", "EMBED_Y", "CLUSTER"]
+__all__ = ["embed", "cluster_labels", "SlidePoints", "points_in_region", "EMBED_X", "EMBED_Y", "CLUSTER"]
 
 EMBED_X, EMBED_Y, CLUSTER = "embed_x", "embed_y", "cluster"
 
@@ -58,15 +58,31 @@ def cluster_labels(table: pd.DataFrame, columns: Sequence[str] | None = None, cl
     return _clusters(table[cols].to_numpy(np.float32), clusters, seed)
 
 
-def rows_of_points(table: pd.DataFrame, points: Sequence[int] | np.ndarray, slide_id: str | None = None) -> pd.DataFrame:
-    """The rows at positions ``points`` of ``table`` (only those of ``slide_id`` when given)."""
-    idx = np.asarray(points, np.int64).ravel()
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(table)):
-        raise InvalidParameterError(f"point positions must be in 0..{len(table) - 1}")
-    rows = table.iloc[idx]
-    if slide_id is not None:
-        rows = rows[rows["slide_id"].astype(str).to_numpy() == str(slide_id)]
-    return rows
+class SlidePoints:
+    """The tiles of one slide among the points (rows, by position) of a table, indexed once: a selection of
+    points → those on this slide and their level-0 boxes (what the slide's viewer draws, from
+    :func:`~wsi_lab.review.layers.highlight_boxes`) in a few microseconds, however wide the table is."""
+
+    def __init__(self, table: pd.DataFrame, slide_id: str) -> None:
+        from wsi_lab.review.layers import highlight_boxes
+
+        self.slide_id = str(slide_id)
+        on = table["slide_id"].astype(str).to_numpy() == self.slide_id
+        self.count = len(table)
+        self.boxes = np.full((self.count, 4), np.nan, np.float32)  # NaN: a tile of another slide
+        if on.any():
+            self.boxes[on] = highlight_boxes(table[on])
+
+    def positions(self, points: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The positions among ``points`` (0-based rows of the table) of this slide's tiles, in their order."""
+        idx = np.asarray(points, np.int64).ravel()
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.count):
+            raise InvalidParameterError(f"point positions must be in 0..{self.count - 1}")
+        return idx[~np.isnan(self.boxes[idx, 0])]
+
+    def boxes_of(self, positions: np.ndarray) -> np.ndarray:
+        """The ``(N, 4)`` float32 level-0 boxes ``[x, y, width, height]`` of ``positions`` (from :meth:`positions`)."""
+        return self.boxes[positions]
 
 
 def points_in_region(table: pd.DataFrame, polygon: Sequence[Sequence[float]], slide_id: str) -> np.ndarray:

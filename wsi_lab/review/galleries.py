@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from wsi_lab.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from wsi_lab.data.tile_reader import SlideCache
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +113,28 @@ class NeighbourIndex:
         return out
 
 
-def tile_images(rows: pd.DataFrame, size: int = 96, slide_paths: dict[str, str] | None = None) -> list[np.ndarray]:
+def tile_images(rows: pd.DataFrame, size: int = 96, slide_paths: dict[str, str] | None = None,
+                cache: SlideCache | None = None) -> list[np.ndarray]:
     """The tiles of ``rows`` read from their slides (paths from the table's metadata, or ``slide_paths``) and
-    resized to ``size``×``size``; (size, size, 3) uint8 each. A slide opens once for all its rows."""
+    resized to ``size``×``size``; (size, size, 3) uint8 each. A slide opens once for all its rows; with a
+    ``cache`` (a caller's :class:`~wsi_lab.data.tile_reader.SlideCache`, left open) once for all calls."""
     from wsi_lab.data.tile_reader import SlideCache, read_tile, slide_paths_of
 
     if not len(rows):
         return []
     paths = slide_paths_of(rows, slide_paths)
-    cache = SlideCache(maxsize=4)
+    own = cache is None
+    cache = SlideCache(maxsize=4) if cache is None else cache
+
+    def column(name: str, default: int) -> np.ndarray:
+        return rows[name].to_numpy(np.int64) if name in rows.columns else np.full(len(rows), default, np.int64)
+
+    levels = column("level", 0)
+    reads = column("read_size", 0) if "read_size" in rows.columns else column("tile_size", size)
     try:
-        out = []
-        for r in rows.to_dict("records"):
-            slide = cache.get(paths[str(r["slide_id"])])
-            level = int(r.get("level", 0))
-            read = int(r.get("read_size", r.get("tile_size", size)))
-            out.append(read_tile(slide, int(r["x"]), int(r["y"]), level, read, size))
-        return out
+        return [read_tile(cache.get(paths[slide]), int(x), int(y), int(level), int(read), size)
+                for slide, x, y, level, read in zip(rows["slide_id"].astype(str), rows["x"].to_numpy(np.int64),
+                                                    rows["y"].to_numpy(np.int64), levels, reads)]
     finally:
-        cache.close()
+        if own:
+            cache.close()

@@ -5,11 +5,13 @@ scatter (drag a lasso) light up as tiles on the slide and fill the gallery; a re
 slide (or the tiles in view) selects its points. Colour by any column. With ``decisions`` (a folder or
 the :class:`~wsi_lab.review.DecisionStore` a :class:`~wsi_lab.ui.review.ReviewPanel` writes to) the brushed
 set is accepted or relabelled in one action, one batch that one undo takes back. A thin view over
-:mod:`wsi_lab.review` (``embed``, ``rows_of_points``, ``points_in_region``, ``highlight_boxes``,
+:mod:`wsi_lab.review` (``embed``, ``SlidePoints``, ``points_in_region``, ``tile_images``,
 ``region_layer``, ``DecisionStore``).
 
 The selection reaches the slide as one binary buffer of float32 level-0 boxes (the viewer's ``highlight``
-trait) that the browser draws over the slide itself: no overlay layer, no server-rendered tiles.
+trait) that the browser draws over the slide itself: no overlay layer, no server-rendered tiles. A lasso in
+our scatter does not wait for the kernel: the scatter holds every point's box on the slide shown and hands
+the selected ones to the viewer in the page; the kernel then hears of both and fills the gallery.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import asyncio
 import html
 import logging
 import time
+import uuid
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
+from wsi_lab.data.tile_reader import SlideCache
 from wsi_lab.errors import InvalidParameterError
+from wsi_lab.review import SlidePoints
 from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.gallery import TileGallery
 from wsi_lab.ui.scatter import ScatterPlot
@@ -191,13 +196,16 @@ class LatentExplorer(widgets.VBox):
         self.gallery = TileGallery("selected tiles", 72)
         self.gallery.add_class("wsi-explorer-gallery")
         self.viewer: Any = None
+        self._on_slide: SlidePoints | None = None  # the shown slide's tiles among the points (their boxes)
+        self._slides = SlideCache(maxsize=2)  # the gallery's slides, open while the explorer is
+        self._link = uuid.uuid4().hex  # the scatter's and the viewer's in the page
         self.viewer_box = widgets.VBox(layout=widgets.Layout(width="50%"))
         self.region: list[tuple[float, float]] = []
         self.selected = np.zeros(0, np.int64)
         self._shown: np.ndarray | None = None  # the sorted points last shown on the slide and in the gallery
         self._pending: np.ndarray | None = None  # points for the scatter once the page painted the slide's boxes
         self._fallback: Any = None
-        self.brush_ms = float("nan")
+        self.brush_ms = self.gallery_ms = float("nan")  # the last selection's boxes, and its gallery
         super().__init__()
         self.add_class("wsi-lab-explorer")
         plot_box = widgets.VBox([self.plot], layout=widgets.Layout(width="50%"))  # VBox: the plot takes its width
@@ -219,11 +227,15 @@ class LatentExplorer(widgets.VBox):
             from wsi_lab.ui.viewer import SlideViewer
 
             rows = self.table[self.table["slide_id"].astype(str) == str(slide_id)]
+            self._on_slide = SlidePoints(self.table, str(slide_id))
             if self.viewer is not None:
                 self.viewer.close()
             self.viewer = SlideViewer(slide_paths_of(rows)[str(slide_id)], table=rows, tile_source=self.tile_source,
                                       height=f"{self.height}px")
             self.viewer.add_class("wsi-explorer-viewer")
+            if isinstance(self.scatter, ScatterPlot):  # a lasso draws the tiles on this slide in the page at once
+                self.viewer.link = self._link
+                self.scatter.link_boxes(self._link, self._on_slide.boxes)
             self.viewer.on_tile_click(self._on_click)
             self.viewer.observe(self._on_painted, "highlight_painted")
             self.viewer_box.children = [self.viewer]
@@ -297,30 +309,23 @@ class LatentExplorer(widgets.VBox):
         from wsi_lab.review import tile_images
 
         t0 = time.perf_counter()
-        if self.viewer is None:
+        if self.viewer is None or self._on_slide is None:
             return False
         before = self.viewer.highlight
-        rows = self._show_boxes(self.selected)
+        on = self._on_slide.positions(self.selected)
+        # one float32 buffer of level-0 boxes that the browser draws (unchanged boxes send nothing)
+        self.viewer.highlight = self._on_slide.boxes_of(on).tobytes()
         sent = self.viewer.highlight != before and bool(self.viewer.active_source)
         self._shown = np.sort(self.selected)
         self.brush_ms = (time.perf_counter() - t0) * 1000
-        shown = rows.iloc[:self.n]
-        self.gallery.set_tiles(tile_images(shown, 72) if len(shown) else [],
-                               [f"{r['slide_id']} {int(r['x'])},{int(r['y'])}" for r in shown.to_dict("records")])
-        self.gallery.title = f"selected tiles on {self.slide.value}: {len(rows)} (first {len(shown)} shown)"
+        t1 = time.perf_counter()
+        shown = self.table.iloc[on[:self.n]]
+        self.gallery.set_tiles(tile_images(shown, 72, cache=self._slides) if len(shown) else [],
+                               [f"{s} {int(x)},{int(y)}" for s, x, y in zip(shown["slide_id"], shown["x"], shown["y"])])
+        self.gallery.title = f"selected tiles on {self.slide.value}: {len(on)} (first {len(shown)} shown)"
+        self.gallery_ms = (time.perf_counter() - t1) * 1000
         self._update_status()
         return sent
-
-    def _show_boxes(self, points: np.ndarray) -> pd.DataFrame:
-        """The tiles of ``points`` on the slide shown, sent to its viewer as one float32 buffer of level-0
-        boxes that the browser draws (unchanged boxes send nothing); returns their rows."""
-        from wsi_lab.review import rows_of_points
-        from wsi_lab.review.layers import highlight_boxes
-
-        rows = rows_of_points(self.table, points, str(self.slide.value))
-        if self.viewer is not None:
-            self.viewer.highlight = highlight_boxes(rows).tobytes()
-        return rows
 
     def color_by(self, column: str) -> None:
         """Colour the points by ``column``."""
@@ -395,7 +400,7 @@ class LatentExplorer(widgets.VBox):
         construction failed part way (the widget's finaliser calls this)."""
         if getattr(self, "_fallback", None) is not None:
             self._cancel_pending()
-        for name in ("viewer", "plot", "gallery"):
+        for name in ("viewer", "plot", "gallery", "_slides"):
             part = getattr(self, name, None)
             if part is not None:
                 part.close()

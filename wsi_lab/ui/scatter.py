@@ -6,11 +6,14 @@ The points travel as binary buffers: float32 ``x``/``y`` and one uint8 colour co
 palette of at most 256 colours (categories, or a continuous column quantised to 256 levels of a
 colormap) and a legend. A lasso drawn in the browser (drag; shift-drag or the pan tool moves the view,
 the wheel zooms, a double click resets it) comes back as one uint32 buffer of point indices
-(:attr:`selection`); setting :attr:`selection` from the kernel draws those points highlighted.
+(:attr:`selection`); setting :attr:`selection` from the kernel draws those points highlighted. Linked to a
+:class:`~wsi_lab.ui.viewer.SlideViewer` (:meth:`ScatterPlot.link_boxes`), a lasso also draws its tiles on
+the slide in the page at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import anywidget
 import numpy as np
 import pandas as pd
 import traitlets
+from ipywidgets.widgets.trait_types import bytes_serialization
 
 from wsi_lab.errors import InvalidParameterError
 
@@ -70,7 +74,11 @@ class ScatterPlot(anywidget.AnyWidget):
     palette = traitlets.List(traitlets.Unicode(), []).tag(sync=True)
     legend = traitlets.Dict({}).tag(sync=True)  # {kind: categorical, entries: [[label, colour]]} | continuous
     title = traitlets.Unicode("").tag(sync=True)  # the legend's heading (the column)
-    selection = traitlets.Bytes(b"").tag(sync=True)  # uint32 point indices, both ways
+    # uint32 point indices, both ways; the page's lasso is not echoed back (the page drew it already)
+    selection = traitlets.Bytes(b"").tag(sync=True, echo_update=False, **bytes_serialization)
+    # float32 (N, 4): each point's tile on the linked viewer's slide (NaN: on another), see link_boxes()
+    boxes = traitlets.Bytes(b"").tag(sync=True)
+    link = traitlets.Unicode("").tag(sync=True)  # the token of the linked SlideViewer (its ``link``)
     height = traitlets.Int(420).tag(sync=True)
     point_size = traitlets.Int(2).tag(sync=True)  # CSS px per point
 
@@ -81,8 +89,8 @@ class ScatterPlot(anywidget.AnyWidget):
         super().__init__(x=xs.tobytes(), y=ys.tobytes(), codes=np.zeros(len(xs), np.uint8).tobytes(),
                          palette=["#1f77b4"], height=int(height), point_size=int(point_size), **kwargs)
         self.n = len(xs)
+        self.select_ms = float("nan")  # the kernel's handling of the last selection change (callbacks too)
         self._callbacks: list[Callable[[np.ndarray], None]] = []
-        self.on_msg(self._on_msg)
         self.observe(self._on_selection, "selection")
 
     @property
@@ -102,6 +110,16 @@ class ScatterPlot(anywidget.AnyWidget):
             raise InvalidParameterError(f"point indices must be in 0..{self.n - 1}")
         self.selection = np.unique(pts).astype(np.uint32).tobytes()
 
+    def link_boxes(self, link: str, boxes: Any) -> None:
+        """Link the scatter to the viewer whose ``link`` is ``link`` in the page: ``boxes`` (N, 4) are the
+        points' tiles on its slide (level-0 ``[x, y, width, height]``, NaN rows for tiles of other slides). A
+        lasso then draws the selected tiles on that slide in the page itself, with no kernel round trip."""
+        b = np.ascontiguousarray(boxes, np.float32)
+        if b.shape != (self.n, 4):
+            raise InvalidParameterError(f"boxes must be ({self.n}, 4), one per point; got {b.shape}")
+        with self.hold_sync():
+            self.boxes, self.link = b.tobytes(), str(link)
+
     def color(self, values: Any, title: str = "", cmap: str = "viridis") -> None:
         """Colour the points by ``values`` (N,): see :func:`colour_codes`."""
         codes, palette, legend = colour_codes(values, cmap)
@@ -115,11 +133,11 @@ class ScatterPlot(anywidget.AnyWidget):
         self._callbacks.append(callback)
 
     def _on_selection(self, _change: dict) -> None:
+        t0 = time.perf_counter()
+        if len(self.selection) % 4:  # not whole uint32s: not from our page
+            self.selection = self.selection[:len(self.selection) - len(self.selection) % 4]
+            return
         sel = self.selected
         for cb in self._callbacks:
             cb(sel)
-
-    def _on_msg(self, _widget: Any, content: dict, buffers: list) -> None:
-        if isinstance(content, dict) and content.get("type") == "select":
-            data = bytes(buffers[0]) if buffers else b""
-            self.selection = data[:len(data) - len(data) % 4]
+        self.select_ms = (time.perf_counter() - t0) * 1000

@@ -28,6 +28,7 @@ from typing import Any
 import anywidget
 import numpy as np
 import traitlets
+from ipywidgets.widgets.trait_types import bytes_serialization
 
 from wsi_lab.errors import InvalidParameterError, WSILabError
 from wsi_lab.ui.display_controls import attach_display, set_display
@@ -78,7 +79,10 @@ class SlideViewer(anywidget.AnyWidget):
     status = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Unicode("500px").tag(sync=True)
     display_state = traitlets.Dict().tag(sync=True)  # channel picker, contrast, gamma: ui/display_controls.py
-    highlight = traitlets.Bytes(b"").tag(sync=True)  # float32 level-0 boxes [x, y, w, h]*N drawn in the browser
+    # float32 level-0 boxes [x, y, w, h]*N drawn in the browser; also set by the page from a linked scatter's
+    # lasso (``link``), which is not echoed back
+    highlight = traitlets.Bytes(b"").tag(sync=True, echo_update=False, **bytes_serialization)
+    link = traitlets.Unicode("").tag(sync=True)  # a token shared with a ScatterPlot in the same page
     highlight_painted = traitlets.Int(0).tag(sync=True)  # counted up by the browser once a highlight is on screen
 
     def __init__(self, slide_or_path: Any, layers: Any = (), tile_source: str = "auto", table: Any = None,
