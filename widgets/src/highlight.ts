@@ -9,7 +9,7 @@
  * own selection only then: see wsi_lab/ui/explorer.py).
  * `data-highlight-count` (boxes held), `data-highlight-drawn` (boxes in the last drawn frame),
  * `data-highlight-set-at`, `-drawn-at` and `-frame-at` (the next frame's start: the boxes are on screen
- * with it; page clock, ms; `-frame-t`: that frame's own timestamp) on the viewer's root are for tests and
+ * with it; page clock, ms) on the viewer's root are for tests and
  * benchmarks.
  */
 import OpenSeadragon from "openseadragon";
@@ -140,8 +140,7 @@ export function highlightOverlay(viewer: any, root: HTMLElement, legendEl: HTMLE
       appendLegend();
       draw(); // now, not at the next frame: a frame may be long (the scatter beside redrawing its points)
       // once the frame holding it is on screen, tell the kernel (it holds the scatter's redraw until then)
-      requestAnimationFrame((t) => { root.dataset.highlightFrameAt = String(performance.now());
-        root.dataset.highlightFrameT = String(t); setTimeout(() => {
+      requestAnimationFrame(() => { root.dataset.highlightFrameAt = String(performance.now()); setTimeout(() => {
         model.set("highlight_painted", (model.get("highlight_painted") || 0) + 1);
         model.save_changes();
       }, 0); });

@@ -32,7 +32,7 @@ from wsi_lab.errors import InvalidParameterError
 from wsi_lab.review import SlidePoints
 from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.gallery import TileGallery
-from wsi_lab.ui.scatter import ScatterPlot
+from wsi_lab.ui.scatter import JupyterScatter, ScatterPlot
 
 log = logging.getLogger(__name__)
 
@@ -90,37 +90,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class _JScatter:
-    """jupyter-scatter (WebGL) behind the same small interface as :class:`~wsi_lab.ui.scatter.ScatterPlot`."""
-
-    def __init__(self, table: pd.DataFrame, options: list[str], color_by: str | None, height: int) -> None:
-        import jscatter
-
-        data = table[["embed_x", "embed_y", *[c for c in options if c in table.columns]]].copy()
-        for c in data.columns[2:]:  # strings as categories: jupyter-scatter colours them by code
-            if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype):
-                data[c] = data[c].astype(str).astype("category")
-        self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=height, axes=False, size=2,
-                                        opacity=0.6, legend=bool(color_by), **({"color_by": color_by} if color_by else {}))
-        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
-        self.widget = self.scatter.widget
-
-    @property
-    def selected(self) -> np.ndarray:
-        sel = self.widget.selection
-        return np.zeros(0, np.int64) if sel is None else np.asarray(sel, np.int64)
-
-    def select(self, points: Any) -> None:
-        self.scatter.selection(points)
-
-    def color(self, column: str) -> None:
-        self.scatter.color(by=column)
-
-    def on_select(self, callback: Any) -> None:
-        self.widget.observe(lambda ch: callback(np.zeros(0, np.int64) if ch["new"] is None
-                                                else np.asarray(ch["new"], np.int64)), "selection")
-
-
 class LatentExplorer(widgets.VBox):
     """Explore ``predictions`` (a table with ``z_NN``/feature columns, or its Parquet path) in 2-D.
     ``method``: ``pca`` | ``umap``; ``color_by``: a column (default ``cluster``); ``n``: gallery size;
@@ -150,13 +119,13 @@ class LatentExplorer(widgets.VBox):
             color_by = next((c for c in options if c != CLUSTER), options[0] if options else None)
         self._colour_source(CLUSTER if scatter == "jupyter-scatter" else color_by)  # its data: every column
         xy = self.table[["embed_x", "embed_y"]].to_numpy(np.float32)
-        self.scatter: ScatterPlot | _JScatter
+        self.scatter: ScatterPlot | JupyterScatter
         if scatter == "canvas":
             self.scatter = ScatterPlot(xy[:, 0], xy[:, 1], height=self.height)
             if color_by:
                 self.scatter.color(self.table[color_by], title=color_by)
         else:
-            self.scatter = _JScatter(self.table, options, color_by, self.height)
+            self.scatter = JupyterScatter(self.table, options, color_by, self.height)
         self.plot = self.scatter.widget
         self.scatter.on_select(self._on_selection)
         self.build_s = time.perf_counter() - t0

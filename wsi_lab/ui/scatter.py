@@ -26,7 +26,7 @@ from ipywidgets.widgets.trait_types import bytes_serialization
 
 from wsi_lab.errors import InvalidParameterError
 
-__all__ = ["ScatterPlot", "colour_codes"]
+__all__ = ["JupyterScatter", "ScatterPlot", "colour_codes"]
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 MISSING = "#bbbbbb"  # the colour of a missing value
@@ -141,3 +141,35 @@ class ScatterPlot(anywidget.AnyWidget):
         for cb in self._callbacks:
             cb(sel)
         self.select_ms = (time.perf_counter() - t0) * 1000
+
+
+class JupyterScatter:
+    """jupyter-scatter's WebGL scatter of ``table``'s ``embed_x``/``embed_y`` (colourable by ``options``) behind the
+    same small interface as :class:`ScatterPlot` (``LatentExplorer(..., scatter="jupyter-scatter")``)."""
+
+    def __init__(self, table: pd.DataFrame, options: list[str], color_by: str | None, height: int) -> None:
+        import jscatter
+
+        data = table[["embed_x", "embed_y", *[c for c in options if c in table.columns]]].copy()
+        for c in data.columns[2:]:  # strings as categories: jupyter-scatter colours them by code
+            if not pd.api.types.is_numeric_dtype(data[c]) and not isinstance(data[c].dtype, pd.CategoricalDtype):
+                data[c] = data[c].astype(str).astype("category")
+        self.scatter = jscatter.Scatter(x="embed_x", y="embed_y", data=data, height=height, axes=False, size=2,
+                                        opacity=0.6, legend=bool(color_by), **({"color_by": color_by} if color_by else {}))
+        self.scatter.mouse(mode="lasso")  # a drag brushes points (the slide beside it pans and zooms)
+        self.widget = self.scatter.widget
+
+    @property
+    def selected(self) -> np.ndarray:
+        sel = self.widget.selection
+        return np.zeros(0, np.int64) if sel is None else np.asarray(sel, np.int64)
+
+    def select(self, points: Any) -> None:
+        self.scatter.selection(points)
+
+    def color(self, column: str) -> None:
+        self.scatter.color(by=column)
+
+    def on_select(self, callback: Any) -> None:
+        self.widget.observe(lambda ch: callback(np.zeros(0, np.int64) if ch["new"] is None
+                                                else np.asarray(ch["new"], np.int64)), "selection")
