@@ -123,3 +123,26 @@ def test_cli_commands_register_and_refuse_bad_specs(table, tmp_path, capsys):
     args = parser.parse_args(["features", str(table), "--backbone", "resnet18", "-o", str(tmp_path / "f"),
                               "--batch-size", "4"])
     assert args.command == "features" and args.backbone == "resnet18" and args.batch_size == 4
+
+
+def test_torchrun_with_a_rank_that_has_no_validation_batch_finishes(tmp_path):
+    """One validation tile on two processes: rank 1 evaluates nothing. The VAE has BatchNorm buffers, which a
+    DDP forward would broadcast (a collective rank 1 never joins): validation runs on the bare model with rank
+    0's buffers, so the job ends, with the one tile's validation loss."""
+    from wsi_lab.data.table import read_table, write_table
+
+    path = make_cohort(tmp_path / "cohort", slides=2, tile_size=64, read_size=64, width=256, height=256)
+    df = read_table(path)
+    df["split"] = "train"
+    df.loc[df.index[-1], "split"] = "val"
+    df = df.iloc[1:]  # 31 tiles: 30 for training (even: no padding on 2 ranks), 1 for validation
+    write_table(df, path)
+    two = launch(JobSpec.from_dict({"task": "vae", "table": str(path), "epochs": 1, "batch_size": 8, "seed": 1,
+                                    "model": {"name": "vae"}, "out": str(tmp_path / "two"), "backend": "torchrun",
+                                    "nproc": 2}))
+    try:
+        assert two.wait(240) == JobStatus.DONE, two.logs(tail=40)
+    finally:
+        two.cancel()
+    val = two.metrics("val")  # (before the fix the job hung here, at the first validation forward)
+    assert list(val["tiles"]) == [1] and 0 < float(val["loss"].iloc[0]) < float("inf"), val

@@ -106,6 +106,18 @@ def _wrap(model: nn.Module, opt: torch.optim.Optimizer, ctx: DistContext, spec):
     return model, opt
 
 
+def _eval_model(net: nn.Module, model: nn.Module, ctx: DistContext) -> nn.Module:
+    """The model validation runs: the bare module with rank 0's buffers (BatchNorm statistics), as DDP's
+    own forward would broadcast them, but once, here, so no forward is a collective: ranks may then have
+    different numbers of validation batches (this rank's share is not padded), even none."""
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+    return model
+
+
 def _read_resume(out: Path, model: nn.Module, spec) -> dict | None:
     last = out / "checkpoints" / "last.pt"
     if not last.exists():
@@ -205,7 +217,8 @@ def fit(spec, ctx: DistContext, parts: Parts) -> dict[str, Any]:
         records: list[dict[str, Any]] = [{"epoch": epoch, "split": "train", "loss": loss_sum / max(n, 1), "tiles": n,
                     "tiles_per_s": n / dt if dt > 0 else 0.0}]
         if val_loader is not None:
-            vloss, vn, outs, vdt = _run_epoch(parts, net, opt, val_loader, ctx, spec, False, epoch, None)
+            vloss, vn, outs, vdt = _run_epoch(parts, _eval_model(net, model, ctx), opt, val_loader, ctx, spec, False,
+                                              epoch, None)
             rec = {"epoch": epoch, "split": "val", "loss": vloss / max(vn, 1), "tiles": vn,
                    "tiles_per_s": vn / vdt if vdt > 0 else 0.0}
             if parts.metrics is not None:
