@@ -1,7 +1,8 @@
 """The channel picker and gamma control in a REAL JupyterLab + headless Chromium (issue 12): a 3-channel
 fluorescence OME-TIFF opens with one row per channel (named from its metadata); switching DAPI off in the
 picker and changing gamma from Python change the tiles the server renders (``?display=``), the drawn
-canvas pixels follow, and the settings land in the notebook folder's ``display.json``."""
+canvas pixels follow, and the settings land in the notebook folder's ``display.json``; a second viewer of
+the slide (over the comm) follows those changes live, and its own picker still works."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def _exec(page, code: str) -> str:
         future.onIOPub = (msg) => { if (msg.header.msg_type === "stream") out += msg.content.text; };
         await future.done;
         return out; }""", code)
+
+
+def _state_token(page) -> str:
+    """The first viewer's tile token as the kernel has it."""
+    return _exec(page, "print(v.display_state['token'], end='')")
 
 
 def _wait_shown(page, gen: int, index: int = 0) -> np.ndarray:
@@ -91,13 +97,15 @@ def test_channel_picker_and_gamma_change_the_rendered_tiles(tmp_path):
         assert el.locator(".wsi-display-gamma-value").inner_text() == "3.00"
         recorded = json.loads((root / "display.json").read_text())["slides"]["fluo"]["settings"]
         assert recorded["channels"] == [1, 2] and recorded["gamma"] == 3.0
-        # -- over the widget comm (no server): TRITC (red) off -------------------------------------
+        # -- over the widget comm (no server): it followed the first viewer live (same slide and folder,
+        # same kernel: DAPI off, then gamma), then TRITC (red) off in its own picker ----------------
         el2 = page.locator(".wsi-viewer").nth(1)
         el2.scroll_into_view_if_needed()
         assert el2.get_attribute("data-source") == "comm"
-        red = _canvas(page, 1)
-        assert red[..., 0].max() > 150
+        red = _wait_shown(page, 2, 1)
+        assert el2.get_attribute("data-display-token") == _state_token(page)
+        assert red[..., 0].max() > 150 and red[..., 2].max() < 60, (red[..., 0].max(), red[..., 2].max())
         el2.locator(".wsi-display-channel[data-channel='2'] input[type=checkbox]").click()
-        no_red = _wait_shown(page, 1, 1)
-        assert no_red[..., 0].max() < 60 and no_red[..., 2].max() > 150, (no_red[..., 0].max(), no_red[..., 2].max())
+        no_red = _wait_shown(page, 3, 1)
+        assert no_red[..., 0].max() < 60 and no_red[..., 1].max() > 150, (no_red[..., 0].max(), no_red[..., 1].max())
         assert not [e for e in page.console_errors if "wsi" in e.lower()], page.console_errors

@@ -15,12 +15,20 @@ The front end (``widgets/src/display.ts``) draws the picker from ``options`` and
 (:func:`~wsi_lab.slide.display.display_from_spec`), shows them (the widget's ``show`` callback), records
 them in the working folder's ``display.json`` and echoes the resolved limits back. Refused values leave
 what is shown and recorded as it was and come back as a readable ``error``. Python calls :func:`set_display`.
+
+Open views follow live, within this kernel: every attached widget is registered (weakly) under its slide's
+resolved path and its display folder; an accepted change (shown and recorded) is pushed to the other live
+widgets of the same slide and folder, which show it and update their ``display_state`` without writing the
+file again or passing it on. Views that are not pickers (the tuner's background) join with
+:func:`follow_display`. Other kernels and napari read ``display.json`` when they open a slide.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,8 @@ from wsi_lab.viewing import display_token
 
 log = logging.getLogger(__name__)
 
-__all__ = ["attach_display", "set_display", "current_display", "parse_color", "COLOR_NAMES"]
+__all__ = ["attach_display", "set_display", "current_display", "follow_display", "display_peers", "parse_color",
+           "COLOR_NAMES"]
 
 #: colour names a person may give instead of (r, g, b)
 COLOR_NAMES: dict[str, tuple[int, int, int]] = {
@@ -41,6 +50,84 @@ COLOR_NAMES: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128), "orange": (255, 128, 0)}
 
 ShowCallback = Callable[[DisplaySettings | None], None]
+#: ``receive(owner, settings)``: how a registered view takes settings accepted by another view of its slide
+Receiver = Callable[[Any, DisplaySettings | None], None]
+
+# -- the views of each slide + display folder in this process (weak: closed or dropped views fall out) --------
+_GroupKey = tuple[str, str]
+_VIEWS: dict[_GroupKey, list[tuple[weakref.ref, Receiver]]] = {}
+_VIEWS_LOCK = threading.Lock()
+
+
+def _group_key(slide: Any, folder: str | os.PathLike | None) -> _GroupKey:
+    """The registry key: the slide's resolved path and the resolved display folder (settings are per folder)."""
+    path, where = Path(str(slide.path)), Path(folder if folder is not None else Path.cwd())
+    try:
+        return str(path.resolve()), str(where.resolve())
+    except OSError:  # an odd path (a URL, a vanished folder): as given
+        return str(path), str(where.absolute())
+
+
+def _alive(owner: Any) -> bool:
+    """A registered view still on screen: not collected and, for a widget, not closed (its comm gone)."""
+    return owner is not None and getattr(owner, "comm", True) is not None
+
+
+def _register(owner: Any, key: _GroupKey, receive: Receiver) -> None:
+    with _VIEWS_LOCK:
+        entries = [(ref, rec) for ref, rec in _VIEWS.get(key, []) if _alive(ref()) and ref() is not owner]
+        entries.append((weakref.ref(owner), receive))
+        _VIEWS[key] = entries
+
+
+def _live_views(key: _GroupKey) -> list[tuple[Any, Receiver]]:
+    """The live views registered under ``key`` (strong references, for one push); the dead are pruned."""
+    with _VIEWS_LOCK:
+        entries = _VIEWS.get(key, [])
+        live = [(ref(), rec) for ref, rec in entries if _alive(ref())]
+        if len(live) != len(entries):
+            _VIEWS[key] = [(ref, rec) for ref, rec in entries if _alive(ref())]
+            if not _VIEWS[key]:
+                del _VIEWS[key]
+        return live
+
+
+def follow_display(owner: Any, slide: Any, receive: Receiver, folder: str | os.PathLike | None = None) -> None:
+    """Have ``receive(owner, settings)`` called whenever a picker of ``slide`` recording in ``folder``
+    (default: the current directory) accepts new settings, for as long as ``owner`` lives and is not closed
+    (it is held weakly: ``receive`` should not hold it either, e.g. pass ``type(owner).method``)."""
+    _register(owner, _group_key(slide, folder), receive)
+
+
+def display_peers(owner: Any) -> list[Any]:
+    """The other live views (attached widgets and followers) that ``owner``'s changes reach."""
+    key = getattr(owner, "_display_key", None)
+    return [] if key is None else [view for view, _ in _live_views(key) if view is not owner]
+
+
+def _receive(widget: Any, settings: DisplaySettings | None) -> None:
+    """Settings accepted by another view of the slide: shown and put in ``display_state`` (no file write,
+    not passed on: the state is set as an echo)."""
+    if settings == widget._display_settings:
+        return
+    widget._display_show(settings)
+    widget._display_settings = settings
+    _set_state(widget, settings, "")
+
+
+def _push(origin: Any, settings: DisplaySettings | None) -> None:
+    """Give ``settings`` (accepted and recorded by ``origin``) to every other live view of its slide and
+    folder; one view failing (a closed front end, a closed slide) is logged and the others still get them."""
+    key = getattr(origin, "_display_key", None)
+    if key is None:
+        return
+    for view, receive in _live_views(key):
+        if view is origin:
+            continue
+        try:
+            receive(view, settings)
+        except Exception:
+            log.exception("display settings not passed on to %s", type(view).__name__)
 
 
 def parse_color(value: Any) -> tuple[int, int, int]:
@@ -111,6 +198,10 @@ def attach_display(widget: Any, folder: str | os.PathLike | None = None, record:
     widget._display_echo = False
     widget.display_state = _state(widget, settings, error)
     widget.observe(lambda change: _on_state(widget, change), names="display_state")
+    # recorded settings are shared by the slide's views in this folder: register to send and receive changes
+    widget._display_key = _group_key(slide, widget._display_folder) if widget._display_folder is not None else None
+    if widget._display_key is not None and widget._display_options["channels"]:
+        _register(widget, widget._display_key, _receive)
 
 
 def current_display(widget: Any) -> DisplaySettings | None:
@@ -119,9 +210,9 @@ def current_display(widget: Any) -> DisplaySettings | None:
 
 
 def _apply(widget: Any, settings: DisplaySettings | None, raise_errors: bool = False) -> None:
-    """Show ``settings`` and record them in the session file; a failure to show keeps the old settings
-    (nothing recorded; raised again with ``raise_errors``), a failure to record is reported in the state's
-    ``error``."""
+    """Show ``settings`` and record them in the session file, then pass them to the slide's other open views;
+    a failure to show keeps the old settings (nothing recorded or passed on; raised again with
+    ``raise_errors``), a failure to record is reported in the state's ``error`` (and nothing passed on)."""
     try:
         widget._display_show(settings)
     except (WSILabError, OSError) as exc:
@@ -140,6 +231,8 @@ def _apply(widget: Any, settings: DisplaySettings | None, raise_errors: bool = F
             log.warning("display settings not recorded: %s", exc)
             error = f"display settings not recorded: {exc}"
     _set_state(widget, settings, error)
+    if not error:
+        _push(widget, settings)
 
 
 def _resolve(widget: Any, spec: dict[str, Any]) -> DisplaySettings:

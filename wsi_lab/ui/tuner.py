@@ -22,10 +22,12 @@ import traitlets
 
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.slide import Slide, open_slide
+from wsi_lab.slide.display import DisplaySettings
 from wsi_lab.slide.display_file import recorded_display
 from wsi_lab.tiling.preview import min_object_params, preview_tiling
 from wsi_lab.tissue import DEFAULT_METHOD, TISSUE_METHODS
 from wsi_lab.ui.common import ErrorBox, composite, set_image
+from wsi_lab.ui.display_controls import follow_display
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class ThresholdTuner(widgets.VBox):
     def _build(self, method, tile_size, mpp, min_tissue, display_size, settings, **kwargs) -> None:
         self.last_update_ms = float("nan")
         self._thumb = self.slide.get_thumbnail(display_size, display=recorded_display(self.slide))  # shown, not analysed
+        self._display_size = display_size
+        follow_display(self, self.slide, ThresholdTuner._follow_display)  # a picker's change redraws the background
         style = {"description_width": "110px"}
         def wide() -> widgets.Layout:  # one Layout per widget: hiding one must not hide the others
             return widgets.Layout(width="360px")
@@ -263,6 +267,11 @@ class ThresholdTuner(widgets.VBox):
             picture = composite(picture, grid_layer(self.planned, color=GRID_COLOR, slide=self.slide)
                                 .render_region((0, 0, W, H), (tw, th)))
         set_image(self.image, picture, "jpeg")
+
+    def _follow_display(self, settings: DisplaySettings | None) -> None:
+        """Settings accepted by a picker of this slide (ui/display_controls.py): the background follows."""
+        self._thumb = self.slide.get_thumbnail(self._display_size, display=settings)
+        self._redraw()
 
     def _silent(self, widget, value: Any) -> None:
         """Set a control without triggering another update."""
