@@ -17,6 +17,19 @@ FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testingAccessKeyId", "AWS_SECRET_ACCESS_KEY": 
             "AWS_SESSION_TOKEN": "testing-token", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
+#: the execution role the SageMaker tests name (moto checks only its shape)
+SAGEMAKER_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+def session_with_bucket(endpoint: str, bucket: str):
+    """A ``CloudSession`` (us-east-1) on the moto ``endpoint``, with ``bucket`` created in its S3."""
+    from wsi_lab.cloud import CloudSession
+
+    s = CloudSession(region="us-east-1", endpoint_url=endpoint)
+    s.client("s3").create_bucket(Bucket=bucket)
+    return s
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

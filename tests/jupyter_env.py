@@ -28,6 +28,10 @@ JupyterLab runs with ``--LabApp.expose_app_in_browser`` so tests drive it throug
 ``run_command(page, "notebook:restart-kernel")`` executes any Lab command; ``accept_dialogs(page)`` clicks
 through dialogs such as "Select Kernel". ``page.console_errors`` collects the browser's console errors.
 ``write_notebook(path, ["code cell 1", "code cell 2"])`` writes a minimal nbformat-4 notebook.
+``lab_notebook(root, "nb.ipynb", cells, viewport)`` is all of that at once (write, serve, open, run all)
+and yields ``(server, page)``; ``run_report(page, code)`` runs a cell printing ``REPORT{...json}`` and returns
+the JSON; ``kernel_exec(page, code)`` runs code in the kernel without a cell; ``canvas_rgb(page)`` reads a
+viewer's canvas; ``save_readme_picture(png, "x.png")`` writes a README picture under ``docs/`` on request.
 ``CHROMIUM_ARGS`` are the flags that work on this kind of machine (see /work/shared/RECIPES.md).
 """
 
@@ -48,6 +52,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("WSI_LAB_CHROMIUM", "/usr/bin/chromium")
@@ -57,7 +62,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 __all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "JupyterServer", "free_port", "start_jupyter", "jupyter_server",
            "browser_available", "browser_marks", "browser_page", "write_notebook", "open_notebook", "run_all_cells", "accept_dialogs",
-           "wait_kernel_idle", "run_command", "run_code"]
+           "wait_kernel_idle", "run_command", "run_code", "lab_notebook", "kernel_exec", "report_json", "run_report",
+           "data_url_rgb", "canvas_rgb", "save_readme_picture"]
 
 
 def free_port() -> int:
@@ -307,3 +313,87 @@ def run_code(page, code: str, timeout_ms: int = 60_000) -> str:
     wait_kernel_idle(page, timeout_ms)
     return page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
         const c = nb.widgets[nb.widgets.length - 1]; return c.node.querySelector('.jp-OutputArea').innerText; }""")
+
+
+# -- a notebook in the Lab, and what the tests read back from it ----------------------------------
+@contextlib.contextmanager
+def lab_notebook(root: str | os.PathLike, name: str, cells: list[str], viewport: tuple[int, int] = (1280, 900),
+                 on: dict[str, Any] | None = None, **server_kw) -> Iterator[tuple[JupyterServer, Any]]:
+    """Write notebook ``name`` (relative to ``root``) of code ``cells``, start JupyterLab on ``root``
+    (``server_kw`` as for :func:`start_jupyter`), open the notebook in a headless page of ``viewport``
+    (``on``: ``{event: handler}`` for ``page.on``, registered before it opens) and run all its cells;
+    yields ``(server, page)``."""
+    write_notebook(Path(root) / name, cells)
+    with jupyter_server(root, app="lab", **server_kw) as srv, browser_page(viewport) as page:
+        for event, handler in (on or {}).items():
+            page.on(event, handler)
+        open_notebook(page, srv, name)
+        run_all_cells(page)
+        yield srv, page
+
+
+def kernel_exec(page, code: str) -> str:
+    """Run ``code`` in the current notebook's kernel without adding a cell (a new cell would scroll a widget
+    out of view, where the browser does not repaint it); returns what it printed."""
+    return page.evaluate("""async (code) => {
+        const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        let out = "";
+        const future = kernel.requestExecute({ code });
+        future.onIOPub = (msg) => { if (msg.header.msg_type === "stream") out += msg.content.text; };
+        await future.done;
+        return out; }""", code)
+
+
+def report_json(text: str, marker: str = "REPORT") -> dict:
+    """The JSON a cell printed right after ``marker`` (on the same line) in its output ``text``."""
+    return json.loads(text[text.index(marker) + len(marker):].strip().splitlines()[0])
+
+
+def run_report(page, code: str, marker: str = "REPORT") -> dict:
+    """:func:`run_code` a cell that prints ``marker`` + JSON; return that JSON."""
+    return report_json(run_code(page, code.strip()), marker)
+
+
+def data_url_rgb(url: str):
+    """The pixels of a ``data:image/png;base64,...`` URL as an ``(H, W, 3)`` int16 array (room for differences)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
+
+
+def canvas_rgb(page, container: str = ".wsi-viewer", index: int = 0):
+    """The first canvas of the ``index``-th element matching ``container`` (a viewer's drawing canvas: slide
+    and layers, without the controls drawn over it) as RGB, see :func:`data_url_rgb`."""
+    url = page.evaluate("([sel, i]) => document.querySelectorAll(sel)[i].querySelector('canvas')"
+                        ".toDataURL('image/png')", [container, index])
+    return data_url_rgb(url)
+
+
+def save_readme_picture(png: bytes, name: str, size: tuple[int, int] = (1100, 1400),
+                        full_colour_under: int = 0, max_bytes: int = 0) -> bytes:
+    """``png`` (a screenshot) shrunk to fit ``size`` and saved small: as a full-colour PNG when that is under
+    ``full_colour_under`` bytes, else with a 256-colour palette (asserted under ``max_bytes`` when given).
+    Written to ``docs/<name>`` (the README picture) only when that file is missing or
+    ``WSI_LAB_UPDATE_SCREENSHOT`` is set; returns the bytes."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img.thumbnail(size)
+    buf = io.BytesIO()
+    if full_colour_under:
+        img.save(buf, format="PNG", optimize=True)
+    if not full_colour_under or buf.tell() > full_colour_under:
+        buf = io.BytesIO()
+        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
+    assert not max_bytes or len(buf.getvalue()) < max_bytes
+    shot = REPO / "docs" / name
+    shot.parent.mkdir(exist_ok=True)
+    if os.environ.get("WSI_LAB_UPDATE_SCREENSHOT") or not shot.exists():
+        shot.write_bytes(buf.getvalue())
+    return buf.getvalue()

@@ -5,14 +5,11 @@ settings land in the notebook folder's ``display.json``."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import numpy as np
-from PIL import Image
 
-from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
+from tests.jupyter_env import browser_marks, data_url_rgb, lab_notebook
 from tests.test_viewer_channels import make_fluorescence_ome
 from wsi_lab.testing import make_slide
 
@@ -35,7 +32,7 @@ def _thumb(page, name: str) -> np.ndarray:
         cv.width = img.naturalWidth; cv.height = img.naturalHeight;
         cv.getContext('2d').drawImage(img, 0, 0);
         return cv.toDataURL('image/png'); }""", name)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
+    return data_url_rgb(url)
 
 
 def test_browser_channel_picker_redraws_the_thumbnail(tmp_path):
@@ -43,10 +40,7 @@ def test_browser_channel_picker_redraws_the_thumbnail(tmp_path):
     (root / "slides").mkdir(parents=True)
     make_fluorescence_ome(root / "slides" / "fluo.ome.tif")
     make_slide(root / "slides" / "bright.svs", 768, 512, source="procedural", associated=False)
-    write_notebook(root / "browser.ipynb", [SETUP])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1000)) as page:
-        open_notebook(page, srv, "browser.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "browser.ipynb", [SETUP], (1280, 1000)) as (srv, page):
         page.wait_for_function("() => document.querySelectorAll('.wsi-lab-browser img.wsi-lab-thumb-ready').length === 2",
                                timeout=60_000)
         browser = page.locator(".wsi-lab-browser")

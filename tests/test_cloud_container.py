@@ -19,14 +19,13 @@ import urllib.request
 
 import pytest
 
-from tests._moto import moto_endpoint  # noqa: F401
+from tests._moto import SAGEMAKER_ROLE, moto_endpoint, session_with_bucket  # noqa: F401
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from tests._traindata import make_cohort  # noqa: E402
-from wsi_lab.cloud import CloudSession  # noqa: E402
 from wsi_lab.cloud.deploy import batch_transform, create_model, deploy, package_model, read_transform_outputs  # noqa: E402
 from wsi_lab.cloud.errors import UnsupportedOperationError  # noqa: E402
 from wsi_lab.cloud.processing import tiling_job  # noqa: E402
@@ -34,16 +33,14 @@ from wsi_lab.cloud.training import METRIC_DEFINITIONS, launch  # noqa: E402
 from wsi_lab.cloud.upload import download_tree, parse_s3_uri  # noqa: E402
 from wsi_lab.train.spec import JobSpec  # noqa: E402
 
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+ROLE = SAGEMAKER_ROLE
 BUCKET = "wsi-lab-container"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/wsi-lab:0.1"
 
 
 @pytest.fixture(scope="module")
 def session(moto_endpoint):  # noqa: F811
-    s = CloudSession(region="us-east-1", endpoint_url=moto_endpoint)
-    s.client("s3").create_bucket(Bucket=BUCKET)
-    return s
+    return session_with_bucket(moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._moto import FAKE_ENV, moto_endpoint  # noqa: F401
+from tests._moto import FAKE_ENV, SAGEMAKER_ROLE, moto_endpoint, session_with_bucket  # noqa: F401
 from wsi_lab.errors import InvalidParameterError
 
 boto3 = pytest.importorskip("boto3")
@@ -25,15 +25,13 @@ from wsi_lab.cloud.training import METRIC_DEFINITIONS, launch  # noqa: E402
 from wsi_lab.cloud.upload import upload_file  # noqa: E402
 from wsi_lab.train.spec import JobSpec  # noqa: E402
 
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+ROLE = SAGEMAKER_ROLE
 BUCKET = "wsi-lab-test"
 
 
 @pytest.fixture(scope="module")
 def session(moto_endpoint):  # noqa: F811
-    s = CloudSession(region="us-east-1", endpoint_url=moto_endpoint)
-    s.client("s3").create_bucket(Bucket=BUCKET)
-    return s
+    return session_with_bucket(moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,11 @@ says done. The README picture ``docs/console.png`` comes from this run (rewritte
 
 from __future__ import annotations
 
-import io
-import os
 import time
 
 import pytest
-from PIL import Image
 
-from tests.jupyter_env import (
-    REPO,
-    browser_marks,
-    browser_page,
-    jupyter_server,
-    open_notebook,
-    run_all_cells,
-    write_notebook,
-)
+from tests.jupyter_env import browser_marks, lab_notebook, save_readme_picture
 
 pytest.importorskip("torch")
 pytestmark = browser_marks()
@@ -51,10 +40,7 @@ _WATCH = """() => {
 def test_launch_from_the_panel_and_watch_the_loss_chart_grow(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    write_notebook(root / "console.ipynb", [SETUP])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1300)) as page:
-        open_notebook(page, srv, "console.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "console.ipynb", [SETUP], (1280, 1300)) as (srv, page):
         page.wait_for_selector(".wsi-lab-console .wsi-lab-console-launch", timeout=60_000)
         page.evaluate(_WATCH)
         page.locator(".wsi-lab-console .wsi-lab-console-launch").click()
@@ -87,11 +73,5 @@ def test_launch_from_the_panel_and_watch_the_loss_chart_grow(tmp_path):
         # the screenshot: kept as the test's artefact and the README picture
         png = page.locator(".wsi-lab-console").screenshot()
         (tmp_path / "console.png").write_bytes(png)
-        img = Image.open(io.BytesIO(png)).convert("RGB")
-        img.thumbnail((1100, 1400))
-        buf = io.BytesIO()
-        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
-        shot = REPO / "docs" / "console.png"
-        if os.environ.get("WSI_LAB_UPDATE_SCREENSHOT") or not shot.exists():
-            shot.write_bytes(buf.getvalue())
+        save_readme_picture(png, "console.png")
         assert not [e for e in page.console_errors if "plotly" in e.lower()], page.console_errors

@@ -4,20 +4,7 @@ artefact; rewritten when missing or with ``WSI_LAB_UPDATE_SCREENSHOT=1``)."""
 
 from __future__ import annotations
 
-import io
-import os
-
-from PIL import Image
-
-from tests.jupyter_env import (
-    REPO,
-    browser_marks,
-    browser_page,
-    jupyter_server,
-    open_notebook,
-    run_all_cells,
-    write_notebook,
-)
+from tests.jupyter_env import browser_marks, lab_notebook, save_readme_picture
 
 pytestmark = browser_marks()
 
@@ -35,10 +22,7 @@ lab
 def test_the_doctor_tab_lists_every_part_with_its_fix(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    write_notebook(root / "doctor.ipynb", [SETUP])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1100)) as page:
-        open_notebook(page, srv, "doctor.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "doctor.ipynb", [SETUP], (1280, 1100)) as (srv, page):
         try:
             page.locator(".jp-OutputArea .lm-TabBar-tab", has_text="Doctor").first.click(timeout=60_000)
             page.wait_for_selector(".wsi-lab-doctor-panel table.wsi-lab-doctor tbody tr", timeout=120_000)
@@ -54,10 +38,4 @@ def test_the_doctor_tab_lists_every_part_with_its_fix(tmp_path):
         assert missing == panel.locator("code.wsi-lab-doctor-fix").count() or missing == 0  # a fix for each missing part
         png = panel.screenshot()
         (tmp_path / "doctor.png").write_bytes(png)
-        img = Image.open(io.BytesIO(png)).convert("RGB")
-        img.thumbnail((1100, 1400))
-        buf = io.BytesIO()
-        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
-        shot = REPO / "docs" / "doctor.png"
-        if os.environ.get("WSI_LAB_UPDATE_SCREENSHOT") or not shot.exists():
-            shot.write_bytes(buf.getvalue())
+        save_readme_picture(png, "doctor.png")

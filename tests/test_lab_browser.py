@@ -6,8 +6,6 @@ rewrite it."""
 from __future__ import annotations
 
 import io
-import json
-import os
 import shutil
 
 import numpy as np
@@ -17,15 +15,7 @@ from PIL import Image
 from tests.conftest import CMU
 
 OME = CMU.parent / "OS-1-detail.ome.tif"
-from tests.jupyter_env import (  # noqa: E402
-    REPO,
-    browser_marks,
-    browser_page,
-    jupyter_server,
-    open_notebook,
-    run_all_cells,
-    write_notebook,
-)
+from tests.jupyter_env import browser_marks, canvas_rgb, lab_notebook, report_json, save_readme_picture  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
@@ -50,7 +40,7 @@ def _run(page, code: str, marker: str) -> dict:
     except Exception:
         page.screenshot(path="/tmp/lab_browser_fail.png")
         raise
-    return json.loads(out[out.index(marker) + len(marker):].strip().splitlines()[0])
+    return report_json(out, marker)
 
 
 def _tiles(page) -> int:
@@ -63,10 +53,7 @@ def _png(locator) -> np.ndarray:
 
 def _canvas(page) -> np.ndarray:
     """The Lab viewer's drawing canvas (slide + layers, without the controls drawn over it) as RGB."""
-    import base64
-
-    url = page.evaluate("() => document.querySelector('.wsi-lab-lab .wsi-viewer canvas').toDataURL('image/png')")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
+    return canvas_rgb(page, ".wsi-lab-lab .wsi-viewer")
 
 
 def _green(img: np.ndarray) -> float:
@@ -90,10 +77,7 @@ def test_lab_in_jupyterlab(tmp_path):
     shutil.copy(CMU, root / "slides" / CMU.name)
     shutil.copy(OME, root / "slides" / OME.name)
     (root / "slides" / "fake.svs").write_bytes(b"II*\x00 twenty bytes...")  # an unreadable file beside them
-    write_notebook(root / "lab.ipynb", [LAB])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1100)) as page:
-        open_notebook(page, srv, "lab.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "lab.ipynb", [LAB], (1280, 1100)) as (srv, page):
         page.wait_for_selector(".wsi-lab-lab .wsi-lab-tuner .wsi-lab-tiles-kept", timeout=60_000)
         header = page.locator(".wsi-lab-lab .wsi-lab-header")
         assert CMU.name in header.inner_text() and "1 selected for tiling" in header.inner_text()
@@ -171,19 +155,9 @@ def test_lab_in_jupyterlab(tmp_path):
         legend = page.locator(".wsi-lab-lab .wsi-legend-entry").all_inner_texts()
         assert any("tissue" in t for t in legend) and any("tiles" in t for t in legend), legend
         # README screenshot: the Lab with the viewer tab
-        shot_path = REPO / "docs" / "screenshot.png"
-        shot_path.parent.mkdir(exist_ok=True)
-        img = Image.open(io.BytesIO(page.locator(".wsi-lab-lab").screenshot())).convert("RGB")
-        img.thumbnail((1100, 1100))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
-        if buf.tell() > 280_000:  # keep the README light: fall back to a 256-colour palette
-            buf = io.BytesIO()
-            img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
-        assert len(buf.getvalue()) < 300_000
-        # the tracked README picture is only rewritten on request (or when missing)
-        if os.environ.get("WSI_LAB_UPDATE_SCREENSHOT") or not shot_path.exists():
-            shot_path.write_bytes(buf.getvalue())
+        # (kept light: a 256-colour palette past 280 kB; only rewritten on request, or when missing)
+        save_readme_picture(page.locator(".wsi-lab-lab").screenshot(), "screenshot.png", (1100, 1100),
+                            full_colour_under=280_000, max_bytes=300_000)
         # -- the grid overlay is drawn over the planned tiles (and nowhere else) ----------------
         state = _run(page, """
 v = lab.panels["Viewer"].viewer

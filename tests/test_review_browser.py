@@ -4,7 +4,6 @@ restart the kernel, and find the decision reloaded and in the exported GeoJSON. 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,13 +16,10 @@ from tests.jupyter_env import (
     REPO,
     accept_dialogs,
     browser_marks,
-    browser_page,
-    jupyter_server,
-    open_notebook,
-    run_all_cells,
+    lab_notebook,
     run_code,
+    run_report,
     wait_kernel_idle,
-    write_notebook,
 )
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
@@ -82,10 +78,7 @@ print("REPORT" + json.dumps({"n": len(e), "label": e.label.tolist(), "who": e.re
 def test_relabel_a_tile_restart_the_kernel_and_find_the_decision_reloaded(tmp_path):
     root = copy_slide(tmp_path)
     cmu_predictions(root)
-    write_notebook(root / "review.ipynb", [PANEL])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1300)) as page:
-        open_notebook(page, srv, "review.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "review.ipynb", [PANEL], (1280, 1300)) as (srv, page):
         page.wait_for_selector(".wsi-review-layered .wsi-viewer[data-ready='1']", timeout=60_000)
         page.wait_for_selector(".wsi-review-plain .wsi-viewer[data-ready='1']", timeout=60_000)
         first = page.locator(".wsi-review-gallery-top .wsi-gallery-cell").first
@@ -107,8 +100,7 @@ def test_relabel_a_tile_restart_the_kernel_and_find_the_decision_reloaded(tmp_pa
         page.wait_for_selector(".jp-Dialog .jp-mod-accept", timeout=20_000)
         accept_dialogs(page)
         wait_kernel_idle(page)
-        out = run_code(page, AFTER_RESTART.strip())
-        report = json.loads(out[out.index("REPORT") + 6:].strip().splitlines()[0])
+        report = run_report(page, AFTER_RESTART)
         assert report["n"] == 1 and report["label"] == ["normal"] and report["who"] == ["dr-browser"], report
         assert f"x={report['xy'][0]} y={report['xy'][1]}" in held, (held, report)
         assert report["geo"] == [["normal", "dr-browser", [float(report["xy"][0]), float(report["xy"][1])]]], report

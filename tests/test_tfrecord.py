@@ -11,6 +11,8 @@ from wsi_lab.data.tfrecord import (
     TFRecordWriter,
     count_records,
     encode_example,
+    frame_record,
+    iter_frames,
     iter_tfrecord,
     masked_crc32c,
     parse_example,
@@ -112,3 +114,25 @@ def test_corrupt_length_without_verification_is_a_data_error(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match="truncated record 0"):
         count_records(path, verify=False)
+
+
+class _Trickle:
+    """A stream whose ``read`` returns at most 5 bytes, as a pipe may."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.data[self.pos:self.pos + min(n, 5)]
+        self.pos += len(chunk)
+        return chunk
+
+
+def test_the_frame_reader_of_files_and_streams_takes_short_reads_and_names_a_cut_record():
+    records = [encode_example({"i": i, "pad": b"q" * (40 * i)}) for i in range(4)]
+    body = b"".join(b"".join(frame_record(r)) for r in records)
+    assert list(iter_frames(_Trickle(body), "pipe")) == records  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"pipe: truncated record 3; the stream is incomplete"):
+        list(iter_frames(_Trickle(body[:-2]), "pipe"))  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"pipe: record 0 claims 4611686018427387904 bytes"):
+        list(iter_frames(_Trickle(struct.pack("<Q", 2**62) + body[8:]), "pipe", verify=False))  # type: ignore[arg-type]

@@ -13,15 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CMU
-from tests.jupyter_env import (
-    browser_marks,
-    browser_page,
-    jupyter_server,
-    open_notebook,
-    run_all_cells,
-    run_code,
-    write_notebook,
-)
+from tests.jupyter_env import browser_marks, lab_notebook, run_code, run_report
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
@@ -81,10 +73,7 @@ def test_viewer_draws_slide_pixels_over_http_and_comm(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(CMU, root / CMU.name)  # a copy: symlinks leading outside the root are (rightly) not served
-    write_notebook(root / "viewer.ipynb", [SETUP, SERVER_VIEWER, COMM_VIEWER])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1400)) as page:
-        open_notebook(page, srv, "viewer.ipynb")
-        run_all_cells(page)
+    with lab_notebook(root, "viewer.ipynb", [SETUP, SERVER_VIEWER, COMM_VIEWER], (1280, 1400)) as (srv, page):
         _wait_tiles(page, "server")
         _wait_tiles(page, "comm")
         viewers = page.locator(".wsi-viewer")
@@ -113,8 +102,7 @@ def test_viewer_draws_slide_pixels_over_http_and_comm(tmp_path):
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_timeout(1500)
         # report state from the kernel
-        out = run_code(page, REPORT.strip())
-        report = json.loads(out[out.index("REPORT") + 6:].strip().splitlines()[0])
+        report = run_report(page, REPORT)
         assert report["a"] == "server" and report["b"] == "comm", report
         x2, y2, w2, h2 = report["vp2"]  # untouched viewer: the whole slide height in view, level-0 px
         assert abs(h2 - 2967) < 5 and w2 > 2220 and x2 < 0, report
@@ -154,7 +142,7 @@ def test_auto_falls_back_to_comm_without_the_extension(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(CMU, root / CMU.name)
-    write_notebook(root / "fallback.ipynb", [
+    cells = [
         "from wsi_lab import open_slide\nfrom wsi_lab.ui import SlideViewer\n"
         "class NoMpp:  # a slide whose metadata has no µm/px: no scale bar\n"
         "    mpp = None\n"
@@ -162,11 +150,9 @@ def test_auto_falls_back_to_comm_without_the_extension(tmp_path):
         "    def __getattr__(self, name): return getattr(self._s, name)\n"
         "v = SlideViewer(NoMpp(open_slide('CMU-1-Small-Region.svs')), height='300px')\nv",
         "w = SlideViewer('CMU-1-Small-Region.svs', tile_source='server', height='200px')\nw",
-    ])
-    with jupyter_server(root, app="lab", extensions={"wsi_lab.server": False}) as srv, browser_page() as page:
+    ]
+    with lab_notebook(root, "fallback.ipynb", cells, extensions={"wsi_lab.server": False}) as (srv, page):
         assert srv.get("wsi-lab/api/slides")[0] == 404  # really not there
-        open_notebook(page, srv, "fallback.ipynb")
-        run_all_cells(page)
         _wait_tiles(page, "comm")
         stats = _canvas_stats(page, 0)
         assert stats["std"] > 15 and stats["nonwhite"] > 0.03, stats

@@ -6,14 +6,11 @@ the slide (over the comm) follows those changes live, and its own picker still w
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import numpy as np
-from PIL import Image
 
-from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
+from tests.jupyter_env import browser_marks, canvas_rgb, kernel_exec, lab_notebook
 from tests.test_viewer_channels import make_fluorescence_ome
 
 pytestmark = browser_marks()
@@ -29,25 +26,9 @@ v2
 """
 
 
-def _canvas(page, index: int = 0) -> np.ndarray:
-    url = page.evaluate("(i) => document.querySelectorAll('.wsi-viewer')[i].querySelector('canvas')"
-                        ".toDataURL('image/png')", index)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
-
-
-def _exec(page, code: str) -> str:
-    return page.evaluate("""async (code) => {
-        const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-        let out = "";
-        const future = kernel.requestExecute({ code });
-        future.onIOPub = (msg) => { if (msg.header.msg_type === "stream") out += msg.content.text; };
-        await future.done;
-        return out; }""", code)
-
-
 def _state_token(page) -> str:
     """The first viewer's tile token as the kernel has it."""
-    return _exec(page, "print(v.display_state['token'], end='')")
+    return kernel_exec(page, "print(v.display_state['token'], end='')")
 
 
 def _wait_shown(page, gen: int, index: int = 0) -> np.ndarray:
@@ -57,19 +38,16 @@ def _wait_shown(page, gen: int, index: int = 0) -> np.ndarray:
                            " return Number(e.dataset.displayGen || 0) >= g && e.dataset.slideLoaded === '1'; }",
                            arg=[gen, index], timeout=60_000)
     page.wait_for_timeout(800)  # the canvas is redrawn on the next animation frames
-    return _canvas(page, index)
+    return canvas_rgb(page, index=index)
 
 
 def test_channel_picker_and_gamma_change_the_rendered_tiles(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     make_fluorescence_ome(root / "fluo.ome.tif")
-    write_notebook(root / "channels.ipynb", [SETUP, COMM])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1000)) as page:
-        tile_urls: list[str] = []
-        page.on("request", lambda r: tile_urls.append(r.url) if "/wsi-lab/api/tiles/" in r.url else None)
-        open_notebook(page, srv, "channels.ipynb")
-        run_all_cells(page)
+    tile_urls: list[str] = []
+    on = {"request": lambda r: tile_urls.append(r.url) if "/wsi-lab/api/tiles/" in r.url else None}
+    with lab_notebook(root, "channels.ipynb", [SETUP, COMM], (1280, 1000), on=on) as (srv, page):
         page.wait_for_function("() => { const e = document.querySelectorAll('.wsi-viewer');"
                                " return e.length === 2 && [...e].every((v) => v.dataset.ready === '1'"
                                " && v.dataset.slideLoaded === '1'); }", timeout=90_000)
@@ -79,19 +57,19 @@ def test_channel_picker_and_gamma_change_the_rendered_tiles(tmp_path):
         names = el.locator(".wsi-display-channel .wsi-display-name").all_inner_texts()
         assert names == ["DAPI", "FITC", "TRITC"]
         assert all("display=" in u for u in tile_urls) and tile_urls
-        before = _canvas(page)
+        before = canvas_rgb(page)
         assert before[..., 2].max() > 200  # the blue DAPI checkerboard is drawn
         # -- switch DAPI off in the picker --------------------------------------------------------
         el.locator(".wsi-display-channel[data-channel='0'] input[type=checkbox]").click()
         off = _wait_shown(page, 1)
         assert off[..., 2].max() < 60, off[..., 2].max()  # no blue left
         assert off[..., 1].max() > 150  # FITC (green) still shown
-        state = json.loads(_exec(page, "import json; print(json.dumps(v.display_state))"))
+        state = json.loads(kernel_exec(page, "import json; print(json.dumps(v.display_state))"))
         assert state["settings"]["channels"] == [1, 2]
         page.wait_for_timeout(1000)  # the kernel's echo (same settings, same token) reloads nothing
         assert el.get_attribute("data-display-gen") == "1" and el.get_attribute("data-display-token") == state["token"]
         # -- gamma from Python: the front end follows, the tiles darken ----------------------------
-        _exec(page, "v.set_display(gamma=3.0)")
+        kernel_exec(page, "v.set_display(gamma=3.0)")
         dark = _wait_shown(page, 2)
         assert dark.mean() < off.mean() - 2, (dark.mean(), off.mean())
         assert el.locator(".wsi-display-gamma-value").inner_text() == "3.00"

@@ -5,8 +5,6 @@ zoomed in."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 
@@ -15,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CMU
-from tests.jupyter_env import browser_marks, browser_page, jupyter_server, open_notebook, run_all_cells, write_notebook
+from tests.jupyter_env import browser_marks, canvas_rgb, kernel_exec, lab_notebook
 
 pytestmark = [pytest.mark.skipif(not CMU.exists(), reason="shared slides missing"), *browser_marks()]
 
@@ -34,27 +32,8 @@ v
 """
 
 
-def _png(page) -> np.ndarray:
-    """The viewer's drawing canvas (slide and overlay layers composited; no controls over it) as RGB."""
-    url = page.evaluate("() => document.querySelector('.wsi-viewer canvas').toDataURL('image/png')")
-    data = base64.b64decode(url.split(",", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
-
-
-def _exec(page, code: str) -> str:
-    """Run ``code`` in the notebook's kernel without adding a cell (a new cell would scroll the viewer
-    out of view, where the browser does not repaint it); returns what it printed."""
-    return page.evaluate("""async (code) => {
-        const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-        let out = "";
-        const future = kernel.requestExecute({ code });
-        future.onIOPub = (msg) => { if (msg.header.msg_type === "stream") out += msg.content.text; };
-        await future.done;
-        return out; }""", code)
-
-
 def _vp(page) -> list:
-    return json.loads(_exec(page, "print(json.dumps(v.viewport))").strip().splitlines()[-1])
+    return json.loads(kernel_exec(page, "print(json.dumps(v.viewport))").strip().splitlines()[-1])
 
 
 def _settle(page, before: list | None = None) -> list:
@@ -74,12 +53,9 @@ def test_viewer_controls_legend_probe_and_grid(tmp_path):
     nb_dir = root / "cases" / "week1"
     nb_dir.mkdir(parents=True)
     shutil.copy(CMU, nb_dir / CMU.name)  # two folders below the server root: the viewer must find it
-    write_notebook(nb_dir / "viewer.ipynb", [SETUP])
-    with jupyter_server(root, app="lab") as srv, browser_page((1280, 1100)) as page:
-        not_found: list[str] = []
-        page.on("response", lambda r: not_found.append(r.url) if r.status == 404 and "wsi-lab" in r.url else None)
-        open_notebook(page, srv, "cases/week1/viewer.ipynb")
-        run_all_cells(page)
+    not_found: list[str] = []
+    on = {"response": lambda r: not_found.append(r.url) if r.status == 404 and "wsi-lab" in r.url else None}
+    with lab_notebook(root, "cases/week1/viewer.ipynb", [SETUP], (1280, 1100), on=on) as (srv, page):
         page.wait_for_function("() => { const e = document.querySelector('.wsi-viewer');"
                                " return e && e.dataset.ready === '1' && Number(e.dataset.tilesLoaded) >= 4; }",
                                timeout=90_000)
@@ -121,22 +97,22 @@ def test_viewer_controls_legend_probe_and_grid(tmp_path):
         assert [t.strip() for t in entries] == ["tissue", "tiles"], entries
         assert el.locator(".wsi-legend-head .wsi-swatch").count() == 2
         # -- the grid, zoomed in: outlines only on the 256-px tile boundaries ------------------------
-        _exec(page, 'v.set_layer("tissue", visible=False)')
+        kernel_exec(page, 'v.set_layer("tissue", visible=False)')
         page.wait_for_function("() => document.querySelector('.wsi-viewer').dataset.visibleLayers === 'tiles'")
         assert not el.locator(".wsi-legend-entry[data-layer='tissue'] input[type=checkbox]").is_checked()
         for box0 in ([600, 600, 600, 600], [300, 300, 1200, 1200]):
-            _exec(page, f"v.go_to(*{box0})")
+            kernel_exec(page, f"v.go_to(*{box0})")
             el.scroll_into_view_if_needed()  # new cells scroll the viewer away; off-screen it does not animate
             vp = _settle(page, box0)  # the front end answers with the box it fitted (wider: the aspect ratio)
             assert vp[0] <= box0[0] + 2 and vp[0] + vp[2] >= box0[0] + box0[2] - 2, (box0, vp)
-            _exec(page, 'v.set_layer("tiles", visible=True)')
+            kernel_exec(page, 'v.set_layer("tiles", visible=True)')
             page.wait_for_function("() => document.querySelector('.wsi-viewer').dataset.visibleLayers === 'tiles'")
             page.wait_for_timeout(2500)
-            with_grid = _png(page)
-            _exec(page, 'v.set_layer("tiles", visible=False)')
+            with_grid = canvas_rgb(page)
+            kernel_exec(page, 'v.set_layer("tiles", visible=False)')
             page.wait_for_function("() => document.querySelector('.wsi-viewer').dataset.visibleLayers === ''")
             page.wait_for_timeout(2000)
-            without = _png(page)
+            without = canvas_rgb(page)
             assert _vp(page) == vp  # nobody moved the view
             H, W = with_grid.shape[:2]
             diff = np.abs(with_grid - without).sum(axis=2) > 90

@@ -58,13 +58,15 @@ def _files_hash(paths: list[Path]) -> str:
 
 def train_if_needed(spec, inputs: str, say: Callable[[str], None], progress=None) -> tuple[Path, bool]:
     """Run ``spec`` with :func:`wsi_lab.train.launch` unless ``spec.out`` holds a complete run of this
-    spec (its manifest: same spec hash, same ``inputs`` hash, checkpoint present); ``(checkpoint, ran)``."""
+    spec (its manifest: same spec hash, same ``inputs`` hash, checkpoint present), saying which through
+    ``say``; ``(checkpoint, ran)``."""
     from wsi_lab.runs.manifest import check_manifest, write_manifest
     from wsi_lab.train import launch
 
     out = Path(spec.out)
     ckpt = out / "checkpoints" / "last.pt"
     if check_manifest(out, MANIFEST_KIND, inputs_hash=inputs, params_hash=spec.hash(), verify_hashes=False):
+        say(f"  skipped: {ckpt} is complete for this spec ({spec.hash(12)})")
         return ckpt, False
     _clear_stale(out, spec, inputs, say)
     job = launch(spec, progress=progress)
@@ -150,9 +152,7 @@ def run_model_steps(report, tables: dict[str, Path], paths: list[str], settings:
                        batch_size=settings.batch_size, backend="local", device="cpu").validate()
     say(f"[train vae] {len(table)} tiles, {settings.epochs} epoch(s), latent_dim {settings.latent_dim} "
         f"(JobSpec + wsi_lab.launch, backend local) -> {vae_spec.out}")
-    ckpt, ran = train_if_needed(vae_spec, inputs, say, prog())
-    if not ran:
-        say(f"  skipped: {ckpt} is complete for this spec ({vae_spec.hash(12)})")
+    ckpt, _ran = train_if_needed(vae_spec, inputs, say, prog())
     report.checkpoints["vae"] = ckpt
     report.timings["train vae"] = time.perf_counter() - t0
 
@@ -224,9 +224,7 @@ def _classifier(report, table, inputs: str, settings: MLSettings, say: Callable[
                    model={"name": "small_cnn"}, epochs=settings.epochs, batch_size=settings.batch_size,
                    backend="local", device="cpu").validate()
     say(f"[train classifier] small_cnn on {len(slides)} slide classes, {len(lab)} tiles -> {spec.out}")
-    ckpt, ran = train_if_needed(spec, inputs, say, prog())
-    if not ran:
-        say(f"  skipped: {ckpt} is complete for this spec ({spec.hash(12)})")
+    ckpt, _ran = train_if_needed(spec, inputs, say, prog())
     report.checkpoints["classify"] = ckpt
     report.timings["train classifier"] = time.perf_counter() - t0
 

@@ -23,6 +23,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,7 +36,9 @@ __all__ = [
     "frame_record",
     "parse_example",
     "TFRecordWriter",
+    "iter_frames",
     "iter_tfrecord",
+    "MAX_RECORD_BYTES",
     "read_examples",
     "count_records",
 ]
@@ -287,37 +290,73 @@ class TFRecordWriter:
         self.close(exc)
 
 
+#: a record longer than this is taken for a corrupt length where the stream's size is unknown (a 4096² RGB
+#: tile is 48 MiB); a file's records are bounded by the bytes left in it instead
+MAX_RECORD_BYTES = 256 << 20
+
+
+def _read_exact(fh: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end of the stream (a pipe's ``read`` may return short)."""
+    data = fh.read(n)
+    if len(data) == n or not data:
+        return data
+    parts, got = [data], len(data)
+    while got < n:
+        chunk = fh.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def iter_frames(fh: BinaryIO, name: str, verify: bool = True, size: int | None = None,
+                hint: str = "the stream is {}") -> Iterator[bytes]:
+    """Yield the data of each framed record read from ``fh`` (a file, a FIFO, a socket) until it ends,
+    checking both CRCs when ``verify``. ``size``: the bytes left in ``fh`` when known (a file), so a corrupt
+    length never allocates past them; otherwise a length over :data:`MAX_RECORD_BYTES` is corrupt. A
+    truncated or corrupt record raises :class:`DataError` naming ``name``, the record number and ``hint``
+    (formatted with "incomplete", "corrupt" or "incomplete or corrupt")."""
+    index = 0
+    left = 0 if size is None else size
+    while True:
+        header = _read_exact(fh, 12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise DataError(f"{name}: truncated record header at record {index}; {hint.format('incomplete')}")
+        length_bytes = header[:8]
+        (length,) = struct.unpack("<Q", length_bytes)
+        if verify and masked_crc32c(length_bytes) != struct.unpack("<I", header[8:])[0]:
+            raise DataError(f"{name}: length CRC mismatch at record {index}; {hint.format('corrupt')}")
+        if size is None:
+            if length > MAX_RECORD_BYTES:
+                raise DataError(f"{name}: record {index} claims {length} bytes; {hint.format('corrupt')}")
+        else:
+            left -= 12
+            if length + 4 > left:  # never allocate what a corrupt length claims
+                raise DataError(f"{name}: truncated record {index} (its header claims {length} bytes); "
+                                f"{hint.format('incomplete or corrupt')}")
+            left -= length + 4
+        data = _read_exact(fh, length)
+        footer = _read_exact(fh, 4)
+        if len(data) < length or len(footer) < 4:
+            raise DataError(f"{name}: truncated record {index}; {hint.format('incomplete')}")
+        if verify and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+            raise DataError(f"{name}: data CRC mismatch at record {index}; {hint.format('corrupt')}")
+        yield data
+        index += 1
+
+
 def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
     """Yield the records of a TFRecord file, checking both CRCs of each one when ``verify``.
     A truncated or corrupt file raises :class:`DataError` naming the file and the record number."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: TFRecord file not found")
-    size = p.stat().st_size
     with open(p, "rb") as fh:
-        index = 0
-        while True:
-            header = fh.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise DataError(f"{p}: truncated record header at record {index}; the file is incomplete, re-export it")
-            length_bytes = header[:8]
-            (length,) = struct.unpack("<Q", length_bytes)
-            (length_crc,) = struct.unpack("<I", header[8:])
-            if verify and masked_crc32c(length_bytes) != length_crc:
-                raise DataError(f"{p}: length CRC mismatch at record {index}; the file is corrupt, re-export it")
-            if length + 4 > size - fh.tell():  # never allocate what a corrupt length claims
-                raise DataError(f"{p}: truncated record {index} (its header claims {length} bytes); the file is "
-                                "incomplete or corrupt, re-export it")
-            data = fh.read(length)
-            footer = fh.read(4)
-            if len(data) < length or len(footer) < 4:
-                raise DataError(f"{p}: truncated record {index}; the file is incomplete, re-export it")
-            if verify and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-                raise DataError(f"{p}: data CRC mismatch at record {index}; the file is corrupt, re-export it")
-            yield data
-            index += 1
+        yield from iter_frames(fh, str(p), verify, size=os.fstat(fh.fileno()).st_size,
+                               hint="the file is {}, re-export it")
 
 
 def read_examples(path: str | os.PathLike) -> Iterator[dict[str, list]]:

@@ -9,20 +9,16 @@ SageMaker Pipe mode streams a channel's S3 objects, concatenated, through a FIFO
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
-from wsi_lab.data.tfrecord import masked_crc32c, parse_example
+from wsi_lab.data.tfrecord import MAX_RECORD_BYTES, iter_frames, parse_example
 from wsi_lab.errors import DataError
 
 __all__ = ["TileRecord", "iter_stream_records", "split_records", "decode_tile_record", "MAX_RECORD_BYTES"]
-
-#: a record longer than this is taken for a corrupt length (a 4096² RGB tile is 48 MiB)
-MAX_RECORD_BYTES = 256 << 20
 
 
 @dataclass
@@ -36,42 +32,11 @@ class TileRecord:
     y: int
 
 
-def _read_exact(fh: BinaryIO, n: int) -> bytes:
-    """``n`` bytes, fewer only at the end of the stream (a pipe's ``read`` may return short)."""
-    parts, got = [], 0
-    while got < n:
-        chunk = fh.read(n - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
 def iter_stream_records(fh: BinaryIO, name: str = "stream", verify: bool = True) -> Iterator[bytes]:
     """Yield the records of a TFRecord byte stream (a FIFO, a socket, a file object) until it ends,
     checking both CRCs when ``verify``; a truncated or corrupt stream raises :class:`DataError` naming
     ``name`` and the record number."""
-    index = 0
-    while True:
-        header = _read_exact(fh, 12)
-        if not header:
-            return
-        if len(header) < 12:
-            raise DataError(f"{name}: the stream ends inside the header of record {index}")
-        (length,) = struct.unpack("<Q", header[:8])
-        if verify and masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
-            raise DataError(f"{name}: length CRC mismatch at record {index}; not a TFRecord stream, or corrupt")
-        if length > MAX_RECORD_BYTES:
-            raise DataError(f"{name}: record {index} claims {length} bytes; corrupt")
-        data = _read_exact(fh, length)
-        footer = _read_exact(fh, 4)
-        if len(data) < length or len(footer) < 4:
-            raise DataError(f"{name}: the stream ends inside record {index}")
-        if verify and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-            raise DataError(f"{name}: data CRC mismatch at record {index}; corrupt")
-        yield data
-        index += 1
+    return iter_frames(fh, name, verify)
 
 
 def split_records(body: bytes, name: str = "body") -> list[bytes]:
