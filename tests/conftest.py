@@ -82,11 +82,3 @@ def client():
     c.close()
     cluster.close()
 
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """Run ``test_slide_backends.py`` first. In one full-suite process, cuCIM's CPU build (cucim-cu12 26.10,
-    installed --no-deps) segfaulted in ``CuImage.read_region`` in that file's ``test_metadata``, after ~560
-    earlier tests, in 2 of 2 runs; the file alone and after the second half of the suite passes. The state that
-    triggers it was not found in the session that saw it (see the issue notes): until it is, the backends'
-    checks run before anything else has used the process."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_slide_backends.py") else 1)

@@ -100,6 +100,9 @@ def _torch_detail() -> str:
 def check_environment(deep: bool = False) -> list[Check]:
     """Probe every optional part of WSI Lab and return one :class:`Check` per part. Heavy frameworks
     (TensorFlow, napari, SageMaker, Horovod) are only located unless ``deep`` imports them too."""
+    from wsi_lab.slide.cucim_backend import preload_cucim
+
+    preload_cucim()  # before the `import cucim` below: cuCIM must be loaded this way (see preload_cucim)
     checks = [
         _module_check("tifffile reader", "tiffslide", "tiffslide", "pip install wsi-lab"),
         _module_check("imagecodecs", "imagecodecs", "imagecodecs", "pip install imagecodecs", _codecs_detail),
