@@ -216,6 +216,27 @@ def test_subprocess_job_streams_logs_and_metrics():
     assert slow.wait(30) == JobStatus.CANCELLED
 
 
+def test_a_subprocess_job_whose_finishing_fails_ends_failed_not_running():
+    class Broken(SubprocessJob):
+        def _finish(self, result=None, error=None, status=None):
+            raise RuntimeError("cannot read the summary")
+
+    job = Broken([sys.executable, "-c", "print('done')"])
+    assert job.wait(60) == JobStatus.FAILED
+    with pytest.raises(RuntimeError, match="summary"):
+        job.result()
+
+
+def test_a_training_job_reads_the_result_two_ranks_printed_on_one_line():
+    """Two torchrun ranks writing at once can put both result lines on one (the job stayed 'running')."""
+    from wsi_lab.train.launcher import RESULT_PREFIX, _last_reported
+
+    line = RESULT_PREFIX + '{"epochs_run": 2}' + RESULT_PREFIX + '{"epochs_run": 2}'
+    assert _last_reported(["x", line, ""], RESULT_PREFIX) == {"epochs_run": 2}
+    assert _last_reported([RESULT_PREFIX + '{"a": 1}', RESULT_PREFIX + "{broken"], RESULT_PREFIX) == {"a": 1}
+    assert _last_reported(["nothing"], RESULT_PREFIX) is None
+
+
 # -- executors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("given, expected", [
     ("127.0.0.1:8786", "tcp://127.0.0.1:8786"), ("tcp://10.0.0.5:9000", "tcp://10.0.0.5:9000"),

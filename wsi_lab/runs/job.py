@@ -272,12 +272,16 @@ class SubprocessJob(Job[int]):
         for line in self._proc.stdout:
             self.handle_line(line.rstrip("\n"))
         rc = self._proc.wait()
-        if self.cancel_event.is_set():
-            self._finish(result=rc, status=JobStatus.CANCELLED)
-        elif rc != 0:
-            self._finish(error=subprocess.CalledProcessError(rc, self.cmd, "\n".join(self.logs(tail=20))))
-        else:
-            self._finish(result=rc)
+        try:
+            if self.cancel_event.is_set():
+                self._finish(result=rc, status=JobStatus.CANCELLED)
+            elif rc != 0:
+                self._finish(error=subprocess.CalledProcessError(rc, self.cmd, "\n".join(self.logs(tail=20))))
+            else:
+                self._finish(result=rc)
+        except Exception as exc:  # a launcher's own _finish failing must not leave the job running for ever
+            log.exception("%s: finishing the job failed", self.name)
+            Job._finish(self, error=exc)
 
     def cancel(self) -> None:
         super().cancel()

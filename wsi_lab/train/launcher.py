@@ -61,6 +61,20 @@ def command_for(spec: JobSpec, spec_path: str | os.PathLike, python: str = sys.e
     raise errors.InvalidParameterError(f"job spec key 'backend': {spec.backend!r} cannot be launched here")
 
 
+
+def _last_reported(lines: Sequence[str], prefix: str) -> Any:
+    """The JSON object after ``prefix`` on the last line that starts with it and parses; every rank prints
+    one, and two ranks writing at once can put theirs on one line (``PREFIX {...}PREFIX {...}``): the first
+    object of such a line is read."""
+    decoder = json.JSONDecoder()
+    for ln in reversed(lines):
+        if ln.startswith(prefix):
+            try:
+                return decoder.raw_decode(ln[len(prefix):])[0]
+            except ValueError:
+                continue
+    return None
+
 class TrainJob(SubprocessJob):
     """A :class:`SubprocessJob` whose error is the worker's own typed error (``DataError``,
     ``CheckpointError``, ``TrainingError``...) and whose result is the recipe's summary dict."""
@@ -78,11 +92,9 @@ class TrainJob(SubprocessJob):
     def _finish(self, result: Any = None, error: BaseException | None = None,
                 status: JobStatus | None = None) -> None:
         lines = self.logs()
-        summary = next((json.loads(ln[len(RESULT_PREFIX):]) for ln in reversed(lines) if ln.startswith(RESULT_PREFIX)),
-                       None)
+        summary = _last_reported(lines, RESULT_PREFIX)
         if isinstance(error, subprocess.CalledProcessError):
-            reported = next((json.loads(ln[len(ERROR_PREFIX):]) for ln in reversed(lines)
-                             if ln.startswith(ERROR_PREFIX)), None)
+            reported = _last_reported(lines, ERROR_PREFIX)
             if reported is not None:
                 cls = getattr(errors, reported["type"], None)
                 cls = cls if isinstance(cls, type) and issubclass(cls, errors.WSILabError) else TrainingError
