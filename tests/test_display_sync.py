@@ -173,3 +173,26 @@ def test_a_refused_value_changes_nothing_anywhere(folder, saves):
     finally:
         v1.close()
         v2.close()
+
+
+def test_the_browsers_cards_follow_a_change_made_in_a_viewer(folder, saves):
+    """No picker open in the browser: a viewer's change still redraws that slide's card (and no other)."""
+    fluo, other = str(folder / "slides" / "fluo.ome.tif"), str(folder / "slides" / "other.ome.tif")
+    b = SlideBrowser(folder / "slides", thumb_size=128)
+    v = SlideViewer(fluo, tile_source="comm")
+    try:
+        assert b.wait_thumbnails(60) and b.picker is None
+        assert _rgb(b._images[fluo].value)[..., 2].max() > 200
+        other_card = b._images[other].value
+        s = v.display_state["settings"]
+        _front_end_sends(v, channels=s["channels"][1:], colors=s["colors"][1:], limits=s["limits"][1:])
+        assert b.wait_thumbnails(60)
+        card = _rgb(b._images[fluo].value)
+        assert card[..., 2].max() < 40 and card[..., 1].max() > 150, (card[..., 2].max(), card[..., 1].max())
+        assert b._images[other].value == other_card and saves == [(fluo, folder)]
+        b.close()  # a closed browser's cards follow no more: the next change reaches only live views
+        _front_end_sends(v, gamma=2.0)
+        assert v.display_state["error"] == "" and not b._followers
+    finally:
+        v.close()
+        b.close()

@@ -17,6 +17,7 @@ import functools
 import html
 import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from pathlib import Path
@@ -31,14 +32,15 @@ from wsi_lab.slide.discovery import mpp_flags
 from wsi_lab.slide.display import DisplaySettings
 from wsi_lab.ui.channel_picker import ChannelPicker
 from wsi_lab.ui.common import ErrorBox
+from wsi_lab.ui.display_controls import follow_display
 from wsi_lab.ui.slide_listing import (
     SORT_COLUMNS,
     TABLE_COLUMNS,
     displayed_thumbnail,
-    fmt_value,
     list_slides,
     placeholder_png,
     slide_table,
+    slide_table_html,
     thumbnail_bytes,
     thumbnail_pool,
 )
@@ -97,6 +99,7 @@ class SlideBrowser(widgets.VBox):
         self._open_buttons: dict[str, widgets.Button] = {}
         self._images: dict[str, widgets.Image] = {}
         self._futures: dict[str, Future] = {}
+        self._followers: dict[str, _CardFollower] = {}  # the cards' places among their slides' display views
         self._syncing = False
         try:
             self.infos = list(infos) if infos is not None else list_slides(self.root)
@@ -191,6 +194,7 @@ class SlideBrowser(widgets.VBox):
     def close(self) -> None:
         """Close the widget and the slide its channel picker holds open."""
         self._close_picker()
+        self._followers.clear()  # the cards no longer follow display changes
         super().close()
 
     def wait_thumbnails(self, timeout: float | None = 60) -> bool:
@@ -230,7 +234,25 @@ class SlideBrowser(widgets.VBox):
         self._cards[path], self._toggles[path], self._images[path] = card, toggle, img
         self._open_buttons[path] = name
         self._request_thumbnail(path, error)
+        if not error:  # a display change made elsewhere (a viewer of this slide) redraws the card
+            follower = self._followers[path] = _CardFollower(self, path)
+            follow_display(follower, follower, _CardFollower.receive, self.display_folder)
         return card
+
+    def _follow(self, path: str, settings: DisplaySettings | None) -> None:
+        """Redraw ``path``'s card with ``settings`` accepted by another view of the slide (in the pool)."""
+        img = self._images.get(path)
+        if img is None:
+            return
+        try:
+            with open_slide(path) as slide:
+                data = displayed_thumbnail(slide, self.thumb_size, settings)
+        except Exception as exc:  # noqa: BLE001 - the card keeps its picture; logged
+            log.info("thumbnail of %s not redrawn: %s", path, exc)
+            return
+        self._live.add(path)
+        img.format, img.value = "jpeg", data
+        img.add_class("wsi-lab-thumb-ready")
 
     def _request_thumbnail(self, path: str, error: str = "") -> None:
         if path in self._futures:
@@ -310,7 +332,7 @@ class SlideBrowser(widgets.VBox):
     def _render(self) -> None:
         vis = self.visible
         self.grid.children = [self._card(row) for _, row in vis.iterrows()]
-        self.table_html.value = self._table_html(vis)
+        self.table_html.value = slide_table_html(vis, self.selected, self.current)
         n_bad = int((self.table["error"] != "").sum()) if len(self.table) else 0
         n_flag = int((self.table["flag_count"] > 0).sum()) - n_bad if len(self.table) else 0
         cur = f", looking at <b class='wsi-lab-current-name'>{html.escape(Path(self.current).name)}</b>" \
@@ -320,29 +342,6 @@ class SlideBrowser(widgets.VBox):
                               + (f", <span style='color:#b35c00'>{n_flag} flagged</span>" if n_flag else "")
                               + (f", <span class='wsi-lab-unreadable-count' style='color:#8a1f11'>{n_bad} "
                                  f"unreadable</span>" if n_bad else ""))
-
-    def _table_html(self, df: pd.DataFrame) -> str:
-        head = ["tile", "name", "vendor", "size (px)", "levels", "µm/px", "mag.", "MB", "class", "flags"]
-        rows = []
-        for _, r in df.iterrows():
-            mpp = fmt_value(r["mpp"], ".4g")
-            if r["mpp_y"] is not None and not pd.isna(r["mpp_y"]) and r["mpp_y"] != r["mpp"]:
-                mpp += f" × {fmt_value(r['mpp_y'], '.4g')}"
-            flagged = r["flag_count"] > 0
-            size = f"{fmt_value(r['width'], 'd')} × {fmt_value(r['height'], 'd')}" if not pd.isna(r["width"]) else "—"
-            name = html.escape(r["name"])
-            if r["path"] == self.current:
-                name = f"<b>▶ {name}</b>"
-            cells = ["✔" if r["path"] in self.selected else "", name, html.escape(r["vendor"]), size,
-                     fmt_value(r["levels"], "d"), mpp,
-                     fmt_value(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["class"]),
-                     ("⚠ " + html.escape(r["flags"])) if flagged else ""]
-            style = ' style="background:#fff3e0"' if flagged else ""
-            cls = ' class="wsi-lab-flagged"' if flagged else ""
-            rows.append(f"<tr{cls}{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        th = "".join(f"<th style='text-align:left;padding-right:12px'>{h}</th>" for h in head)
-        return (f"<table class='wsi-lab-slide-table' style='border-collapse:collapse;font-size:12px'>"
-                f"<thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
     # -- selection sync -----------------------------------------------------------------------
     def _on_toggle(self, path: str, value: bool) -> None:
@@ -372,3 +371,22 @@ class SlideBrowser(widgets.VBox):
             else:
                 card.remove_class("wsi-lab-current")
         self._render()
+
+
+
+class _CardFollower:
+    """A card's place among the views of its slide's display settings (held by the browser, so it goes
+    with the browser): new settings accepted elsewhere redraw the card in the thumbnail pool, unless the
+    browser's picker is open on that slide (its own ``show`` redraws it)."""
+
+    def __init__(self, browser: SlideBrowser, path: str) -> None:
+        self.browser, self.path = weakref.ref(browser), path
+
+    def receive(self, settings: DisplaySettings | None) -> None:
+        browser = self.browser()
+        if browser is None:
+            return
+        open_on = browser._picker_slide
+        if browser.picker is not None and open_on is not None and str(open_on.path) == self.path:
+            return
+        browser._futures[self.path] = thumbnail_pool().submit(browser._follow, self.path, settings)  # waited for too

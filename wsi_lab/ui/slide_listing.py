@@ -5,6 +5,7 @@ them (:func:`thumbnail_bytes`, cached per version of the slide and of ``display.
 
 from __future__ import annotations
 
+import html
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from wsi_lab.slide.display import DisplaySettings
 from wsi_lab.slide.display_file import display_file_version, recorded_display
 from wsi_lab.ui.common import encode_image
 
-__all__ = ["SORT_COLUMNS", "TABLE_COLUMNS", "slide_table", "list_slides", "thumbnail_bytes", "displayed_thumbnail",
+__all__ = ["SORT_COLUMNS", "TABLE_COLUMNS", "slide_table", "slide_table_html", "list_slides", "thumbnail_bytes", "displayed_thumbnail",
            "thumbnail_pool", "placeholder_png", "fmt_value"]
 
 #: sort keys offered in the browser: label -> table column
@@ -133,3 +134,29 @@ def fmt_value(v, spec: str = ".3g") -> str:
     if spec == "d":
         return str(int(v))
     return format(v, spec)
+
+
+def slide_table_html(df: pd.DataFrame, selected: Sequence[str] = (), current: str | None = None) -> str:
+    """The slide table (rows of :func:`slide_table`) as HTML: ticked rows ``selected``, the ``current`` one
+    marked, flagged rows (µm/px and other metadata doubts) highlighted with their flags."""
+    head = ["tile", "name", "vendor", "size (px)", "levels", "µm/px", "mag.", "MB", "class", "flags"]
+    rows = []
+    for _, r in df.iterrows():
+        mpp = fmt_value(r["mpp"], ".4g")
+        if r["mpp_y"] is not None and not pd.isna(r["mpp_y"]) and r["mpp_y"] != r["mpp"]:
+            mpp += f" × {fmt_value(r['mpp_y'], '.4g')}"
+        flagged = r["flag_count"] > 0
+        size = f"{fmt_value(r['width'], 'd')} × {fmt_value(r['height'], 'd')}" if not pd.isna(r["width"]) else "—"
+        name = html.escape(r["name"])
+        if r["path"] == current:
+            name = f"<b>▶ {name}</b>"
+        cells = ["✔" if r["path"] in selected else "", name, html.escape(r["vendor"]), size,
+                 fmt_value(r["levels"], "d"), mpp,
+                 fmt_value(r["magnification"], "g"), f"{r['size_mb']:.1f}", html.escape(r["class"]),
+                 ("⚠ " + html.escape(r["flags"])) if flagged else ""]
+        style = ' style="background:#fff3e0"' if flagged else ""
+        cls = ' class="wsi-lab-flagged"' if flagged else ""
+        rows.append(f"<tr{cls}{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    th = "".join(f"<th style='text-align:left;padding-right:12px'>{h}</th>" for h in head)
+    return (f"<table class='wsi-lab-slide-table' style='border-collapse:collapse;font-size:12px'>"
+            f"<thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
