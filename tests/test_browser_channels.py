@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests._bundles import assert_bundle_matches
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.testing import make_slide
 from wsi_lab.ui.browser import SlideBrowser, thumbnail_bytes
@@ -160,16 +161,4 @@ def test_parse_color():
 def test_committed_picker_bundle_matches_the_typescript_sources(tmp_path):
     """wsi_lab/static/picker.js is what `npm run build` makes from widgets/src/picker.ts (which draws the
     viewer's own display.ts panel; skipped without node_modules)."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[1]
-    widgets = repo / "widgets"
-    esbuild = widgets / "node_modules" / ".bin" / "esbuild"
-    if not esbuild.exists():
-        pytest.skip("widgets/node_modules not installed (cd widgets && npm ci)")
-    out = tmp_path / "picker.js"
-    subprocess.run([str(esbuild), "src/picker.ts", "--bundle", "--format=esm", "--minify", "--target=es2020",
-                    "--legal-comments=eof", f"--outfile={out}", "--log-level=warning"], cwd=widgets, check=True,
-                   timeout=60)
-    assert out.read_bytes() == (repo / "wsi_lab" / "static" / "picker.js").read_bytes(), "run: cd widgets && npm run build"
-    assert (widgets / "src" / "picker.css").read_bytes() == (repo / "wsi_lab" / "static" / "picker.css").read_bytes()
+    assert_bundle_matches("picker", tmp_path, css="picker.css")

@@ -3,16 +3,13 @@ committed bundle matches its TypeScript source. The browser side is in tests/tes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests._bundles import assert_bundle_matches
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.ui.scatter import ScatterPlot, colour_codes
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_colour_codes_of_categories_numbers_and_missing_values():
@@ -47,13 +44,4 @@ def test_selection_goes_both_ways_as_uint32_buffers():
 
 def test_committed_scatter_bundle_matches_its_source(tmp_path):
     """wsi_lab/static/scatter.js is what `npm run build` makes from widgets/src/scatter.ts."""
-    import subprocess
-
-    esbuild = REPO / "widgets" / "node_modules" / ".bin" / "esbuild"
-    if not esbuild.exists():
-        pytest.skip("widgets/node_modules not installed (cd widgets && npm ci)")
-    out = tmp_path / "scatter.js"
-    subprocess.run([str(esbuild), "src/scatter.ts", "--bundle", "--format=esm", "--minify", "--target=es2020",
-                    "--legal-comments=eof", f"--outfile={out}", "--log-level=warning"], cwd=REPO / "widgets",
-                   check=True, timeout=60)
-    assert out.read_bytes() == (REPO / "wsi_lab" / "static" / "scatter.js").read_bytes(), "run: cd widgets && npm run build"
+    assert_bundle_matches("scatter", tmp_path)

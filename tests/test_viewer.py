@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.jupyter_env import REPO, jupyter_server
+from tests._bundles import assert_bundle_matches
+from tests.jupyter_env import jupyter_server
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.overlays import category_layer, grid_layer, heatmap_layer, mask_layer
 from wsi_lab.ui.viewer import SlideViewer
@@ -163,18 +164,7 @@ def test_multilevel_slide(ndpi_path):
 
 def test_committed_bundle_matches_the_typescript_sources(tmp_path):
     """wsi_lab/static/viewer.js is what `npm run build` makes from widgets/src (skipped without node_modules)."""
-    import subprocess
-
-    widgets = REPO / "widgets"
-    esbuild = widgets / "node_modules" / ".bin" / "esbuild"
-    if not esbuild.exists():
-        pytest.skip("widgets/node_modules not installed (cd widgets && npm ci)")
-    out = tmp_path / "viewer.js"
-    subprocess.run([str(esbuild), "src/viewer.ts", "--bundle", "--format=esm", "--minify", "--target=es2020",
-                    "--legal-comments=eof", f"--outfile={out}", "--log-level=warning"], cwd=widgets, check=True,
-                   timeout=60)
-    assert out.read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.js").read_bytes(), "run: cd widgets && npm run build"
-    assert (widgets / "src" / "viewer.css").read_bytes() == (REPO / "wsi_lab" / "static" / "viewer.css").read_bytes()
+    assert_bundle_matches("viewer", tmp_path, css="viewer.css")
 
 
 def test_close_releases_the_slide_it_opened(cmu_path):
