@@ -199,6 +199,16 @@ def test_explorer_reads_only_the_embedded_latents_from_parquet(tmp_path, preds):
         ex.close()
 
 
+def test_explorer_refuses_a_damaged_parquet_with_a_typed_error(tmp_path):
+    from wsi_lab.errors import DataError
+    from wsi_lab.ui.explorer import LatentExplorer
+
+    bad = tmp_path / "preds.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="preds.parquet"):
+        LatentExplorer(str(bad))
+
+
 def test_explorer_keeps_jupyter_scatter_selectable(preds):
     from wsi_lab.errors import InvalidParameterError
     from wsi_lab.ui.explorer import LatentExplorer

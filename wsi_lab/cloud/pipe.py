@@ -15,15 +15,15 @@ One process alone trains every tile of its stream (its last batch may be short).
 
 Validation: a ``validation`` (or ``val``) channel in Pipe mode is evaluated by rank 0 each epoch (the
 ``Validation Loss:`` / ``Validation Accuracy:`` lines); local rank 0 of the other hosts drains its copy; the
-other ranks take part in the loop's collectives with an empty share. Evaluation runs the bare module, not
-the DDP wrapper, so ranks that evaluate nothing stay in step with rank 0's collectives."""
+other ranks take part in the loop's collectives with an empty share. Evaluation runs the bare module
+(the training loop's rule), so ranks that evaluate nothing stay in step with rank 0's collectives."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +167,6 @@ def epoch_limit(hps: Mapping[str, Any], world: int, batch_size: int) -> int | No
     return steps * per_rank
 
 
-def _bare_eval(step: Callable) -> Callable:
-    """``step`` with evaluation on the module inside DDP: a DDP forward may broadcast buffers, a collective
-    that ranks with nothing to evaluate would not match."""
-    def run(model, batch, device):
-        if not torch.is_grad_enabled() and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        return step(model, batch, device)
-    return run
-
-
 def run_pipe(spec: Any, hps: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Train ``spec``'s ``classify`` or ``vae`` model on this process's Pipe channel (and evaluate the
     validation channel); ``hps`` carry ``wsi_lab_tile_size``, ``wsi_lab_classes`` (classify), and the promises
@@ -222,7 +212,7 @@ def run_pipe(spec: Any, hps: Mapping[str, Any], env: Mapping[str, str]) -> dict[
         model = build_model(cfg)
         print(f"wsi-lab: Pipe mode, rank {ctx.rank} reads {data_dir}/{channels[local]}_<epoch>"
               + (f", {limit} tiles per epoch" if limit is not None else ""), flush=True)
-        parts = Parts(model, train_set, val_set, _bare_eval(_classify_step if classify else _vae_step),
+        parts = Parts(model, train_set, val_set, _classify_step if classify else _vae_step,
                       loss_is_sum=not classify, metrics=classification_metrics if classify else None,
                       classes=classes)
         result = fit(spec, ctx, parts)
@@ -234,5 +224,3 @@ def run_pipe(spec: Any, hps: Mapping[str, Any], env: Mapping[str, str]) -> dict[
     finally:
         ctx.close()
 
-
-run_pipe_classify = run_pipe  # the name of the first version (classify only)

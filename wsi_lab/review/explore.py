@@ -66,12 +66,11 @@ class SlidePoints:
     def __init__(self, table: pd.DataFrame, slide_id: str) -> None:
         from wsi_lab.review.layers import highlight_boxes
 
-        self.slide_id = str(slide_id)
-        on = table["slide_id"].astype(str).to_numpy() == self.slide_id
+        self.on = table["slide_id"].astype(str).to_numpy() == str(slide_id)  # the rows of this slide's tiles
         self.count = len(table)
         self.boxes = np.full((self.count, 4), np.nan, np.float32)  # NaN: a tile of another slide
-        if on.any():
-            self.boxes[on] = highlight_boxes(table[on])
+        if self.on.any():
+            self.boxes[self.on] = highlight_boxes(table[self.on])
 
     def positions(self, points: Sequence[int] | np.ndarray) -> np.ndarray:
         """The positions among ``points`` (0-based rows of the table) of this slide's tiles, in their order."""

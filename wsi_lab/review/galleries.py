@@ -130,7 +130,7 @@ def tile_images(rows: pd.DataFrame, size: int = 96, slide_paths: dict[str, str] 
         return rows[name].to_numpy(np.int64) if name in rows.columns else np.full(len(rows), default, np.int64)
 
     levels = column("level", 0)
-    reads = column("read_size", 0) if "read_size" in rows.columns else column("tile_size", size)
+    reads = column("read_size" if "read_size" in rows.columns else "tile_size", size)
     try:
         return [read_tile(cache.get(paths[slide]), int(x), int(y), int(level), int(read), size)
                 for slide, x, y, level, read in zip(rows["slide_id"].astype(str), rows["x"].to_numpy(np.int64),

@@ -61,6 +61,8 @@ def tiff_tiles_inside_file(path: Path) -> bool:
 _REGEX_SYMBOL = "_ZNSt8__detail8_ScannerIcEC1EPKcS3_NSt15regex_constants18syntax_option_typeESt6locale"
 #: "deep_bound": whether this module loaded libcucim with RTLD_DEEPBIND (decided once per process)
 _STATE: dict[str, bool] = {}
+#: "provider": the foreign std::regex provider once found (see _check_safe)
+_FOREIGN: dict[str, str] = {}
 
 
 def _cucim_native_libraries() -> list[Path]:
@@ -148,8 +150,9 @@ def _check_safe(path: Path) -> None:
     """Raise :class:`BackendUnavailableError` when cuCIM would read with torch's std::regex (see preload_cucim)."""
     if _STATE.get("deep_bound"):
         return
-    other = foreign_regex_provider()
+    other = _FOREIGN.get("provider") or foreign_regex_provider()
     if other is not None:
+        _FOREIGN["provider"] = other  # a library in the global scope stays there: not looked up per read again
         raise BackendUnavailableError(
             f"{path}: cuCIM cannot read safely in this process: cucim was imported before wsi_lab and {other} "
             "(put in the global symbol scope by e.g. `import horovod.torch`) exports std::regex code cuCIM would "

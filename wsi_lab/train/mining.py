@@ -90,6 +90,9 @@ class HardNegativeMiner:
         batch = max(1, self.spec.batch_size // self.ctx.world_size)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.base, mine.tolist()), batch_size=batch,
                                              shuffle=False, num_workers=self.spec.num_workers)
+        if self.ctx.is_main:  # a pass over every pooled negative between epochs: say so in the job's log
+            print(f"hard negatives: scoring {len(rows)} negative tile(s) over {self.ctx.world_size} process(es)",
+                  flush=True)
         losses, fps = [], []
         was_training = self.model.training
         self.model.eval()

@@ -241,16 +241,18 @@ class SlideBrowser(widgets.VBox):
 
     def _follow(self, path: str, settings: DisplaySettings | None) -> None:
         """Redraw ``path``'s card with ``settings`` accepted by another view of the slide (in the pool)."""
-        img = self._images.get(path)
-        if img is None:
-            return
         try:
             with open_slide(path) as slide:
-                data = displayed_thumbnail(slide, self.thumb_size, settings)
+                self._redraw(path, slide, settings)
         except Exception as exc:  # noqa: BLE001 - the card keeps its picture; logged
             log.info("thumbnail of %s not redrawn: %s", path, exc)
-            return
-        self._live.add(path)
+
+    def _put_thumbnail(self, path: str, data: bytes, live: bool) -> None:
+        """Show JPEG ``data`` on ``path``'s card; ``live``: drawn with settings just chosen (a background
+        thumbnail finishing later must not replace it)."""
+        if live:
+            self._live.add(path)
+        img = self._images[path]
         img.format, img.value = "jpeg", data
         img.add_class("wsi-lab-thumb-ready")
 
@@ -278,8 +280,7 @@ class SlideBrowser(widgets.VBox):
             return
         if path in self._live:  # the picker drew a newer one meanwhile
             return
-        img.format, img.value = "jpeg", data
-        img.add_class("wsi-lab-thumb-ready")
+        self._put_thumbnail(path, data, live=False)
 
     # -- channel picker -----------------------------------------------------------------------
     def _close_picker(self) -> None:
@@ -321,13 +322,8 @@ class SlideBrowser(widgets.VBox):
 
     def _redraw(self, path: str, slide: Slide, settings: DisplaySettings | None) -> None:
         """Redraw ``path``'s thumbnail with ``settings`` (the picker's ``show``)."""
-        img = self._images.get(path)
-        if img is None:
-            return
-        data = displayed_thumbnail(slide, self.thumb_size, settings)
-        self._live.add(path)
-        img.format, img.value = "jpeg", data
-        img.add_class("wsi-lab-thumb-ready")
+        if path in self._images:
+            self._put_thumbnail(path, displayed_thumbnail(slide, self.thumb_size, settings), live=True)
 
     def _render(self) -> None:
         vis = self.visible

@@ -30,6 +30,7 @@ import pandas as pd
 from wsi_lab.data.tile_reader import SlideCache
 from wsi_lab.errors import InvalidParameterError
 from wsi_lab.review import SlidePoints
+from wsi_lab.review.explore import CLUSTER
 from wsi_lab.ui.common import ErrorBox
 from wsi_lab.ui.gallery import TileGallery
 from wsi_lab.ui.scatter import JupyterScatter, ScatterPlot
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LatentExplorer", "colour_columns"]
 
-CLUSTER = "cluster"
 SCATTERS = ("canvas", "jupyter-scatter")  # our Canvas-2D scatter (default), or jupyter-scatter's WebGL one
 _SKIP = {"x", "y", "level", "read_size", "tile_size", "size0", "embed_x", "embed_y", "mpp", "patient_id"}
 
@@ -73,7 +73,11 @@ def _read(predictions: Any, columns: Any) -> pd.DataFrame:
     from wsi_lab.data.table import read_table
     from wsi_lab.review.galleries import feature_columns
 
-    names = [n for n in pq.read_schema(path).names if not n.startswith("__index_level_")]
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # noqa: BLE001 - not a readable Parquet file: the loader says so with a typed error
+        return _load_predictions(predictions)
+    names = [n for n in schema.names if not n.startswith("__index_level_")]
     families = [n for n in names if n.startswith(("z_", "feat_", "f_")) and n.split("_", 1)[1].isdigit()]
     try:
         keep = set(columns) if columns else set(feature_columns(pd.DataFrame(columns=families)))
@@ -195,8 +199,8 @@ class LatentExplorer(widgets.VBox):
             from wsi_lab.data.tile_reader import slide_paths_of
             from wsi_lab.ui.viewer import SlideViewer
 
-            rows = self.table[self.table["slide_id"].astype(str) == str(slide_id)]
             self._on_slide = SlidePoints(self.table, str(slide_id))
+            rows = self.table[self._on_slide.on]
             if self.viewer is not None:
                 self.viewer.close()
             self.viewer = SlideViewer(slide_paths_of(rows)[str(slide_id)], table=rows, tile_source=self.tile_source,
