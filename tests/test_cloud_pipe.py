@@ -113,6 +113,7 @@ def test_a_pipe_job_streams_each_process_its_own_shards(moto_endpoint, tmp_path)
     table = make_cohort(tmp_path / "cohort", tile_size=32, read_size=64, width=256, height=256)
     exported = export_tfrecord(read_table(table), tmp_path / "export", shards=4, variant="jpeg", workers=1)
     export_val_records = exported["records_per_split"]["val"]
+    assert all(f["labelled"] == f["records"] for f in exported["files"])  # every tile of the cohort is labelled
     block = {"bucket": "wsi-lab-pipe", "role": "arn:aws:iam::123456789012:role/SageMakerRole",
              "instance_type": "ml.g5.12xlarge", "instance_count": 2, "distribution": "mpi", "processes_per_host": 2,
              "input_mode": "Pipe"}
@@ -286,6 +287,9 @@ def test_the_plan_promises_each_process_what_any_sharding_over_the_hosts_gives_i
     two_hosts = plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=2, hosts=2, batch_size=4)
     assert two_hosts.records_per_process == min(8, 4) and two_hosts.steps_per_epoch == 4 // 1
     assert plan_pipe(tmp_path, manifest, "vae", "train", "val", 2, 2, 4).records_per_process == min(8, 6)
+    # an export's manifest counts each shard's labelled tiles: the plan takes them, no shard is read again
+    counted = {**manifest, "files": [{**f, "labelled": n} for f, n in zip(files, [10, 6, 8, 2])]}
+    assert plan_pipe(tmp_path, counted, "classify", "train", "val", 2, 1, 4).records_per_process == min(18, 8)
     with pytest.raises(InvalidParameterError, match="at least one per process"):
         plan_pipe(tmp_path, manifest, "classify", "train", "val", processes=4, hosts=2, batch_size=8)
     with pytest.raises(InvalidParameterError, match="less than one batch"):

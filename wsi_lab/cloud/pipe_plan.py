@@ -88,9 +88,13 @@ class PipePlan:
         return hps
 
 
-def _tile_count(path: Path, labelled: bool, listed: int) -> int:
+def _tile_count(path: Path, labelled: bool, entry: Mapping[str, Any]) -> int:
+    """The tiles a shard streams: every record, or for classify the labelled ones (the manifest's count;
+    an export written before it recorded one is read)."""
     if not labelled:
-        return int(listed)
+        return int(entry.get("records", 0))
+    if "labelled" in entry:
+        return int(entry["labelled"])
     from wsi_lab.data.tfrecord import iter_tfrecord, parse_example
 
     return sum(1 for rec in iter_tfrecord(path, verify=False) if int((parse_example(rec).get("label") or [-1])[0]) >= 0)
@@ -100,7 +104,7 @@ def plan_pipe(root: str | Path, manifest: Mapping[str, Any], task: str, train_sp
               processes: int, hosts: int, batch_size: int) -> PipePlan:
     """The :class:`PipePlan` of the TFRecord export ``root`` (its ``manifest``) for ``processes`` per host on
     ``hosts`` hosts and a global ``batch_size``: shard ``k`` of the training split goes to channel
-    ``k % processes``; the counts are labelled tiles for classify (the shards are read), every tile for vae."""
+    ``k % processes``; the counts are labelled tiles for classify (from the manifest), every tile for vae."""
     from wsi_lab.data.tfrecord import iter_tfrecord
     from wsi_lab.data.tfrecord_stream import decode_tile_record
 
@@ -113,7 +117,7 @@ def plan_pipe(root: str | Path, manifest: Mapping[str, Any], task: str, train_sp
                                     f"mode needs at least one per process ({processes} x {hosts} host(s)): re-export "
                                     f"with --shards {processes * hosts}")
     labelled = task == "classify"
-    counts = {p: _tile_count(root / p, labelled, files[p].get("records", 0)) for p in shards}
+    counts = {p: _tile_count(root / p, labelled, files[p]) for p in shards}
     channels = [shards[i::processes] for i in range(processes)]
     sure = [sure_records([counts[p] for p in ch], hosts) for ch in channels]
     world = processes * hosts
@@ -128,7 +132,7 @@ def plan_pipe(root: str | Path, manifest: Mapping[str, Any], task: str, train_sp
                     "channel holds %d (shards of unequal size; re-export with --shards a multiple of %d)",
                     steps * per_rank, max(sure), world)
     val_shards = sorted(p for p, f in files.items() if f.get("split") == val_split)
-    val_records = sum(_tile_count(root / p, labelled, files[p].get("records", 0)) for p in val_shards)
+    val_records = sum(_tile_count(root / p, labelled, files[p]) for p in val_shards)
     first = decode_tile_record(next(iter(iter_tfrecord(root / shards[0]))))  # the export writes no empty shard
     index = manifest.get("label_index") or {}
     classes = [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])]

@@ -261,7 +261,8 @@ def export_tfrecord(table: pd.DataFrame, out_dir: str | os.PathLike, shards: int
             fp = _fingerprint(table.iloc[rows], labels[rows], params)
             target = out / f["path"]
             old = previous.get(f["path"])
-            entry = {"path": f["path"], "split": f["split"], "records": int(len(rows)), "fingerprint": fp}
+            entry = {"path": f["path"], "split": f["split"], "records": int(len(rows)), "fingerprint": fp,
+                     "labelled": int((np.asarray(labels)[rows] >= 0).sum())}  # Pipe mode plans from it
             if "slide_id" in f:
                 entry["slide_id"] = f["slide_id"]
             if (old and old.get("fingerprint") == fp and target.is_file() and target.stat().st_size == old.get("bytes")
